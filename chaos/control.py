@@ -1,0 +1,68 @@
+"""The control channel between the supervisor and the probe inside each rank.
+
+One Unix stream socket per run (path in ``CHAOS_CONTROL_SOCKET``); newline-delimited JSON messages.
+
+    rank -> supervisor   {"type": "hello", "rank": r, "pid": p, "attempt": a}
+    supervisor -> rank   {"type": "plan", "holds": [{"fault_id", "step", "phase", "index"}, ...]}
+    rank -> supervisor   {"type": "held", "fault_id", "step", "phase", "index"}
+    supervisor -> rank   {"type": "release", "fault_id"}
+
+The rank keeps its connection for its whole life. A hold is how a fault lands *exactly*: the rank stops
+at the planned point and waits; the supervisor sends the real signal from outside, then releases it
+(a rank whose signal was fatal never reads the release). ``step``/``index`` of None match any value.
+Pure Python: imported by the supervisor, which never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+ENV_SOCKET = "CHAOS_CONTROL_SOCKET"
+ENV_HISTORY_DIR = "CHAOS_HISTORY_DIR"
+ENV_ATTEMPT = "CHAOS_ATTEMPT"
+
+
+def send(sock: socket.socket, message: dict) -> None:
+    sock.sendall((json.dumps(message) + "\n").encode())
+
+
+class LineReader:
+    """Buffers a stream socket into complete JSON messages."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> list[dict]:
+        self._buffer += data
+        messages = []
+        while b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line.strip():
+                messages.append(json.loads(line))
+        return messages
+
+    def read_message(self) -> dict | None:
+        """Blocks until one message arrives; None when the peer closed."""
+        while True:
+            messages = self.feed(b"")
+            if messages:
+                # keep any extra complete messages for the next call
+                rest = b"".join((json.dumps(m) + "\n").encode() for m in messages[1:])
+                self._buffer = rest + self._buffer
+                return messages[0]
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self._buffer += data
+
+
+def hold_matches(hold: dict, step: int | None, phase: str, index: int | None) -> bool:
+    if hold["phase"] != phase:
+        return False
+    if hold.get("step") is not None and hold["step"] != step:
+        return False
+    if hold.get("index") is not None and hold["index"] != index:
+        return False
+    return True

@@ -1,0 +1,159 @@
+"""History: append-only JSON-lines event records, the only thing checkers read besides files on disk.
+
+Layout of a run directory (all paths relative to it):
+
+    supervisor.jsonl                    the supervisor's own records (launch, signal sent, exit seen, teardown)
+    attempts/<NN>/rank-<r>.jsonl        what rank r did in attempt NN (written by the probe inside the rank)
+    attempts/<NN>/rank-<r>.out          the rank's stdout+stderr (direct launcher) / agent-<n>.out (torchrun)
+
+Each line is one JSON object with at least ``t`` (wall time, seconds since the epoch), ``mono``
+(CLOCK_MONOTONIC seconds: system-wide, so comparable between the supervisor and the ranks) and ``event``.
+Rank records also carry ``rank`` and ``attempt``. Event names are the constants below; the fields each
+carries are listed beside it. Lines are flushed one by one (no fsync): a SIGKILLed process keeps
+everything it wrote, since the data is already in the kernel.
+
+This module is pure Python on purpose: the supervisor and the checkers import it and must never pull
+in torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+# ---- rank events (written by chaos.probe) ------------------------------------------------------
+START = "start"                    # pid, world_size, local_rank, host
+POINT = "point"                    # step, phase, index?   a probe point was reached (phase entered)
+LEAVE = "leave"                    # step, phase           a phase was left
+HELD = "held"                      # step, phase, index?, fault_id   the rank is held for a planned fault
+RELEASED = "released"              # fault_id
+STEP_BEGIN = "step_begin"          # step
+STEP_END = "step_end"              # step
+METRICS = "metrics"                # step, lm_loss, grad_norm, lr, consumed_samples, data_hash?
+CHECKPOINT_LOADED = "checkpoint_loaded"        # iteration (0 = fresh start), path (None on fresh start)
+CHECKPOINT_REJECTED = "checkpoint_rejected"    # iteration, path, reason   (corrupt / partial)
+CHECKPOINT_COMMITTED = "checkpoint_committed"  # iteration, path   (after the tracker names it)
+SIGNAL_RECEIVED = "signal_received"            # signal (name), step, phase
+FINAL_STATE = "final_state"        # step, state_hash
+TRAIN_END = "train_end"            # step, reason: "complete" | "preempted"
+
+# ---- supervisor events (written by chaos.supervisor) -------------------------------------------
+RUN_START = "run_start"            # scenario, seed, run_dir
+ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
+RANK_HELLO = "rank_hello"          # attempt, rank, pid
+FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)
+FAULT_MISSED = "fault_missed"      # fault_id, reason
+RANK_EXIT = "rank_exit"            # attempt, rank, pid, returncode, signal (name or None)
+DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s
+HANG_DETECTED = "hang_detected"    # attempt, idle_s
+TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]
+ATTEMPT_END = "attempt_end"        # attempt, outcome: complete|crashed|hung|preempted|error
+RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error
+
+
+class HistoryWriter:
+    """Appends one JSON object per line and flushes it, so that a kill never loses a written record."""
+
+    def __init__(self, path: Path, **constant_fields: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._constant_fields = constant_fields
+        self._file = open(path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, event: str, **fields: Any) -> dict:
+        record = {"t": time.time(), "mono": time.monotonic(), "event": event, **self._constant_fields, **fields}
+        line = json.dumps(record, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+        return record
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Reads a history file; a torn last line (the writer was killed mid-write) is dropped, not fatal."""
+    records = []
+    if not path.exists():
+        return records
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def attempt_dir(run_dir: Path, attempt: int) -> Path:
+    return Path(run_dir) / "attempts" / f"{attempt:02d}"
+
+
+def rank_history_path(run_dir: Path, attempt: int, rank: int) -> Path:
+    return attempt_dir(run_dir, attempt) / f"rank-{rank}.jsonl"
+
+
+def supervisor_history_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "supervisor.jsonl"
+
+
+@dataclass
+class AttemptHistory:
+    index: int
+    ranks: dict[int, list[dict]] = field(default_factory=dict)
+
+    def events(self, event: str, rank: int | None = None) -> Iterator[dict]:
+        for r, records in sorted(self.ranks.items()):
+            if rank is not None and r != rank:
+                continue
+            for record in records:
+                if record["event"] == event:
+                    yield record
+
+
+@dataclass
+class RunHistory:
+    run_dir: Path
+    supervisor: list[dict]
+    attempts: list[AttemptHistory]
+
+    def supervisor_events(self, event: str) -> list[dict]:
+        return [r for r in self.supervisor if r["event"] == event]
+
+
+_RANK_FILE = re.compile(r"rank-(\d+)\.jsonl$")
+
+
+def load_run_history(run_dir: Path) -> RunHistory:
+    run_dir = Path(run_dir)
+    attempts = []
+    root = run_dir / "attempts"
+    if root.is_dir():
+        for entry in sorted(root.iterdir(), key=lambda p: p.name):
+            if not entry.is_dir() or not entry.name.isdigit():
+                continue
+            attempt = AttemptHistory(index=int(entry.name))
+            for file in entry.iterdir():
+                match = _RANK_FILE.match(file.name)
+                if match:
+                    attempt.ranks[int(match.group(1))] = read_jsonl(file)
+            attempts.append(attempt)
+    attempts.sort(key=lambda a: a.index)
+    return RunHistory(run_dir=run_dir, supervisor=read_jsonl(supervisor_history_path(run_dir)), attempts=attempts)
+
+
+def env_flag(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None

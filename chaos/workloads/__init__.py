@@ -1,0 +1,55 @@
+"""The systems under test. The supervisor sees a workload only through LaunchSpec: a command, a world size,
+where its checkpoints go. No torch here: rank-side code lives in the workload's own modules."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from chaos.errors import InputError
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How to start one attempt of a workload."""
+
+    argv: tuple[str, ...]
+    """The per-rank command (torchrun runs it as its entry point; the direct launcher runs it per rank)."""
+    world_size: int
+    nodes: int
+    """Simulated hosts: ranks are split evenly; a `node` target kills all ranks of one."""
+    checkpoint_dir: Path
+    train_iters: int
+    save_interval: int
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+
+def build_launch(workload: Mapping[str, Any], source: str, run_dir: Path) -> tuple[Any, LaunchSpec]:
+    """Validates a scenario's `workload:` mapping and writes what the ranks read into run_dir.
+
+    Returns (typed config, LaunchSpec). Errors are InputError naming `workload.<field>`.
+    """
+    name = workload.get("name", "gpt3")
+    if name == "gpt3":
+        from chaos.workloads.gpt3.config import GPT3Config
+
+        config = GPT3Config.from_mapping(workload, source=source, field_prefix="workload")
+        config = config.with_run_dir(run_dir)
+        config_path = Path(run_dir) / "workload.yaml"
+        config.write_yaml(config_path)
+        argv = (sys.executable, "-m", "chaos.workloads.gpt3", str(config_path))
+        return config, LaunchSpec(
+            argv=argv,
+            world_size=config.world_size,
+            nodes=config.nodes,
+            checkpoint_dir=Path(config.save_dir),
+            train_iters=config.train_iters,
+            save_interval=config.save_interval,
+        )
+    raise InputError(source, "workload.name", f"unknown workload {name!r}; expected 'gpt3'")

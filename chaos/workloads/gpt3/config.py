@@ -1,0 +1,251 @@
+"""The GPT-3 workload's configuration: a typed, frozen dataclass built from the scenario's `workload:`
+mapping (preset + overrides). Pure Python: the supervisor validates it without importing torch."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from chaos.errors import InputError, did_you_mean
+
+# Deliberate bugs, for proving that each checker can fail. Never on by default; a scenario or test asks.
+BUGS = (
+    "no_rng_restore",        # RNG states are saved but not restored on load
+    "no_data_position",      # consumed samples restart from 0 after a resume
+    "no_optimizer_state",    # optimizer moments are neither saved nor loaded
+    "tracker_before_shards", # the tracker names the new iteration before the shards are written
+    "load_partial",          # loading takes the newest iter_* directory, committed or not
+    "swap_tp_shards",        # TRAP 1 of DESIGN.md: TP ranks write the same keys; both load one shard
+    "ignore_sigterm",        # SIGTERM is caught and ignored: the rank never dies on it
+    "skip_step_on_resume",   # resume starts one step after the checkpoint (a step is lost)
+    "no_fsync_commit",       # (reserved) commit without fsync
+)
+
+
+@dataclass(frozen=True)
+class GPT3Config:
+    preset: str = "tiny_cpu"
+    """Named starting point: tiny_cpu (CI) or upstream_gpu (Megatron-LM's functional test shape)."""
+    device: Literal["cpu", "cuda"] = "cpu"
+    world_size: int = 4
+    """Number of ranks; data parallel size = world_size / tensor_parallel."""
+    nodes: int = 1
+    """Simulated hosts (torchrun agents); ranks are split evenly between them."""
+    tensor_parallel: int = 2
+    fsdp: Literal["torch", "megatron"] = "torch"
+    """ZeRO-3 implementation: torch FSDP2 fully_shard (CPU and GPU) or Megatron-FSDP optim_grads_params (GPU)."""
+    transformer_impl: Literal["local", "transformer_engine"] = "local"
+    num_layers: int = 4
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    seq_length: int = 128
+    vocab_size: int = 1024
+    """Mock tokenizer vocabulary; padded to a multiple of 128 x tensor_parallel like Megatron."""
+    micro_batch_size: int = 2
+    global_batch_size: int = 8
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    bf16: bool = False
+    deterministic: bool = True
+    train_iters: int = 12
+    lr: float = 1.0e-3
+    min_lr: float = 1.0e-4
+    lr_warmup_iters: int = 2
+    lr_decay_iters: int | None = None
+    """Defaults to train_iters."""
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = 0.01
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1.0e-8
+    seed: int = 1234
+    data_path: str | None = None
+    """Prefix of a megatron indexed dataset (.bin/.idx); None = MockGPTDataset."""
+    save_interval: int = 4
+    keep_last: int = 0
+    """Keep only the newest k committed checkpoints (0 = keep all)."""
+    async_save: bool = False
+    exit_on_sigterm: bool = True
+    """Megatron's --exit-signal-handler: on SIGTERM finish the step, save, exit 0 (no step lost)."""
+    shard_files_per_rank: int = 2
+    """DCP shard files each rank writes (probe point checkpoint.shard after each)."""
+    save_dir: str = "checkpoints"
+    load_dir: str | None = None
+    """Resume from here (defaults to save_dir)."""
+    bugs: tuple[str, ...] = ()
+
+    # ---- derived -----------------------------------------------------------------------------
+    @property
+    def data_parallel(self) -> int:
+        return self.world_size // self.tensor_parallel
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.data_parallel)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        multiple = 128 * self.tensor_parallel
+        return ((self.vocab_size + multiple - 1) // multiple) * multiple
+
+    def has_bug(self, name: str) -> bool:
+        return name in self.bugs
+
+    # ---- building ----------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], source: str, field_prefix: str = "workload") -> "GPT3Config":
+        if not isinstance(mapping, Mapping):
+            raise InputError(source, field_prefix, f"expected a mapping, got {type(mapping).__name__}")
+        preset_name = mapping.get("preset", "tiny_cpu")
+        if preset_name not in PRESETS:
+            raise InputError(
+                source, f"{field_prefix}.preset",
+                f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}{did_you_mean(preset_name, list(PRESETS))}",
+            )
+        values: dict[str, Any] = dict(PRESETS[preset_name])
+        values["preset"] = preset_name
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, raw in mapping.items():
+            if key in ("name", "preset"):
+                continue
+            if key not in names:
+                raise InputError(
+                    source, f"{field_prefix}.{key}", f"unknown field{did_you_mean(key, names)}; expected one of {names}"
+                )
+            values[key] = _coerce(raw, hints[key], source, f"{field_prefix}.{key}")
+        config = cls(**values)
+        config.validate(source, field_prefix)
+        return config
+
+    def validate(self, source: str, prefix: str) -> None:
+        def bad(name: str, message: str) -> InputError:
+            return InputError(source, f"{prefix}.{name}", message)
+
+        for name in ("world_size", "nodes", "tensor_parallel", "num_layers", "hidden_size", "num_attention_heads",
+                     "seq_length", "micro_batch_size", "global_batch_size", "train_iters", "save_interval",
+                     "shard_files_per_rank", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.tensor_parallel not in (1, 2, 4, 8):
+            raise bad("tensor_parallel", f"must be 1, 2, 4 or 8, got {self.tensor_parallel}")
+        if self.world_size % self.tensor_parallel:
+            raise bad("world_size", f"{self.world_size} is not a multiple of tensor_parallel={self.tensor_parallel}")
+        if self.world_size % self.nodes:
+            raise bad("nodes", f"world_size={self.world_size} does not split evenly over {self.nodes} nodes")
+        if self.global_batch_size % (self.micro_batch_size * self.data_parallel):
+            raise bad("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size x "
+                      f"data_parallel = {self.micro_batch_size} x {self.data_parallel}")
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.tensor_parallel:
+            raise bad("num_attention_heads", "must divide hidden_size and be a multiple of tensor_parallel")
+        if self.keep_last < 0:
+            raise bad("keep_last", "cannot be negative")
+        if self.device == "cpu" and self.fsdp == "megatron":
+            raise bad("fsdp", "Megatron-FSDP is CUDA-only (it uses CUDA streams throughout); use fsdp: torch on CPU")
+        if self.device == "cpu" and self.transformer_impl == "transformer_engine":
+            raise bad("transformer_impl", "transformer_engine needs device: cuda; use transformer_impl: local on CPU")
+        if self.device == "cpu" and self.bf16:
+            raise bad("bf16", "bf16 is for device: cuda; the CPU reference runs in fp32 (bitwise oracle)")
+        for bug in self.bugs:
+            if bug not in BUGS:
+                raise bad("bugs", f"unknown bug {bug!r}{did_you_mean(bug, BUGS)}; expected one of {list(BUGS)}")
+
+    def with_run_dir(self, run_dir: Path) -> "GPT3Config":
+        """Checkpoints always live inside the run directory: the tool never writes outside it."""
+        save_dir = Path(run_dir) / "checkpoints"
+        return dataclasses.replace(self, save_dir=str(save_dir), load_dir=str(save_dir))
+
+    def to_mapping(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["bugs"] = list(self.bugs)
+        return out
+
+    def fingerprint_mapping(self) -> dict[str, Any]:
+        """What decides the numbers: everything but where files go and what may only change resilience."""
+        out = self.to_mapping()
+        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs"):
+            out.pop(key, None)
+        return out
+
+    def write_yaml(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_mapping(), sort_keys=True))
+
+    @classmethod
+    def read_yaml(cls, path: Path) -> "GPT3Config":
+        mapping = yaml.safe_load(Path(path).read_text())
+        return cls.from_mapping({**mapping, "preset": mapping.get("preset", "tiny_cpu")}, source=str(path), field_prefix="")
+
+
+def _coerce(raw: Any, hint: Any, source: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        if raw is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(raw, inner[0], source, where)
+    if origin is Literal:
+        if raw not in args:
+            raise InputError(source, where, f"expected one of {list(args)}, got {raw!r}{did_you_mean(raw, list(args))}")
+        return raw
+    if origin is tuple:
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, (list, tuple)):
+            raise InputError(source, where, f"expected a list, got {raw!r}")
+        return tuple(_coerce(item, args[0], source, f"{where}[{i}]") for i, item in enumerate(raw))
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise InputError(source, where, f"expected true or false, got {raw!r}")
+        return raw
+    if hint is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise InputError(source, where, f"expected an integer, got {raw!r}")
+        return raw
+    if hint is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise InputError(source, where, f"expected a number, got {raw!r}")
+        return float(raw)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise InputError(source, where, f"expected a string, got {raw!r}")
+        return raw
+    return raw
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # CI-sized: 4 layers, hidden 128, 4 heads, seq 128; TP2 x DP2 on 4 ranks over gloo.
+    "tiny_cpu": {},
+    # The shape of Megatron-LM's gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor (model_config.yaml).
+    "upstream_gpu": {
+        "device": "cuda",
+        "world_size": 2,
+        "tensor_parallel": 2,
+        "fsdp": "megatron",
+        "transformer_impl": "transformer_engine",
+        "num_layers": 12,
+        "hidden_size": 512,
+        "num_attention_heads": 8,
+        "seq_length": 1024,
+        "vocab_size": 50257,
+        "micro_batch_size": 4,
+        "global_batch_size": 32,
+        "bf16": True,
+        "train_iters": 100,
+        "lr": 1.5e-4,
+        "min_lr": 1.0e-5,
+        "lr_warmup_iters": 1,
+        "lr_decay_iters": 320000,
+        "weight_decay": 1e-2,
+        "clip_grad": 1.0,
+        "save_interval": 50,
+        "async_save": True,
+    },
+}
