@@ -1,0 +1,77 @@
+"""Planned faults: the concrete, typed form every scenario fault (scripted or seeded-random) becomes
+before a run. The supervisor executes exactly these; report.json echoes them as `planned`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGSEGV", "SIGABRT", "SIGSTOP")
+CORRUPT_MODES = ("truncate", "flip")
+
+
+@dataclass(frozen=True)
+class Trigger:
+    step: int | None = None
+    """Training step (1-based) at which the probe point must be reached; None = the first time at any step."""
+    phase: str | None = None
+    """Probe point name (chaos.probe.PHASES); None means a wall-clock trigger (after_s)."""
+    index: int | None = None
+    """For checkpoint.shard: after the k-th shard file (1-based); None = any."""
+    attempt: int = 1
+    """Which launch this fault belongs to (1 = the first; 2 = the first restart...)."""
+    after_s: float | None = None
+    """Wall-clock trigger: seconds after the attempt's launch (when phase is None)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: Literal["rank", "ranks", "node", "all"]
+    ranks: tuple[int, ...]
+    """Always concrete after planning (a node or `all` is resolved to its ranks)."""
+    node: int | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: Literal["signal", "corrupt"]
+    signal: str | None = None
+    """One of SIGNALS when kind == signal."""
+    corrupt: Literal["truncate", "flip"] | None = None
+    """When kind == corrupt: how to damage a file of the newest committed checkpoint."""
+
+
+@dataclass(frozen=True)
+class PlannedFault:
+    id: str
+    trigger: Trigger
+    target: Target
+    action: Action
+    origin: str = "scenario"
+    """'scenario' or 'random(seed=N)': where this fault came from, for the report and for replay."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlannedFault":
+        target = dict(data["target"])
+        target["ranks"] = tuple(target["ranks"])
+        return cls(
+            id=data["id"],
+            trigger=Trigger(**data["trigger"]),
+            target=Target(**target),
+            action=Action(**data["action"]),
+            origin=data.get("origin", "scenario"),
+        )
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    max_restarts: int = 5
+    teardown_grace_s: float = 3.0
+    """SIGTERM -> this many seconds -> SIGKILL, for survivors of a dead or hung attempt."""
+    hang_timeout_s: float = 60.0
+    """No history progress from any rank for this long (and none held) = hung."""
+    startup_timeout_s: float = 180.0
+    """A rank that has not said hello by then counts as hung."""
