@@ -78,6 +78,8 @@ class GPT3Config:
     save_dir: str = "checkpoints"
     load_dir: str | None = None
     """Resume from here (defaults to save_dir)."""
+    exit_at_iter: int | None = None
+    """Stop cleanly after this step, saved (Megatron's --exit-interval): the stop half of a stop/resume test."""
     bugs: tuple[str, ...] = ()
 
     # ---- derived -----------------------------------------------------------------------------
@@ -169,7 +171,7 @@ class GPT3Config:
     def fingerprint_mapping(self) -> dict[str, Any]:
         """What decides the numbers: everything but where files go and what may only change resilience."""
         out = self.to_mapping()
-        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs"):
+        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter"):
             out.pop(key, None)
         return out
 

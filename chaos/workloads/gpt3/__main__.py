@@ -1,0 +1,12 @@
+"""`python -m chaos.workloads.gpt3 WORKLOAD.yaml` (one rank; torchrun or chaos starts N of them)."""
+
+import sys
+
+from chaos.probe import get_probe
+
+# The probe says hello before torch is imported (~7 s), so the supervisor sees the rank at once.
+get_probe()
+
+from chaos.workloads.gpt3.train import main  # noqa: E402
+
+sys.exit(main())

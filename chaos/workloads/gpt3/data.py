@@ -1,0 +1,100 @@
+"""Data: megatron-core's dataset stack. MockGPTDataset through BlendedMegatronDatasetBuilder by default,
+or a megatron indexed dataset (.bin/.idx) by path prefix. The position is a pure function of consumed
+samples, so restoring `consumed_samples` restores the data order exactly (like Megatron's
+MegatronPretrainingSampler: each global batch is split into micro batches, and each data-parallel rank
+takes its contiguous slice of every micro batch)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads.gpt3.parallel import ParallelDims
+
+
+class MockTokenizer:
+    """What GPTDataset asks of a tokenizer: a vocabulary size, the end-of-document and pad ids."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.eod = vocab_size - 1
+        self.pad = vocab_size - 2
+        self.unique_identifiers = {"class": "chaos.MockTokenizer", "vocab_size": vocab_size}
+
+    def tokenize(self, text: str) -> list[int]:
+        return [hash(word) % (self.vocab_size - 2) for word in text.split()]
+
+
+@dataclass
+class MicroBatch:
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+
+
+class TrainData:
+    def __init__(self, config: GPT3Config, dims: ParallelDims, cache_dir: str) -> None:
+        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
+
+        self.config = config
+        self.dims = dims
+        tokenizer = MockTokenizer(config.vocab_size)
+        blend = ([config.data_path], None) if config.data_path else None
+        dataset_config = GPTDatasetConfig(
+            random_seed=config.seed,
+            sequence_length=config.seq_length,
+            blend=blend,
+            split="100,0,0",
+            tokenizer=tokenizer,
+            reset_position_ids=False,
+            reset_attention_mask=False,
+            eod_mask_loss=False,
+            create_attention_mask=True,
+            path_to_cache=cache_dir,
+            mmap_bin_files=True,
+        )
+        total_samples = config.train_iters * config.global_batch_size
+        dataset_class = GPTDataset if config.data_path else MockGPTDataset
+        train, _, _ = BlendedMegatronDatasetBuilder(
+            dataset_class, [total_samples, 0, 0], lambda: True, dataset_config
+        ).build()
+        self.dataset = train
+
+    def global_batch(self, step: int, consumed_samples: int) -> list[MicroBatch]:
+        """This rank's micro batches of the global batch that starts at `consumed_samples`."""
+        config, dims = self.config, self.dims
+        micro_batches = []
+        for micro in range(config.num_microbatches):
+            start = consumed_samples + micro * config.micro_batch_size * dims.dp + dims.dp_rank * config.micro_batch_size
+            samples = [self.dataset[index] for index in range(start, start + config.micro_batch_size)]
+            micro_batches.append(self._collate(samples))
+        return micro_batches
+
+    def _collate(self, samples: list[dict]) -> MicroBatch:
+        device = self.dims.device
+
+        def stack(key: str) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(sample[key]) for sample in samples]).to(device)
+
+        attention_mask = stack("attention_mask") if "attention_mask" in samples[0] else None
+        return MicroBatch(
+            tokens=stack("tokens").long(),
+            labels=stack("labels").long(),
+            loss_mask=stack("loss_mask").float(),
+            position_ids=stack("position_ids").long(),
+            attention_mask=attention_mask,
+        )
+
+
+def batch_hash(micro_batches: list[MicroBatch]) -> str:
+    """A fingerprint of the tokens this rank trained on in one step (for the data-order check)."""
+    digest = hashlib.sha256()
+    for micro in micro_batches:
+        digest.update(micro.tokens.cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,202 @@
+"""The GPT-3 trainer: config -> build -> load -> train -> close, reporting through the chaos probe.
+
+Run by hand:  torchrun --nproc-per-node=4 -m chaos.workloads.gpt3 workload.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import signal
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from chaos.probe import Probe, get_probe
+from chaos.workloads.gpt3 import parallel, rng
+from chaos.workloads.gpt3.checkpoint import Checkpointer, TrainProgress, build_state_dict
+from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads.gpt3.data import TrainData, batch_hash
+
+
+class Trainer:
+    def __init__(self, config: GPT3Config, probe: Probe) -> None:
+        self.config = config
+        self.probe = probe
+        self.exit_requested = False
+        if config.device == "cpu":
+            from chaos.workloads.gpt3 import cpu_compat
+
+            cpu_compat.apply()
+        if config.device == "cuda" and config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.dims = parallel.init(config)
+        rng.seed_everything(config.seed, self.dims.tp_rank, config.device)
+        from chaos.workloads.gpt3 import model as model_module
+
+        self.model, self.layouts = model_module.build(config, self.dims)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+            eps=config.adam_eps, weight_decay=config.weight_decay,
+        )
+        self.scheduler = self._build_scheduler()
+        cache = Path(config.save_dir).parent / "data_cache"
+        self.data = TrainData(config, self.dims, str(cache))
+        self.checkpointer = Checkpointer(config, self.dims, probe)
+        self.progress = TrainProgress()
+        self._install_signal_handlers()
+
+    def _build_scheduler(self):
+        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+        config = self.config
+        return OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=config.lr, min_lr=config.min_lr,
+            lr_warmup_steps=config.lr_warmup_iters, lr_decay_steps=config.lr_decay_iters or config.train_iters,
+            lr_decay_style=config.lr_decay_style, start_wd=config.weight_decay, end_wd=config.weight_decay,
+            wd_incr_steps=config.train_iters, wd_incr_style="constant",
+            use_checkpoint_opt_param_scheduler=True, override_opt_param_scheduler=False,
+        )
+
+    def _install_signal_handlers(self) -> None:
+        def on_sigterm(signum, frame):
+            self.probe.signal_received(signum)
+            if not self.config.has_bug("ignore_sigterm"):
+                self.exit_requested = True
+
+        if self.config.exit_on_sigterm or self.config.has_bug("ignore_sigterm"):
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+    # ---- one step --------------------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        config, dims, probe = self.config, self.dims, self.probe
+        with probe.phase("data", step):
+            micro_batches = self.data.global_batch(step, self.progress.consumed_samples)
+            # per-token loss as upstream (--calculate-per-token-loss): divide by the global token count
+            local_tokens = sum(micro.loss_mask.sum() for micro in micro_batches).reshape(1).to(torch.float64)
+            dist.all_reduce(local_tokens, group=dims.dp_group)
+            total_tokens = local_tokens.item()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros(1, dtype=torch.float64, device=dims.device)
+        for index, micro in enumerate(micro_batches, start=1):
+            with probe.phase("forward", step, index=index):
+                token_losses = self.model(micro.tokens, micro.position_ids, micro.attention_mask, labels=micro.labels)
+                masked = (token_losses.float() * micro.loss_mask).sum()
+                # FSDP's reduce-scatter averages over dp (gloo has no PREMUL_SUM for a custom factor),
+                # so scale by dp to get the gradient of the global per-token mean.
+                loss = masked * (dims.dp / total_tokens)
+            with probe.phase("backward", step, index=index):
+                loss.backward()
+            loss_sum += masked.detach().to(torch.float64)
+        with probe.phase("optimizer", step):
+            grad_norm = self._clip_gradients()
+            self.optimizer.step()
+            self.scheduler.step(increment=1)
+        dist.all_reduce(loss_sum, group=dims.dp_group)
+        self.progress.iteration = step
+        self.progress.consumed_samples += config.global_batch_size
+        return {
+            "lm_loss": (loss_sum / total_tokens).item(),
+            "grad_norm": grad_norm,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "consumed_samples": self.progress.consumed_samples,
+            "data_hash": batch_hash(micro_batches),
+        }
+
+    def _clip_gradients(self) -> float:
+        """Megatron's global grad norm: TP-sharded gradients count on every TP rank, replicated ones once."""
+        dims = self.dims
+        squares = torch.zeros(1, dtype=torch.float64, device=dims.device)
+        grads = []
+        for name, param in self.model.named_parameters():
+            if param.grad is None:
+                continue
+            local = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+            grads.append(local)
+            if self.layouts[name].partition_dim is not None or dims.tp_rank == 0:
+                squares += local.to(torch.float64).pow(2).sum()
+        dist.all_reduce(squares)
+        total_norm = math.sqrt(squares.item())
+        clip = self.config.clip_grad / (total_norm + 1.0e-6)
+        if clip < 1.0:
+            for grad in grads:
+                grad.mul_(clip)
+        return total_norm
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def state_dict(self):
+        return build_state_dict(self.model, self.optimizer, self.scheduler, self.layouts, self.dims,
+                                self.config, self.progress)
+
+    def save(self, iteration: int) -> None:
+        self.checkpointer.save(self.state_dict(), iteration)
+
+    def run(self) -> int:
+        config, probe = self.config, self.probe
+        self.progress = self.checkpointer.load(self.model, self.optimizer, self.scheduler, self.layouts, self.progress)
+        last_saved = self.progress.iteration
+        for step in range(self.progress.iteration + 1, config.train_iters + 1):
+            probe.step_begin(step)
+            metrics = self.train_step(step)
+            probe.metrics(step, **metrics)
+            if self.dims.rank == 0:
+                print(format_log_line(step, config, metrics), flush=True)
+            probe.step_end(step)
+            self.checkpointer.finalize_async(wait=False)
+            if step % config.save_interval == 0 or step == config.train_iters:
+                self.save(step)
+                last_saved = step
+            stop_here = config.exit_at_iter is not None and step == config.exit_at_iter
+            if stop_here or self._any_rank_asked_to_exit():
+                # Megatron's --exit-signal-handler: every rank stops after the same step, saved: no step lost.
+                if last_saved != step:
+                    self.save(step)
+                self.checkpointer.finalize_async(wait=True)
+                probe.train_end(step, "preempted")
+                return 0
+        self.checkpointer.finalize_async(wait=True)
+        probe.final_state(config.train_iters, self.state_hash())
+        probe.train_end(config.train_iters, "complete")
+        return 0
+
+    def _any_rank_asked_to_exit(self) -> bool:
+        flag = torch.tensor([1 if self.exit_requested else 0], dtype=torch.int32, device=self.dims.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def state_hash(self) -> str:
+        """sha256 over the full (TP- and DP-gathered) parameters and Adam moments, in name order."""
+        digest = hashlib.sha256()
+        state = self.state_dict()
+        for key in sorted(k for k in state if k.startswith(("model/", "optim/"))):
+            value = state[key]
+            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if self.dims.rank == 0:
+                digest.update(key.encode())
+                digest.update(full.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
+
+
+def format_log_line(step: int, config: GPT3Config, metrics: dict) -> str:
+    """Megatron's iteration log line, so log-following tools (and people) read it the same way."""
+    return (
+        f" iteration {step:8d}/{config.train_iters:8d} | consumed samples: {metrics['consumed_samples']:12d} |"
+        f" learning rate: {metrics['lr']:.6E} | global batch size: {config.global_batch_size:5d} |"
+        f" lm loss: {metrics['lm_loss']:.6E} | grad norm: {metrics['grad_norm']:.3f} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: torchrun --nproc-per-node=N -m chaos.workloads.gpt3 WORKLOAD.yaml", file=sys.stderr)
+        return 2
+    probe = get_probe()
+    config = GPT3Config.read_yaml(Path(argv[0]))
+    trainer = Trainer(config, probe)
+    try:
+        return trainer.run()
+    finally:
+        parallel.shutdown()
