@@ -1,0 +1,160 @@
+"""The system under test, on CPU over gloo with real ranks: bitwise stop/resume for TP1xDP2, TP2xDP1 and
+TP2xDP2, TP shards back on the right ranks, reshard on load, indexed data, async save."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pickle
+from pathlib import Path
+
+import pytest
+
+from chaos.workloads.gpt3.config import GPT3Config
+from workload_runs import events, losses, output_of, run_attempt
+
+TINY = {"train_iters": 6, "save_interval": 3}
+
+
+def config_for(run_dir: Path, **overrides) -> GPT3Config:
+    mapping = {**TINY, **overrides}
+    return GPT3Config.from_mapping(mapping, "test").with_run_dir(run_dir)
+
+
+def run_ok(config: GPT3Config, run_dir: Path, attempt: int) -> None:
+    codes = run_attempt(config, run_dir, attempt)
+    assert codes == [0] * config.world_size, f"attempt {attempt} exit codes {codes}\n{output_of(run_dir, attempt)}"
+
+
+def final_hash(run_dir: Path) -> str:
+    return events(run_dir, "final_state", rank=0)[-1]["state_hash"]
+
+
+@pytest.fixture(scope="module")
+def golden_runs(tmp_path_factory):
+    """Uninterrupted runs, one per topology, computed once for the module."""
+    cache: dict[tuple[int, int], Path] = {}
+
+    def get(world_size: int, tensor_parallel: int) -> Path:
+        key = (world_size, tensor_parallel)
+        if key not in cache:
+            run_dir = tmp_path_factory.mktemp(f"golden-ws{world_size}-tp{tensor_parallel}")
+            run_ok(config_for(run_dir, world_size=world_size, tensor_parallel=tensor_parallel), run_dir, 1)
+            cache[key] = run_dir
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("world_size,tensor_parallel", [(2, 1), (2, 2), (4, 2)], ids=["tp1xdp2", "tp2xdp1", "tp2xdp2"])
+def test_stop_and_resume_is_bitwise_equal_to_the_uninterrupted_run(tmp_path, golden_runs, world_size, tensor_parallel):
+    golden = golden_runs(world_size, tensor_parallel)
+    stopped = dataclasses.replace(config_for(tmp_path, world_size=world_size, tensor_parallel=tensor_parallel), exit_at_iter=4)
+    run_ok(stopped, tmp_path, 1)
+    assert max(losses(tmp_path, attempt=1)) == 4
+    run_ok(dataclasses.replace(stopped, exit_at_iter=None), tmp_path, 2)
+
+    loaded = events(tmp_path, "checkpoint_loaded", rank=0)
+    assert [e["iteration"] for e in loaded] == [0, 4]
+    expected, actual = losses(golden), losses(tmp_path)
+    assert sorted(expected) == list(range(1, 7))
+    for step in expected:
+        assert actual[step] == expected[step], f"Loss mismatch at step {step}: baseline={expected[step]!r}, test={actual[step]!r}"
+    assert final_hash(tmp_path) == final_hash(golden)
+
+
+def test_each_tp_rank_gets_its_own_shard_back(tmp_path, golden_runs):
+    """TRAP 1: the checkpoint holds TP-global tensors (both TP shards at their own offsets), and the
+    deliberately broken layout (FSDP's dp-only DTensors) really does corrupt the resume."""
+    import torch.distributed.checkpoint as dcp
+
+    golden = golden_runs(4, 2)
+    metadata = dcp.FileSystemReader(str(golden / "checkpoints" / "iter_0000003")).read_metadata()
+    output = metadata.state_dict_metadata["model/output_layer.weight"]
+    assert list(output.size) == [1024, 128], "vocab-parallel output layer must be saved at its TP-global shape"
+    offsets = sorted(tuple(chunk.offsets) for chunk in output.chunks)
+    assert offsets == [(0, 0), (256, 0), (512, 0), (768, 0)], "tp x dp shards, each at its own global offset"
+    row_parallel = metadata.state_dict_metadata["model/decoder.layers.0.mlp.linear_fc2.weight"]
+    assert list(row_parallel.size) == [128, 512]
+
+    broken = dataclasses.replace(config_for(tmp_path), exit_at_iter=4, bugs=("swap_tp_shards",))
+    run_ok(broken, tmp_path, 1)
+    run_ok(dataclasses.replace(broken, exit_at_iter=None), tmp_path, 2)
+    expected, actual = losses(golden), losses(tmp_path)
+    assert all(actual[s] == expected[s] for s in range(1, 5))
+    assert actual[5] != expected[5], "with both TP ranks loading one shard the resumed loss must drift"
+
+
+def test_dropout_rng_must_be_restored(tmp_path, golden_runs):
+    """TRAP 2: dropout is on by default; a trainer that does not restore RNG drifts after the resume."""
+    golden = golden_runs(4, 2)
+    broken = dataclasses.replace(config_for(tmp_path), exit_at_iter=4, bugs=("no_rng_restore",))
+    run_ok(broken, tmp_path, 1)
+    run_ok(dataclasses.replace(broken, exit_at_iter=None), tmp_path, 2)
+    assert losses(tmp_path)[5] != losses(golden)[5]
+
+
+def test_resume_with_a_different_data_parallel_size(tmp_path, golden_runs):
+    golden = golden_runs(4, 2)
+    first = dataclasses.replace(config_for(tmp_path, world_size=4, tensor_parallel=2), exit_at_iter=3)
+    run_ok(first, tmp_path, 1)
+    resharded = config_for(tmp_path, world_size=2, tensor_parallel=2)  # dp 2 -> 1, same TP
+    run_ok(resharded, tmp_path, 2)
+    loaded = events(tmp_path, "checkpoint_loaded", rank=0)
+    assert loaded[-1]["iteration"] == 3
+    expected, actual = losses(golden), losses(tmp_path, attempt=2)
+    assert sorted(actual) == [4, 5, 6]
+    for step in actual:
+        # Same weights and data, but each sample now meets another rank's dropout stream and another
+        # reduction order: close, not bitwise. A fresh model would be back at ~6.95 (step 1's loss).
+        assert math.isclose(actual[step], expected[step], rel_tol=2e-3), (step, actual[step], expected[step])
+    consumed = [e["consumed_samples"] for e in events(tmp_path, "metrics", rank=0) if e["attempt"] == 2]
+    assert consumed == [32, 40, 48]
+
+
+def test_async_save_resumes_bitwise(tmp_path, golden_runs):
+    golden = golden_runs(4, 2)
+    stopped = dataclasses.replace(config_for(tmp_path, async_save=True), exit_at_iter=4)
+    run_ok(stopped, tmp_path, 1)
+    run_ok(dataclasses.replace(stopped, exit_at_iter=None), tmp_path, 2)
+    assert losses(tmp_path) == losses(golden)
+    committed = [e["iteration"] for e in events(tmp_path, "checkpoint_committed", rank=0)]
+    assert committed == [3, 4, 6]
+
+
+def test_indexed_dataset_by_path_prefix(tmp_path):
+    """megatron's .bin/.idx format, built here from random documents; position resumes from consumed samples."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = tmp_path / "data" / "tiny_text_document"
+    prefix.parent.mkdir()
+    builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.uint16)
+    generator = np.random.default_rng(0)
+    for _ in range(64):
+        builder.add_document(torch.from_numpy(generator.integers(0, 1000, size=300).astype(np.int64)), [300])
+    builder.finalize(str(prefix) + ".idx")
+
+    run_dir = tmp_path / "run"
+    config = dataclasses.replace(config_for(run_dir, world_size=2, tensor_parallel=2, train_iters=4, save_interval=2),
+                                 data_path=str(prefix), exit_at_iter=2)
+    run_ok(config, run_dir, 1)
+    run_ok(dataclasses.replace(config, exit_at_iter=None), run_dir, 2)
+    metrics = [e for e in events(run_dir, "metrics", rank=0)]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(math.isfinite(m["lm_loss"]) for m in metrics)
+
+
+def test_checkpoint_has_every_piece_of_state(golden_runs):
+    import torch.distributed.checkpoint as dcp
+
+    directory = golden_runs(4, 2) / "checkpoints" / "iter_0000006"
+    keys = set(dcp.FileSystemReader(str(directory)).read_metadata().state_dict_metadata)
+    assert {"train", "rng/rank_0", "rng/rank_1", "rng/rank_2", "rng/rank_3"} <= keys
+    assert any(k.startswith("optim/") and k.endswith("/exp_avg_sq") for k in keys)
+    manifest = json.loads((directory / "chaos_manifest.json").read_text())
+    assert manifest["iteration"] == 6 and ".metadata" in manifest["files"]
+    assert (directory.parent / "latest_checkpointed_iteration.txt").read_text() == "6"
+    assert not any(p.name.startswith(".tmp") for p in directory.parent.iterdir())
