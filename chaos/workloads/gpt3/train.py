@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -179,6 +180,13 @@ class Trainer:
         return digest.hexdigest()
 
 
+DETERMINISTIC_ENV = {
+    "NCCL_ALGO": "Ring",
+    "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
+    "NVTE_ALLOW_NONDETERMINISTIC_ALGO": "0",
+}
+
+
 def format_log_line(step: int, config: GPT3Config, metrics: dict) -> str:
     """Megatron's iteration log line, so log-following tools (and people) read it the same way."""
     return (
@@ -195,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     probe = get_probe()
     config = GPT3Config.read_yaml(Path(argv[0]))
+    if config.device == "cuda" and config.deterministic:
+        # Megatron's deterministic mode (upstream test's ENV_VARS); read when NCCL/cuBLAS initialise.
+        for name, value in DETERMINISTIC_ENV.items():
+            os.environ.setdefault(name, value)
     trainer = Trainer(config, probe)
     try:
         return trainer.run()

@@ -1,0 +1,415 @@
+"""Goldens: the uninterrupted run's numbers, and how a faulted run's numbers are compared with them.
+
+The metrics file is Megatron-LM's own golden format, so Megatron's tools read ours and we read theirs::
+
+    {"lm loss": {"start_step": 1, "end_step": 12, "step_interval": 1, "values": {"1": 10.93, ...}}, ...}
+
+Unlike Megatron we keep every float at full precision (Python's json writes the shortest repr that reads
+back to the same double): the CPU oracle is bitwise, and Megatron's 5 rounded digits would hide a drift.
+What Megatron's format has no room for (the environment the numbers came from, the final state hash, the
+workload fingerprint) goes in a sidecar `<stem>.meta.json`.
+
+Pure Python; never imports torch (versions come from importlib.metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import platform
+import statistics
+import struct
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import reduce
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from chaos.errors import InputError
+
+METRIC_KEYS = {"lm_loss": "lm loss", "grad_norm": "grad norm", "lr": "learning rate",
+               "consumed_samples": "consumed samples"}
+"""Probe metric field -> golden metric key (the metrics our goldens record)."""
+
+DEFAULT_TOLERANCE = {
+    "lm loss": 0.05,
+    "num-zeros": 0.20,
+    "iteration-time": 0.05,
+    "mem-allocated-bytes": 0.05,
+    "mem-max-allocated-bytes": 0.05,
+}
+"""Megatron-LM's relative tolerances (atol 0) for its non-deterministic comparison."""
+
+FALLBACK_TOLERANCE = 0.05
+"""For a metric Megatron has no tolerance for (grad norm, learning rate, ...) when one is compared in megatron mode."""
+
+KNOWN_METRICS = tuple(dict.fromkeys([*DEFAULT_TOLERANCE, *METRIC_KEYS.values()]))
+
+NONDETERMINISTIC_METRICS = ("iteration-time", "mem-allocated-bytes", "mem-max-allocated-bytes")
+"""Never compared bitwise: they measure the machine, not the math."""
+
+ITERATION_TIME_STEPS = (30, 45)
+"""Megatron compares iteration-time as the median over these steps (inclusive), not step by step."""
+
+ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_flags_hash", "device")
+"""What must agree for a committed golden to be valid here (bitwise numbers change with any of these)."""
+
+
+# ---- the golden --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GoldenMeta:
+    environment: dict[str, Any] = field(default_factory=dict)
+    """environment_fingerprint() of the machine that recorded it."""
+    workload_fingerprint: str | None = None
+    final_state_hash: str | None = None
+    created: str | None = None
+    """ISO 8601, UTC."""
+    scenario: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Anything else a recorder wants to keep (train_iters, command line...)."""
+
+
+@dataclass
+class Golden:
+    metrics: dict[str, dict[int, float]]
+    """metric name (`lm loss`) -> step -> value."""
+    meta: GoldenMeta | None = None
+
+    @classmethod
+    def from_records(cls, records: list[Mapping[str, Any]], meta: GoldenMeta | None = None) -> "Golden":
+        """From probe `metrics` records (lm_loss, grad_norm, lr, consumed_samples per step)."""
+        metrics: dict[str, dict[int, float]] = {}
+        for record in records:
+            for field_name, metric in METRIC_KEYS.items():
+                if record.get(field_name) is not None:
+                    metrics.setdefault(metric, {})[int(record["step"])] = float(record[field_name])
+        return cls(metrics=metrics, meta=meta)
+
+
+def meta_path(path: str | Path) -> Path:
+    """goldens/x.json -> goldens/x.meta.json."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.meta.json")
+
+
+def read_golden(path: str | Path) -> Golden:
+    """Reads a golden (ours or Megatron-LM's); its sidecar meta is read when present."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict) or not data:
+        raise InputError(str(path), "", "expected a mapping of metric name -> {start_step, end_step, step_interval, "
+                                        "values}")
+    metrics: dict[str, dict[int, float]] = {}
+    for metric, body in data.items():
+        if not isinstance(body, dict) or not isinstance(body.get("values"), dict):
+            raise InputError(str(path), metric, "expected {start_step, end_step, step_interval, values: {step: number}}")
+        values: dict[int, float] = {}
+        for step, value in body["values"].items():
+            try:
+                step_number = int(step)
+            except (TypeError, ValueError):
+                raise InputError(str(path), f"{metric}.values.{step}", "expected an integer step as key") from None
+            values[step_number] = _number(value, str(path), f"{metric}.values.{step}")
+        metrics[metric] = dict(sorted(values.items()))
+    meta = None
+    sidecar = meta_path(path)
+    if sidecar.is_file():
+        meta = read_meta(sidecar)
+    return Golden(metrics=metrics, meta=meta)
+
+
+def read_meta(path: str | Path) -> GoldenMeta:
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(str(path), "", "expected a mapping (golden meta)")
+    known = {f for f in GoldenMeta.__dataclass_fields__}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(str(path), unknown[0], f"unknown key; expected one of {sorted(known)}")
+    if not isinstance(data.get("environment", {}), dict):
+        raise InputError(str(path), "environment", "expected a mapping")
+    return GoldenMeta(**data)
+
+
+def write_golden(golden: Golden, path: str | Path) -> Path:
+    """Writes the metrics file in Megatron's format (full precision) and, if there is meta, its sidecar."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {}
+    for metric, values in golden.metrics.items():
+        steps = sorted(values)
+        if not steps:
+            continue
+        out[metric] = {
+            "start_step": steps[0],
+            "end_step": steps[-1],
+            "step_interval": _interval(steps),
+            "values": {str(step): float(values[step]) for step in steps},
+        }
+    _write_json(path, out)
+    if golden.meta is not None:
+        _write_json(meta_path(path), asdict(golden.meta))
+    return path
+
+
+def new_meta(environment: dict[str, Any], workload_fingerprint: str | None, final_state_hash: str | None = None,
+             scenario: str | None = None, **extra: Any) -> GoldenMeta:
+    """Meta stamped with the current time."""
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return GoldenMeta(environment=environment, workload_fingerprint=workload_fingerprint,
+                      final_state_hash=final_state_hash, created=created, scenario=scenario, extra=dict(extra))
+
+
+def _interval(steps: list[int]) -> int:
+    """Megatron's files say how values are spaced; 1 unless every gap shares a larger divisor."""
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    return reduce(math.gcd, gaps) if gaps else 1
+
+
+def _number(value: Any, source: str, where: str) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(value)  # Megatron writes "nan" for a diverged step
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(source, where, f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(str(path), "", f"cannot read golden: {error.strerror or error}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(str(path), f"line {error.lineno}, column {error.colno}", f"invalid JSON: {error.msg}") from None
+
+
+def _write_json(path: Path, data: Any) -> None:
+    # temp + rename: a golden is committed to the repo; a half-written one must never be left behind.
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
+    temp.replace(path)
+
+
+# ---- fingerprints --------------------------------------------------------------------------------------
+def environment_fingerprint(device: str = "cpu") -> dict[str, Any]:
+    """What the numbers depend on besides the workload, read without importing torch."""
+    cpu_model, cpu_flags = _cpu_info()
+    return {
+        "torch": _version("torch"),
+        "megatron-core": _version("megatron-core"),
+        "transformer-engine": _version("transformer-engine") or _version("transformer_engine"),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_flags_hash": hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:16],
+        "device": device,
+        "gpu_model": _gpu_model() if device == "cuda" else None,
+    }
+
+
+def environment_mismatches(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """key -> (recorded, current) for every ENVIRONMENT_MATCH_KEYS difference (python compared as major.minor;
+    gpu_model only when both sides know it). Empty = the golden is valid here."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in ENVIRONMENT_MATCH_KEYS:
+        a, b = recorded.get(key), current.get(key)
+        if key == "python":
+            a, b = _major_minor(a), _major_minor(b)
+        if a != b:
+            out[key] = (a, b)
+    if recorded.get("gpu_model") and current.get("gpu_model") and recorded["gpu_model"] != current["gpu_model"]:
+        out["gpu_model"] = (recorded["gpu_model"], current["gpu_model"])
+    return out
+
+
+def workload_fingerprint(config: Any) -> str:
+    """sha256 of the canonical JSON of what decides a workload's numbers (GPT3Config.fingerprint_mapping)."""
+    canonical = json.dumps(config.fingerprint_mapping(), sort_keys=True, separators=(",", ":"), default=list)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def find_golden(directory: str | Path, workload_fp: str, env: Mapping[str, Any]) -> Path | None:
+    """The newest golden in `directory` recorded for this workload in this environment, or None."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    found: list[tuple[str, str, Path]] = []
+    for path in directory.glob("*.json"):
+        if path.name.endswith(".meta.json"):
+            continue
+        sidecar = meta_path(path)
+        if not sidecar.is_file():
+            continue
+        meta = read_meta(sidecar)
+        if meta.workload_fingerprint == workload_fp and not environment_mismatches(meta.environment, env):
+            found.append((meta.created or "", path.name, path))
+    return max(found)[2] if found else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(version: Any) -> Any:
+    return ".".join(str(version).split(".")[:2]) if version else version
+
+
+def _cpu_info() -> tuple[str | None, list[str]]:
+    model, flags = None, []
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or None, []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and model is None:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:  # x86: flags; arm64: Features
+            flags = value.split()
+    return model, flags
+
+
+def _gpu_model() -> str | None:
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            for line in info.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.lower().startswith("model:"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            continue
+    return None
+
+
+# ---- comparison ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricComparison:
+    metric: str
+    passed: bool
+    compared_steps: int
+    failing_steps: tuple[int, ...]
+    """Steps out of tolerance (exact: not bitwise equal), including missing ones."""
+    missing_steps: tuple[int, ...]
+    """Golden steps the actual run has no value for."""
+    allowed_failures: int
+    """0 in exact mode; Megatron's min(max(n // 100, 1), 50) in megatron mode."""
+    tolerance: float | None
+    """Relative tolerance (megatron mode); None = bitwise."""
+    first_failure: tuple[int, float, float | None] | None = None
+    """(step, golden, actual) of the first failing step."""
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    mode: Literal["exact", "megatron"]
+    passed: bool
+    metrics: tuple[MetricComparison, ...]
+    first_divergence: tuple[str, int, float, float | None] | None
+    """(metric, step, golden, actual): the earliest step out of tolerance in any metric, even when the
+    allowance of failing steps (megatron mode) lets the comparison pass."""
+
+    def summary(self) -> str:
+        rule = "bitwise" if self.mode == "exact" else "Megatron relative tolerance"
+        if self.first_divergence is None:
+            compared = ", ".join(f"{m.metric} ({m.compared_steps} steps)" for m in self.metrics)
+            return f"matches the golden ({rule}): {compared}"
+        metric, step, golden, actual = self.first_divergence
+        verdict = "within the allowed failing steps" if self.passed else "FAILED"
+        return (f"{metric} mismatch at step {step}: golden={golden!r}, actual={actual!r} ({rule}; {verdict}; "
+                + "; ".join(f"{m.metric}: {len(m.failing_steps)}/{m.compared_steps} failing, "
+                            f"{m.allowed_failures} allowed" for m in self.metrics) + ")")
+
+
+def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str,
+            tolerance: Mapping[str, float] | None = None, metrics: tuple[str, ...] | None = None) -> Comparison:
+    """Compares an actual run with a golden over the steps the golden has (at its step_interval).
+
+    exact: every compared value bitwise equal (default metrics: all of the golden's but timing and memory).
+    megatron: relative tolerance, atol 0, min(max(n // 100, 1), 50) failing steps allowed per metric
+    (default metrics: lm loss, num-zeros if both sides have it, plus any metric named in `tolerance`).
+    A metric the golden lacks cannot be compared: that is a failure, not a skip.
+    """
+    if mode not in ("exact", "megatron"):
+        raise ValueError(f"unknown comparison mode {mode!r}; expected exact or megatron")
+    tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    if metrics is None:
+        metrics = _default_metrics(golden, actual, mode, tolerance)
+    results = []
+    for metric in metrics:
+        results.append(_compare_metric(metric, golden.metrics.get(metric), actual.get(metric), mode,
+                                       tolerance.get(metric, FALLBACK_TOLERANCE)))
+    first = None
+    for result in results:
+        if result.first_failure is not None:
+            candidate = (result.first_failure[0], result.metric, *result.first_failure[1:])
+            if first is None or candidate[0] < first[0]:
+                first = candidate
+    divergence = None if first is None else (first[1], first[0], first[2], first[3])
+    return Comparison(mode=mode, passed=all(r.passed for r in results), metrics=tuple(results),  # type: ignore[arg-type]
+                      first_divergence=divergence)
+
+
+def _default_metrics(golden: Golden, actual: Mapping[str, Any], mode: str, tolerance: Mapping[str, float]) -> tuple:
+    if mode == "exact":
+        return tuple(m for m in golden.metrics if m not in NONDETERMINISTIC_METRICS)
+    chosen = ["lm loss"]
+    if "num-zeros" in golden.metrics and "num-zeros" in actual:
+        chosen.append("num-zeros")
+    chosen += [m for m in tolerance if m not in DEFAULT_TOLERANCE and m in golden.metrics]
+    return tuple(dict.fromkeys(chosen))
+
+
+def _compare_metric(metric: str, expected: Mapping[int, float] | None, got: Mapping[int, float] | None, mode: str,
+                    rtol: float) -> MetricComparison:
+    exact = mode == "exact"
+    if not expected:
+        return MetricComparison(metric, False, 0, (), (), 0, None if exact else rtol,
+                                note="the golden has no values for this metric")
+    got = got or {}
+    if metric == "iteration-time" and not exact:
+        return _compare_median(metric, expected, got, rtol)
+    steps = sorted(expected)
+    missing = tuple(step for step in steps if step not in got)
+    failing = []
+    for step in steps:
+        value = got.get(step)
+        ok = value is not None and (_bitwise_equal(expected[step], value) if exact
+                                    else abs(value - expected[step]) <= rtol * abs(expected[step]))
+        if not ok:
+            failing.append(step)
+    allowed = 0 if exact else min(max(len(steps) // 100, 1), 50)
+    first = (failing[0], expected[failing[0]], got.get(failing[0])) if failing else None
+    note = f"the actual run has no value at {len(missing)} golden step(s)" if missing else ""
+    return MetricComparison(metric, len(failing) <= allowed, len(steps), tuple(failing), missing, allowed,
+                            None if exact else rtol, first, note)
+
+
+def _compare_median(metric: str, expected: Mapping[int, float], got: Mapping[int, float], rtol: float) -> MetricComparison:
+    low, high = ITERATION_TIME_STEPS
+    steps = [s for s in sorted(expected) if low <= s <= high]
+    missing = tuple(s for s in steps if s not in got)
+    if not steps or missing:
+        return MetricComparison(metric, False, len(steps), tuple(missing), missing, 0, rtol,
+                                note=f"needs steps {low}-{high} on both sides (compared as their median)")
+    golden_median = statistics.median(expected[s] for s in steps)
+    actual_median = statistics.median(got[s] for s in steps)
+    ok = abs(actual_median - golden_median) <= rtol * abs(golden_median)
+    first = None if ok else (steps[0], golden_median, actual_median)
+    return MetricComparison(metric, ok, len(steps), () if ok else (steps[0],), (), 0, rtol, first,
+                            note=f"median of steps {low}-{high}")
+
+
+def _bitwise_equal(a: float, b: float) -> bool:
+    a, b = float(a), float(b)
+    if math.isnan(a) and math.isnan(b):
+        return True  # JSON keeps no NaN payload; two NaNs at one step are the same divergence
+    return struct.pack("<d", a) == struct.pack("<d", b)

@@ -1,0 +1,562 @@
+"""Scenario YAML -> chaos.scenario.model objects, and back.
+
+Validation happens here and only here: every error is an InputError naming the file, the field path
+(`faults[2].target.rank`), what was expected and, where a close spelling exists, the fix
+("did you mean SIGKILL?"). Unknown keys are errors: a misspelt key silently ignored would make a
+scenario test something other than what its author meant.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from chaos.errors import InputError, did_you_mean
+from chaos.golden import KNOWN_METRICS
+from chaos.plan import CORRUPT_MODES, SIGNALS, Action, RestartPolicy, Trigger
+from chaos.probe import PHASES
+from chaos.scenario.model import (
+    CHECK_NAMES, GOLDEN_MODES, LAUNCHERS, MICROBATCH_PHASES, FaultSpec, GoldenSpec, RandomFaults, Scenario,
+    ScriptedFault, TargetSpec,
+)
+from chaos.workloads.gpt3.config import GPT3Config
+
+TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "faults", "restart", "golden", "tolerance",
+            "checks")
+TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s")
+TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
+RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
+RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s")
+GOLDEN_KEYS = ("path", "mode")
+
+
+# ---- YAML ------------------------------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently) and reads `1e-3` as a
+    number (YAML 1.1 wants a dot in the mantissa; people write lr: 1e-3)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> Python data; a syntax error becomes an InputError with the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise InputError(source, where, f"invalid YAML: {error.problem or error}") from None
+    except yaml.YAMLError as error:
+        raise InputError(source, "", f"invalid YAML: {error}") from None
+
+
+# ---- small typed readers -----------------------------------------------------------------------------
+class _Fields:
+    """Reads typed values out of plain data, raising InputError with the field path on anything wrong."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def error(self, where: str, message: str) -> InputError:
+        return InputError(self.source, where, message)
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(value, Mapping):
+            raise self.error(where, f"expected a mapping with keys from {list(allowed)}, got {value!r}")
+        for key in value:
+            if key not in allowed:
+                raise self.error(_join(where, str(key)),
+                                 f"unknown key{did_you_mean(key, allowed)}; expected one of {list(allowed)}")
+        return dict(value)
+
+    def integer(self, value: Any, where: str, low: int | None = None, high: int | None = None,
+                high_reason: str = "") -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {value}")
+        return value
+
+    def number(self, value: Any, where: str, low: float = 0.0, strict: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {value!r}")
+        if value < low or (strict and value == low):
+            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {value!r}")
+        return float(value)
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self.error(where, f"expected a string, got {value!r}")
+        return value
+
+    def choice(self, value: Any, where: str, choices: tuple[str, ...], what: str = "") -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise self.error(where, f"expected {what or 'one of'} {list(choices)}, got {value!r}"
+                                    f"{did_you_mean(value, choices)}")
+        return value
+
+    def choices(self, value: Any, where: str, choices: tuple[str, ...]) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.error(where, f"expected a non-empty list of {list(choices)}, got {value!r}")
+        picked = tuple(self.choice(item, f"{where}[{i}]", choices) for i, item in enumerate(items))
+        return tuple(dict.fromkeys(picked))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _bounds(low: int | None, high: int | None, reason: str) -> str:
+    if low is not None and high is not None:
+        text = f" in [{low}, {high}]"
+    elif low is not None:
+        text = f" >= {low}"
+    elif high is not None:
+        text = f" <= {high}"
+    else:
+        text = ""
+    return f"{text} ({reason})" if reason and text else text
+
+
+# ---- public API ----------------------------------------------------------------------------------------
+def load_scenario(path: str | Path) -> Scenario:
+    """Reads and validates a scenario file; `name` defaults to the file's stem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(str(path), "", f"cannot read scenario: {error.strerror or error}") from None
+    return load_scenario_text(text, str(path), base_dir=path.resolve().parent)
+
+
+def load_scenario_text(text: str, source: str, base_dir: str | Path | None = None) -> Scenario:
+    """Validates scenario YAML text. `source` names it in errors (and gives the default name);
+    relative paths resolve against base_dir (default: the directory of `source`, if it exists)."""
+    data = parse_yaml(text, source)
+    if data is None:
+        raise InputError(source, "", "empty scenario; expected a mapping with at least `workload:`")
+    if base_dir is None:
+        parent = Path(source).parent
+        base_dir = parent.resolve() if parent.is_dir() else Path.cwd()
+    return load_scenario_mapping(data, source, base_dir)
+
+
+def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = None) -> Scenario:
+    """Validates an already-parsed scenario document (what scenario_to_mapping returns)."""
+    read = _Fields(source)
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+    top = read.mapping(data, "", TOP_KEYS)
+
+    name = read.string(top.get("name", Path(source).stem), "name")
+    if not name.strip():
+        raise read.error("name", "must not be empty")
+    description = read.string(top.get("description", "") or "", "description").strip()
+    seed = read.integer(top.get("seed", 0), "seed")
+    launcher = read.choice(top.get("launcher", "direct"), "launcher", LAUNCHERS)
+
+    workload_mapping = top.get("workload", {}) or {}
+    if not isinstance(workload_mapping, Mapping):
+        raise read.error("workload", f"expected a mapping (preset + overrides), got {workload_mapping!r}")
+    workload_name = workload_mapping.get("name", "gpt3")
+    if workload_name != "gpt3":
+        raise read.error("workload.name", f"unknown workload {workload_name!r}; expected 'gpt3'"
+                                          f"{did_you_mean(workload_name, ['gpt3'])}")
+    workload = GPT3Config.from_mapping(workload_mapping, source, "workload")
+
+    restart = _restart(read, top.get("restart", {}) or {})
+    faults = _faults(read, top.get("faults", []) or [], workload, restart)
+    golden = _golden(read, top.get("golden", {}) or {}, base_dir)
+    tolerance = _tolerance(read, top.get("tolerance", {}) or {})
+    checks = _checks(read, top.get("checks", "all"))
+
+    return Scenario(
+        name=name, workload=workload, workload_mapping=copy.deepcopy(dict(workload_mapping)),
+        description=description, seed=seed, launcher=launcher, faults=faults, restart=restart, golden=golden,
+        tolerance=tolerance, checks=checks, source=source, base_dir=base_dir,
+    )
+
+
+# ---- sections ------------------------------------------------------------------------------------------
+def _restart(read: _Fields, value: Any) -> RestartPolicy:
+    raw = read.mapping(value, "restart", RESTART_KEYS)
+    defaults = RestartPolicy()
+    return RestartPolicy(
+        max_restarts=read.integer(raw.get("max_restarts", defaults.max_restarts), "restart.max_restarts", low=0),
+        teardown_grace_s=read.number(raw.get("teardown_grace_s", defaults.teardown_grace_s),
+                                     "restart.teardown_grace_s"),
+        hang_timeout_s=read.number(raw.get("hang_timeout_s", defaults.hang_timeout_s), "restart.hang_timeout_s",
+                                   strict=True),
+        startup_timeout_s=read.number(raw.get("startup_timeout_s", defaults.startup_timeout_s),
+                                      "restart.startup_timeout_s", strict=True),
+    )
+
+
+def _faults(read: _Fields, value: Any, workload: GPT3Config, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
+    if not isinstance(value, list):
+        raise read.error("faults", f"expected a list of faults, got {value!r}")
+    faults: list[FaultSpec] = []
+    for i, item in enumerate(value):
+        where = f"faults[{i}]"
+        if isinstance(item, Mapping) and "random" in item:
+            if len(item) != 1:
+                extra = sorted(str(k) for k in item if k != "random")
+                raise read.error(f"{where}.{extra[0]}", "a `random:` entry takes no other keys; put them inside it "
+                                                        f"(keys: {list(RANDOM_KEYS)})")
+            faults.append(_random(read, item["random"], f"{where}.random", workload, restart))
+        else:
+            faults.append(_scripted(read, item, where, workload, restart))
+    return tuple(faults)
+
+
+def _scripted(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> ScriptedFault:
+    allowed = ("at", "trigger", "target", "signal", "corrupt", "action")
+    raw = read.mapping(value, where, allowed)
+    if "at" in raw and "trigger" in raw:
+        raise read.error(f"{where}.trigger", "give the trigger once: `at:` or `trigger:`, not both")
+    trigger_key = "trigger" if "trigger" in raw else "at"
+    if trigger_key not in raw:
+        raise read.error(f"{where}.at", "missing; expected e.g. at: {step: 3, phase: backward} or at: {after_s: 10}")
+    trigger = _trigger(read, raw[trigger_key], f"{where}.{trigger_key}", workload, restart)
+    if "target" not in raw:
+        raise read.error(f"{where}.target", "missing; expected {rank: N}, {ranks: [..]}, {node: N}, all or random")
+    target = _target(read, raw["target"], f"{where}.target", workload)
+
+    actions = [key for key in ("signal", "corrupt", "action") if key in raw]
+    if len(actions) != 1:
+        raise read.error(f"{where}.signal", "expected exactly one action: signal: SIGKILL, corrupt: flip "
+                                            f"or action: {{signal: ...}}; got {actions or 'none'}")
+    action_raw = raw if actions[0] != "action" else read.mapping(raw["action"], f"{where}.action", ("signal", "corrupt"))
+    action_where = where if actions[0] != "action" else f"{where}.action"
+    if ("signal" in action_raw) == ("corrupt" in action_raw):
+        raise read.error(action_where, "expected exactly one of signal or corrupt")
+    if "signal" in action_raw:
+        action = Action(kind="signal", signal=read.choice(action_raw["signal"], _join(action_where, "signal"), SIGNALS))
+    else:
+        action = Action(kind="corrupt",
+                        corrupt=read.choice(action_raw["corrupt"], _join(action_where, "corrupt"), CORRUPT_MODES))
+    return ScriptedFault(trigger=trigger, target=target, action=action)
+
+
+def _trigger(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> Trigger:
+    raw = read.mapping(value, where, TRIGGER_KEYS)
+    last_attempt = restart.max_restarts + 1
+    attempt = read.integer(raw.get("attempt", 1), f"{where}.attempt", low=1, high=last_attempt,
+                           high_reason=f"max_restarts={restart.max_restarts} allows {last_attempt} attempts")
+    if raw.get("after_s") is not None:
+        for key in ("step", "phase", "index"):
+            if key in raw:
+                raise read.error(f"{where}.{key}", "a wall-clock trigger (after_s) takes no step, phase or index")
+        return Trigger(attempt=attempt, after_s=read.number(raw["after_s"], f"{where}.after_s", strict=True))
+    if "phase" not in raw:
+        raise read.error(f"{where}.phase", f"missing; expected one of {list(PHASES)} (or after_s for a wall-clock "
+                                           "trigger)")
+    phase = read.choice(raw["phase"], f"{where}.phase", PHASES)
+    step = raw.get("step")
+    if step is not None:
+        step = read.integer(step, f"{where}.step", low=1, high=workload.train_iters,
+                            high_reason=f"train_iters={workload.train_iters}")
+    index = raw.get("index")
+    if index is not None:
+        if phase == "checkpoint.shard":
+            high, reason = workload.shard_files_per_rank, f"shard_files_per_rank={workload.shard_files_per_rank}"
+        elif phase in MICROBATCH_PHASES:
+            high, reason = workload.num_microbatches, f"the micro-batch; num_microbatches={workload.num_microbatches}"
+        else:
+            raise read.error(f"{where}.index", f"phase {phase} has no index; index is for checkpoint.shard "
+                                               f"(k-th shard file) and {' / '.join(MICROBATCH_PHASES)} (micro-batch)")
+        index = read.integer(index, f"{where}.index", low=1, high=high, high_reason=reason)
+    return Trigger(step=step, phase=phase, index=index, attempt=attempt)
+
+
+def _rank(read: _Fields, value: Any, where: str, workload: GPT3Config) -> int:
+    return read.integer(value, where, low=0, high=workload.world_size - 1,
+                        high_reason=f"a rank < world_size={workload.world_size}")
+
+
+def _target(read: _Fields, value: Any, where: str, workload: GPT3Config) -> TargetSpec:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return TargetSpec(kind="rank", ranks=(_rank(read, value, where, workload),))
+    if isinstance(value, str):
+        kind = read.choice(value, where, ("all", "random"), "a mapping ({rank: N}, {ranks: [..]}, {node: N}) or")
+        return TargetSpec(kind=kind)  # type: ignore[arg-type]
+    raw = read.mapping(value, where, TARGET_KEYS)
+    if len(raw) != 1:
+        raise read.error(where, f"expected exactly one of {list(TARGET_KEYS)}, got {sorted(raw) or 'none'}")
+    (kind, inner), = raw.items()
+    if kind == "rank":
+        return TargetSpec(kind="rank", ranks=(_rank(read, inner, f"{where}.rank", workload),))
+    if kind == "ranks":
+        if not isinstance(inner, list) or not inner:
+            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {inner!r}")
+        ranks = [_rank(read, r, f"{where}.ranks[{i}]", workload) for i, r in enumerate(inner)]
+        if len(set(ranks)) != len(ranks):
+            raise read.error(f"{where}.ranks", f"ranks repeat: {ranks}")
+        return TargetSpec(kind="ranks", ranks=tuple(sorted(ranks)))
+    if kind == "node":
+        node = read.integer(inner, f"{where}.node", low=0, high=workload.nodes - 1,
+                            high_reason=f"a node < nodes={workload.nodes}")
+        return TargetSpec(kind="node", node=node)
+    if kind == "all":
+        if inner is not True:
+            raise read.error(f"{where}.all", f"expected true (or write `target: all`), got {inner!r}")
+        return TargetSpec(kind="all")
+    count = read.integer(inner, f"{where}.random", low=1, high=workload.world_size,
+                         high_reason=f"world_size={workload.world_size}")
+    return TargetSpec(kind="random", count=count)
+
+
+def _random(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> RandomFaults:
+    raw = read.mapping(value, where, RANDOM_KEYS)
+    signals = read.choices(raw.get("signals", ["SIGKILL"]), f"{where}.signals", SIGNALS)
+    ranks: tuple[int, ...] = ()
+    if "ranks" in raw:
+        if not isinstance(raw["ranks"], list) or not raw["ranks"]:
+            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {raw['ranks']!r}")
+        ranks = tuple(sorted({_rank(read, r, f"{where}.ranks[{i}]", workload) for i, r in enumerate(raw["ranks"])}))
+    attempt = read.integer(raw.get("attempt", 1), f"{where}.attempt", low=1)
+    # Every planned fault ends its attempt, and the run still has to finish afterwards.
+    budget = restart.max_restarts + 1 - attempt
+    if budget < 1:
+        raise read.error(f"{where}.attempt", f"max_restarts={restart.max_restarts} leaves no restart after attempt "
+                                             f"{attempt}; raise restart.max_restarts")
+    budget_reason = f"each fault costs a restart: attempt={attempt}, max_restarts={restart.max_restarts}"
+
+    if "mtbf_s" in raw:
+        for key in ("steps", "phases"):
+            if key in raw:
+                raise read.error(f"{where}.{key}", "an MTBF entry (mtbf_s) plans wall-clock faults; steps and "
+                                                   "phases are for step mode (count/steps/phases)")
+        count = read.integer(raw.get("count", budget), f"{where}.count", low=1, high=budget, high_reason=budget_reason)
+        until_s = raw.get("until_s")
+        return RandomFaults(
+            signals=signals, ranks=ranks, attempt=attempt, count=count,
+            mtbf_s=read.number(raw["mtbf_s"], f"{where}.mtbf_s", strict=True),
+            until_s=None if until_s is None else read.number(until_s, f"{where}.until_s", strict=True),
+        )
+    if "until_s" in raw:
+        raise read.error(f"{where}.until_s", "until_s belongs to an MTBF entry (with mtbf_s)")
+    count = read.integer(raw.get("count", 1), f"{where}.count", low=1, high=budget, high_reason=budget_reason)
+    steps = None
+    if "steps" in raw:
+        pair = raw["steps"]
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise read.error(f"{where}.steps", f"expected [first, last] (inclusive), got {pair!r}")
+        low = read.integer(pair[0], f"{where}.steps[0]", low=1, high=workload.train_iters,
+                           high_reason=f"train_iters={workload.train_iters}")
+        high = read.integer(pair[1], f"{where}.steps[1]", low=low)
+        steps = (low, high)
+    phases: tuple[str, ...] = ()
+    if "phases" in raw:
+        phases = read.choices(raw["phases"], f"{where}.phases", PHASES)
+        if "checkpoint.load" in phases:
+            raise read.error(f"{where}.phases", "checkpoint.load happens once per attempt, before any step; "
+                                                "script it as a fault with at: {phase: checkpoint.load, attempt: N}")
+    entry = RandomFaults(signals=signals, ranks=ranks, attempt=attempt, count=count, steps=steps, phases=phases)
+    available = len(entry.candidate_points(workload))
+    if count > available:
+        raise read.error(f"{where}.count", f"{count} faults need {count} distinct steps, but only {available} step(s) "
+                                           "in range can reach these phases (checkpoint phases need a saving step)")
+    return entry
+
+
+def _golden(read: _Fields, value: Any, base_dir: Path) -> GoldenSpec:
+    raw = {"path": value} if isinstance(value, str) else read.mapping(value, "golden", GOLDEN_KEYS)
+    mode = raw.get("mode")
+    if mode is not None:
+        mode = read.choice(mode, "golden.mode", GOLDEN_MODES)
+    path = raw.get("path")
+    if path is not None:
+        path = _resolve_golden(read, read.string(path, "golden.path"), base_dir)
+    return GoldenSpec(path=path, mode=mode)
+
+
+def _resolve_golden(read: _Fields, text: str, base_dir: Path) -> Path:
+    path = Path(text).expanduser()
+    tried = [path] if path.is_absolute() else [base_dir / path, Path.cwd() / path]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise read.error("golden.path", f"no golden file at {' or '.join(str(p) for p in tried)}; record one first "
+                                    "or leave golden.path out")
+
+
+def _tolerance(read: _Fields, value: Any) -> dict[str, float]:
+    raw = read.mapping(value, "tolerance", KNOWN_METRICS)
+    return {metric: read.number(raw[metric], f"tolerance.{metric}") for metric in raw}
+
+
+def _checks(read: _Fields, value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names:
+        raise read.error("checks", f"expected `all` or a non-empty list of {list(CHECK_NAMES)}, got {value!r}")
+    picked: list[str] = []
+    for i, name in enumerate(names):
+        where = "checks" if isinstance(value, str) else f"checks[{i}]"
+        if name == "all":
+            picked.extend(CHECK_NAMES)
+        else:
+            picked.append(read.choice(name, where, CHECK_NAMES + ("all",)))
+    return tuple(name for name in CHECK_NAMES if name in picked)
+
+
+# ---- back to plain data --------------------------------------------------------------------------------
+def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
+    """The scenario as plain data in its shortest explicit form: load_scenario_mapping(result) == scenario.
+    The golden path is written absolute, so the mapping stays valid wherever it is saved."""
+    out: dict[str, Any] = {"name": scenario.name}
+    if scenario.description:
+        out["description"] = scenario.description
+    out["seed"] = scenario.seed
+    out["workload"] = _plain(scenario.workload_mapping)
+    out["launcher"] = scenario.launcher
+    out["restart"] = asdict(scenario.restart)
+    out["faults"] = [_fault_to_mapping(fault) for fault in scenario.faults]
+    golden: dict[str, Any] = {}
+    if scenario.golden.path is not None:
+        golden["path"] = str(scenario.golden.path)
+    if scenario.golden.mode is not None:
+        golden["mode"] = scenario.golden.mode
+    if golden:
+        out["golden"] = golden
+    if scenario.tolerance:
+        out["tolerance"] = dict(scenario.tolerance)
+    out["checks"] = "all" if set(scenario.checks) == set(CHECK_NAMES) else list(scenario.checks)
+    return out
+
+
+def dump_scenario(scenario: Scenario) -> str:
+    """YAML text of scenario_to_mapping (what the soak shrinker writes)."""
+    return yaml.safe_dump(scenario_to_mapping(scenario), sort_keys=False, default_flow_style=None)
+
+
+def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
+    if isinstance(fault, RandomFaults):
+        entry: dict[str, Any] = {}
+        if fault.count is not None:
+            entry["count"] = fault.count
+        if fault.steps is not None:
+            entry["steps"] = list(fault.steps)
+        if fault.phases:
+            entry["phases"] = list(fault.phases)
+        if fault.ranks:
+            entry["ranks"] = list(fault.ranks)
+        entry["signals"] = list(fault.signals)
+        if fault.attempt != 1:
+            entry["attempt"] = fault.attempt
+        if fault.mtbf_s is not None:
+            entry["mtbf_s"] = fault.mtbf_s
+        if fault.until_s is not None:
+            entry["until_s"] = fault.until_s
+        return {"random": entry}
+    trigger = {key: val for key, val in asdict(fault.trigger).items() if val is not None}
+    if trigger.get("attempt") == 1:
+        del trigger["attempt"]
+    target: Any
+    kind = fault.target.kind
+    if kind == "rank":
+        target = {"rank": fault.target.ranks[0]}
+    elif kind == "ranks":
+        target = {"ranks": list(fault.target.ranks)}
+    elif kind == "node":
+        target = {"node": fault.target.node}
+    elif kind == "random" and fault.target.count != 1:
+        target = {"random": fault.target.count}
+    else:
+        target = kind
+    out: dict[str, Any] = {"at": trigger, "target": target}
+    if fault.action.kind == "signal":
+        out["signal"] = fault.action.signal
+    else:
+        out["corrupt"] = fault.action.corrupt
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(val) for key, val in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(val) for val in value]
+    return value
+
+
+# ---- overrides (CLI --set, pytest marker kwargs) ---------------------------------------------------------
+def parse_overrides(items: Iterable[str], source: str = "--set") -> dict[str, Any]:
+    """["workload.train_iters=8", "seed=3"] -> {"workload.train_iters": "8", "seed": "3"}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(source, item, "expected KEY=VALUE with a dotted key, e.g. workload.train_iters=8")
+        out[key.strip()] = value
+    return out
+
+
+def apply_overrides(scenario: Scenario, overrides: Mapping[str, Any]) -> Scenario:
+    """A new scenario with dotted keys replaced (`workload.train_iters=8`, `faults.0.at.step=4`, `seed=3`),
+    validated again from scratch. String values are read as YAML (`8` -> 8, `[1, 2]` -> a list)."""
+    if not overrides:
+        return scenario
+    mapping = scenario_to_mapping(scenario)
+    source = f"{scenario.source} (with overrides {', '.join(overrides)})"
+    for key, value in overrides.items():
+        _set_dotted(mapping, key, _override_value(value), source)
+    return load_scenario_mapping(mapping, source, scenario.base_dir)
+
+
+def _override_value(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return yaml.load(value, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError:
+        return value
+
+
+def _set_dotted(mapping: dict, key: str, value: Any, source: str) -> None:
+    parts = key.split(".")
+    if not all(parts):
+        raise InputError(source, key, "expected a dotted key such as workload.train_iters")
+    node: Any = mapping
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InputError(source, where, f"expected a list index < {len(node)}, got {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise InputError(source, where, f"cannot set a key inside {node!r}")

@@ -1,0 +1,173 @@
+"""The typed form of a scenario file. Nothing downstream of chaos.scenario.load sees raw YAML: the
+supervisor, the schedule and the checkers read these frozen dataclasses.
+
+Faults here are still *specifications* (a target may be `random`, an entry may be a seeded `random:`
+generator); chaos.schedule turns them into concrete chaos.plan.PlannedFault objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from chaos.plan import Action, RestartPolicy, Trigger
+from chaos.workloads.gpt3.config import GPT3Config
+
+CHECK_NAMES = (
+    "trajectory",
+    "resume_point",
+    "steps_lost",
+    "data_order",
+    "final_state",
+    "checkpoints_load",
+    "faults_landed",
+    "no_survivors",
+    "restart_budget",
+)
+"""Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
+
+LAUNCHERS = ("direct", "torchrun")
+GOLDEN_MODES = ("exact", "megatron")
+
+STEP_PHASES = ("data", "forward", "backward", "optimizer")
+"""Probe points every training step passes (the default phases of a random entry)."""
+
+MICROBATCH_PHASES = ("forward", "backward")
+"""Probe points whose `index` is the micro-batch (1-based)."""
+
+SAVE_PHASES = ("checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "checkpoint.commit",
+               "checkpoint.tracker")
+"""Probe points reached only while saving: at steps that are multiples of save_interval, the last step,
+or the step a graceful SIGTERM stopped at."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Who a scripted fault hits, as written; chaos.schedule resolves it to concrete ranks."""
+
+    kind: Literal["rank", "ranks", "node", "all", "random"]
+    ranks: tuple[int, ...] = ()
+    """For `rank` (one entry) and `ranks`."""
+    node: int | None = None
+    """For `node`: simulated host n holds ranks [n*k, (n+1)*k), k = world_size // nodes."""
+    count: int = 1
+    """For `random`: how many distinct ranks to pick (seeded)."""
+
+
+@dataclass(frozen=True)
+class ScriptedFault:
+    """One fault written out in full: when (trigger), who (target), what (action)."""
+
+    trigger: Trigger
+    target: TargetSpec
+    action: Action
+
+
+@dataclass(frozen=True)
+class RandomFaults:
+    """A `random:` entry: a seeded generator of signal faults, expanded by chaos.schedule.
+
+    Step mode (count/steps/phases) plans `count` faults at distinct steps; MTBF mode (mtbf_s) plans
+    wall-clock faults with exponential inter-arrival times. Every planned fault ends its attempt (all
+    signals do: a SIGSTOPped rank is torn down as hung), so the k-th fault is planned into attempt
+    `attempt + k - 1` and the schedule stays replayable whatever the seed.
+    """
+
+    signals: tuple[str, ...] = ("SIGKILL",)
+    ranks: tuple[int, ...] = ()
+    """Candidate ranks; () = every rank."""
+    attempt: int = 1
+    """The attempt the first planned fault lands in."""
+    count: int | None = None
+    """Step mode: number of faults (default 1). MTBF mode: the most faults (default max_restarts)."""
+    steps: tuple[int, int] | None = None
+    """Step mode: inclusive step range (default [1, train_iters]); faults beyond train_iters are never planned."""
+    phases: tuple[str, ...] = ()
+    """Step mode: candidate probe points (default data, forward, backward, optimizer)."""
+    mtbf_s: float | None = None
+    """MTBF mode: mean seconds between faults, each measured from its attempt's launch."""
+    until_s: float | None = None
+    """MTBF mode: stop planning once the summed inter-arrival times pass this many seconds."""
+
+    @property
+    def is_mtbf(self) -> bool:
+        return self.mtbf_s is not None
+
+    def candidate_points(self, config: GPT3Config) -> dict[int, tuple[str, ...]]:
+        """Step mode: step -> the phases a fault there can land in. Save phases only count at steps that
+        save (multiples of save_interval and the last step), so a planned fault never waits in vain."""
+        low, high = self.steps or (1, config.train_iters)
+        phases = self.phases or STEP_PHASES
+        points: dict[int, tuple[str, ...]] = {}
+        for step in range(max(low, 1), min(high, config.train_iters) + 1):
+            saves = step % config.save_interval == 0 or step == config.train_iters
+            allowed = tuple(p for p in phases if saves or p not in SAVE_PHASES)
+            if allowed:
+                points[step] = allowed
+        return points
+
+
+FaultSpec = ScriptedFault | RandomFaults
+
+
+@dataclass(frozen=True)
+class GoldenSpec:
+    path: Path | None = None
+    """Resolved (absolute) path of the golden file; None = find or record one (chaos.golden.find_golden)."""
+    mode: Literal["exact", "megatron"] | None = None
+    """As written; None = exact on cpu, megatron on cuda (Scenario.golden_mode resolves it)."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    workload: GPT3Config
+    """The validated workload configuration (checkpoint paths not yet pointed at a run directory)."""
+    workload_mapping: dict[str, Any]
+    """The `workload:` mapping as written (preset + overrides): what chaos.workloads.build_launch takes."""
+    description: str = ""
+    seed: int = 0
+    """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
+    launcher: Literal["direct", "torchrun"] = "direct"
+    faults: tuple[FaultSpec, ...] = ()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    golden: GoldenSpec = field(default_factory=GoldenSpec)
+    tolerance: dict[str, float] = field(default_factory=dict)
+    """Relative tolerances overriding chaos.golden's Megatron defaults (megatron mode only)."""
+    checks: tuple[str, ...] = CHECK_NAMES
+    source: str = field(default="<scenario>", compare=False)
+    """Where it was read from, for error messages."""
+    base_dir: Path = field(default_factory=Path.cwd, compare=False)
+    """Relative paths in the scenario (golden.path) resolve against this first, then the working directory."""
+
+    @property
+    def world_size(self) -> int:
+        return self.workload.world_size
+
+    @property
+    def nodes(self) -> int:
+        return self.workload.nodes
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.workload.world_size // self.workload.nodes
+
+    @property
+    def train_iters(self) -> int:
+        return self.workload.train_iters
+
+    @property
+    def device(self) -> str:
+        return self.workload.device
+
+    @property
+    def golden_mode(self) -> str:
+        """exact (bitwise) on CPU, Megatron's tolerances on CUDA, unless the scenario says otherwise."""
+        if self.golden.mode is not None:
+            return self.golden.mode
+        return "exact" if self.workload.device == "cpu" else "megatron"
+
+    def node_ranks(self, node: int) -> tuple[int, ...]:
+        k = self.ranks_per_node
+        return tuple(range(node * k, (node + 1) * k))

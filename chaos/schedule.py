@@ -1,0 +1,110 @@
+"""The schedule: *when* faults happen. Turns a scenario's fault specifications into concrete, typed
+chaos.plan.PlannedFault objects, with every random choice derived from one seed, so that any run can be
+planned again (or replayed from its stored plan.json) without a cluster.
+
+Pure functions, no I/O: the supervisor writes plan_to_json(plan) into the run directory itself.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any, Iterator, Mapping
+
+from chaos.errors import InputError
+from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.scenario.model import RandomFaults, Scenario, ScriptedFault, TargetSpec
+
+PLAN_FORMAT = "chaos-plan/1"
+
+_ENTRY_STRIDE = 1_000_003
+"""Each fault entry gets its own stream, Random(seed * stride + entry index): editing one random entry
+must not reshuffle what another one plans."""
+
+
+def plan_faults(scenario: Scenario, seed: int | None = None) -> tuple[PlannedFault, ...]:
+    """Every fault of the scenario, concrete (targets resolved to ranks), ids f1, f2, ... in file order.
+
+    `seed` overrides scenario.seed (the soak loop and `--seed` use it).
+    """
+    seed = scenario.seed if seed is None else seed
+    planned: list[tuple[Trigger, Target, Action, str]] = []
+    for index, spec in enumerate(scenario.faults):
+        rng = random.Random(seed * _ENTRY_STRIDE + index)
+        origin = f"random(seed={seed})"
+        if isinstance(spec, ScriptedFault):
+            target = _resolve_target(spec.target, scenario, rng)
+            planned.append((spec.trigger, target, spec.action,
+                            origin if spec.target.kind == "random" else "scenario"))
+        else:
+            planned.extend((trigger, target, action, origin) for trigger, target, action in _expand(spec, scenario, rng))
+    return tuple(PlannedFault(id=f"f{n}", trigger=trigger, target=target, action=action, origin=origin)
+                 for n, (trigger, target, action, origin) in enumerate(planned, start=1))
+
+
+def _resolve_target(spec: TargetSpec, scenario: Scenario, rng: random.Random) -> Target:
+    if spec.kind in ("rank", "ranks"):
+        return Target(kind=spec.kind, ranks=spec.ranks)
+    if spec.kind == "node":
+        assert spec.node is not None
+        return Target(kind="node", ranks=scenario.node_ranks(spec.node), node=spec.node)
+    if spec.kind == "all":
+        return Target(kind="all", ranks=tuple(range(scenario.world_size)))
+    ranks = tuple(sorted(rng.sample(range(scenario.world_size), spec.count)))
+    return Target(kind="rank", ranks=ranks) if len(ranks) == 1 else Target(kind="ranks", ranks=ranks)
+
+
+def _expand(entry: RandomFaults, scenario: Scenario, rng: random.Random) -> Iterator[tuple[Trigger, Target, Action]]:
+    """One `random:` entry -> its faults. The k-th lands in attempt `entry.attempt + k - 1`: each signal ends
+    its attempt, and a resumed attempt passes again every step after its checkpoint, so strictly increasing
+    steps are each reached in the attempt after the previous fault."""
+    candidate_ranks = entry.ranks or tuple(range(scenario.world_size))
+    if entry.is_mtbf:
+        assert entry.mtbf_s is not None and entry.count is not None
+        elapsed_s = 0.0
+        for k in range(entry.count):
+            gap_s = round(rng.expovariate(1.0 / entry.mtbf_s), 3) or 0.001
+            elapsed_s += gap_s
+            if entry.until_s is not None and elapsed_s > entry.until_s:
+                return
+            yield (Trigger(attempt=entry.attempt + k, after_s=gap_s),
+                   Target(kind="rank", ranks=(rng.choice(candidate_ranks),)),
+                   Action(kind="signal", signal=rng.choice(entry.signals)))
+        return
+    points = entry.candidate_points(scenario.workload)
+    steps = sorted(rng.sample(sorted(points), entry.count or 1))
+    for k, step in enumerate(steps):
+        phase = rng.choice(points[step])
+        index = None
+        if phase == "checkpoint.shard":
+            index = rng.randint(1, scenario.workload.shard_files_per_rank)
+        yield (Trigger(step=step, phase=phase, index=index, attempt=entry.attempt + k),
+               Target(kind="rank", ranks=(rng.choice(candidate_ranks),)),
+               Action(kind="signal", signal=rng.choice(entry.signals)))
+
+
+# ---- plan.json -----------------------------------------------------------------------------------------
+def plan_to_json(plan: tuple[PlannedFault, ...] | list[PlannedFault]) -> str:
+    """The plan as JSON text for `plan.json` in the run directory; plan_from_json reads it back equal."""
+    return json.dumps({"format": PLAN_FORMAT, "faults": [fault.to_dict() for fault in plan]}, indent=2) + "\n"
+
+
+def plan_from_json(data: str | bytes | Mapping[str, Any] | list, source: str = "plan.json") -> tuple[PlannedFault, ...]:
+    """Reads a stored plan (JSON text or the parsed object) for replay; a damaged one is an InputError."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as error:
+            raise InputError(source, f"line {error.lineno}", f"invalid JSON: {error.msg}") from None
+    faults = data.get("faults") if isinstance(data, Mapping) else data
+    if isinstance(data, Mapping) and data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
+        raise InputError(source, "format", f"expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
+    if not isinstance(faults, list):
+        raise InputError(source, "faults", "expected a list of planned faults")
+    plan = []
+    for i, item in enumerate(faults):
+        try:
+            plan.append(PlannedFault.from_dict(item))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(source, f"faults[{i}]", f"not a planned fault ({type(error).__name__}: {error})") from None
+    return tuple(plan)

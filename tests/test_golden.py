@@ -1,0 +1,280 @@
+"""Goldens: Megatron's format both ways, full precision, environment matching, Megatron's comparison rules."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chaos.errors import InputError
+from chaos.golden import (
+    Golden, GoldenMeta, compare, environment_fingerprint, environment_mismatches, find_golden, meta_path, new_meta,
+    read_golden, workload_fingerprint, write_golden,
+)
+from chaos.workloads.gpt3.config import GPT3Config
+
+REFERENCE = Path("/work/shared/reference/megatron-lm")
+H100 = REFERENCE / "golden_values_dev_dgx_h100.json"
+A100 = REFERENCE / "golden_values_dev_dgx_a100.json"
+needs_reference = pytest.mark.skipif(not H100.exists(), reason="Megatron-LM reference goldens not present")
+
+
+def copy_metrics(golden: Golden) -> dict[str, dict[int, float]]:
+    return {metric: dict(values) for metric, values in golden.metrics.items()}
+
+
+# ---- reading Megatron's files -------------------------------------------------------------------------------
+@needs_reference
+def test_reads_megatron_goldens():
+    h100 = read_golden(H100)
+    assert set(h100.metrics) == {"lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes",
+                                 "iteration-time"}
+    assert h100.metrics["lm loss"][1] == 10.93124 and len(h100.metrics["lm loss"]) == 100
+    assert min(h100.metrics["iteration-time"]) == 2
+    assert h100.meta is None
+    a100 = read_golden(A100)
+    assert len(a100.metrics["lm loss"]) == 21 and a100.metrics["lm loss"][5] == 10.91013
+
+
+@needs_reference
+def test_megatron_file_written_back_keeps_its_shape(tmp_path):
+    write_golden(read_golden(H100), tmp_path / "h100.json")
+    ours, theirs = json.loads((tmp_path / "h100.json").read_text()), json.loads(H100.read_text())
+    assert ours == theirs
+    write_golden(read_golden(A100), tmp_path / "a100.json")
+    assert json.loads((tmp_path / "a100.json").read_text())["lm loss"]["step_interval"] == 1  # 1, 5, 10 ... -> gcd 1
+
+
+# ---- writing ours -------------------------------------------------------------------------------------------
+def test_write_read_round_trips_floats_exactly_and_keeps_meta_aside(tmp_path):
+    values = {1: 0.1 + 0.2, 2: 1 / 3, 3: 10.931240000000001, 4: 2.0 ** -60, 5: float("nan")}
+    meta = new_meta(environment_fingerprint("cpu"), "abc123", final_state_hash="f" * 64, scenario="flagship",
+                    train_iters=5)
+    golden = Golden(metrics={"lm loss": values, "consumed samples": {1: 8, 2: 16, 3: 24, 4: 32, 5: 40}}, meta=meta)
+    path = write_golden(golden, tmp_path / "goldens" / "tiny.json")
+
+    metrics_file = json.loads(path.read_text())
+    assert set(metrics_file) == {"lm loss", "consumed samples"}, "the metrics file stays pure Megatron format"
+    assert set(metrics_file["lm loss"]) == {"start_step", "end_step", "step_interval", "values"}
+    assert meta_path(path) == tmp_path / "goldens" / "tiny.meta.json" and meta_path(path).exists()
+
+    again = read_golden(path)
+    for step in range(1, 5):
+        assert again.metrics["lm loss"][step] == values[step]
+    assert again.metrics["lm loss"][5] != again.metrics["lm loss"][5]  # nan survives
+    assert again.meta == meta and again.meta.extra == {"train_iters": 5}
+    assert compare(again, golden.metrics, "exact").passed
+
+
+def test_step_interval_is_written_from_the_spacing(tmp_path):
+    path = write_golden(Golden({"lm loss": {5: 1.0, 10: 2.0, 15: 3.0}}), tmp_path / "g.json")
+    assert json.loads(path.read_text())["lm loss"] == {"start_step": 5, "end_step": 15, "step_interval": 5,
+                                                        "values": {"5": 1.0, "10": 2.0, "15": 3.0}}
+
+
+def test_from_records():
+    records = [{"step": 1, "lm_loss": 10.5, "grad_norm": 3.25, "lr": 1e-4, "consumed_samples": 8},
+               {"step": 2, "lm_loss": 10.25, "grad_norm": 3.0, "lr": 2e-4, "consumed_samples": 16}]
+    golden = Golden.from_records(records)
+    assert golden.metrics == {"lm loss": {1: 10.5, 2: 10.25}, "grad norm": {1: 3.25, 2: 3.0},
+                              "learning rate": {1: 1e-4, 2: 2e-4}, "consumed samples": {1: 8.0, 2: 16.0}}
+
+
+@pytest.mark.parametrize("text, field", [
+    ('{"lm loss": {"values": {"1": 1.0,}}}', "line 1, column 34"),
+    ('[]', ""),
+    ('{"lm loss": {"start_step": 1}}', "lm loss"),
+    ('{"lm loss": {"values": {"one": 1.0}}}', "lm loss.values.one"),
+    ('{"lm loss": {"values": {"3": "ten"}}}', "lm loss.values.3"),
+])
+def test_bad_golden_files_name_file_and_metric(tmp_path, text, field):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(InputError) as caught:
+        read_golden(path)
+    assert caught.value.source == str(path) and caught.value.field == field
+
+
+def test_bad_meta_sidecar_is_an_input_error(tmp_path):
+    path = write_golden(Golden({"lm loss": {1: 1.0}}), tmp_path / "g.json")
+    meta_path(path).write_text('{"environmnet": {}}')
+    with pytest.raises(InputError) as caught:
+        read_golden(path)
+    assert caught.value.field == "environmnet"
+
+
+def test_missing_golden_file(tmp_path):
+    with pytest.raises(InputError, match="cannot read golden"):
+        read_golden(tmp_path / "none.json")
+
+
+# ---- comparison ---------------------------------------------------------------------------------------------
+@needs_reference
+def test_identical_run_passes_both_modes():
+    golden = read_golden(H100)
+    for mode in ("exact", "megatron"):
+        result = compare(golden, copy_metrics(golden), mode)
+        assert result.passed and result.first_divergence is None
+    megatron = compare(golden, copy_metrics(golden), "megatron")
+    assert [m.metric for m in megatron.metrics] == ["lm loss", "num-zeros"]
+    exact = compare(golden, copy_metrics(golden), "exact")
+    assert "iteration-time" not in [m.metric for m in exact.metrics]
+
+
+@needs_reference
+def test_one_value_off_by_one_percent_passes_megatron_fails_exact():
+    golden = read_golden(H100)
+    actual = copy_metrics(golden)
+    actual["lm loss"][37] *= 1.01
+    megatron = compare(golden, actual, "megatron")
+    assert megatron.passed
+    assert megatron.first_divergence is None  # 1% is inside lm loss's 5%
+    exact = compare(golden, actual, "exact")
+    assert not exact.passed
+    assert exact.first_divergence == ("lm loss", 37, golden.metrics["lm loss"][37], actual["lm loss"][37])
+    assert "lm loss mismatch at step 37" in exact.summary()
+
+
+@needs_reference
+def test_many_values_off_by_ten_percent_fail_megatron():
+    golden = read_golden(H100)
+    actual = copy_metrics(golden)
+    for step in range(50, 60):
+        actual["lm loss"][step] *= 1.10
+    result = compare(golden, actual, "megatron")
+    assert not result.passed
+    lm_loss = result.metrics[0]
+    assert lm_loss.failing_steps == tuple(range(50, 60)) and lm_loss.allowed_failures == 1
+    assert result.first_divergence[:2] == ("lm loss", 50)
+
+
+@needs_reference
+def test_megatron_allows_one_failing_step_per_hundred():
+    golden = read_golden(H100)
+    actual = copy_metrics(golden)
+    actual["lm loss"][80] *= 1.10
+    result = compare(golden, actual, "megatron")
+    assert result.passed and result.first_divergence[:2] == ("lm loss", 80)
+    assert "within the allowed failing steps" in result.summary()
+    actual["num-zeros"][3] *= 1.5
+    actual["num-zeros"][4] *= 1.5
+    assert not compare(golden, actual, "megatron").passed
+
+
+@needs_reference
+def test_only_golden_steps_are_compared():
+    a100 = read_golden(A100)
+    actual = {"lm loss": {step: a100.metrics["lm loss"].get(step, 999.0) for step in range(1, 101)}}
+    result = compare(a100, actual, "exact", metrics=("lm loss",))
+    assert result.passed and result.metrics[0].compared_steps == 21
+
+
+def test_missing_steps_fail_exact():
+    golden = Golden({"lm loss": {1: 1.0, 2: 2.0, 3: 3.0}})
+    result = compare(golden, {"lm loss": {1: 1.0, 2: 2.0}}, "exact")
+    assert not result.passed
+    assert result.metrics[0].missing_steps == (3,)
+    assert result.first_divergence == ("lm loss", 3, 3.0, None)
+    assert not compare(golden, {}, "exact").passed
+
+
+def test_exact_is_bitwise():
+    golden = Golden({"lm loss": {1: 0.30000000000000004}})
+    assert not compare(golden, {"lm loss": {1: 0.3}}, "exact").passed
+    assert compare(golden, {"lm loss": {1: 0.1 + 0.2}}, "exact").passed
+    assert not compare(Golden({"x": {1: 0.0}}), {"x": {1: -0.0}}, "exact").passed
+
+
+def test_earliest_divergence_across_metrics():
+    golden = Golden({"lm loss": {1: 1.0, 2: 2.0, 3: 3.0}, "grad norm": {1: 5.0, 2: 5.0, 3: 5.0}})
+    actual = {"lm loss": {1: 1.0, 2: 2.0, 3: 3.5}, "grad norm": {1: 5.0, 2: 5.5, 3: 5.0}}
+    assert compare(golden, actual, "exact").first_divergence == ("grad norm", 2, 5.0, 5.5)
+
+
+def test_tolerance_overrides_and_adds_metrics():
+    golden = Golden({"lm loss": {1: 10.0}, "grad norm": {1: 2.0}})
+    actual = {"lm loss": {1: 10.3}, "grad norm": {1: 2.5}}
+    assert compare(golden, actual, "megatron").passed  # grad norm is not compared by default
+    loose = compare(golden, actual, "megatron", tolerance={"lm loss": 0.01})
+    assert loose.metrics[0].tolerance == 0.01 and loose.metrics[0].failing_steps == (1,)
+    strict = compare(golden, actual, "megatron", tolerance={"grad norm": 0.1})
+    assert [m.metric for m in strict.metrics] == ["lm loss", "grad norm"]
+    # one failing step is allowed under 100 steps, so grad norm's single miss passes; the evidence stays
+    assert strict.passed and strict.first_divergence[:2] == ("grad norm", 1)
+
+
+def test_golden_without_the_metric_fails():
+    result = compare(Golden({"num-zeros": {1: 3.0}}), {"lm loss": {1: 1.0}}, "megatron")
+    assert not result.passed and "no values" in result.metrics[0].note
+
+
+def test_iteration_time_is_compared_as_a_median():
+    golden = Golden({"lm loss": {1: 1.0}, "iteration-time": {s: 0.2 for s in range(2, 60)}})
+    fast_outlier = {s: 0.2 for s in range(2, 60)} | {31: 9.0}
+    result = compare(golden, {"lm loss": {1: 1.0}, "iteration-time": fast_outlier}, "megatron",
+                     metrics=("iteration-time",))
+    assert result.passed and result.metrics[0].compared_steps == 16
+    slow = {s: 0.3 for s in range(2, 60)}
+    assert not compare(golden, {"iteration-time": slow}, "megatron", metrics=("iteration-time",)).passed
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError):
+        compare(Golden({}), {}, "approximately")
+
+
+# ---- fingerprints and finding ---------------------------------------------------------------------------
+def test_environment_fingerprint_without_torch():
+    code = ("import sys, json; from chaos.golden import environment_fingerprint\n"
+            "print(json.dumps(environment_fingerprint('cpu')))\n"
+            "assert 'torch' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    env = json.loads(out)
+    assert env["device"] == "cpu" and env["python"].count(".") == 2
+    assert env["torch"] and env["megatron-core"] and env["machine"]
+    assert len(env["cpu_flags_hash"]) == 16
+    assert env == environment_fingerprint("cpu")
+
+
+def test_workload_fingerprint_follows_the_numbers_not_the_paths():
+    config = GPT3Config.from_mapping({"preset": "tiny_cpu"}, "t.yaml")
+    same = GPT3Config.from_mapping({"preset": "tiny_cpu", "save_dir": "/elsewhere", "nodes": 2}, "t.yaml")
+    other = GPT3Config.from_mapping({"preset": "tiny_cpu", "train_iters": 13}, "t.yaml")
+    assert workload_fingerprint(config) == workload_fingerprint(same)
+    assert workload_fingerprint(config) != workload_fingerprint(other)
+    assert len(workload_fingerprint(config)) == 64
+
+
+def test_environment_mismatches():
+    env = environment_fingerprint("cpu")
+    assert environment_mismatches(env, dict(env)) == {}
+    patched = dict(env, python=env["python"].rsplit(".", 1)[0] + ".999", cpu_model="another name")
+    assert environment_mismatches(patched, env) == {}  # patch release and CPU name do not matter
+    assert set(environment_mismatches(dict(env, torch="0.0.1", device="cuda"), env)) == {"torch", "device"}
+
+
+def test_find_golden(tmp_path):
+    env = environment_fingerprint("cpu")
+    assert find_golden(tmp_path / "goldens", "fp", env) is None
+    goldens = tmp_path / "goldens"
+    write_golden(Golden({"lm loss": {1: 1.0}}), goldens / "no_meta.json")
+    write_golden(Golden({"lm loss": {1: 1.0}}, GoldenMeta(env, "other", created="2026-01-01T00:00:00+00:00")),
+                 goldens / "other_workload.json")
+    write_golden(Golden({"lm loss": {1: 1.0}}, GoldenMeta(dict(env, torch="1.0"), "fp", created="2026-01-02")),
+                 goldens / "old_torch.json")
+    assert find_golden(goldens, "fp", env) is None
+    write_golden(Golden({"lm loss": {1: 1.0}}, GoldenMeta(env, "fp", created="2026-01-03T00:00:00+00:00")),
+                 goldens / "older.json")
+    write_golden(Golden({"lm loss": {1: 2.0}}, GoldenMeta(env, "fp", created="2026-02-01T00:00:00+00:00")),
+                 goldens / "newer.json")
+    assert find_golden(goldens, "fp", env) == goldens / "newer.json"
+
+
+def test_find_golden_copes_with_megatron_files_beside_ours(tmp_path):
+    if H100.exists():
+        shutil.copy(H100, tmp_path / "upstream.json")
+    assert find_golden(tmp_path, "fp", environment_fingerprint("cpu")) is None
