@@ -19,7 +19,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: float = 600) -> list[int]:
+def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: float = 600,
+                disable_probe: bool = False) -> list[int]:
     """Starts world_size ranks of the workload and waits; returns their exit codes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / f"workload-{attempt}.yaml"
@@ -33,6 +34,8 @@ def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: floa
                    LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    CHAOS_HISTORY_DIR=str(history_dir), CHAOS_ATTEMPT=str(attempt), OMP_NUM_THREADS="1")
         env.pop("CHAOS_CONTROL_SOCKET", None)
+        if disable_probe:
+            env.pop("CHAOS_HISTORY_DIR")
         out = open(history_dir / f"rank-{rank}.out", "w")
         processes.append(subprocess.Popen([sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)],
                                           env=env, stdout=out, stderr=subprocess.STDOUT))

@@ -30,26 +30,32 @@ class LaunchSpec:
         return self.world_size // self.nodes
 
 
-def build_launch(workload: Mapping[str, Any], source: str, run_dir: Path) -> tuple[Any, LaunchSpec]:
-    """Validates a scenario's `workload:` mapping and writes what the ranks read into run_dir.
+def launch_spec(config: Any, run_dir: Path) -> tuple[Any, LaunchSpec]:
+    """Points a validated workload config at run_dir (checkpoints live inside it) and says how to start it."""
+    from chaos.workloads.gpt3.config import GPT3Config
 
-    Returns (typed config, LaunchSpec). Errors are InputError naming `workload.<field>`.
-    """
+    if not isinstance(config, GPT3Config):
+        raise TypeError(f"unsupported workload config {type(config).__name__}")
+    config = config.with_run_dir(run_dir)
+    config_path = Path(run_dir) / "workload.yaml"
+    config.write_yaml(config_path)
+    argv = (sys.executable, "-m", "chaos.workloads.gpt3", str(config_path))
+    return config, LaunchSpec(
+        argv=argv,
+        world_size=config.world_size,
+        nodes=config.nodes,
+        checkpoint_dir=Path(config.save_dir),
+        train_iters=config.train_iters,
+        save_interval=config.save_interval,
+        env={"OMP_NUM_THREADS": "1"} if config.device == "cpu" else {},
+    )
+
+
+def build_launch(workload: Mapping[str, Any], source: str, run_dir: Path) -> tuple[Any, LaunchSpec]:
+    """Validates a scenario's `workload:` mapping, then launch_spec(). Errors name `workload.<field>`."""
     name = workload.get("name", "gpt3")
     if name == "gpt3":
         from chaos.workloads.gpt3.config import GPT3Config
 
-        config = GPT3Config.from_mapping(workload, source=source, field_prefix="workload")
-        config = config.with_run_dir(run_dir)
-        config_path = Path(run_dir) / "workload.yaml"
-        config.write_yaml(config_path)
-        argv = (sys.executable, "-m", "chaos.workloads.gpt3", str(config_path))
-        return config, LaunchSpec(
-            argv=argv,
-            world_size=config.world_size,
-            nodes=config.nodes,
-            checkpoint_dir=Path(config.save_dir),
-            train_iters=config.train_iters,
-            save_interval=config.save_interval,
-        )
+        return launch_spec(GPT3Config.from_mapping(workload, source=source, field_prefix="workload"), run_dir)
     raise InputError(source, "workload.name", f"unknown workload {name!r}; expected 'gpt3'")

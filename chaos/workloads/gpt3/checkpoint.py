@@ -82,6 +82,9 @@ def _tp_global(local: torch.Tensor, sharded_param: DTensor, layout: TPLayout, di
 
 
 def _as_checkpoint_tensor(tensor: DTensor, param: DTensor, layout: TPLayout, dims: ParallelDims, config: GPT3Config):
+    if tensor.device_mesh.ndim == 2:
+        # Megatron-FSDP (given tp_dim) already makes TP-global DTensors on the ("tp", "dp") mesh.
+        return tensor
     if config.has_bug("swap_tp_shards"):
         # TRAP 1 reproduced on purpose: save FSDP's dp-only DTensor as is; TP ranks then collide.
         return tensor
@@ -102,7 +105,8 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 def build_state_dict(model, optimizer, scheduler, layouts: dict[str, TPLayout], dims: ParallelDims,
                      config: GPT3Config, progress: TrainProgress) -> dict[str, Any]:
     state: dict[str, Any] = {}
-    params = dict(model.named_parameters())
+    params = {name[len("module."):] if name.startswith("module.") else name: param
+              for name, param in model.named_parameters()}
     with torch.no_grad():
         for name, param in params.items():
             state[f"model/{name}"] = _as_checkpoint_tensor(param, param, layouts[name], dims, config)

@@ -169,9 +169,11 @@ class GPT3Config:
         return out
 
     def fingerprint_mapping(self) -> dict[str, Any]:
-        """What decides the numbers: everything but where files go and what may only change resilience."""
+        """What decides the numbers: everything but where files go and how often/how they are saved.
+        (Saving never draws from an RNG or touches the math, so one golden serves every save setting.)"""
         out = self.to_mapping()
-        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter"):
+        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter",
+                    "save_interval", "shard_files_per_rank", "exit_on_sigterm"):
             out.pop(key, None)
         return out
 

@@ -77,9 +77,33 @@ def build(config: GPT3Config, dims: ParallelDims) -> tuple[nn.Module, dict[str, 
     }
     if config.fsdp == "torch":
         shard_with_fsdp2(model, dims, config)
-    else:
-        raise NotImplementedError("fsdp: megatron (Megatron-FSDP) is wired in chaos.workloads.gpt3.megatron_fsdp")
     return model, layouts
+
+
+def build_optimizer(model: nn.Module, config: GPT3Config, dims: ParallelDims) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """AdamW over the ZeRO-3 shards. With Megatron-FSDP the model and optimizer are wrapped together
+    (its fully_shard swaps in DTensor parameters and extends step/zero_grad)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps, weight_decay=config.weight_decay,
+    )
+    if config.fsdp == "megatron":
+        return shard_with_megatron_fsdp(model, optimizer, dims, config)
+    return model, optimizer
+
+
+def shard_with_megatron_fsdp(model: nn.Module, optimizer, dims: ParallelDims, config: GPT3Config):
+    """Megatron-FSDP, data_parallel_sharding_strategy optim_grads_params (ZeRO-3), fp32 main params
+    and grads as upstream (--megatron-fsdp-main-params-dtype fp32, -main-grads-dtype fp32). CUDA only."""
+    from megatron.core.distributed.fsdp.src.megatron_fsdp.fully_shard import fully_shard
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    return fully_shard(
+        model, optimizer, device_mesh=dims.mesh, dp_shard_dim="dp", tp_dim="tp",
+        fsdp_unit_modules=[TransformerLayer], zero_dp_strategy="optim_grads_params", device=dims.device,
+        grad_reduce_in_fp32=True, preserve_fp32_weights=True, overlap_grad_reduce=False,
+        overlap_param_gather=False, calculate_per_token_loss=True, check_for_nan_in_grad=False,
+    )
 
 
 def shard_with_fsdp2(model: nn.Module, dims: ParallelDims, config: GPT3Config) -> None:

@@ -37,16 +37,14 @@ class Trainer:
         rng.seed_everything(config.seed, self.dims.tp_rank, config.device)
         from chaos.workloads.gpt3 import model as model_module
 
-        self.model, self.layouts = model_module.build(config, self.dims)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_eps, weight_decay=config.weight_decay,
-        )
+        model, self.layouts = model_module.build(config, self.dims)
+        self.model, self.optimizer = model_module.build_optimizer(model, config, self.dims)
         self.scheduler = self._build_scheduler()
         cache = Path(config.save_dir).parent / "data_cache"
         self.data = TrainData(config, self.dims, str(cache))
         self.checkpointer = Checkpointer(config, self.dims, probe)
         self.progress = TrainProgress()
+        self._grad_scale = float(self.dims.dp) if config.fsdp == "torch" else 1.0
         self._install_signal_handlers()
 
     def _build_scheduler(self):
@@ -85,15 +83,21 @@ class Trainer:
             with probe.phase("forward", step, index=index):
                 token_losses = self.model(micro.tokens, micro.position_ids, micro.attention_mask, labels=micro.labels)
                 masked = (token_losses.float() * micro.loss_mask).sum()
-                # FSDP's reduce-scatter averages over dp (gloo has no PREMUL_SUM for a custom factor),
-                # so scale by dp to get the gradient of the global per-token mean.
-                loss = masked * (dims.dp / total_tokens)
+                # FSDP2's reduce-scatter averages over dp (gloo has no PREMUL_SUM for a custom factor),
+                # so scale by dp to get the gradient of the global per-token mean; Megatron-FSDP with
+                # calculate_per_token_loss sums.
+                loss = masked * (self._grad_scale / total_tokens)
             with probe.phase("backward", step, index=index):
                 loss.backward()
             loss_sum += masked.detach().to(torch.float64)
         with probe.phase("optimizer", step):
+            if self.config.fsdp == "megatron":
+                self.model.finish_grad_sync()  # reduce-scatter done, grads attached to the DTensor params
             grad_norm = self._clip_gradients()
-            self.optimizer.step()
+            if self.config.fsdp == "megatron":
+                self.optimizer.step(sync_grad_before_optimizer_step=False)
+            else:
+                self.optimizer.step()
             self.scheduler.step(increment=1)
         dist.all_reduce(loss_sum, group=dims.dp_group)
         self.progress.iteration = step
@@ -116,7 +120,7 @@ class Trainer:
                 continue
             local = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
             grads.append(local)
-            if self.layouts[name].partition_dim is not None or dims.tp_rank == 0:
+            if self.layouts[_unwrapped(name)].partition_dim is not None or dims.tp_rank == 0:
                 squares += local.to(torch.float64).pow(2).sum()
         dist.all_reduce(squares)
         total_norm = math.sqrt(squares.item())
@@ -185,6 +189,11 @@ DETERMINISTIC_ENV = {
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
     "NVTE_ALLOW_NONDETERMINISTIC_ALGO": "0",
 }
+
+
+def _unwrapped(name: str) -> str:
+    """Megatron-FSDP wraps the model: its parameter names gain a `module.` prefix."""
+    return name[len("module."):] if name.startswith("module.") else name
 
 
 def format_log_line(step: int, config: GPT3Config, metrics: dict) -> str:

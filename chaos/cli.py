@@ -1,0 +1,122 @@
+"""`chaos`: run, validate, golden record, report, replay (and soak, see chaos.soak).
+
+Exit codes: 0 pass, 1 a check failed, 2 bad input, 3 infrastructure error (or a fault that did not land).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from chaos.errors import InfrastructureError, InputError
+
+EXIT_INPUT, EXIT_INFRA = 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chaos", description="Fault-injection resilience tester for large-model training.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a scenario and give a verdict against the golden")
+    run.add_argument("scenario", type=Path)
+    run.add_argument("--out", type=Path, help="run directory (default: runs/<date>-<name>)")
+    run.add_argument("--seed", type=int, help="seed for random faults (overrides the scenario's)")
+    run.add_argument("--golden", type=Path, help="golden file to compare against (Megatron format)")
+    run.add_argument("--golden-cache", type=Path, help="directory where recorded goldens are kept and looked up")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key (dotted)")
+
+    validate = commands.add_parser("validate", help="check scenario files without running anything")
+    validate.add_argument("scenarios", type=Path, nargs="+")
+
+    golden = commands.add_parser("golden", help="goldens")
+    golden_commands = golden.add_subparsers(dest="golden_command", required=True)
+    record = golden_commands.add_parser("record", help="run the workload uninterrupted and write its golden")
+    record.add_argument("scenario", type=Path)
+    record.add_argument("--out", type=Path, help="golden file (default: goldens/<preset>-<fingerprint>.json)")
+    record.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    report = commands.add_parser("report", help="re-check a stored run and re-render its reports")
+    report.add_argument("run_dir", type=Path)
+
+    replay = commands.add_parser("replay", help="re-run the exact landed schedule of an earlier run")
+    replay.add_argument("run_dir", type=Path)
+    replay.add_argument("--out", type=Path)
+
+    soak = commands.add_parser("soak", help="seeded random faults, cycle after cycle, shrinking any failure")
+    from chaos import soak as soak_module
+
+    soak_module.add_arguments(soak)
+    return parser
+
+
+def _load(path: Path, overrides: list[str]):
+    from chaos.scenario import apply_overrides, load_scenario, parse_overrides
+
+    scenario = load_scenario(path)
+    if overrides:
+        scenario = apply_overrides(scenario, parse_overrides(overrides))
+    return scenario
+
+
+def _print_result(result) -> int:
+    print(result.summary)
+    print(f"run directory: {result.run_dir}")
+    return result.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except InputError as error:
+        print(f"chaos: {error}", file=sys.stderr)
+        return EXIT_INPUT
+    except InfrastructureError as error:
+        print(f"chaos: infrastructure error: {error}", file=sys.stderr)
+        return EXIT_INFRA
+
+
+def _dispatch(args) -> int:
+    from chaos import runner
+    from chaos.progress import ProgressLine
+
+    if args.command == "validate":
+        from chaos.schedule import plan_faults
+
+        for path in args.scenarios:
+            scenario = _load(path, [])
+            plan = plan_faults(scenario)
+            print(f"{path}: ok ({scenario.world_size} ranks, {len(plan)} planned faults, checks: {', '.join(scenario.checks)})")
+        return 0
+    if args.command == "run":
+        scenario = _load(args.scenario, args.set)
+        progress = ProgressLine()
+        try:
+            result = runner.run_scenario(scenario, out_dir=args.out, seed=args.seed, golden_path=args.golden,
+                                         golden_cache=args.golden_cache, on_progress=progress)
+        finally:
+            progress.close()
+        return _print_result(result)
+    if args.command == "golden":
+        scenario = _load(args.scenario, args.set)
+        out = args.out or (runner.REPO_ROOT / "goldens" / runner.golden_file_name(scenario))
+        work_dir = runner.default_run_dir(scenario, Path("runs")).with_name(f"golden-{scenario.name}")
+        runner.record_golden(scenario, out, work_dir)
+        print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
+        return 0
+    if args.command == "report":
+        if not (args.run_dir / "scenario.yaml").is_file():
+            raise InputError(str(args.run_dir), "", "not a chaos run directory (no scenario.yaml)")
+        return _print_result(runner.analyze(args.run_dir))
+    if args.command == "replay":
+        return _print_result(runner.replay(args.run_dir, args.out))
+    if args.command == "soak":
+        from chaos import soak as soak_module
+
+        return soak_module.main(args)
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

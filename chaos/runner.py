@@ -1,0 +1,278 @@
+"""One chaos run, end to end: scenario -> plan -> golden -> supervise -> check -> report.
+
+Like Jepsen's store, the run directory is written as the run goes (scenario, plan, histories), and the
+report is written even when the run was interrupted or the supervisor failed, so evidence survives.
+`analyze(run_dir)` re-checks a stored run without re-running anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from chaos import golden as golden_module
+from chaos.errors import InfrastructureError, InputError
+from chaos.plan import PlannedFault, RestartPolicy
+from chaos.scenario import Scenario, dump_scenario, load_scenario
+from chaos.schedule import plan_faults, plan_from_json, plan_to_json
+from chaos.workloads import launch_spec
+
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INFRA = 0, 1, 2, 3
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class GoldenChoice:
+    golden: golden_module.Golden
+    path: Path
+    mode: str
+    recorded_here: bool
+    note: str
+
+
+@dataclass
+class RunResult:
+    verdict: str
+    """pass | fail | error"""
+    run_dir: Path
+    report: dict[str, Any]
+    exit_code: int
+    summary: str = ""
+    golden: GoldenChoice | None = None
+
+    @property
+    def checks(self) -> list[dict]:
+        return self.report.get("checks", [])
+
+    @property
+    def failing_checks(self) -> list[dict]:
+        return [c for c in self.checks if c["status"] in ("fail", "error")]
+
+    @property
+    def faults(self) -> list[dict]:
+        return self.report.get("faults", [])
+
+
+def default_run_dir(scenario: Scenario, root: Path = Path("runs")) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return root / f"{stamp}-{scenario.name}"
+
+
+def golden_search_dirs(scenario: Scenario) -> list[Path]:
+    """Where committed goldens live: goldens/ beside the scenarios folder, in the repo, and in the cwd."""
+    candidates = [Path(scenario.base_dir).parent / "goldens", REPO_ROOT / "goldens", Path.cwd() / "goldens"]
+    seen, out = set(), []
+    for directory in candidates:
+        resolved = directory.resolve()
+        if resolved not in seen and resolved.is_dir():
+            seen.add(resolved)
+            out.append(resolved)
+    return out
+
+
+# ---- goldens --------------------------------------------------------------------------------------------
+def metrics_from_history(run_dir: Path) -> tuple[dict[str, dict[int, float]], str | None]:
+    """The effective metrics (latest attempt wins per step) and the final state hash of a run."""
+    from chaos.history import load_run_history
+
+    history = load_run_history(run_dir)
+    metrics: dict[str, dict[int, float]] = {key: {} for key in golden_module.METRIC_KEYS.values()}
+    final_hash = None
+    for attempt in history.attempts:
+        for event in attempt.events("metrics", rank=0):
+            for field_name, key in golden_module.METRIC_KEYS.items():
+                if field_name in event:
+                    metrics[key][int(event["step"])] = event[field_name]
+        for event in attempt.events("final_state", rank=0):
+            final_hash = event["state_hash"]
+    return metrics, final_hash
+
+
+def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
+                  on_progress: Callable[[dict], None] | None = None) -> golden_module.Golden:
+    """Runs the workload uninterrupted (no faults, no restarts) and writes a Megatron-format golden."""
+    from chaos.supervisor import SupervisorConfig, supervise
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    config, launch = launch_spec(scenario.workload, work_dir)
+    outcome = supervise(SupervisorConfig(
+        launch=launch, faults=(), restart=RestartPolicy(max_restarts=0, teardown_grace_s=scenario.restart.teardown_grace_s,
+                                                        hang_timeout_s=scenario.restart.hang_timeout_s,
+                                                        startup_timeout_s=scenario.restart.startup_timeout_s),
+        launcher=scenario.launcher, run_dir=work_dir), on_progress)
+    metrics, final_hash = metrics_from_history(work_dir)
+    steps = sorted(metrics["lm loss"])
+    if outcome.outcome != "complete" or steps != list(range(1, config.train_iters + 1)) or final_hash is None:
+        raise InfrastructureError(
+            f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
+            f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/")
+    meta = golden_module.new_meta(
+        golden_module.environment_fingerprint(config.device), golden_module.workload_fingerprint(config),
+        final_state_hash=final_hash, scenario=scenario.name, train_iters=config.train_iters,
+    )
+    golden = golden_module.Golden(metrics={k: v for k, v in metrics.items() if v}, meta=meta)
+    golden_module.write_golden(golden, out_path)
+    return golden
+
+
+def golden_file_name(scenario: Scenario) -> str:
+    config = scenario.workload
+    env = golden_module.environment_fingerprint(config.device)
+    env_key = json.dumps({k: env.get(k) for k in golden_module.ENVIRONMENT_MATCH_KEYS}, sort_keys=True, default=str)
+    env_hash = hashlib.sha256(env_key.encode()).hexdigest()
+    return f"{config.preset}-{golden_module.workload_fingerprint(config)[:10]}-{env_hash[:8]}.json"
+
+
+def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, golden_cache: Path | None,
+                  on_progress=None, say: Callable[[str], None] = print) -> GoldenChoice:
+    config = scenario.workload
+    mode = scenario.golden_mode
+    env = golden_module.environment_fingerprint(config.device)
+    workload_fp = golden_module.workload_fingerprint(config)
+    explicit = golden_path or scenario.golden.path
+    if explicit is not None:
+        explicit = Path(explicit)
+        golden = golden_module.read_golden(explicit)
+        if golden.meta is None or not golden.meta.environment:
+            return GoldenChoice(golden, explicit, mode, False, f"golden {explicit} (no environment recorded: used as is)")
+        mismatches = golden_module.environment_mismatches(golden.meta.environment, env)
+        if golden.meta.workload_fingerprint not in (None, workload_fp):
+            mismatches["workload"] = (golden.meta.workload_fingerprint[:12], workload_fp[:12])
+        if not mismatches or mode != "exact":
+            return GoldenChoice(golden, explicit, mode, False, f"golden {explicit}")
+        reason = ", ".join(f"{k}: {a} != {b}" for k, (a, b) in mismatches.items())
+        say(f"chaos: golden {explicit} was recorded elsewhere ({reason}); recording one here first")
+    else:
+        for directory in ([golden_cache] if golden_cache else []) + golden_search_dirs(scenario):
+            found = golden_module.find_golden(directory, workload_fp, env) if directory.is_dir() else None
+            if found is not None:
+                return GoldenChoice(golden_module.read_golden(found), found, mode, False, f"golden {found}")
+        say("chaos: no committed golden matches this workload and environment; recording one here first "
+            "(uninterrupted run)")
+    target_dir = golden_cache if golden_cache else run_dir / "golden"
+    target = target_dir / golden_file_name(scenario)
+    golden = record_golden(scenario, target, run_dir / "golden_run", on_progress)
+    say(f"chaos: recorded golden {target}")
+    return GoldenChoice(golden, target, mode, True, f"golden {target} (recorded by this run)")
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+def run_scenario(scenario: Scenario | str | Path, out_dir: Path | None = None, seed: int | None = None,
+                 golden_path: Path | None = None, golden_cache: Path | None = None,
+                 plan: tuple[PlannedFault, ...] | None = None, on_progress: Callable[[dict], None] | None = None,
+                 say: Callable[[str], None] = print) -> RunResult:
+    """Runs one scenario and returns its verdict. Raises InputError for bad input; infrastructure
+    failures come back as verdict 'error' with exit code 3 and a report saying why."""
+    from chaos.supervisor import SupervisorConfig, supervise
+
+    if not isinstance(scenario, Scenario):
+        scenario = load_scenario(scenario)
+    run_dir = Path(out_dir) if out_dir else default_run_dir(scenario)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if plan is None:
+        plan = plan_faults(scenario, seed)
+    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
+    (run_dir / "plan.json").write_text(plan_to_json(plan))
+    started = time.time()
+    golden_choice = None
+    infrastructure_error = None
+    try:
+        golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say)
+        config, launch = launch_spec(scenario.workload, run_dir)
+        outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
+                                             launcher=scenario.launcher, run_dir=run_dir), on_progress)
+        if outcome.outcome == "interrupted":
+            infrastructure_error = "interrupted (Ctrl-C or SIGTERM to chaos): partial report"
+    except InfrastructureError as error:
+        infrastructure_error = str(error)
+    except KeyboardInterrupt:
+        infrastructure_error = "interrupted (Ctrl-C) before the supervisor started"
+    return analyze(run_dir, scenario=scenario, plan=plan, golden_choice=golden_choice,
+                   infrastructure_error=infrastructure_error, elapsed_s=time.time() - started)
+
+
+def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_choice: GoldenChoice | None = None,
+            infrastructure_error: str | None = None, elapsed_s: float | None = None) -> RunResult:
+    """Checks a stored run (its histories and files) and writes report.json, summary.txt, junit.xml and
+    report.html into it. Re-runnable: `chaos report RUN_DIR` calls this with what the run dir holds."""
+    from chaos.checkers import CheckContext, run_checks, verdict as overall_verdict
+    from chaos.history import load_run_history
+    from chaos.report import build_report, format_summary, write_html, write_junit, write_report
+
+    run_dir = Path(run_dir)
+    if scenario is None:
+        scenario = load_scenario(run_dir / "scenario.yaml")
+    if plan is None:
+        plan = plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json"))
+    if golden_choice is None:
+        stored = _stored_golden(run_dir, scenario)
+        golden_choice = stored
+    golden = golden_choice.golden if golden_choice else None
+    comparison_mode = golden_choice.mode if golden_choice else scenario.golden_mode
+
+    def compare(expected: dict, actual: dict):
+        return golden_module.compare(golden_module.Golden(metrics=expected), actual, comparison_mode, scenario.tolerance or None)
+
+    context = CheckContext(
+        run_dir=run_dir,
+        history=load_run_history(run_dir),
+        plan=tuple(plan),
+        golden_metrics=golden.metrics if golden else None,
+        golden_final_state_hash=golden.meta.final_state_hash if golden and golden.meta else None,
+        compare=compare,
+        train_iters=scenario.train_iters,
+        save_interval=scenario.workload.save_interval,
+        restart=scenario.restart,
+        checkpoint_dir=run_dir / "checkpoints",
+    )
+    results = run_checks(context, list(scenario.checks))
+    golden_info = {"path": str(golden_choice.path) if golden_choice else None, "mode": comparison_mode,
+                   "recorded_here": golden_choice.recorded_here if golden_choice else False}
+    extra = {"infrastructure_error": infrastructure_error, "elapsed_s": elapsed_s, "seed": scenario.seed}
+    report = build_report(context, results, scenario.name, golden_info, extra)
+    if infrastructure_error:
+        report["verdict"] = "error"
+    write_report(report, run_dir)
+    (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
+    summary = format_summary(report)
+    (run_dir / "summary.txt").write_text(summary + "\n")
+    write_junit(report, run_dir / "junit.xml")
+    try:
+        write_html(run_dir)
+    except Exception as error:  # the HTML is for people; a rendering bug must not hide the verdict
+        print(f"chaos: report.html could not be written: {error}", file=sys.stderr)
+    exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report["verdict"], EXIT_INFRA)
+    return RunResult(report["verdict"], run_dir, report, exit_code, summary, golden_choice)
+
+
+def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
+    info_path = run_dir / "golden.json"
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text())
+    if not info.get("path") or not Path(info["path"]).is_file():
+        return None
+    return GoldenChoice(golden_module.read_golden(info["path"]), Path(info["path"]), info.get("mode") or scenario.golden_mode,
+                        bool(info.get("recorded_here")), f"golden {info['path']}")
+
+
+def landed_plan(run_dir: Path) -> tuple[PlannedFault, ...]:
+    """The faults of an earlier run as they landed (random ones included, already resolved)."""
+    plan = plan_from_json((Path(run_dir) / "plan.json").read_text(), source=str(Path(run_dir) / "plan.json"))
+    return tuple(plan)
+
+
+def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:
+    """Re-runs an earlier run's scenario with its exact stored plan (random faults included)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "scenario.yaml").is_file() or not (run_dir / "plan.json").is_file():
+        raise InputError(str(run_dir), "", "not a chaos run directory (expected scenario.yaml and plan.json)")
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    out = out_dir or run_dir.with_name(run_dir.name + "-replay")
+    return run_scenario(scenario, out_dir=out, plan=landed_plan(run_dir))
