@@ -98,8 +98,14 @@ def shard_with_megatron_fsdp(model: nn.Module, optimizer, dims: ParallelDims, co
     from megatron.core.distributed.fsdp.src.megatron_fsdp.fully_shard import fully_shard
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
+    # Megatron-FSDP wants its mesh dimensions in rank order ("dp" outer, "tp" inner): the same ranks as
+    # dims.mesh, named the other way round.
+    from torch.distributed.device_mesh import DeviceMesh
+
+    layout = torch.arange(dims.world_size).reshape(dims.dp, dims.tp)
+    mesh = DeviceMesh(dims.device.type, layout, mesh_dim_names=("dp", "tp"))
     return fully_shard(
-        model, optimizer, device_mesh=dims.mesh, dp_shard_dim="dp", tp_dim="tp",
+        model, optimizer, device_mesh=mesh, dp_shard_dim="dp", tp_dim="tp",
         fsdp_unit_modules=[TransformerLayer], zero_dp_strategy="optim_grads_params", device=dims.device,
         grad_reduce_in_fp32=True, preserve_fp32_weights=True, overlap_grad_reduce=False,
         overlap_param_gather=False, calculate_per_token_loss=True, check_for_nan_in_grad=False,

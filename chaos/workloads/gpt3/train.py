@@ -113,6 +113,13 @@ class Trainer:
     def _clip_gradients(self) -> float:
         """Megatron's global grad norm: TP-sharded gradients count on every TP rank, replicated ones once."""
         dims = self.dims
+        if self.config.fsdp == "megatron":
+            # Megatron-FSDP gradients are DTensors on the full (dp, tp) mesh: DTensor's own norm reduces
+            # over shards and counts TP-replicated ones once.
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad, foreach=False)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            return float(norm.item())
         squares = torch.zeros(1, dtype=torch.float64, device=dims.device)
         grads = []
         for name, param in self.model.named_parameters():
@@ -141,6 +148,9 @@ class Trainer:
     def run(self) -> int:
         config, probe = self.config, self.probe
         self.progress = self.checkpointer.load(self.model, self.optimizer, self.scheduler, self.layouts, self.progress)
+        if config.fsdp == "megatron" and self.progress.iteration:
+            # The load wrote Megatron-FSDP's fp32 main weights; copy them into the compute weights.
+            self.model.install_optimized_model_weights()
         last_saved = self.progress.iteration
         for step in range(self.progress.iteration + 1, config.train_iters + 1):
             probe.step_begin(step)
