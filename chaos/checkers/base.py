@@ -1,0 +1,110 @@
+"""The checkers' types: what a check reads (CheckContext), what it returns (CheckResult), and the
+exact comparison used when the lead injects no golden comparison.
+
+A check is a plain function ``check(ctx) -> CheckResult``. Like Jepsen's checkers it reads only the
+history and the files on disk, and it says pass / fail / skip (unknown) with evidence a person can follow.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Protocol
+
+from chaos.history import RunHistory
+from chaos.plan import PlannedFault, RestartPolicy
+
+Status = Literal["pass", "fail", "skip", "error"]
+STATUSES = ("pass", "fail", "skip", "error")
+
+Metrics = Mapping[str, Mapping[int, float]]
+"""metric name (golden spelling: `lm loss`, `consumed samples`) -> step -> value."""
+
+
+class ComparisonLike(Protocol):
+    passed: bool
+    first_divergence: tuple[str, int, Any, Any] | None
+    """(metric, step, golden, actual); actual None = no value at that step."""
+
+
+@dataclass
+class CheckContext:
+    run_dir: Path
+    history: RunHistory
+    plan: tuple[PlannedFault, ...]
+    golden_metrics: dict[str, dict[int, float]] | None
+    golden_final_state_hash: str | None
+    compare: Callable[[Metrics, Metrics], ComparisonLike] | None
+    """(golden, actual) -> comparison; chaos.golden supplies the exact or Megatron-tolerance one.
+    None = exact_compare (bitwise float equality)."""
+    train_iters: int
+    save_interval: int
+    restart: RestartPolicy
+    checkpoint_dir: Path
+
+    def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
+        return (self.compare or exact_compare)(golden, actual)
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: Status
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"check {self.name}: status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "evidence": self.evidence}
+
+
+Check = Callable[[CheckContext], CheckResult]
+
+
+# ---- the default comparison --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExactComparison:
+    passed: bool
+    first_divergence: tuple[str, int, Any, Any] | None
+    detail: str
+    compared_steps: int = 0
+
+
+def values_equal(golden: Any, actual: Any) -> bool:
+    """Exact equality; two NaNs at one step are the same value (JSON keeps no NaN payload)."""
+    if isinstance(golden, float) and isinstance(actual, float) and math.isnan(golden) and math.isnan(actual):
+        return True
+    return golden == actual
+
+
+def exact_compare(golden: Metrics, actual: Metrics) -> ExactComparison:
+    """Every golden (metric, step) must be present in `actual` and exactly equal; first divergence by step."""
+    first: tuple[str, int, Any, Any] | None = None
+    compared = 0
+    for metric, expected in golden.items():
+        got = actual.get(metric) or {}
+        for step in sorted(expected):
+            compared += 1
+            value = got.get(step)
+            if value is None or not values_equal(expected[step], value):
+                if first is None or step < first[1]:
+                    first = (metric, step, expected[step], value)
+                break
+    if first is None:
+        return ExactComparison(True, None, f"exactly equal at {compared} compared values", compared)
+    metric, step, expected_value, value = first
+    return ExactComparison(False, first, f"{metric} mismatch at step {step}: golden={expected_value!r}, "
+                                         f"actual={value!r} (exact)", compared)
+
+
+def describe(comparison: ComparisonLike) -> str:
+    """A comparison's own words: `.detail` (the seam's shape) or `.summary()` (chaos.golden.Comparison)."""
+    detail = getattr(comparison, "detail", None)
+    if isinstance(detail, str):
+        return detail
+    summary = getattr(comparison, "summary", None)
+    return summary() if callable(summary) else ""

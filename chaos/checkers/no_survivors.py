@@ -1,0 +1,68 @@
+"""Oracle 8: no process of any attempt outlives it, and hung attempts are noticed in time.
+
+Every teardown must leave no survivors; every process the supervisor launched must have been seen to exit
+(rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
+(+ slack) of the last progress any rank recorded, and a SIGSTOP fault (which never exits) must end in a
+detected hang.
+"""
+
+from __future__ import annotations
+
+from chaos import history as h
+from chaos.checkers import views
+from chaos.checkers.base import CheckContext, CheckResult
+
+NAME = "no_survivors"
+HANG_SLACK_S = 5.0
+"""The supervisor polls; its detection may trail the timeout by a poll interval plus scheduling noise."""
+
+
+def check(ctx: CheckContext) -> CheckResult:
+    history = ctx.history
+    failures: list[str] = []
+    teardowns = history.supervisor_events(h.TEARDOWN)
+    torn_down = {int(r["attempt"]) for r in teardowns if r.get("attempt") is not None}
+    for record in teardowns:
+        if record.get("survivors"):
+            failures.append(f"attempt {record.get('attempt')}: teardown left survivors {record['survivors']}")
+
+    exited_pids = {r.get("pid") for r in history.supervisor_events(h.RANK_EXIT)}
+    unaccounted = []
+    for start in history.supervisor_events(h.ATTEMPT_START):
+        attempt = int(start["attempt"])
+        for process in start.get("processes") or []:
+            pid = process.get("pid") if isinstance(process, dict) else process
+            if pid not in exited_pids and attempt not in torn_down:
+                unaccounted.append({"attempt": attempt, "pid": pid})
+    for item in unaccounted:
+        failures.append(f"attempt {item['attempt']}: process {item['pid']} neither exited nor was torn down")
+
+    hangs = []
+    for record in history.supervisor_events(h.HANG_DETECTED):
+        attempt = int(record["attempt"])
+        last_progress = views.last_progress_mono(history, attempt, record.get("mono"))
+        latency = None if last_progress is None or record.get("mono") is None else record["mono"] - last_progress
+        limit = ctx.restart.hang_timeout_s + HANG_SLACK_S
+        hangs.append({"attempt": attempt, "idle_s": record.get("idle_s"), "detected_after_s": latency,
+                      "limit_s": limit})
+        if latency is not None and latency > limit:
+            failures.append(f"attempt {attempt}: hang detected {latency:.1f} s after the last progress "
+                            f"(hang_timeout_s={ctx.restart.hang_timeout_s} + {HANG_SLACK_S} s slack)")
+    hung_attempts = {h_["attempt"] for h_ in hangs}
+    outcomes = views.attempt_outcomes(history)
+    for attempt, outcome in outcomes.items():
+        if outcome == "hung" and attempt not in hung_attempts:
+            failures.append(f"attempt {attempt} ended hung without a hang_detected record")
+    for fault in ctx.plan:
+        for landing in views.landings(history).get(fault.id, []):
+            attempt = int(landing["attempt"])
+            if fault.action.signal == "SIGSTOP" and attempt not in hung_attempts and outcomes.get(attempt) != "complete":
+                failures.append(f"{fault.id}: SIGSTOP in attempt {attempt} but no hang was detected")
+    evidence = {"teardowns": [{k: r.get(k) for k in ("attempt", "duration_s", "survivors", "sigterm", "sigkill")}
+                              for r in teardowns],
+                "unaccounted": unaccounted, "hangs": hangs}
+    if failures:
+        return CheckResult(NAME, "fail", "; ".join(failures), evidence)
+    return CheckResult(NAME, "pass", f"no survivors after {len(teardowns)} teardown(s); "
+                                     f"{len(hangs)} hang(s) detected in time", evidence)
+

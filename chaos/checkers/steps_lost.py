@@ -1,0 +1,83 @@
+"""Oracle 3: steps lost per fault <= save interval; 0 for a graceful SIGTERM.
+
+Steps lost = the last step completed (step_end) in the faulted attempt minus the iteration the next attempt
+that loaded anything resumed from. When the tester corrupted checkpoints in between, each one skipped
+legitimately costs one more save interval. A SIGTERM to a workload that promises Megatron's
+exit-signal-handler (exit_on_sigterm, the default) must stop the attempt gracefully and lose nothing.
+"""
+
+from __future__ import annotations
+
+from chaos.checkers import views
+from chaos.checkers.base import CheckContext, CheckResult
+
+NAME = "steps_lost"
+
+
+def check(ctx: CheckContext) -> CheckResult:
+    history = ctx.history
+    landed = views.landings(history)
+    config = views.workload_config(ctx.run_dir) or {}
+    exit_on_sigterm = bool(config.get("exit_on_sigterm", False))
+    outcomes = views.attempt_outcomes(history)
+    corrupted = views.corrupted_iterations(history)
+    rows, failures = [], []
+    for fault in ctx.plan:
+        records = landed.get(fault.id)
+        if fault.action.kind != "signal" or not records:
+            continue
+        attempt_index = int(records[0]["attempt"])
+        signal = fault.action.signal or records[0].get("signal")
+        attempt = views.attempt_by_index(history, attempt_index)
+        _, last_step = views.step_range(attempt) if attempt else (None, None)
+        loaded = views.loaded_record(attempt) if attempt else None
+        if last_step is None:
+            last_step = int(loaded["iteration"]) if loaded else None
+        outcome = outcomes.get(attempt_index)
+        reasons = views.train_end_reasons(attempt) if attempt else set()
+        preempted = outcome == "preempted" or "preempted" in reasons
+        completed = outcome == "complete" or "complete" in reasons
+        graceful = signal == "SIGTERM" and (preempted or exit_on_sigterm)
+        row = {"fault_id": fault.id, "signal": signal, "attempt": attempt_index, "last_completed_step": last_step,
+               "attempt_outcome": outcome, "graceful": graceful}
+        rows.append(row)
+
+        if completed:
+            row["steps_lost"] = 0
+            if graceful:
+                failures.append(f"{fault.id}: SIGTERM in attempt {attempt_index} did not stop it (it ran on to "
+                                f"'complete'): the exit-signal handler ignored the signal")
+            continue
+        resumed_in = next((a for a in history.attempts if a.index > attempt_index and views.loaded_record(a)), None)
+        if resumed_in is None:
+            row["steps_lost"] = None
+            failures.append(f"{fault.id}: no attempt resumed after the fault in attempt {attempt_index}")
+            continue
+        resumed_from = int(views.loaded_record(resumed_in)["iteration"])
+        row["resumed_in_attempt"] = resumed_in.index
+        row["resumed_from"] = resumed_from
+        if last_step is None:
+            row["steps_lost"] = 0
+            row["note"] = "the faulted attempt completed no step"
+            continue
+        lost = last_step - resumed_from
+        row["steps_lost"] = lost
+        skipped_corrupt = sum(1 for i in corrupted if resumed_from < i <= last_step)
+        allowed = 0 if graceful else ctx.save_interval * (1 + skipped_corrupt)
+        row["allowed"] = allowed
+        if lost < 0:
+            failures.append(f"{fault.id}: attempt {resumed_in.index} resumed from iteration {resumed_from}, past the "
+                            f"last step completed ({last_step}): {-lost} step(s) skipped")
+        elif lost > allowed:
+            why = "graceful SIGTERM must lose none" if graceful else f"save_interval={ctx.save_interval}"
+            if skipped_corrupt:
+                why += f", {skipped_corrupt} corrupted checkpoint(s) skipped"
+            failures.append(f"{fault.id}: {lost} step(s) lost (last completed {last_step} in attempt {attempt_index}, "
+                            f"resumed from {resumed_from}); at most {allowed} allowed ({why})")
+    evidence = {"faults": rows, "save_interval": ctx.save_interval}
+    if failures:
+        return CheckResult(NAME, "fail", "; ".join(failures), evidence)
+    if not rows:
+        return CheckResult(NAME, "skip", "no signal fault landed", evidence)
+    lost = ", ".join(f"{r['fault_id']}: {r['steps_lost']}" for r in rows)
+    return CheckResult(NAME, "pass", f"steps lost per fault within bounds ({lost})", evidence)

@@ -1,0 +1,115 @@
+"""report.json: one plain dict holding the verdict, every check with its evidence, the faults as planned
+and as landed, the attempts, the effective loss curve and the tester's own timings. Everything the
+summary, JUnit and HTML renderers show comes from here (plus the history, for the plots)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from chaos import history as h
+from chaos.checkers import verdict as overall_verdict
+from chaos.checkers import views
+from chaos.checkers.base import CheckContext, CheckResult
+
+REPORT_FILE = "report.json"
+REPORT_FORMAT = "chaos-report/1"
+
+
+def build_report(ctx: CheckContext, results: Iterable[CheckResult], scenario_name: str,
+                 golden_info: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    results = list(results)
+    history = ctx.history
+    attempts = attempts_table(ctx)
+    return {
+        "format": REPORT_FORMAT,
+        "verdict": overall_verdict(results),
+        "scenario": scenario_name,
+        "run_dir": str(ctx.run_dir),
+        "checks": [r.to_dict() for r in results],
+        "faults": faults_table(ctx),
+        "attempts": attempts,
+        "losses": {step: rec["lm_loss"] for step, (_, rec) in views.effective_metrics(history).items()
+                   if rec.get("lm_loss") is not None},
+        "commits": [{"iteration": i, **info} for i, info in views.committed_checkpoints(history).items()],
+        "golden": dict(golden_info or {}),
+        "restarts": max(len(attempts) - 1, 0),
+        "timings": timings(ctx),
+        "train_iters": ctx.train_iters,
+        "save_interval": ctx.save_interval,
+        "max_restarts": ctx.restart.max_restarts,
+        "extra": dict(extra or {}),
+    }
+
+
+def faults_table(ctx: CheckContext) -> list[dict[str, Any]]:
+    landed = views.landings(ctx.history)
+    missed = views.misses(ctx.history)
+    out = []
+    for fault in ctx.plan:
+        records = landed.get(fault.id, [])
+        landing = None
+        if records:
+            first = records[0]
+            landing = {key: first.get(key) for key in ("rank", "attempt", "step", "phase", "index", "signal")}
+            landing["ranks"] = sorted(views.landed_ranks(records))
+            landing["action"] = first.get("action")
+        row = {"planned": fault.to_dict(), "landed": landing}
+        if fault.id in missed:
+            row["missed"] = "; ".join(str(r.get("reason")) for r in missed[fault.id])
+        out.append(row)
+    return out
+
+
+def attempts_table(ctx: CheckContext) -> list[dict[str, Any]]:
+    history = ctx.history
+    outcomes = views.attempt_outcomes(history)
+    rows = []
+    for index in views.attempt_indices(history):
+        attempt = views.attempt_by_index(history, index)
+        loaded = views.loaded_record(attempt) if attempt else None
+        first, last = views.step_range(attempt) if attempt else (None, None)
+        rows.append({"index": index, "resumed_from": int(loaded["iteration"]) if loaded else None,
+                     "first_step": first, "last_step": last, "exit": outcomes.get(index)})
+    return rows
+
+
+def timings(ctx: CheckContext) -> dict[str, list[dict[str, Any]]]:
+    """The tester's own latencies: how fast it noticed a death or hang, how long teardown took, and how long
+    people waited from an attempt's end to the first step the next one completed."""
+    history = ctx.history
+    detection = [{"attempt": r.get("attempt"), "rank": r.get("rank"), "kind": "death",
+                  "latency_s": r.get("detect_latency_s")} for r in history.supervisor_events(h.DEATH_DETECTED)]
+    for record in history.supervisor_events(h.HANG_DETECTED):
+        attempt = int(record["attempt"])
+        last = views.last_progress_mono(history, attempt, record.get("mono"))
+        latency = record["mono"] - last if last is not None and record.get("mono") is not None else None
+        detection.append({"attempt": attempt, "rank": None, "kind": "hang", "latency_s": latency,
+                          "idle_s": record.get("idle_s")})
+    teardown = [{"attempt": r.get("attempt"), "duration_s": r.get("duration_s")}
+                for r in history.supervisor_events(h.TEARDOWN)]
+    ends = {int(r["attempt"]): r.get("mono") for r in history.supervisor_events(h.ATTEMPT_END)}
+    restart = []
+    for attempt in history.attempts:
+        previous_end = ends.get(attempt.index - 1)
+        step_ends = [r["mono"] for r in attempt.events(h.STEP_END) if r.get("mono") is not None]
+        if previous_end is None or not step_ends:
+            continue
+        first = min(step_ends)
+        restart.append({"attempt": attempt.index, "seconds": first - previous_end,
+                        "first_step": min(int(r["step"]) for r in attempt.events(h.STEP_END))})
+    return {"detection_latency_s": detection, "teardown_duration_s": teardown,
+            "restart_to_first_resumed_step_s": restart}
+
+
+def write_report(report: dict[str, Any], run_dir: Path) -> Path:
+    path = Path(run_dir) / REPORT_FILE
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    temp.replace(path)  # a reader never sees half a report
+    return path
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / REPORT_FILE).read_text())

@@ -1,0 +1,452 @@
+"""Checkers on synthetic histories: each passes on a correct run and fails on a run with its matching bug."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from chaos import golden as golden_module
+from chaos import history as h
+from chaos.checkers import CHECKS, CheckResult, exact_compare, run_check, run_checks, verdict
+from chaos.checkers.synthetic import SyntheticRun, golden_loss, golden_samples, standard_run
+from chaos.checkers.views import iteration_dir_name
+from chaos.plan import RestartPolicy
+from chaos.scenario.model import CHECK_NAMES
+
+
+def one(run: SyntheticRun, name: str, **overrides) -> CheckResult:
+    return run_check(run.context(**overrides), name)
+
+
+def killed_then_resumed(tmp_path, resume_from=8, last_step=9, **second) -> SyntheticRun:
+    """Attempt 1 is killed in step last_step + 1; attempt 2 resumes from `resume_from` and completes."""
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=last_step + 1, phase="backward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=last_step, end="killed", fault=kill)
+    run.attempt(2, resume_from=resume_from, last_step=12, end="complete", **second)
+    run.finish()
+    return run
+
+
+# ---- the registry and the runner ------------------------------------------------------------------------
+def test_registry_names_match_the_scenario_check_names():
+    assert tuple(CHECKS) == CHECK_NAMES
+
+
+def test_a_correct_run_passes_every_check(tmp_path):
+    results = run_checks(standard_run(tmp_path).context())
+    assert [r.name for r in results] == list(CHECK_NAMES)
+    assert {r.name: r.status for r in results} == {name: "pass" for name in CHECK_NAMES}, [r.detail for r in results]
+    assert verdict(results) == "pass"
+
+
+def test_an_exception_inside_a_checker_is_an_error_not_a_crash(tmp_path):
+    run = standard_run(tmp_path)
+
+    def broken(golden, actual):
+        raise ValueError("boom in compare")
+
+    results = run_checks(run.context(compare=broken))
+    trajectory = next(r for r in results if r.name == "trajectory")
+    assert trajectory.status == "error"
+    assert "ValueError: boom in compare" in trajectory.detail
+    assert "Traceback" in trajectory.evidence["traceback"]
+    assert len(results) == len(CHECK_NAMES)  # the others still ran
+    assert verdict(results) == "error"
+
+
+def test_unknown_check_name_is_an_error(tmp_path):
+    result = run_checks(standard_run(tmp_path).context(), ["trajectroy"])[0]
+    assert result.status == "error" and "unknown check" in result.detail
+
+
+def test_verdict_precedence():
+    def r(status):
+        return CheckResult("x", status, "")
+
+    assert verdict([r("pass"), r("skip")]) == "pass"
+    assert verdict([r("pass"), r("fail")]) == "fail"
+    assert verdict([r("fail"), r("error")]) == "error"
+    assert verdict([{"status": "fail"}]) == "fail"
+    with pytest.raises(ValueError):
+        r("unknown")
+
+
+def test_exact_compare_has_the_comparison_shape():
+    same = exact_compare({"lm loss": {1: 1.0, 2: 2.0}}, {"lm loss": {1: 1.0, 2: 2.0, 3: 9.0}})
+    assert same.passed and same.first_divergence is None and same.detail
+    differ = exact_compare({"lm loss": {1: 1.0, 2: 2.0}}, {"lm loss": {1: 1.0, 2: 2.0000001}})
+    assert not differ.passed and differ.first_divergence == ("lm loss", 2, 2.0, 2.0000001)
+    missing = exact_compare({"lm loss": {1: 1.0, 2: 2.0}}, {"lm loss": {1: 1.0}})
+    assert missing.first_divergence == ("lm loss", 2, 2.0, None)
+
+
+# ---- 1. trajectory -------------------------------------------------------------------------------------------
+def test_trajectory_fails_at_the_diverging_step_and_names_the_attempt(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=4, last_step=6,
+                              loss=lambda s: golden_loss(s) + (1e-3 if s >= 7 else 0.0))
+    result = one(run, "trajectory")
+    assert result.status == "fail"
+    assert "step 7" in result.detail and "attempt 2" in result.detail
+    assert result.evidence["first_divergence"]["step"] == 7
+    assert result.evidence["first_divergence"]["golden"] == golden_loss(7)
+
+
+def test_trajectory_checks_lost_and_recomputed_steps_too(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=7, phase="backward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill,
+                loss=lambda s: golden_loss(s) + (0.5 if s == 6 else 0.0))
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "trajectory")
+    assert result.status == "fail"
+    assert "step 6 in attempt 1" in result.detail
+    assert result.evidence["first_divergence"]["superseded"] is True
+
+
+def test_trajectory_fails_when_steps_are_missing(tmp_path):
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=10, end="preempted")
+    run.finish("out_of_restarts")
+    result = one(run, "trajectory")
+    assert result.status == "fail" and "step 11" in result.detail
+
+
+def test_trajectory_skips_without_golden(tmp_path):
+    assert one(standard_run(tmp_path), "trajectory", golden_metrics=None).status == "skip"
+
+
+def test_trajectory_uses_the_injected_golden_comparison(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=4, last_step=6,
+                              loss=lambda s: golden_loss(s) * (1 + 1e-4) if s == 9 else golden_loss(s))
+
+    def comparing(mode):
+        return lambda expected, actual: golden_module.compare(golden_module.Golden(metrics=dict(expected)), actual, mode)
+
+    exact = one(run, "trajectory", compare=comparing("exact"))
+    assert exact.status == "fail" and "step 9" in exact.detail
+    assert "mismatch at step 9" in exact.evidence["comparison"]
+    tolerant = one(run, "trajectory", compare=comparing("megatron"))
+    assert tolerant.status == "pass" and "Megatron relative tolerance" in tolerant.detail
+
+
+# ---- 2. resume_point ---------------------------------------------------------------------------------------
+def test_resume_point_fails_when_resuming_from_an_older_checkpoint(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=4, last_step=9)
+    result = one(run, "resume_point")
+    assert result.status == "fail"
+    assert "resumed from iteration 4, expected 8" in result.detail
+    row = result.evidence["attempts"][0]
+    assert (row["attempt"], row["expected_iteration"], row["loaded_iteration"]) == (2, 8, 4)
+
+
+def test_resume_point_fails_on_a_partial_checkpoint(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=12, phase="checkpoint.shard", index=1, ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=11, end="killed", fault=kill)
+    partial = run.write_checkpoint(12, committed=False)  # shards written, never committed
+    run.attempt(2, resume_from=12, last_step=12, end="complete", loaded_path=str(partial))
+    run.finish()
+    result = one(run, "resume_point")
+    assert result.status == "fail"
+    assert "iter_0000012" in result.detail and "no earlier attempt committed" in result.detail
+
+
+def test_resume_point_fails_when_a_step_is_skipped_on_resume(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=10, phase="backward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=9, end="killed", fault=kill)
+    # the right directory (iter 8), the wrong iteration (9): a step silently skipped
+    run.attempt(2, resume_from=9, last_step=12, end="complete",
+                loaded_path=str(run.checkpoint_dir / iteration_dir_name(8)))
+    run.finish()
+    result = one(run, "resume_point")
+    assert result.status == "fail" and "loaded iter_0000008 but resumed at iteration 9" in result.detail
+
+
+def corrupt_run(tmp_path, saves=None) -> SyntheticRun:
+    """The corrupt scenario: iteration 6 is damaged during step 7, rank 0 is killed; the restart must fall
+    back to iteration 4 (and, unless `saves` says otherwise, saves iteration 6 again)."""
+    run = SyntheticRun(tmp_path, save_interval=2)
+    flip = run.fault("f1", step=7, phase="forward", ranks=(0,), corrupt="flip")
+    kill = run.fault("f2", step=7, phase="backward", ranks=(0,))
+    run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill)
+    run.corrupt(flip, 6)
+    run.attempt(2, resume_from=4, last_step=12, end="complete", saves=saves)
+    run.finish()
+    return run
+
+
+def test_resume_point_and_friends_accept_falling_back_past_a_corrupted_checkpoint(tmp_path):
+    run = corrupt_run(tmp_path, saves={8, 10, 12})
+    results = {r.name: r for r in run_checks(run.context())}
+    assert {n: r.status for n, r in results.items()} == {n: "pass" for n in CHECK_NAMES}, \
+        {n: r.detail for n, r in results.items()}
+    assert results["resume_point"].evidence["attempts"][0]["excluded_corrupted"] == [6]
+    assert "expected-damaged" in results["checkpoints_load"].detail
+    assert "6" in results["checkpoints_load"].evidence["expected_damaged"]
+
+
+def test_a_recommitted_corrupted_iteration_must_be_intact_again(tmp_path):
+    run = corrupt_run(tmp_path)  # attempt 2 saves iteration 6 again, over the damaged directory
+    result = one(run, "checkpoints_load")
+    assert result.status == "pass" and 6 in result.evidence["intact"] and not result.evidence["expected_damaged"]
+    shard = run.checkpoint_dir / iteration_dir_name(6) / "__0_0.distcp"
+    shard.write_bytes(b"Z" + shard.read_bytes()[1:])
+    result = one(run, "checkpoints_load")
+    assert result.status == "fail" and "iter_0000006" in result.detail
+    assert one(run, "resume_point").status == "pass"
+
+
+def test_resume_point_fails_when_loading_the_corrupted_checkpoint(tmp_path):
+    run = SyntheticRun(tmp_path, save_interval=2)
+    flip = run.fault("f1", step=7, phase="forward", ranks=(0,), corrupt="flip")
+    kill = run.fault("f2", step=7, phase="backward", ranks=(0,))
+    run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill)
+    run.corrupt(flip, 6)
+    run.attempt(2, resume_from=6, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "resume_point")
+    assert result.status == "fail" and "corrupted" in result.detail
+
+
+def test_resume_point_fails_when_an_intact_checkpoint_is_rejected(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=10, phase="backward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=9, end="killed", fault=kill)
+    rejecting = h.HistoryWriter(h.rank_history_path(tmp_path, 2, 0), rank=0, attempt=2)
+    rejecting.write(h.CHECKPOINT_REJECTED, iteration=8, path=str(run.checkpoint_dir / iteration_dir_name(8)),
+                    reason="made up")
+    rejecting.close()
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "resume_point")
+    assert result.status == "fail" and "rejected iteration 8" in result.detail
+
+
+# ---- 3. steps_lost ---------------------------------------------------------------------------------------
+def test_steps_lost_fails_beyond_the_save_interval(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=12, phase="forward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=11, end="killed", fault=kill, saves={4})  # the trainer skipped save 8
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "steps_lost")
+    assert result.status == "fail"
+    assert "f1: 7 step(s) lost" in result.detail and "save_interval=4" in result.detail
+    assert result.evidence["faults"][0]["steps_lost"] == 7
+
+
+def test_steps_lost_must_be_zero_for_a_graceful_sigterm(tmp_path):
+    run = SyntheticRun(tmp_path)
+    term = run.fault("f1", step=10, phase="forward", ranks=(0, 1), signal="SIGTERM")
+    run.attempt(1, resume_from=0, last_step=10, end="preempted", fault=term, saves={4, 8})  # no save on exit
+    run.attempt(2, resume_from=8, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "steps_lost")
+    assert result.status == "fail" and "graceful SIGTERM must lose none" in result.detail
+    assert result.evidence["faults"][0]["steps_lost"] == 2
+
+
+def test_steps_lost_fails_when_sigterm_is_ignored(tmp_path):
+    run = SyntheticRun(tmp_path)
+    term = run.fault("f1", step=10, phase="forward", ranks=(0, 1), signal="SIGTERM")
+    run.attempt(1, resume_from=0, last_step=12, end="complete", fault=term)
+    run.finish()
+    result = one(run, "steps_lost")
+    assert result.status == "fail" and "did not stop it" in result.detail
+
+
+def test_steps_lost_fails_when_steps_are_skipped(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=9, last_step=8,
+                              loaded_path=None)
+    result = one(run, "steps_lost")
+    assert result.status == "fail" and "1 step(s) skipped" in result.detail
+
+
+# ---- 4. data_order -------------------------------------------------------------------------------------------
+def test_data_order_fails_when_the_data_position_is_lost(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=4, last_step=6,
+                              samples=lambda s: golden_samples(s - 4))  # consumed samples restart from 0
+    result = one(run, "data_order")
+    assert result.status == "fail"
+    assert "step 5" in result.detail and "attempt 2" in result.detail
+    assert one(run, "data_order", golden_metrics={"lm loss": {1: 1.0}}).status == "skip"
+
+
+def test_data_order_compares_data_hashes_when_both_sides_have_them(tmp_path):
+    run = standard_run(tmp_path)
+    history_file = h.rank_history_path(tmp_path, 3, 0)
+    lines = history_file.read_text().splitlines()
+    patched = []
+    for line in lines:
+        record = json.loads(line)
+        if record["event"] == h.METRICS:
+            record["data_hash"] = "bad" if record["step"] == 12 else f"h{record['step']}"
+        patched.append(json.dumps(record))
+    history_file.write_text("\n".join(patched) + "\n")
+    golden = run.golden_metrics()
+    golden["data hash"] = {s: f"h{s}" for s in range(11, 13)}
+    result = one(run, "data_order", golden_metrics=golden)
+    assert result.status == "fail" and "data hash" in result.detail and "step 12" in result.detail
+
+
+# ---- 5. final_state --------------------------------------------------------------------------------------
+def test_final_state_fails_on_a_different_hash(tmp_path):
+    run = killed_then_resumed(tmp_path, final_hash="cd" * 32)
+    result = one(run, "final_state")
+    assert result.status == "fail" and "differs from the golden" in result.detail
+
+
+def test_final_state_fails_when_the_run_never_finished_and_skips_without_golden(tmp_path):
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=8, end="preempted")
+    run.finish("interrupted")
+    assert one(run, "final_state").status == "fail"
+    assert "never reached the end" in one(run, "final_state").detail
+    assert one(run, "final_state", golden_final_state_hash=None).status == "skip"
+
+
+# ---- 6. checkpoints_load -------------------------------------------------------------------------------
+def test_checkpoints_load_fails_on_silent_damage(tmp_path):
+    run = standard_run(tmp_path)
+    shard = run.checkpoint_dir / iteration_dir_name(8) / "__1_0.distcp"
+    shard.write_bytes(b"X" + shard.read_bytes()[1:])
+    (run.checkpoint_dir / iteration_dir_name(4) / ".metadata").unlink()
+    result = one(run, "checkpoints_load")
+    assert result.status == "fail"
+    assert "iter_0000008: __1_0.distcp does not match its committed sha256" in result.detail
+    assert "iter_0000004: .metadata is missing" in result.detail
+
+
+def test_checkpoints_load_allows_keep_last_retention_only_when_configured(tmp_path):
+    kept = SyntheticRun(tmp_path / "kept", keep_last=2)
+    kept.attempt(1, resume_from=0, last_step=12, end="complete")
+    kept.finish()
+    shutil.rmtree(kept.checkpoint_dir / iteration_dir_name(4))
+    result = one(kept, "checkpoints_load")
+    assert result.status == "pass" and result.evidence["retired_by_keep_last"] == [4]
+
+    unkept = SyntheticRun(tmp_path / "unkept")
+    unkept.attempt(1, resume_from=0, last_step=12, end="complete")
+    unkept.finish()
+    shutil.rmtree(unkept.checkpoint_dir / iteration_dir_name(4))
+    result = one(unkept, "checkpoints_load")
+    assert result.status == "fail" and "iter_0000004 does not exist" in result.detail
+
+
+def test_checkpoints_load_fails_when_the_tracker_names_a_partial_checkpoint(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=12, phase="checkpoint.shard", index=1, ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=11, end="killed", fault=kill)
+    run.write_checkpoint(12, committed=False)
+    (run.checkpoint_dir / "latest_checkpointed_iteration.txt").write_text("12")  # tracker before shards
+    run.finish("out_of_restarts")
+    result = one(run, "checkpoints_load")
+    assert result.status == "fail"
+    assert "iter_0000012: no chaos_manifest.json" in result.detail
+    assert "tracker names iteration 12" in result.detail
+
+
+# ---- 7. faults_landed ------------------------------------------------------------------------------------
+def test_a_planned_fault_that_never_landed_makes_the_verdict_error(tmp_path):
+    run = standard_run(tmp_path)
+    run.fault("f3", step=11, phase="forward", ranks=(0,), attempt=3)  # planned, never delivered
+    (tmp_path / "plan.json").unlink()
+    results = run_checks(run.context())
+    landed = next(r for r in results if r.name == "faults_landed")
+    assert landed.status == "error" and "f3 never landed" in landed.detail
+    assert verdict(results) == "error"
+
+
+def test_a_missed_fault_is_an_error(tmp_path):
+    run = SyntheticRun(tmp_path)
+    run.fault("f1", step=20, phase="forward", ranks=(0,))
+    run.attempt(1, resume_from=0, last_step=12, end="complete")
+    run.sup(h.FAULT_MISSED, fault_id="f1", reason="step 20 is never reached (train_iters=12)")
+    run.finish()
+    result = one(run, "faults_landed")
+    assert result.status == "error" and "f1 missed: step 20 is never reached" in result.detail
+
+
+def test_a_fault_landed_elsewhere_is_an_error(tmp_path):
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=7, phase="backward", ranks=(1,))
+    run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill, land={"step": 8, "phase": "forward"})
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "faults_landed")
+    assert result.status == "error"
+    assert "step 8, planned 7" in result.detail and "phase forward, planned backward" in result.detail
+
+
+def test_faults_landed_skips_without_a_plan(tmp_path):
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=12, end="complete")
+    run.finish()
+    assert one(run, "faults_landed").status == "skip"
+
+
+# ---- 8. no_survivors -------------------------------------------------------------------------------------
+def test_no_survivors_fails_on_a_survivor(tmp_path):
+    run = killed_then_resumed(tmp_path, resume_from=8, last_step=9)
+    run2 = SyntheticRun(tmp_path / "survivor")
+    kill = run2.fault("f1", step=10, phase="backward", ranks=(1,))
+    run2.attempt(1, resume_from=0, last_step=9, end="killed", fault=kill, teardown_survivors=(4242,))
+    run2.attempt(2, resume_from=8, last_step=12, end="complete")
+    run2.finish()
+    assert one(run, "no_survivors").status == "pass"
+    result = one(run2, "no_survivors")
+    assert result.status == "fail" and "4242" in result.detail
+
+
+def test_no_survivors_fails_on_a_process_never_seen_to_exit(tmp_path):
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=12, end="complete")
+    run.sup(h.ATTEMPT_START, attempt=1, launcher="direct", port=1, processes=[{"pid": 777, "role": "rank 9"}])
+    run.finish()
+    result = one(run, "no_survivors")
+    assert result.status == "fail" and "process 777 neither exited nor was torn down" in result.detail
+
+
+def hang_run(tmp_path, hang_after_s: float | None) -> SyntheticRun:
+    run = SyntheticRun(tmp_path, restart=RestartPolicy(max_restarts=2, hang_timeout_s=10.0))
+    stop = run.fault("f1", step=5, phase="forward", ranks=(1,), signal="SIGSTOP")
+    run.attempt(1, resume_from=0, last_step=4, end="hung", fault=stop, hang_after_s=hang_after_s)
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    return run
+
+
+def test_a_hang_detected_in_time_passes_and_a_late_one_fails(tmp_path):
+    in_time = one(hang_run(tmp_path / "in_time", hang_after_s=11.0), "no_survivors")
+    assert in_time.status == "pass", in_time.detail
+    assert 10.0 < in_time.evidence["hangs"][0]["detected_after_s"] < 15.0
+    late = one(hang_run(tmp_path / "late", hang_after_s=40.0), "no_survivors")
+    assert late.status == "fail" and "hang detected 40." in late.detail
+
+
+def test_a_sigstop_without_hang_detection_fails(tmp_path):
+    run = SyntheticRun(tmp_path)
+    stop = run.fault("f1", step=5, phase="forward", ranks=(1,), signal="SIGSTOP")
+    run.attempt(1, resume_from=0, last_step=4, end="killed", fault=stop)
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    result = one(run, "no_survivors")
+    assert result.status == "fail" and "no hang was detected" in result.detail
+
+
+# ---- 9. restart_budget -----------------------------------------------------------------------------------
+def test_restart_budget_fails_when_out_of_restarts_or_over_budget(tmp_path):
+    run = standard_run(tmp_path)
+    over = one(run, "restart_budget", restart=RestartPolicy(max_restarts=1))
+    assert over.status == "fail" and "2 restarts exceed max_restarts=1" in over.detail
+    stopped = SyntheticRun(tmp_path / "stopped")
+    kill = stopped.fault("f1", step=6, phase="forward", ranks=(0,))
+    stopped.attempt(1, resume_from=0, last_step=5, end="killed", fault=kill)
+    stopped.finish("out_of_restarts")
+    result = one(stopped, "restart_budget")
+    assert result.status == "fail" and "out_of_restarts" in result.detail

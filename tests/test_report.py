@@ -1,0 +1,136 @@
+"""Reports from synthetic runs: report.json keys, terminal summary, JUnit XML, self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+from chaos import golden as golden_module
+from chaos.checkers import CheckResult, run_checks
+from chaos.checkers.synthetic import SyntheticRun, golden_loss, standard_run
+from chaos.history import load_run_history
+from chaos.report import build_report, format_summary, read_report, render_html, write_html, write_junit, write_report
+from chaos.scenario.model import CHECK_NAMES
+
+REQUIRED = {"verdict", "scenario", "run_dir", "checks", "faults", "attempts", "losses", "golden", "restarts", "timings"}
+
+
+def report_for(run: SyntheticRun, golden_info=None, **overrides) -> dict:
+    ctx = run.context(**overrides)
+    return build_report(ctx, run_checks(ctx), "synthetic", golden_info or {"path": None, "mode": "exact"},
+                        {"seed": 0})
+
+
+def failing_run(tmp_path) -> SyntheticRun:
+    """Resumes from an older checkpoint and diverges from step 7; a third fault never lands."""
+    run = SyntheticRun(tmp_path)
+    kill = run.fault("f1", step=10, phase="backward", ranks=(1,))
+    run.fault("f2", step=11, phase="forward", ranks=(0,), attempt=2)
+    run.attempt(1, resume_from=0, last_step=9, end="killed", fault=kill)
+    run.attempt(2, resume_from=4, last_step=12, end="complete", loss=lambda s: golden_loss(s) + (0.25 if s >= 7 else 0))
+    run.finish()
+    return run
+
+
+def test_report_json_has_the_required_keys(tmp_path):
+    run = standard_run(tmp_path)
+    report = report_for(run)
+    assert REQUIRED <= set(report)
+    assert report["verdict"] == "pass" and report["restarts"] == 2
+    assert [c["name"] for c in report["checks"]] == list(CHECK_NAMES)
+    assert set(report["checks"][0]) == {"name", "status", "detail", "evidence"}
+    f1 = report["faults"][0]
+    assert f1["planned"]["id"] == "f1" and f1["planned"]["trigger"]["step"] == 7
+    assert f1["landed"]["rank"] == 1 and f1["landed"]["step"] == 7 and f1["landed"]["phase"] == "backward"
+    assert f1["landed"]["attempt"] == 1 and f1["landed"]["signal"] == "SIGKILL"
+    assert report["attempts"] == [
+        {"index": 1, "resumed_from": 0, "first_step": 1, "last_step": 6, "exit": "crashed"},
+        {"index": 2, "resumed_from": 4, "first_step": 5, "last_step": 10, "exit": "preempted"},
+        {"index": 3, "resumed_from": 10, "first_step": 11, "last_step": 12, "exit": "complete"},
+    ]
+    assert report["losses"] == {s: golden_loss(s) for s in range(1, 13)}
+    timings = report["timings"]
+    assert timings["detection_latency_s"][0]["latency_s"] == 0.05
+    assert timings["teardown_duration_s"] == [{"attempt": 1, "duration_s": 0.2}]
+    assert [r["attempt"] for r in timings["restart_to_first_resumed_step_s"]] == [2, 3]
+    assert all(r["seconds"] > 0 for r in timings["restart_to_first_resumed_step_s"])
+
+    path = write_report(report, tmp_path)
+    stored = json.loads(path.read_text())
+    assert stored == read_report(tmp_path)
+    assert REQUIRED <= set(stored) and stored["losses"]["7"] == golden_loss(7)
+
+
+def test_hang_timings_are_measured_from_the_last_progress(tmp_path):
+    from chaos.plan import RestartPolicy
+
+    run = SyntheticRun(tmp_path, restart=RestartPolicy(max_restarts=2, hang_timeout_s=10.0))
+    stop = run.fault("f1", step=5, phase="forward", ranks=(1,), signal="SIGSTOP")
+    run.attempt(1, resume_from=0, last_step=4, end="hung", fault=stop, hang_after_s=12.0)
+    run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    hang = [d for d in report_for(run)["timings"]["detection_latency_s"] if d["kind"] == "hang"]
+    assert len(hang) == 1 and 12.0 <= hang[0]["latency_s"] < 12.5
+
+
+def test_summary_names_the_verdict_faults_restarts_failures_and_run_dir(tmp_path):
+    ok = format_summary(report_for(standard_run(tmp_path / "ok")))
+    assert ok.splitlines()[0].startswith("chaos: PASS  synthetic")
+    assert "fault f1 SIGKILL -> rank 1, attempt 1, step 7 backward" in ok
+    assert "restarts: 2 of 3" in ok and f"run dir: {tmp_path / 'ok'}" in ok
+
+    bad = format_summary(report_for(failing_run(tmp_path / "bad")))
+    assert bad.startswith("chaos: ERROR")
+    assert "fault f2 SIGKILL: NOT LANDED" in bad
+    assert "FAIL trajectory: lm loss diverges from the golden at step 7" in bad
+    assert "FAIL resume_point: attempt 2 resumed from iteration 4, expected 8" in bad
+    assert "ERROR faults_landed" in bad
+
+
+def test_junit_parses_with_one_testcase_per_check(tmp_path):
+    run = failing_run(tmp_path)
+    report = report_for(run, golden_final_state_hash=None)
+    path = write_junit(report, tmp_path / "junit.xml")
+    suite = ET.parse(path).getroot()
+    assert suite.tag == "testsuite" and suite.get("name") == "chaos.synthetic"
+    cases = {case.get("name"): case for case in suite.iter("testcase")}
+    assert list(cases) == list(CHECK_NAMES) and suite.get("tests") == str(len(CHECK_NAMES))
+    assert cases["trajectory"].find("failure") is not None
+    assert "step 7" in cases["trajectory"].find("failure").get("message")
+    assert cases["faults_landed"].find("error") is not None
+    assert cases["final_state"].find("skipped") is not None
+    assert cases["restart_budget"].find("failure") is None and cases["restart_budget"].find("error") is None
+    properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
+    assert properties["verdict"] == "error" and properties["restarts"] == "1"
+    assert properties["fault.f2"] == "not landed" and json.loads(properties["fault.f1"])["step"] == 10
+    assert int(suite.get("failures")) >= 2 and suite.get("errors") == "1" and suite.get("skipped") == "1"
+
+
+def test_html_is_self_contained_with_plots_and_the_checks_table(tmp_path):
+    run = failing_run(tmp_path)
+    golden_path = golden_module.write_golden(golden_module.Golden(metrics=run.golden_metrics()), tmp_path / "g.json")
+    report = report_for(run, golden_info={"path": str(golden_path), "mode": "exact"})
+    write_report(report, tmp_path)
+    page = write_html(tmp_path).read_text()
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<svg") >= 3  # the loss plot and one timeline per attempt
+    assert '<table class="checks">' in page
+    for name in CHECK_NAMES:
+        assert f"<td>{name}</td>" in page
+    assert "step 7" in page and "attempt 2" in page
+    assert "stroke=\"#000\"" in page  # the golden curve, read back from the golden file
+    assert "checkpoint 8 committed" in page and "f1: SIGKILL at step 10" in page
+    assert "rank 1 signalled" in page and "rank 0 torn down" in page and "rank 1 held" in page
+    for external in ("<script", "<link", "@import", "src=", "url("):
+        assert external not in page
+
+
+def test_html_escapes_what_it_shows(tmp_path):
+    run = standard_run(tmp_path)
+    ctx = run.context()
+    report = build_report(ctx, [CheckResult("trajectory", "fail", "<b>bad</b> & worse", {"x": "<i>"})], "s<1>",
+                          {"path": None, "mode": "exact"}, {})
+    page = render_html(report, run.golden_metrics(), load_run_history(tmp_path))
+    assert "<b>bad</b>" not in page and "&lt;b&gt;bad&lt;/b&gt; &amp; worse" in page
+    assert "s&lt;1&gt;" in page
+    assert "<svg" in render_html(report)  # without history or golden it still draws the effective curve
