@@ -1,0 +1,134 @@
+"""How one attempt's processes are started: directly (one process per rank) or through torchrun agents.
+
+Every launched process starts a new session (start_new_session=True): it leads its own process group, so a
+group signal at teardown reaches its children too, and a Ctrl-C in the supervisor's terminal reaches only
+the supervisor, which then tears the attempt down itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
+
+from chaos import control
+from chaos.errors import InfrastructureError
+from chaos.supervisor.processes import TrackedProcess
+from chaos.workloads import LaunchSpec
+
+MASTER_ADDR = "127.0.0.1"
+
+
+@retry(retry=retry_if_exception_type(OSError), stop=stop_after_attempt(20), wait=wait_fixed(0.05), reraise=True)
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1: the kernel picks one, and we check it binds again without
+    SO_REUSEADDR (a port in TIME_WAIT or taken in between fails here and is retried, not at rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((MASTER_ADDR, 0))
+        port = probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as check:
+        check.bind((MASTER_ADDR, port))
+    return port
+
+
+@dataclass(frozen=True)
+class AttemptLaunch:
+    attempt: int
+    directory: Path
+    port: int
+    control_socket: str
+
+
+def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        control.ENV_HISTORY_DIR: str(launch.directory),
+        control.ENV_ATTEMPT: str(launch.attempt),
+        control.ENV_SOCKET: launch.control_socket,
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(spec.env)
+    return env
+
+
+def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    except OSError as error:
+        raise InfrastructureError(f"cannot launch {argv[0]!r}: {error}") from error
+    finally:
+        log.close()  # the child holds its own copy
+
+
+def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProcess]:
+    """One process per rank running spec.argv, with the environment torchrun would give it."""
+    processes = []
+    common = base_env(spec, launch)
+    per_node = spec.ranks_per_node
+    for rank in range(spec.world_size):
+        env = dict(common)
+        env.update({
+            "RANK": str(rank), "WORLD_SIZE": str(spec.world_size),
+            "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
+            "GROUP_RANK": str(rank // per_node),
+            "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
+        })
+        popen = _spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out")
+        processes.append(TrackedProcess.from_popen(popen, role="rank", rank=rank, node=rank // per_node))
+    return processes
+
+
+def _is_python(executable: str) -> bool:
+    return os.path.realpath(executable) == os.path.realpath(sys.executable) or Path(executable).name.startswith("python")
+
+
+def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: str) -> list[str]:
+    argv = list(spec.argv)
+    if argv and _is_python(argv[0]):
+        entry = argv[1:]  # torchrun runs the entry with its own interpreter; it accepts `-m module`
+    else:
+        entry = ["--no-python", *argv]
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.ranks_per_node}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={MASTER_ADDR}:{launch.port}",
+        f"--rdzv-id=chaos-{launch.attempt}-{run_id}",
+        "--max-restarts=0", "--monitor-interval=0.1",
+        # torchrun would otherwise make a log directory under /tmp; keep everything in the run dir
+        f"--log-dir={launch.directory / f'torchrun-{node}'}",
+        *entry,
+    ]
+
+
+def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProcess]:
+    """`nodes` torchrun agents meeting over c10d rendezvous on 127.0.0.1: several simulated hosts. The
+    agents set the ranks' environment themselves; the rank pids come later from the probes' hellos."""
+    env = base_env(spec, launch)
+    # The agents read the rendezvous id from the command line; a stale TORCHELASTIC_* from an outer
+    # torchrun (chaos run inside a torchrun job) must not leak in.
+    for name in [n for n in env if n.startswith("TORCHELASTIC_")]:
+        del env[name]
+    run_id = uuid.uuid4().hex[:12]
+    processes = []
+    for node in range(spec.nodes):
+        argv = torchrun_argv(spec, launch, node, run_id)
+        popen = _spawn(argv, env, launch.directory / f"agent-{node}.out")
+        processes.append(TrackedProcess.from_popen(popen, role="agent", node=node))
+    return processes
+
+
+def launch(kind: Literal["direct", "torchrun"], spec: LaunchSpec, attempt: AttemptLaunch) -> list[TrackedProcess]:
+    if kind == "direct":
+        return launch_direct(spec, attempt)
+    if kind == "torchrun":
+        return launch_torchrun(spec, attempt)
+    raise ValueError(f"unknown launcher {kind!r}; expected 'direct' or 'torchrun'")

@@ -1,0 +1,354 @@
+"""The processes of one attempt: who they are, how to signal them safely, and how to make sure they are gone.
+
+Safety first: the supervisor must never signal a process it did not start. Every process it may signal is
+known by (pid, create_time) and, once verified, by a pidfd. Signals go through the pidfd
+(`pidfd_send_signal`), which names that process and no other even if its pid is reused; a process known
+only by pid is signalled only after psutil confirms the pid still has the recorded create_time.
+Process-group signals (`killpg`) are sent only while the group leader is alive or an unreaped zombie
+(our own children are reaped only after teardown, see `exit_status`), so the group id cannot be reused.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import psutil
+
+#: Signals whose default action ends the process: after delivering one the supervisor waits for the death
+#: instead of releasing the held rank.
+FATAL_BY_DEFAULT = frozenset({"SIGKILL", "SIGSEGV", "SIGABRT"})
+
+
+def create_time(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def is_same_process(pid: int, expected_create_time: float) -> bool:
+    """The PID-reuse guard: the pid still names the process we recorded (psutil's create_time is exact to
+    the clock tick of the same boot, so equality is the test)."""
+    current = create_time(pid)
+    return current is not None and current == expected_create_time
+
+
+@dataclass
+class TrackedProcess:
+    """A process of the attempt. `popen` is set for our own children (agents, direct ranks)."""
+
+    pid: int
+    create_time: float
+    role: str                       # "rank" | "agent"
+    rank: int | None = None
+    node: int | None = None
+    popen: subprocess.Popen | None = None
+    pidfd: int | None = None
+    returncode: int | None = None
+    exited: bool = False
+    exit_mono: float | None = None
+    last_signal: str | None = None
+    last_signal_mono: float | None = None
+    stopped: bool = False
+
+    @classmethod
+    def from_popen(cls, popen: subprocess.Popen, role: str, rank: int | None = None,
+                   node: int | None = None) -> "TrackedProcess":
+        # pidfd_open on our own unreaped child cannot race with pid reuse.
+        pidfd = os.pidfd_open(popen.pid)
+        started = create_time(popen.pid)
+        return cls(pid=popen.pid, create_time=started if started is not None else 0.0, role=role, rank=rank,
+                   node=node, popen=popen, pidfd=pidfd)
+
+    @classmethod
+    def adopt(cls, pid: int, expected_create_time: float, role: str, rank: int | None = None,
+              node: int | None = None) -> "TrackedProcess | None":
+        """Tracks a process we did not spawn directly (a torchrun worker). The pidfd is opened first and the
+        identity checked after, so the pidfd provably refers to the verified process."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        if not is_same_process(pid, expected_create_time):
+            os.close(pidfd)
+            return None
+        return cls(pid=pid, create_time=expected_create_time, role=role, rank=rank, node=node, pidfd=pidfd)
+
+    # ---- state --------------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        if self.exited:
+            return False
+        if self.pidfd is not None:
+            readable, _, _ = select.select([self.pidfd], [], [], 0)
+            return not readable
+        return is_same_process(self.pid, self.create_time)
+
+    def exit_status(self) -> tuple[int | None, str | None]:
+        """(returncode, signal name) of a process that has exited, without reaping our child (WNOWAIT keeps
+        the zombie, so its pid and process group stay ours until `reap`). For a process that is not our
+        child (a torchrun worker) the exit code is read from /proc/<pid>/stat while it is still a zombie;
+        None when its parent already reaped it."""
+        if self.popen is not None and self.pidfd is not None:
+            try:
+                result = os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                result = None
+            if result is not None:
+                if result.si_code == os.CLD_EXITED:
+                    return result.si_status, None
+                return -result.si_status, _signal_name(result.si_status)
+            code = self.popen.poll()
+            return code, _signal_name(-code) if code is not None and code < 0 else None
+        wait_status = _zombie_wait_status(self.pid)
+        if wait_status is None:
+            return None, None
+        if os.WIFSIGNALED(wait_status):
+            signum = os.WTERMSIG(wait_status)
+            return -signum, _signal_name(signum)
+        return os.WEXITSTATUS(wait_status), None
+
+    def mark_exited(self, now: float) -> None:
+        if not self.exited:
+            self.exited = True
+            self.exit_mono = now
+            self.returncode, _ = self.exit_status()
+
+    # ---- signals ------------------------------------------------------------------------------------
+    def send(self, signal_name: str) -> bool:
+        """Delivers a signal to this process only. False when it is gone (or no longer the process we
+        recorded): nothing was signalled."""
+        signum = signal.Signals[signal_name]
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signum)
+            elif is_same_process(self.pid, self.create_time):
+                os.kill(self.pid, signum)
+            else:
+                return False
+        except ProcessLookupError:
+            return False
+        self.last_signal = signal_name
+        self.last_signal_mono = time.monotonic()
+        if signal_name == "SIGSTOP":
+            self.stopped = True
+        elif signal_name == "SIGCONT":
+            self.stopped = False
+        return True
+
+    def send_group(self, signal_name: str) -> bool:
+        """Signals the process group this process leads (it was started in a new session), so its children
+        get it too. Only while the leader is alive or our unreaped zombie, so the group id is still ours."""
+        signum = signal.Signals[signal_name]
+        if not self.alive() and not (self.popen is not None and self.popen.returncode is None):
+            return False
+        try:
+            os.killpg(self.pid, signum)
+        except ProcessLookupError:
+            # No group led by this pid (it did not start a session): the process alone.
+            return self.send(signal_name) if self.alive() else False
+        if self.alive():
+            self.last_signal = signal_name
+            self.last_signal_mono = time.monotonic()
+            self.stopped = signal_name == "SIGSTOP" or (self.stopped and signal_name != "SIGCONT")
+        return True
+
+    def reap(self) -> None:
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _signal_name(signum: int | None) -> str | None:
+    if signum is None:
+        return None
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _zombie_wait_status(pid: int) -> int | None:
+    """Field 52 of /proc/<pid>/stat (`exit_code`, Linux >= 3.5) is the waitpid status of a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    if not fields or fields[0] != "Z" or len(fields) < 50:
+        return None
+    return int(fields[49])
+
+
+@dataclass
+class ProcessTable:
+    """Every process of one attempt: the ones we launched, the ranks we verified, and every descendant we
+    have seen (recorded by (pid, create_time) so that teardown can verify them even once orphaned)."""
+
+    launched: list[TrackedProcess] = field(default_factory=list)
+    ranks: dict[int, TrackedProcess] = field(default_factory=dict)
+    descendants: dict[int, float] = field(default_factory=dict)
+
+    def all_tracked(self) -> list[TrackedProcess]:
+        seen, result = set(), []
+        for process in [*self.launched, *self.ranks.values()]:
+            if id(process) not in seen:
+                seen.add(id(process))
+                result.append(process)
+        return result
+
+    def record_descendants(self) -> None:
+        for process in self.all_tracked():
+            if process.exited:
+                continue
+            try:
+                parent = psutil.Process(process.pid)
+                if parent.create_time() != process.create_time:
+                    continue
+                for child in parent.children(recursive=True):
+                    self.descendants.setdefault(child.pid, child.create_time())
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+
+    def record_group_members(self) -> None:
+        """Records every process still in the process group of one of ours: children of a rank that died
+        (SIGKILL) are orphaned out of its descendants but stay in its group. A member must be younger than
+        the leader we recorded, and is never the group id itself, so a reused pid cannot sneak in."""
+        leaders = {p.pid: p.create_time for p in self.all_tracked()}
+        for pid in psutil.pids():
+            try:
+                group = os.getpgid(pid)
+            except OSError:
+                continue
+            if group in leaders and pid != group:
+                started = create_time(pid)
+                if started is not None and started >= leaders[group]:
+                    self.descendants.setdefault(pid, started)
+
+    def launched_ancestor(self, pid: int) -> TrackedProcess | None:
+        """The launched process (agent or direct rank) that `pid` is, or descends from; None if none is."""
+        by_pid = {p.pid: p for p in self.launched}
+        try:
+            process = psutil.Process(pid)
+            chain = [process, *process.parents()]
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return None
+        for candidate in chain:
+            tracked = by_pid.get(candidate.pid)
+            if tracked is not None and candidate.create_time() == tracked.create_time:
+                return tracked
+        return None
+
+
+def _live_untracked(table: ProcessTable) -> list[tuple[int, float]]:
+    tracked = {p.pid for p in table.all_tracked()}
+    return [(pid, started) for pid, started in table.descendants.items()
+            if pid not in tracked and _alive_not_zombie(pid, started)]
+
+
+def _alive_not_zombie(pid: int, started: float) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.create_time() == started and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _signal_untracked(pid: int, started: float, signal_name: str) -> bool:
+    if not is_same_process(pid, started):
+        return False
+    try:
+        os.kill(pid, signal.Signals[signal_name])
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@dataclass
+class TeardownResult:
+    duration_s: float
+    sigterm: list[int]
+    sigkill: list[int]
+    survivors: list[int]
+
+
+def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> TeardownResult:
+    """SIGTERM (and SIGCONT, so stopped processes can act on it) to every survivor and its process group;
+    after `grace_s`, SIGKILL to whatever remains; then verify that nothing of the attempt is left."""
+    started = time.monotonic()
+    table.record_descendants()
+    table.record_group_members()
+    sigterm: list[int] = []
+    for process in table.all_tracked():
+        if process.alive():
+            process.send_group("SIGTERM")
+            process.send_group("SIGCONT")
+            sigterm.append(process.pid)
+    for pid, created in _live_untracked(table):
+        if _signal_untracked(pid, created, "SIGTERM"):
+            _signal_untracked(pid, created, "SIGCONT")
+            sigterm.append(pid)
+
+    deadline = started + grace_s
+    while time.monotonic() < deadline:
+        if not _anything_alive(table):
+            break
+        _wait_some(table, min(poll_s * 5, max(0.0, deadline - time.monotonic())))
+    sigkill: list[int] = []
+    table.record_descendants()
+    table.record_group_members()
+    for process in table.all_tracked():
+        if process.alive():
+            process.send_group("SIGKILL")
+            sigkill.append(process.pid)
+    for pid, created in _live_untracked(table):
+        if _signal_untracked(pid, created, "SIGKILL"):
+            sigkill.append(pid)
+    kill_deadline = time.monotonic() + 2.0
+    while _anything_alive(table) and time.monotonic() < kill_deadline:
+        _wait_some(table, poll_s)
+    for process in table.all_tracked():
+        if not process.exited and not process.alive():
+            process.mark_exited(time.monotonic())
+        process.reap()
+    survivors = [p.pid for p in table.all_tracked() if p.popen is None and p.alive()]
+    survivors += [p.pid for p in table.all_tracked() if p.popen is not None and p.popen.returncode is None]
+    survivors += [pid for pid, _ in _live_untracked(table)]
+    return TeardownResult(duration_s=time.monotonic() - started, sigterm=sigterm, sigkill=sigkill,
+                          survivors=sorted(set(survivors)))
+
+
+def _anything_alive(table: ProcessTable) -> bool:
+    return any(p.alive() for p in table.all_tracked()) or bool(_live_untracked(table))
+
+
+def _wait_some(table: ProcessTable, timeout_s: float) -> None:
+    """Sleeps until a tracked process exits or timeout_s passes (pidfds become readable at exit)."""
+    fds = [p.pidfd for p in table.all_tracked() if p.pidfd is not None and not p.exited]
+    if fds and not _live_untracked(table):
+        ready, _, _ = select.select(fds, [], [], timeout_s)
+        if ready:
+            for process in table.all_tracked():
+                if process.pidfd in ready:
+                    process.mark_exited(time.monotonic())
+            return
+    time.sleep(timeout_s)
+
+
+def verify_gone(processes: Iterable[tuple[int, float]]) -> list[int]:
+    """The pids among (pid, create_time) that are still running (zombies count as gone)."""
+    return [pid for pid, started in processes if _alive_not_zombie(pid, started)]

@@ -1,0 +1,600 @@
+"""The attempt loop: launch -> watch -> inject -> detect death or hang -> tear down every survivor -> decide.
+
+One `selectors` loop per attempt watches everything at once: a pidfd per process (readable the instant it
+exits, so a death is known without polling), the control socket (hellos and holds from the probes) and a
+self-pipe woken by Ctrl-C / SIGTERM. A short select timeout drives the periodic work: reading the ranks'
+history tails (progress, hang detection, the step/phase a wall-clock fault lands at) and wall-clock faults.
+
+The supervisor never imports torch (it must start fast and outlive whatever the ranks do); torchrun agents
+import it themselves, as the children they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from chaos import faults as nemesis
+from chaos import history
+from chaos.errors import InfrastructureError
+from chaos.plan import PlannedFault, RestartPolicy
+from chaos.supervisor import launcher
+from chaos.supervisor.control_server import Connection, ControlServer
+from chaos.supervisor.processes import FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time, teardown
+from chaos.workloads import LaunchSpec
+
+# Supervisor records beyond chaos.history's list (same file, same shape).
+CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, ...
+AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
+RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
+
+TICK_S = 0.05
+"""Select timeout: the period of hang checks, wall-clock faults and progress updates."""
+HOLD_GATHER_S = 10.0
+"""A fault on several ranks waits this long for all of them to be held, then lands on those that are."""
+DESCENDANT_SCAN_S = 1.0
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    launch: LaunchSpec
+    faults: tuple[PlannedFault, ...]
+    restart: RestartPolicy
+    launcher: Literal["direct", "torchrun"]
+    run_dir: Path
+
+
+@dataclass
+class SupervisorOutcome:
+    outcome: str
+    """complete | out_of_restarts | interrupted | error"""
+    attempts: int
+    landed: list[dict] = field(default_factory=list)
+    missed: list[dict] = field(default_factory=list)
+
+
+def supervise(config: SupervisorConfig, on_progress: Callable[[dict], None] | None = None) -> SupervisorOutcome:
+    """Runs attempts until the workload completes or the restart budget is spent. Never raises for what the
+    ranks do; raises InfrastructureError when the tester itself cannot work (after recording run_end)."""
+    return _Supervisor(config, on_progress).run()
+
+
+# ---- per-rank bookkeeping ------------------------------------------------------------------------------
+class _HistoryTail:
+    """Follows one rank's history file incrementally: progress (it grew), the latest step and phase, and
+    the train_end reason."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._partial = b""
+        self.step: int | None = None
+        self.phase: str | None = None
+        self.train_end: str | None = None
+
+    def poll(self) -> bool:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return False
+        if size <= self.offset:
+            return False
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        self.offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("step") is not None:
+                self.step = record["step"]
+            if record.get("event") == history.POINT:
+                self.phase = record.get("phase")
+            elif record.get("event") == history.LEAVE:
+                self.phase = None
+            elif record.get("event") == history.TRAIN_END:
+                self.train_end = record.get("reason")
+        return True
+
+
+@dataclass
+class _Rank:
+    rank: int
+    connection: Connection
+    process: TrackedProcess
+    tail: _HistoryTail
+    held: dict[str, dict] = field(default_factory=dict)   # fault_id -> {step, phase, index, since}
+    awaiting_death: bool = False
+
+
+@dataclass
+class _FaultState:
+    fault: PlannedFault
+    held: dict[int, dict] = field(default_factory=dict)     # rank -> hold message
+    gather_deadline: float | None = None
+    landed_ranks: set[int] = field(default_factory=set)
+    missed_ranks: dict[int, str] = field(default_factory=dict)
+    fired: bool = False                                     # wall-clock faults
+
+
+class _Interrupt:
+    """Ctrl-C / SIGTERM to the supervisor: a flag plus a self-pipe that wakes the selector at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread; the caller handles interrupts
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = signal.Signals(signum).name
+        try:
+            os.write(self.write_fd, b"!")
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain(self) -> None:
+        try:
+            while os.read(self.read_fd, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        os.close(self.read_fd)
+        os.close(self.write_fd)
+
+
+# ---- the run -------------------------------------------------------------------------------------------
+class _Supervisor:
+    def __init__(self, config: SupervisorConfig, on_progress: Callable[[dict], None] | None) -> None:
+        self.config = config
+        self.on_progress = on_progress
+        self.run_dir = Path(config.run_dir)
+        self.started = time.monotonic()
+        self.landed: list[dict] = []
+        self.missed: list[dict] = []
+        self.writer: history.HistoryWriter | None = None
+        self.server: ControlServer | None = None
+        self.interrupt = _Interrupt()
+
+    def record(self, event: str, **fields) -> dict:
+        assert self.writer is not None
+        return self.writer.write(event, **fields)
+
+    def progress(self, **fields) -> None:
+        if self.on_progress is not None:
+            self.on_progress({"faults_landed": len(self.landed), "elapsed_s": time.monotonic() - self.started,
+                              **fields})
+
+    def run(self) -> SupervisorOutcome:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = history.HistoryWriter(history.supervisor_history_path(self.run_dir))
+        self.record(history.RUN_START, run_dir=str(self.run_dir), launcher=config.launcher,
+                    world_size=config.launch.world_size, nodes=config.launch.nodes,
+                    faults=[f.id for f in config.faults], max_restarts=config.restart.max_restarts)
+        self.server = ControlServer(self.run_dir)
+        control_path = self.server.start()
+        self.interrupt.install()
+        outcome, attempts_run = "out_of_restarts", 0
+        error: BaseException | None = None
+        try:
+            for number in range(1, config.restart.max_restarts + 2):
+                if self.interrupt.requested:
+                    outcome = "interrupted"
+                    break
+                attempts_run = number
+                result = _Attempt(self, number, control_path).run()
+                if result in ("complete", "interrupted"):
+                    outcome = result
+                    break
+        except BaseException as exception:  # noqa: BLE001 - recorded, then re-raised
+            outcome, error = "error", exception
+        finally:
+            self.interrupt.restore()
+            self.server.close()
+        for fault in config.faults:
+            if fault.trigger.attempt > attempts_run:
+                self.missed.append(self.record(
+                    history.FAULT_MISSED, fault_id=fault.id, attempt=fault.trigger.attempt,
+                    reason=f"attempt {fault.trigger.attempt} never ran (the run ended '{outcome}' after "
+                           f"{attempts_run} attempt(s))"))
+        self.record(history.RUN_END, outcome=outcome, attempts=attempts_run,
+                    error=repr(error) if error is not None else None)
+        self.progress(attempt=attempts_run, restarts=max(0, attempts_run - 1), force=True)
+        self.writer.close()
+        if error is not None:
+            if isinstance(error, InfrastructureError):
+                raise error
+            raise InfrastructureError(f"the supervisor failed: {error!r}") from error
+        return SupervisorOutcome(outcome=outcome, attempts=attempts_run, landed=self.landed, missed=self.missed)
+
+
+class _Attempt:
+    def __init__(self, supervisor: _Supervisor, number: int, control_path: str) -> None:
+        self.sup = supervisor
+        self.config = supervisor.config
+        self.spec = supervisor.config.launch
+        self.number = number
+        self.control_path = control_path
+        self.directory = history.attempt_dir(supervisor.run_dir, number)
+        self.table = ProcessTable()
+        self.ranks: dict[int, _Rank] = {}
+        self.faults = {f.id: _FaultState(f) for f in self.config.faults if f.trigger.attempt == number}
+        self.selector = selectors.DefaultSelector()
+        self.end: str | None = None
+        self.launch_mono = 0.0
+        self.last_progress = 0.0
+        self._last_scan = 0.0
+        self._last_report = 0.0
+        self._reported_step: int | None = None
+        self._exit_reported: set[int] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    def run(self) -> str:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        server = self.sup.server
+        assert server is not None
+        server.selector = self.selector
+        self.selector.register(server.listener, selectors.EVENT_READ, ("accept", None))
+        self.selector.register(self.sup.interrupt.read_fd, selectors.EVENT_READ, ("interrupt", None))
+        try:
+            self._launch()
+            self._watch()
+        finally:
+            # Whatever happened (an exception in here included), nothing of this attempt may survive.
+            result = teardown(self.table, self.config.restart.teardown_grace_s)
+            self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
+                            grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
+                            sigkill=result.sigkill, survivors=result.survivors)
+            self._report_late_exits()
+            server.drop_all()
+            self.selector.unregister(server.listener)
+            self.selector.unregister(self.sup.interrupt.read_fd)
+            server.selector = None
+            self.selector.close()
+            for process in self.table.all_tracked():
+                process.close()
+        outcome = self.end or "error"
+        self._record_missed()
+        self.sup.record(history.ATTEMPT_END, attempt=self.number, outcome=outcome)
+        return outcome
+
+    def _launch(self) -> None:
+        port = launcher.free_port()
+        plan = launcher.AttemptLaunch(self.number, self.directory, port, self.control_path)
+        self.launch_mono = time.monotonic()
+        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan)
+        for process in self.table.launched:
+            self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+            if process.role == "rank":
+                self.table.ranks[process.rank] = process
+        self.sup.record(history.ATTEMPT_START, attempt=self.number, launcher=self.config.launcher, port=port,
+                        control_socket=self.control_path,
+                        processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node}
+                                   for p in self.table.launched])
+        self.sup.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
+
+    def _watch(self) -> None:
+        while self.end is None:
+            for key, _ in self.selector.select(TICK_S):
+                kind, subject = key.data
+                if kind == "exit":
+                    self._on_exit(subject)
+                elif kind == "accept":
+                    self._accept()
+                elif kind == "message":
+                    self._on_readable(subject)
+                elif kind == "interrupt":
+                    self.sup.interrupt.drain()
+            if self.sup.interrupt.requested and self.end is None:
+                self.end = "interrupted"
+            if self.end is None:
+                self._periodic()
+
+    # ---- events ---------------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        server = self.sup.server
+        while True:
+            connection = server.accept()
+            if connection is None:
+                return
+            self.selector.register(connection.sock, selectors.EVENT_READ, ("message", connection))
+
+    def _on_readable(self, connection: Connection) -> None:
+        for message in self.sup.server.receive(connection):
+            kind = message.get("type")
+            if kind == "hello":
+                self._on_hello(connection, message)
+            elif kind == "held":
+                self._on_held(connection, message)
+
+    def _on_hello(self, connection: Connection, message: dict) -> None:
+        rank, pid, attempt = message.get("rank"), message.get("pid"), message.get("attempt")
+        problem = None
+        if attempt != self.number:
+            problem = f"hello for attempt {attempt} during attempt {self.number} (a straggler)"
+        elif not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
+            problem = f"rank {rank!r} outside 0..{self.spec.world_size - 1}"
+        elif rank in self.ranks:
+            problem = f"rank {rank} said hello twice"
+        process = None if problem else self._verify_rank(rank, pid)
+        if process is None:
+            self.sup.record(RANK_REJECTED, attempt=self.number, rank=rank, pid=pid,
+                            reason=problem or "not a process of this attempt (not launched by us, nor a descendant)")
+            self.sup.server.drop(connection)  # the probe sees EOF instead of a plan and exits
+            return
+        connection.rank, connection.pid, connection.attempt = rank, pid, attempt
+        self.ranks[rank] = _Rank(rank, connection, process,
+                                 _HistoryTail(history.rank_history_path(self.sup.run_dir, self.number, rank)))
+        self.sup.record(history.RANK_HELLO, attempt=self.number, rank=rank, pid=pid, node=process.node)
+        holds = [{"fault_id": s.fault.id, "step": s.fault.trigger.step, "phase": s.fault.trigger.phase,
+                  "index": s.fault.trigger.index}
+                 for s in self.faults.values() if s.fault.trigger.phase is not None and rank in s.fault.target.ranks]
+        connection.send({"type": "plan", "holds": holds})
+        if len(self.ranks) == self.spec.world_size:
+            self.last_progress = time.monotonic()
+
+    def _verify_rank(self, rank: int, pid: object) -> TrackedProcess | None:
+        """The rank process behind a hello, only if it is one we launched or a descendant of one."""
+        if not isinstance(pid, int):
+            return None
+        if self.config.launcher == "direct":
+            launched = next(p for p in self.table.launched if p.rank == rank)
+            if pid == launched.pid:
+                return launched
+            if self.table.launched_ancestor(pid) is not launched:
+                return None
+            node = launched.node
+        else:
+            agent = self.table.launched_ancestor(pid)
+            if agent is None:
+                return None
+            node = agent.node
+        started = create_time(pid)
+        process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=node) if started else None
+        if process is not None:
+            self.table.ranks[rank] = process
+            self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+        return process
+
+    def _on_held(self, connection: Connection, message: dict) -> None:
+        state = self.faults.get(message.get("fault_id"))
+        rank = self.ranks.get(connection.rank)
+        if state is None or rank is None:
+            connection.send({"type": "release", "fault_id": message.get("fault_id")})
+            return
+        now = time.monotonic()
+        hold = {"step": message.get("step"), "phase": message.get("phase"), "index": message.get("index"),
+                "since": now}
+        state.held[rank.rank] = hold
+        rank.held[state.fault.id] = hold
+        if state.gather_deadline is None:
+            state.gather_deadline = now + HOLD_GATHER_S
+        if all(r in state.held or self._gone(r) for r in state.fault.target.ranks):
+            self._land(state, sorted(state.held))
+
+    def _gone(self, rank: int) -> bool:
+        process = self.table.ranks.get(rank)
+        return process is not None and process.exited
+
+    def _on_exit(self, process: TrackedProcess) -> None:
+        now = time.monotonic()
+        self.selector.unregister(process.pidfd)
+        process.mark_exited(now)
+        returncode, signal_name = process.exit_status()
+        self._exit_reported.add(process.pid)
+        if process.role == "agent":
+            self.sup.record(AGENT_EXIT, attempt=self.number, node=process.node, pid=process.pid,
+                            returncode=returncode, signal=signal_name)
+            if returncode != 0 and self.end is None:
+                self.end = "crashed"
+        else:
+            rank = self.ranks.get(process.rank)
+            if rank is not None:
+                rank.tail.poll()
+            if signal_name is None and returncode is None and process.last_signal == "SIGKILL":
+                signal_name = "SIGKILL"  # a torchrun worker its agent reaped first: we know what we sent
+            self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
+                            returncode=returncode, signal=signal_name)
+            # A torchrun worker's exit code may be unknowable (its agent reaped it): it died badly unless
+            # its history says it ended training.
+            ended_cleanly = returncode == 0 or (returncode is None and signal_name is None and rank is not None
+                                                and rank.tail.train_end is not None)
+            if not ended_cleanly:
+                if process.last_signal_mono is not None:
+                    latency, measured_from = now - process.last_signal_mono, "kill"
+                else:
+                    latency, measured_from = now - (process.exit_mono or now), "wakeup"
+                self.sup.record(history.DEATH_DETECTED, attempt=self.number, rank=process.rank, pid=process.pid,
+                                detect_latency_s=round(latency, 6), measured_from=measured_from,
+                                signal=signal_name)
+                if self.end is None:
+                    self.end = "crashed"
+        if self.end is None and all(p.exited for p in self.table.launched):
+            self._decide_clean_end()
+
+    def _decide_clean_end(self) -> None:
+        rank0 = self.ranks.get(0)
+        if rank0 is not None:
+            rank0.tail.poll()
+        reason = rank0.tail.train_end if rank0 is not None else None
+        self.end = {"complete": "complete", "preempted": "preempted"}.get(reason, "crashed")
+
+    # ---- faults ---------------------------------------------------------------------------------------
+    def _land(self, state: _FaultState, ranks: list[int], held: bool = True) -> None:
+        fault = state.fault
+        targets = [self.ranks[r].process for r in ranks]
+        extra = self._agents_dying_with(fault) if fault.action.kind == "signal" else []
+        context = nemesis.FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir)
+        try:
+            result = nemesis.execute(fault.action, context)
+        except Exception as error:  # noqa: BLE001 - a fault that cannot be done is recorded as missed
+            for r in ranks:
+                state.missed_ranks[r] = f"the {fault.action.kind} action failed: {error}"
+            self._release(state, ranks)
+            return
+        if fault.action.kind == "corrupt":
+            self.sup.record(CORRUPTED, fault_id=fault.id, attempt=self.number, **result)
+        delivered = result.get("delivered", {})
+        for r in ranks:
+            process = self.ranks[r].process
+            if fault.action.kind == "signal" and process.pid not in delivered:
+                state.missed_ranks[r] = "the rank was already gone when the signal was sent"
+                continue
+            hold = state.held.get(r)
+            if hold is not None:
+                step, phase, index = hold["step"], hold["phase"], hold["index"]
+            else:
+                tail = self.ranks[r].tail
+                tail.poll()
+                step, phase, index = tail.step, tail.phase, None
+            state.landed_ranks.add(r)
+            self.sup.landed.append(self.sup.record(
+                history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
+                phase=phase, index=index, action=fault.action.kind, signal=fault.action.signal, held=held,
+                node=process.node))
+            if fault.action.signal in FATAL_BY_DEFAULT:
+                self.ranks[r].awaiting_death = True
+        if fault.action.signal not in FATAL_BY_DEFAULT:
+            self._release(state, ranks)
+
+    def _release(self, state: _FaultState, ranks: list[int]) -> None:
+        for r in ranks:
+            rank = self.ranks[r]
+            if rank.held.pop(state.fault.id, None) is not None:
+                rank.connection.send({"type": "release", "fault_id": state.fault.id})
+
+    def _agents_dying_with(self, fault: PlannedFault) -> list[TrackedProcess]:
+        """A host dying takes its torchrun agent too: SIGKILL on a node (or all) also kills every agent
+        whose ranks are all in the target."""
+        if self.config.launcher != "torchrun" or fault.action.signal != "SIGKILL" or \
+                fault.target.kind not in ("node", "all"):
+            return []
+        per_node = self.spec.ranks_per_node
+        targets = set(fault.target.ranks)
+        return [agent for agent in self.table.launched if agent.role == "agent" and not agent.exited
+                and set(range(agent.node * per_node, (agent.node + 1) * per_node)) <= targets]
+
+    def _fire_wall_clock(self, now: float) -> None:
+        for state in self.faults.values():
+            trigger = state.fault.trigger
+            if state.fired or trigger.phase is not None or trigger.after_s is None:
+                continue
+            if now - self.launch_mono < trigger.after_s:
+                continue
+            waiting = [r for r in state.fault.target.ranks if r not in self.ranks and not self._gone(r)]
+            if waiting:
+                continue  # fire once every target rank said hello (a rank not started yet cannot be hit)
+            state.fired = True
+            alive = [r for r in state.fault.target.ranks if r in self.ranks and not self.ranks[r].process.exited]
+            for r in set(state.fault.target.ranks) - set(alive):
+                state.missed_ranks[r] = "the rank had exited before the wall-clock trigger"
+            if alive:
+                self._land(state, alive, held=False)
+
+    def _record_missed(self) -> None:
+        for state in self.faults.values():
+            fault = state.fault
+            if state.landed_ranks >= set(fault.target.ranks):
+                continue
+            never = sorted(set(fault.target.ranks) - state.landed_ranks - set(state.missed_ranks))
+            reasons = [f"rank {r}: {why}" for r, why in sorted(state.missed_ranks.items())]
+            if never:
+                where = (f"step {fault.trigger.step} phase {fault.trigger.phase}" if fault.trigger.phase
+                         else f"{fault.trigger.after_s}s after launch")
+                reasons.append(f"rank(s) {never} never reached {where} in attempt {self.number} "
+                               f"(the attempt ended '{self.end}')")
+            self.sup.missed.append(self.sup.record(
+                history.FAULT_MISSED, fault_id=fault.id, attempt=self.number,
+                landed_ranks=sorted(state.landed_ranks), reason="; ".join(reasons)))
+
+    # ---- periodic work ----------------------------------------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        grew = False
+        for rank in self.ranks.values():
+            grew = rank.tail.poll() or grew
+        if grew:
+            self.last_progress = now
+        for state in self.faults.values():
+            if state.held and state.gather_deadline is not None and now >= state.gather_deadline:
+                pending = [r for r in state.held if state.fault.id in self.ranks[r].held]
+                state.gather_deadline = None
+                if pending and not state.landed_ranks:
+                    self._land(state, sorted(pending))
+        self._fire_wall_clock(now)
+        if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
+            self.last_progress = now  # time a rank spends held by us is not a hang
+        restart = self.config.restart
+        if len(self.ranks) < self.spec.world_size:
+            if now - self.launch_mono > restart.startup_timeout_s:
+                self._hang(now - self.launch_mono, f"{self.spec.world_size - len(self.ranks)} rank(s) never said hello")
+        elif now - self.last_progress > restart.hang_timeout_s:
+            self._hang(now - self.last_progress, "no rank's history grew")
+        if now - self._last_scan >= DESCENDANT_SCAN_S:
+            self._last_scan = now
+            self.table.record_descendants()
+        self._report_progress(now)
+
+    def _hang(self, idle_s: float, why: str) -> None:
+        self.sup.record(history.HANG_DETECTED, attempt=self.number, idle_s=round(idle_s, 3), reason=why)
+        self.end = "hung"
+
+    def _report_progress(self, now: float) -> None:
+        steps = [r.tail.step for r in self.ranks.values() if r.tail.step is not None]
+        step = min(steps) if steps else None
+        if step != self._reported_step or now - self._last_report > 0.5:
+            self._reported_step, self._last_report = step, now
+            self.sup.progress(attempt=self.number, restarts=self.number - 1, step=step)
+
+    def _report_late_exits(self) -> None:
+        """rank_exit for every rank that died during teardown (their pidfds were no longer watched)."""
+        for process in self.table.all_tracked():
+            if process.pid in self._exit_reported:
+                continue
+            if process.role == "agent":
+                returncode = process.popen.returncode if process.popen is not None else None
+                self._exit_reported.add(process.pid)
+                self.sup.record(AGENT_EXIT, attempt=self.number, node=process.node, pid=process.pid,
+                                returncode=returncode, signal=_signal_name(returncode), during_teardown=True)
+                continue
+            if process.popen is not None:
+                returncode = process.popen.returncode
+                signal_name = _signal_name(returncode)
+            else:
+                returncode, signal_name = None, process.last_signal if process.last_signal == "SIGKILL" else None
+            self._exit_reported.add(process.pid)
+            self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
+                            returncode=returncode, signal=signal_name, during_teardown=True)
+
+
+def _signal_name(returncode: int | None) -> str | None:
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return signal.Signals(-returncode).name
+    except ValueError:
+        return str(-returncode)

@@ -1,0 +1,102 @@
+"""Each oracle fails on a real trainer with the matching bug (DESIGN.md: a checker that cannot fail is a
+defect). Real ranks (TP2 x DP1, 2 ranks, 6 steps), real signals, the real supervisor; the bugs are the
+workload's `bugs:` switches. The failure message names the check and the first diverging step."""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.runner import run_scenario
+from chaos.scenario import load_scenario_text
+
+
+@pytest.fixture(scope="session")
+def golden_cache(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "chaos-goldens"
+
+
+def scenario(bugs: list[str], faults: str, extra_workload: str = "", restart: str = "{max_restarts: 3}"):
+    text = f"""
+name: broken-{'-'.join(bugs) or 'none'}
+workload: {{world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2, bugs: {bugs}{extra_workload}}}
+restart: {restart}
+faults:
+{faults}
+"""
+    return load_scenario_text(text, "test")
+
+
+def run(tmp_path, golden_cache, bugs, faults, **kwargs):
+    return run_scenario(scenario(bugs, faults, **kwargs), out_dir=tmp_path / "run", golden_cache=golden_cache,
+                        say=lambda text: None)
+
+
+def status(result, name: str) -> dict:
+    return next(c for c in result.checks if c["name"] == name)
+
+
+KILL_RANK1_STEP3_BACKWARD = """  - at: {step: 3, phase: backward}
+    target: {rank: 1}
+    signal: SIGKILL"""
+
+
+def test_rng_not_restored_fails_trajectory_and_final_state(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["no_rng_restore"], KILL_RANK1_STEP3_BACKWARD)
+    assert result.verdict == "fail"
+    trajectory = status(result, "trajectory")
+    assert trajectory["status"] == "fail" and "step 3" in trajectory["detail"], trajectory
+    assert status(result, "final_state")["status"] == "fail"
+    assert status(result, "faults_landed")["status"] == "pass"
+
+
+def test_data_position_not_restored_fails_data_order(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["no_data_position"], KILL_RANK1_STEP3_BACKWARD)
+    data_order = status(result, "data_order")
+    assert data_order["status"] == "fail" and "step 3" in data_order["detail"], data_order
+
+
+def test_optimizer_state_not_saved_fails_trajectory(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["no_optimizer_state"], KILL_RANK1_STEP3_BACKWARD)
+    assert status(result, "trajectory")["status"] == "fail"
+    assert status(result, "final_state")["status"] == "fail"
+
+
+def test_partial_checkpoint_loaded_fails_resume_point(tmp_path, golden_cache):
+    # rank 0 dies after iter_0000004 was renamed into place but before the tracker named it
+    result = run(tmp_path, golden_cache, ["load_partial"], """  - at: {step: 4, phase: checkpoint.tracker}
+    target: {rank: 0}
+    signal: SIGKILL""")
+    resume = status(result, "resume_point")
+    assert resume["status"] == "fail", resume
+
+
+def test_tracker_written_before_shards_fails_checkpoints_and_budget(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["tracker_before_shards"], """  - at: {step: 4, phase: checkpoint.shard, index: 1}
+    target: {rank: 1}
+    signal: SIGKILL""", restart="{max_restarts: 1}")
+    assert result.verdict == "fail"
+    assert status(result, "checkpoints_load")["status"] == "fail"
+    assert status(result, "restart_budget")["status"] == "fail"
+
+
+def test_tp_shards_swapped_fails_trajectory(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["swap_tp_shards"], KILL_RANK1_STEP3_BACKWARD)
+    assert status(result, "trajectory")["status"] == "fail"
+
+
+def test_rank_that_ignores_sigterm_fails_steps_lost(tmp_path, golden_cache):
+    result = run(tmp_path, golden_cache, ["ignore_sigterm"], """  - at: {step: 3, phase: forward}
+    target: all
+    signal: SIGTERM""")
+    steps_lost = status(result, "steps_lost")
+    assert steps_lost["status"] == "fail", steps_lost
+
+
+def test_fault_that_cannot_land_is_an_error_not_a_pass(tmp_path, golden_cache):
+    # only rank 0 commits (rename + tracker): a fault planned on rank 1 there never lands
+    result = run(tmp_path, golden_cache, [], """  - at: {step: 2, phase: checkpoint.tracker}
+    target: {rank: 1}
+    signal: SIGKILL""")
+    assert result.verdict == "error"
+    assert result.exit_code == 3
+    assert status(result, "faults_landed")["status"] == "error"

@@ -1,0 +1,80 @@
+"""The nemesis' file faults and registry, on a fake committed checkpoint (no processes needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chaos import faults
+from chaos.faults import corrupt
+from chaos.plan import Action
+
+
+def committed_checkpoint(root: Path, iterations=(3, 6), tracker=6) -> Path:
+    for iteration in iterations:
+        directory = root / f"iter_{iteration:07d}"
+        directory.mkdir(parents=True)
+        (directory / "__0_0.distcp").write_bytes(bytes(range(256)) * 8)   # the largest data file
+        (directory / ".metadata").write_bytes(b"m" * 100)
+        (directory / "chaos_manifest.json").write_text(json.dumps({"files": {}}) + " " * 5000)
+    (root / ".tmp.iter_0000009").mkdir()  # an uncommitted save must never be the one damaged
+    (root / "latest_checkpointed_iteration.txt").write_text(str(tracker))
+    return root
+
+
+def test_truncate_damages_the_newest_committed_checkpoint(tmp_path):
+    root = committed_checkpoint(tmp_path)
+    result = faults.execute(Action("corrupt", corrupt="truncate"), faults.FaultContext(checkpoint_dir=root))
+    assert result["iteration"] == 6 and result["mode"] == "truncate"
+    assert Path(result["path"]) == root / "iter_0000006" / "__0_0.distcp"
+    assert (result["size_before"], result["size_after"]) == (2048, 1024)
+    assert (root / "iter_0000006" / "__0_0.distcp").stat().st_size == 1024
+    assert (root / "iter_0000003" / "__0_0.distcp").stat().st_size == 2048, "an older checkpoint was touched"
+
+
+def test_flip_inverts_one_byte_in_the_middle(tmp_path):
+    root = committed_checkpoint(tmp_path)
+    before = (root / "iter_0000006" / "__0_0.distcp").read_bytes()
+    result = corrupt.corrupt_newest(root, "flip")
+    after = (root / "iter_0000006" / "__0_0.distcp").read_bytes()
+    assert len(after) == len(before)
+    changed = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    assert changed == [result["offset"]] == [1024]
+    assert after[1024] == before[1024] ^ 0xFF
+
+
+def test_the_tracker_decides_which_checkpoint_is_newest(tmp_path):
+    root = committed_checkpoint(tmp_path, iterations=(3, 6), tracker=3)  # iter 6 renamed, never named
+    assert corrupt.newest_committed(root) == (3, root / "iter_0000003")
+
+
+def test_no_committed_checkpoint_is_an_error_not_a_silent_no_op(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no committed checkpoint"):
+        corrupt.corrupt_newest(tmp_path, "truncate")
+    with pytest.raises(ValueError, match="unknown corrupt mode"):
+        corrupt.corrupt_file(committed_checkpoint(tmp_path) / "iter_0000006" / ".metadata", "shred")
+
+
+def test_registry_routes_by_kind_and_refuses_a_second_claim():
+    assert set(faults.ACTIONS) == {"signal", "corrupt"}
+    with pytest.raises(ValueError, match="already registered"):
+        faults.register("signal", lambda action, context: {})
+    with pytest.raises(ValueError, match="unknown fault action"):
+        faults.execute(Action("hammer"), faults.FaultContext())  # type: ignore[arg-type]
+
+
+def test_corrupt_through_the_supervisor_on_the_fake_trainer(tmp_path):
+    from test_supervisor import events, fault, make_config
+
+    from chaos.supervisor import supervise
+
+    run = tmp_path / "run"
+    planned = [fault("rot", ranks=(0,), step=6, phase="checkpoint.begin", corrupt="flip"),
+               fault("kill", ranks=(1,), step=7, phase="forward")]
+    outcome = supervise(make_config(run, planned, train_iters=8, save_interval=3))
+    assert outcome.outcome == "complete"
+    [record] = events(run, "corrupted")
+    assert (record["fault_id"], record["iteration"], record["mode"]) == ("rot", 3, "flip")
+    assert {r["fault_id"] for r in outcome.landed} == {"rot", "kill"}

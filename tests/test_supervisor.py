@@ -1,0 +1,285 @@
+"""The supervisor against the pure-Python fake trainer: real processes, real signals, a few seconds each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from chaos.history import load_run_history, read_jsonl, supervisor_history_path
+from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
+from chaos.supervisor import SupervisorConfig, supervise
+from chaos.supervisor.processes import TrackedProcess, is_same_process
+from chaos.workloads import LaunchSpec
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_TRAINER = REPO / "tests" / "trainers" / "fake_trainer.py"
+FAST = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=1.5, startup_timeout_s=60.0)
+
+
+def make_config(run_dir: Path, faults=(), restart: RestartPolicy = FAST, launcher="direct", world_size=2, nodes=None,
+                train_iters=8, save_interval=3, **trainer) -> SupervisorConfig:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer_config = {"train_iters": train_iters, "save_interval": save_interval,
+                      "checkpoint_dir": str(run_dir / "checkpoints"), "sync_dir": str(run_dir / "sync"), **trainer}
+    (run_dir / "trainer.json").write_text(json.dumps(trainer_config))
+    spec = LaunchSpec(argv=(sys.executable, str(FAKE_TRAINER), str(run_dir / "trainer.json")), world_size=world_size,
+                      nodes=nodes or world_size, checkpoint_dir=run_dir / "checkpoints", train_iters=train_iters,
+                      save_interval=save_interval)
+    return SupervisorConfig(launch=spec, faults=tuple(faults), restart=restart, launcher=launcher, run_dir=run_dir)
+
+
+def fault(fault_id="f1", signal_name="SIGKILL", ranks=(1,), step=5, phase="backward", attempt=1, index=None,
+          kind="rank", node=None, after_s=None, corrupt=None) -> PlannedFault:
+    action = Action("corrupt", corrupt=corrupt) if corrupt else Action("signal", signal=signal_name)
+    return PlannedFault(fault_id, Trigger(step=step, phase=phase, index=index, attempt=attempt, after_s=after_s),
+                        Target(kind, tuple(ranks), node=node), action)
+
+
+def events(run_dir: Path, name: str) -> list[dict]:
+    return [r for r in read_jsonl(supervisor_history_path(run_dir)) if r["event"] == name]
+
+
+def all_pids(run_dir: Path) -> set[int]:
+    pids = {p["pid"] for r in events(run_dir, "attempt_start") for p in r["processes"]}
+    pids |= {r["pid"] for r in events(run_dir, "rank_hello")}
+    return pids
+
+
+def assert_nothing_survives(run_dir: Path) -> None:
+    for record in events(run_dir, "teardown"):
+        assert record["survivors"] == []
+    alive = [pid for pid in all_pids(run_dir) if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+             and psutil.Process(pid).create_time() < time.time()  # (a reused pid would be newer; see below)
+             and any(str(run_dir) in part for part in _cmdline(pid))]
+    assert alive == []
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_supervisor_never_imports_torch():
+    code = ("import sys; import chaos.supervisor, chaos.faults, chaos.supervisor.launcher; "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_sigkill_lands_exactly_and_the_restart_resumes(tmp_path):
+    run = tmp_path / "run"
+    outcome = supervise(make_config(run, [fault(step=5, phase="backward")]))
+    assert (outcome.outcome, outcome.attempts) == ("complete", 2)
+    [landed] = outcome.landed
+    assert (landed["rank"], landed["step"], landed["phase"], landed["held"]) == (1, 5, "backward", True)
+    history = load_run_history(run)
+    rank1 = history.attempts[0].ranks[1]
+    held_at = next(i for i, r in enumerate(rank1) if r["event"] == "held")
+    assert (rank1[held_at]["step"], rank1[held_at]["phase"]) == (5, "backward")
+    assert held_at == len(rank1) - 1, "the killed rank did something after it was held"
+    [exit_record] = [r for r in events(run, "rank_exit") if r["attempt"] == 1 and r["rank"] == 1]
+    assert exit_record["signal"] == "SIGKILL"
+    [death] = events(run, "death_detected")
+    assert death["measured_from"] == "kill" and death["detect_latency_s"] < 0.5
+    loaded = next(history.attempts[1].events("checkpoint_loaded", rank=0))
+    assert loaded["iteration"] == 3
+    assert [e["step"] for e in history.attempts[1].events("step_begin", rank=0)] == [4, 5, 6, 7, 8]
+    assert [e["outcome"] for e in events(run, "attempt_end")] == ["crashed", "complete"]
+    assert_nothing_survives(run)
+
+
+def test_sigterm_is_graceful_preempted_then_restarted(tmp_path):
+    run = tmp_path / "run"
+    outcome = supervise(make_config(run, [fault(signal_name="SIGTERM", ranks=(0,), step=4, phase="forward")]))
+    assert (outcome.outcome, outcome.attempts) == ("complete", 2)
+    assert [e["outcome"] for e in events(run, "attempt_end")] == ["preempted", "complete"]
+    history = load_run_history(run)
+    [end] = history.attempts[0].events("train_end", rank=0)
+    assert (end["reason"], end["step"]) == ("preempted", 4)
+    assert next(history.attempts[0].events("signal_received", rank=0))["phase"] == "forward"
+    assert next(history.attempts[1].events("checkpoint_loaded", rank=1))["iteration"] == 4  # 0 steps lost
+    assert events(run, "death_detected") == []
+
+
+def test_sigstop_is_detected_as_a_hang_within_the_timeout(tmp_path):
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=1.0, startup_timeout_s=60.0)
+    outcome = supervise(make_config(run, [fault(signal_name="SIGSTOP", step=3, phase="optimizer")], restart=restart))
+    assert outcome.outcome == "complete"
+    [hang] = events(run, "hang_detected")
+    assert 1.0 <= hang["idle_s"] < 1.5
+    [landed] = events(run, "fault_landed")
+    assert landed["held"] is True
+    assert hang["mono"] - landed["mono"] < 1.0 + 0.5
+    assert [e["outcome"] for e in events(run, "attempt_end")] == ["hung", "complete"]
+    assert_nothing_survives(run)
+
+
+def test_blocked_survivors_and_their_children_are_torn_down(tmp_path):
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=0, teardown_grace_s=0.5, hang_timeout_s=30.0, startup_timeout_s=60.0)
+    outcome = supervise(make_config(run, [fault(ranks=(2,), step=3, phase="data")], restart=restart,
+                                    world_size=3, spawn_child=True))
+    assert outcome.outcome == "out_of_restarts"
+    [teardown] = events(run, "teardown")
+    survivors_pids = {r["pid"] for r in events(run, "rank_hello") if r["rank"] in (0, 1)}
+    assert survivors_pids <= set(teardown["sigterm"])
+    assert survivors_pids <= set(teardown["sigkill"]), "blocked ranks ignore SIGTERM: SIGKILL after the grace"
+    assert teardown["duration_s"] < 0.5 + 1.0
+    assert teardown["survivors"] == []
+    history = load_run_history(run)
+    children = [e["pid"] for e in history.attempts[0].events("child_spawned")]
+    assert len(children) == 3
+    for pid in children:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert_nothing_survives(run)
+
+
+def test_fault_in_attempt_two_during_checkpoint_load(tmp_path):
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=2, teardown_grace_s=0.5, hang_timeout_s=5.0, startup_timeout_s=60.0)
+    faults = [fault("first", step=5, phase="forward"),
+              fault("second", ranks=(0,), step=3, phase="checkpoint.load", attempt=2)]
+    outcome = supervise(make_config(run, faults, restart=restart))
+    assert (outcome.outcome, outcome.attempts) == ("complete", 3)
+    by_id = {r["fault_id"]: r for r in outcome.landed}
+    assert (by_id["second"]["attempt"], by_id["second"]["phase"], by_id["second"]["step"]) == (2, "checkpoint.load", 3)
+    history = load_run_history(run)
+    assert list(history.attempts[1].events("checkpoint_loaded", rank=0)) == []
+    assert next(history.attempts[2].events("checkpoint_loaded", rank=0))["iteration"] == 3
+
+
+def test_a_fault_that_cannot_land_is_recorded_missed(tmp_path):
+    run = tmp_path / "run"
+    outcome = supervise(make_config(run, [fault(step=99, phase="forward"),
+                                          fault("later", attempt=3, step=2, phase="data")]))
+    assert outcome.outcome == "complete" and outcome.landed == []
+    reasons = {r["fault_id"]: r["reason"] for r in outcome.missed}
+    assert "never reached step 99 phase forward" in reasons["f1"]
+    assert "attempt 3 never ran" in reasons["later"]
+
+
+def test_restart_budget_exhausted(tmp_path):
+    run = tmp_path / "run"
+    faults = [fault("a", step=2, phase="data", attempt=1), fault("b", step=2, phase="data", attempt=2)]
+    outcome = supervise(make_config(run, faults))
+    assert (outcome.outcome, outcome.attempts) == ("out_of_restarts", 2)
+    assert events(run, "run_end")[0]["outcome"] == "out_of_restarts"
+
+
+def test_unsignalled_crash_is_detected_from_the_pidfd(tmp_path):
+    run = tmp_path / "run"
+    outcome = supervise(make_config(run, restart=FAST, crash={"rank": 0, "step": 2, "code": 7}))
+    assert outcome.outcome == "complete"
+    [exit_record] = [r for r in events(run, "rank_exit") if r["attempt"] == 1 and not r.get("during_teardown")]
+    assert (exit_record["rank"], exit_record["returncode"], exit_record["signal"]) == (0, 7, None)
+    [death] = events(run, "death_detected")
+    assert death["measured_from"] == "wakeup"
+
+
+def test_wall_clock_fault_records_where_the_rank_was(tmp_path):
+    run = tmp_path / "run"
+    outcome = supervise(make_config(run, [fault(step=None, phase=None, after_s=0.4)], train_iters=30))
+    assert outcome.outcome == "complete"
+    [landed] = outcome.landed
+    assert landed["held"] is False and landed["step"] is not None
+
+
+SUPERVISE_IN_CHILD = """
+import sys, json
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_supervisor import make_config
+from chaos.plan import RestartPolicy
+from chaos.supervisor import supervise
+config = make_config(Path({run!r}), restart=RestartPolicy(max_restarts=3, teardown_grace_s=0.5, hang_timeout_s=30,
+                     startup_timeout_s=60), train_iters=10000, step_time_s=0.02)
+print(json.dumps(supervise(config).outcome), flush=True)
+"""
+
+
+def test_sigterm_to_the_supervisor_interrupts_and_leaves_nothing(tmp_path):
+    run = tmp_path / "run"
+    script = SUPERVISE_IN_CHILD.format(tests=str(REPO / "tests"), run=str(run))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(events(run, "rank_hello")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1]) == "interrupted"
+    assert events(run, "run_end")[0]["outcome"] == "interrupted"
+    assert [e["outcome"] for e in events(run, "attempt_end")] == ["interrupted"]
+    for pid in all_pids(run):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_pid_reuse_guard_refuses_a_different_create_time():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        real = psutil.Process(sleeper.pid).create_time()
+        assert is_same_process(sleeper.pid, real)
+        assert not is_same_process(sleeper.pid, real - 5.0)
+        assert TrackedProcess.adopt(sleeper.pid, real - 5.0, role="rank") is None
+        impostor = TrackedProcess(pid=sleeper.pid, create_time=real - 5.0, role="rank")  # no pidfd: guard only
+        assert impostor.send("SIGKILL") is False
+        assert sleeper.poll() is None, "the guard let a signal through to a process we did not record"
+        genuine = TrackedProcess.adopt(sleeper.pid, real, role="rank")
+        assert genuine is not None and genuine.send("SIGKILL")
+        sleeper.wait(timeout=5)
+        genuine.close()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
+
+
+def test_long_run_dir_keeps_the_socket_inside_it(tmp_path):
+    run = tmp_path / ("x" * 60) / ("y" * 60)
+    outcome = supervise(make_config(run, train_iters=3))
+    assert outcome.outcome == "complete"
+    [start] = events(run, "attempt_start")
+    assert start["control_socket"].startswith("/proc/") and len(start["control_socket"]) < 100
+
+
+def test_torchrun_node_kill_takes_the_agent_and_its_rank(tmp_path):
+    pytest.importorskip("torch")
+    run = tmp_path / "run"
+    faults = [fault(kind="node", node=1, ranks=(1,), step=4, phase="forward")]
+    outcome = supervise(make_config(run, faults, launcher="torchrun", world_size=2, nodes=2,
+                                    restart=RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=10,
+                                                          startup_timeout_s=90)))
+    assert (outcome.outcome, outcome.attempts) == ("complete", 2)
+    [landed] = outcome.landed
+    assert (landed["rank"], landed["node"], landed["step"], landed["phase"]) == (1, 1, 4, "forward")
+    [start] = [e for e in events(run, "attempt_start") if e["attempt"] == 1]
+    agents = {p["node"]: p["pid"] for p in start["processes"]}
+    assert [p["role"] for p in start["processes"]] == ["agent", "agent"]
+    hellos = {r["rank"]: r for r in events(run, "rank_hello") if r["attempt"] == 1}
+    assert {r: h["node"] for r, h in hellos.items()} == {0: 0, 1: 1}
+    [teardown] = [e for e in events(run, "teardown") if e["attempt"] == 1]
+    assert agents[1] not in teardown["sigkill"] and hellos[1]["pid"] not in teardown["sigkill"]
+    assert agents[0] in teardown["sigterm"], "the surviving node is torn down by the supervisor"
+    agent_exits = {e["node"]: e for e in events(run, "agent_exit") if e["attempt"] == 1}
+    assert agent_exits[1]["returncode"] == -signal.SIGKILL
+    assert (run / "attempts" / "01" / "agent-0.out").exists()
+    assert not any(Path("/tmp").glob(f"torchelastic_*{os.getpid()}*"))
+    assert_nothing_survives(run)
