@@ -109,9 +109,11 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
     metrics, final_hash = metrics_from_history(work_dir)
     steps = sorted(metrics["lm loss"])
     if outcome.outcome != "complete" or steps != list(range(1, config.train_iters + 1)) or final_hash is None:
+        output = sorted((work_dir / "attempts" / "01").glob("*.out"))
+        tail = output[0].read_text(errors="replace")[-1500:] if output else ""
         raise InfrastructureError(
             f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
-            f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/")
+            f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/\n{tail}")
     meta = golden_module.new_meta(
         golden_module.environment_fingerprint(config.device), golden_module.workload_fingerprint(config),
         final_state_hash=final_hash, scenario=scenario.name, train_iters=config.train_iters,

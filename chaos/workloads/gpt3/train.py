@@ -113,13 +113,6 @@ class Trainer:
     def _clip_gradients(self) -> float:
         """Megatron's global grad norm: TP-sharded gradients count on every TP rank, replicated ones once."""
         dims = self.dims
-        if self.config.fsdp == "megatron":
-            # Megatron-FSDP gradients are DTensors on the full (dp, tp) mesh: DTensor's own norm reduces
-            # over shards and counts TP-replicated ones once.
-            params = [p for p in self.model.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad, foreach=False)
-            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-            return float(norm.item())
         squares = torch.zeros(1, dtype=torch.float64, device=dims.device)
         grads = []
         for name, param in self.model.named_parameters():
@@ -182,17 +175,29 @@ class Trainer:
         return bool(flag.item())
 
     def state_hash(self) -> str:
-        """sha256 over the full (TP- and DP-gathered) parameters and Adam moments, in name order."""
-        digest = hashlib.sha256()
-        state = self.state_dict()
-        for key in sorted(k for k in state if k.startswith(("model/", "optim/"))):
-            value = state[key]
-            full = value.full_tensor() if hasattr(value, "full_tensor") else value
-            if self.dims.rank == 0:
-                digest.update(key.encode())
-                digest.update(full.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        return digest.hexdigest()
+        """sha256 over every shard of the parameters and Adam moments, keyed by name and global offset.
 
+        Each rank hashes its own shards (no gather of the weights); rank 0 hashes the sorted list. Equal for
+        two runs of the same topology exactly when every shard is bitwise equal."""
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        pieces = []
+        for key, value in sorted(self.state_dict().items()):
+            if not key.startswith(("model/", "optim/")):
+                continue
+            if hasattr(value, "to_local"):
+                if value.device_mesh.get_coordinate() is None:
+                    continue
+                _, offset = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
+                local = value.to_local()
+            else:
+                offset, local = (), value
+            data = local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            pieces.append((key, tuple(int(o) for o in offset), hashlib.sha256(data).hexdigest()))
+        gathered: list = [None] * self.dims.world_size
+        dist.all_gather_object(gathered, pieces)
+        unique = sorted({piece for rank_pieces in gathered for piece in rank_pieces})
+        return hashlib.sha256(repr(unique).encode()).hexdigest()
 
 DETERMINISTIC_ENV = {
     "NCCL_ALGO": "Ring",

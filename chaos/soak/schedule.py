@@ -1,0 +1,96 @@
+"""What each soak cycle runs: the scenario with a seeded random schedule of its own.
+
+A cycle's schedule depends on nothing but its seed (base seed + cycle index), so any cycle can be planned
+again without running it. A scenario that already has `random:` entries keeps them (chaos.schedule plans
+them from the cycle's seed); otherwise its faults are replaced by explicit faults drawn here: signal,
+target (a rank, or a whole simulated node), step + phase (or a wall-clock time drawn from an MTBF), one
+fault per attempt, at strictly increasing steps so every fault is reached after the previous restart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass
+
+from chaos.errors import InputError
+from chaos.plan import SIGNALS, Action, Trigger
+from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec, load_scenario_mapping, scenario_to_mapping
+from chaos.scenario.model import SAVE_PHASES, STEP_PHASES
+
+DEFAULT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGABRT")
+"""Signals a soak draws from unless told otherwise. SIGSTOP is left out by default: each one costs a full
+hang timeout (restart.hang_timeout_s) before the supervisor may tear the attempt down."""
+
+SOAK_PHASES = STEP_PHASES + SAVE_PHASES
+NODE_TARGET_PROBABILITY = 0.25
+"""With several simulated nodes, this share of faults takes a whole node down (a host dropping out)."""
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    signals: tuple[str, ...] = DEFAULT_SIGNALS
+    max_faults: int = 2
+    """At most this many faults per cycle (and never more than restart.max_restarts)."""
+    mtbf_s: float | None = None
+    """When set, faults are wall-clock triggered with exponential gaps of this mean (measured from each
+    attempt's launch) instead of step + phase triggers."""
+
+    def __post_init__(self) -> None:
+        for signal in self.signals:
+            if signal not in SIGNALS:
+                raise InputError("--signals", signal, f"unknown signal; expected some of {list(SIGNALS)}")
+        if not self.signals:
+            raise InputError("--signals", "", "expected at least one signal")
+        if self.max_faults < 1:
+            raise InputError("--max-faults", str(self.max_faults), "expected an integer >= 1")
+        if self.mtbf_s is not None and self.mtbf_s <= 0:
+            raise InputError("--mtbf-s", str(self.mtbf_s), "expected a number of seconds > 0")
+
+
+def has_random_entries(scenario: Scenario) -> bool:
+    return any(isinstance(fault, RandomFaults) for fault in scenario.faults)
+
+
+def cycle_scenario(base: Scenario, cycle: int, seed: int, options: ScheduleOptions = ScheduleOptions()) -> Scenario:
+    """The scenario cycle `cycle` runs, validated again from scratch (a drawn schedule that the scenario
+    rules reject is a bug here, and says so as an InputError)."""
+    faults = base.faults if has_random_entries(base) else random_faults(base, seed, options)
+    drawn = dataclasses.replace(base, name=f"{base.name}-cycle-{cycle:03d}", seed=seed, faults=tuple(faults))
+    return revalidate(drawn, f"{base.source} (soak cycle {cycle}, seed {seed})")
+
+
+def revalidate(scenario: Scenario, source: str) -> Scenario:
+    return load_scenario_mapping(scenario_to_mapping(scenario), source, scenario.base_dir)
+
+
+def random_faults(base: Scenario, seed: int, options: ScheduleOptions = ScheduleOptions()) -> tuple[ScriptedFault, ...]:
+    """Explicit faults drawn from `seed` only (a string seed: Python hashes it with SHA-512, stable across
+    runs and versions)."""
+    rng = random.Random(f"chaos-soak/{seed}")
+    budget = min(options.max_faults, base.restart.max_restarts)
+    if budget < 1:
+        raise InputError(base.source, "restart.max_restarts",
+                         "a soak cycle needs at least one restart for its faults; raise restart.max_restarts")
+    workload = base.workload
+    if options.mtbf_s is not None:
+        count = rng.randint(1, budget)
+        return tuple(ScriptedFault(trigger=Trigger(attempt=k + 1, after_s=round(rng.expovariate(1.0 / options.mtbf_s), 3) or 0.001),
+                                   target=_draw_target(rng, base), action=Action("signal", signal=rng.choice(options.signals)))
+                     for k in range(count))
+    points = RandomFaults(phases=SOAK_PHASES).candidate_points(workload)
+    count = rng.randint(1, min(budget, len(points)))
+    faults = []
+    for k, step in enumerate(sorted(rng.sample(sorted(points), count))):
+        phase = rng.choice(points[step])
+        index = rng.randint(1, workload.shard_files_per_rank) if phase == "checkpoint.shard" else None
+        faults.append(ScriptedFault(trigger=Trigger(step=step, phase=phase, index=index, attempt=k + 1),
+                                    target=_draw_target(rng, base),
+                                    action=Action("signal", signal=rng.choice(options.signals))))
+    return tuple(faults)
+
+
+def _draw_target(rng: random.Random, base: Scenario) -> TargetSpec:
+    if base.nodes > 1 and rng.random() < NODE_TARGET_PROBABILITY:
+        return TargetSpec(kind="node", node=rng.randrange(base.nodes))
+    return TargetSpec(kind="rank", ranks=(rng.randrange(base.world_size),))

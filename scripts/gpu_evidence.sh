@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# GPU evidence on a CUDA machine with >= 2 GPUs (4 for TP2 x DP2), megatron-core (and transformer-engine
+# for the TE cases) importable. Writes logs to ${OUT:-gpu-evidence}/.
+#   1. stop/resume vs uninterrupted (tests/test_gpu.py): FSDP2 and Megatron-FSDP, local and TE specs
+#   2. the GPU twin of the upstream test through chaos's supervisor (real SIGKILL + SIGTERM), Megatron thresholds
+set -uo pipefail
+out=${OUT:-gpu-evidence}; mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+nvidia-smi -L | tee "$out/devices.txt"
+CHAOS_GPU_ITERS=${CHAOS_GPU_ITERS:-12} timeout "${TEST_TIMEOUT:-300}" python3 -m pytest tests/test_gpu.py -q -s \
+  -p no:cacheprovider ${GPU_TESTS:+-k "$GPU_TESTS"} 2>&1 | grep -v -i warn > "$out/test_gpu.log"
+grep -E "GPU |final state|passed|failed" "$out/test_gpu.log"
+for fsdp in ${SCENARIO_FSDP-torch megatron}; do
+  timeout "${SCENARIO_TIMEOUT:-200}" python3 - "$fsdp" "$out" <<'PY' 2>&1 | grep -v -i warn | tail -12 | tee "$out/scenario-$fsdp.log"
+import sys
+from pathlib import Path
+from chaos.runner import run_scenario
+from chaos.scenario import apply_overrides, load_scenario
+import os
+fsdp, out = sys.argv[1], Path(sys.argv[2])
+overrides = {"workload.fsdp": fsdp}
+if os.environ.get("SCENARIO_IMPL"):  # e.g. local, where transformer-engine is not installed
+    overrides["workload.transformer_impl"] = os.environ["SCENARIO_IMPL"]
+scenario = apply_overrides(load_scenario("scenarios/gpu/gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml"), overrides)
+result = run_scenario(scenario, out_dir=Path(f"/tmp/chaos-gpu-{fsdp}"))
+print(result.summary)
+for check in result.checks:
+    print(f"  {check['name']}: {check['status']}: {check['detail'][:160]}")
+PY
+  cp /tmp/chaos-gpu-$fsdp/report.json "$out/report-$fsdp.json" 2>/dev/null
+done
