@@ -73,7 +73,7 @@ def test_flagship_attempts_follow_the_faults():
 def test_gpu_scenario_is_megatron_mode_on_cuda():
     scenario = load_scenario(ROOT / "scenarios" / "gpu" / "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml")
     assert scenario.device == "cuda"
-    assert scenario.workload.fsdp == "megatron" and scenario.workload.bf16
+    assert scenario.workload.transformer_impl == "transformer_engine" and scenario.workload.bf16
     assert scenario.golden_mode == "megatron"
 
 
