@@ -277,4 +277,5 @@ def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:
         raise InputError(str(run_dir), "", "not a chaos run directory (expected scenario.yaml and plan.json)")
     scenario = load_scenario(run_dir / "scenario.yaml")
     out = out_dir or run_dir.with_name(run_dir.name + "-replay")
-    return run_scenario(scenario, out_dir=out, plan=landed_plan(run_dir))
+    stored = _stored_golden(run_dir, scenario)
+    return run_scenario(scenario, out_dir=out, plan=landed_plan(run_dir), golden_path=stored.path if stored else None)

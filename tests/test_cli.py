@@ -1,0 +1,70 @@
+"""The `chaos` command as a user meets it: validate, bad input, golden record, run, report, replay."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def chaos(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chaos.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+def test_validate_every_shipped_scenario():
+    scenarios = sorted(str(p) for p in (ROOT / "scenarios").rglob("*.yaml"))
+    result = chaos("validate", *scenarios)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok") == len(scenarios)
+
+
+def test_bad_input_names_file_and_field_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("workload: {world_size: 4}\nfaults:\n  - at: {step: 3, phase: backwards}\n    target: {rank: 1}\n    signal: SIGKIL\n")
+    result = chaos("validate", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(bad) in result.stderr and "faults[0]" in result.stderr, result.stderr
+    missing = chaos("run", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr, missing.stderr
+
+
+SMALL = """name: cli_small
+workload: {world_size: 2, tensor_parallel: 2, train_iters: 4, save_interval: 2}
+faults:
+  - at: {step: 3, phase: forward}
+    target: {rank: 0}
+    signal: SIGKILL
+"""
+
+
+def test_golden_record_then_run_report_and_replay(tmp_path):
+    scenario = tmp_path / "small.yaml"
+    scenario.write_text(SMALL)
+    golden = tmp_path / "goldens" / "small.json"
+    recorded = chaos("golden", "record", str(scenario), "--out", str(golden), cwd=tmp_path)
+    assert recorded.returncode == 0, recorded.stderr[-3000:]
+    values = json.loads(golden.read_text())["lm loss"]
+    assert values["start_step"] == 1 and values["end_step"] == 4 and len(values["values"]) == 4
+    meta = json.loads(golden.with_name("small.meta.json").read_text())
+    assert meta["final_state_hash"] and meta["environment"]["device"] == "cpu"
+
+    run_dir = tmp_path / "run"
+    ran = chaos("run", str(scenario), "--out", str(run_dir), "--golden", str(golden), cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr[-3000:]
+    assert "PASS" in ran.stdout and str(run_dir) in ran.stdout
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["golden"]["path"] == str(golden)
+    assert report["faults"][0]["landed"]["step"] == 3
+
+    rendered = chaos("report", str(run_dir))
+    assert rendered.returncode == 0 and "PASS" in rendered.stdout
+
+    replayed = chaos("replay", str(run_dir), "--out", str(tmp_path / "replay"), cwd=tmp_path)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-2000:]
+    assert json.loads((tmp_path / "replay" / "plan.json").read_text()) == json.loads((run_dir / "plan.json").read_text())
