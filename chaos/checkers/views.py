@@ -6,34 +6,20 @@ nothing in an attempt (killed before its first record) the lowest rank that did 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
 from chaos import history as h
+from chaos.checkpoint_layout import (  # noqa: F401  (re-exported for the checkers)
+    ITERATION_DIR, MANIFEST, TRACKER, iteration_dir_name, iteration_of, read_tracker, sha256_file,
+)
 from chaos.history import AttemptHistory, RunHistory
 
-ITERATION_DIR = re.compile(r"^iter_(\d+)$")
-MANIFEST = "chaos_manifest.json"
-TRACKER = "latest_checkpointed_iteration.txt"
 GOLDEN_KEYS = {"lm_loss": "lm loss", "consumed_samples": "consumed samples", "grad_norm": "grad norm",
                "lr": "learning rate"}
-
-
-def iteration_dir_name(iteration: int) -> str:
-    return f"iter_{iteration:07d}"
-
-
-def iteration_of(path: str | Path | None) -> int | None:
-    """iter_0000008 (or any path ending in it) -> 8; a temp or foreign name -> None."""
-    if not path:
-        return None
-    match = ITERATION_DIR.match(Path(str(path)).name)
-    return int(match.group(1)) if match else None
 
 
 # ---- ranks and attempts ------------------------------------------------------------------------------
@@ -197,22 +183,6 @@ def rejected_checkpoints(history: RunHistory, up_to_attempt: int | None = None) 
     return out
 
 
-def read_tracker(checkpoint_dir: Path) -> int | None:
-    path = Path(checkpoint_dir) / TRACKER
-    if not path.is_file():
-        return None
-    text = path.read_text().strip()
-    return int(text) if text.isdigit() else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_problems(directory: Path) -> list[str]:
     """Everything wrong with a committed checkpoint directory on disk (empty = intact).
 
@@ -238,7 +208,7 @@ def checkpoint_problems(directory: Path) -> list[str]:
             problems.append(f"{name} is missing")
         elif path.stat().st_size != expected.get("size"):
             problems.append(f"{name} has {path.stat().st_size} bytes, committed {expected.get('size')}")
-        elif _sha256(path) != expected.get("sha256"):
+        elif sha256_file(path) != expected.get("sha256"):
             problems.append(f"{name} does not match its committed sha256")
     return problems
 

@@ -10,23 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chaos.checkpoint_layout import TRACKER, iteration_dir_name, read_tracker
 from chaos.plan import Action
 
-TRACKER = "latest_checkpointed_iteration.txt"   # Megatron's name; the workloads keep it
 #: Files that describe a checkpoint rather than hold its data: damaging them tests a different thing.
 _NOT_DATA = {"chaos_manifest.json"}
 
 
 def newest_committed(checkpoint_dir: Path) -> tuple[int, Path] | None:
-    tracker = Path(checkpoint_dir) / TRACKER
-    try:
-        text = tracker.read_text().strip()
-    except OSError:
+    iteration = read_tracker(checkpoint_dir)
+    if iteration is None:
         return None
-    if not text.isdigit():
-        return None
-    iteration = int(text)
-    path = Path(checkpoint_dir) / f"iter_{iteration:07d}"
+    path = Path(checkpoint_dir) / iteration_dir_name(iteration)
     return (iteration, path) if path.is_dir() else None
 
 
