@@ -45,6 +45,9 @@ PHASES = (
     "checkpoint.load",
 )
 
+COORDINATOR_PHASES = ("checkpoint.metadata", "checkpoint.commit", "checkpoint.tracker")
+"""Points only the coordinator (rank 0) reaches: DCP's metadata write, the rename and the tracker update."""
+
 
 class Probe:
     """Writes this rank's history and honours the supervisor's holds. Disabled: every call returns at once."""

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping
 
 from chaos.errors import InputError
 from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario.model import RandomFaults, Scenario, ScriptedFault, TargetSpec
 
 PLAN_FORMAT = "chaos-plan/1"
@@ -78,8 +79,10 @@ def _expand(entry: RandomFaults, scenario: Scenario, rng: random.Random) -> Iter
         index = None
         if phase == "checkpoint.shard":
             index = rng.randint(1, scenario.workload.shard_files_per_rank)
+        # only rank 0 reaches the coordinator's points: a fault there on another rank could never land
+        rank = 0 if phase in COORDINATOR_PHASES else rng.choice(candidate_ranks)
         yield (Trigger(step=step, phase=phase, index=index, attempt=entry.attempt + k),
-               Target(kind="rank", ranks=(rng.choice(candidate_ranks),)),
+               Target(kind="rank", ranks=(rank,)),
                Action(kind="signal", signal=rng.choice(entry.signals)))
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from chaos.errors import InputError
 from chaos.plan import SIGNALS, Action, Trigger
+from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec, load_scenario_mapping, scenario_to_mapping
 from chaos.scenario.model import SAVE_PHASES, STEP_PHASES
 
@@ -23,6 +24,7 @@ DEFAULT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGABRT")
 hang timeout (restart.hang_timeout_s) before the supervisor may tear the attempt down."""
 
 SOAK_PHASES = STEP_PHASES + SAVE_PHASES
+# COORDINATOR_PHASES (chaos.probe): only rank 0 passes them, so a fault there must target rank 0 or its node.
 NODE_TARGET_PROBABILITY = 0.25
 """With several simulated nodes, this share of faults takes a whole node down (a host dropping out)."""
 
@@ -85,12 +87,12 @@ def random_faults(base: Scenario, seed: int, options: ScheduleOptions = Schedule
         phase = rng.choice(points[step])
         index = rng.randint(1, workload.shard_files_per_rank) if phase == "checkpoint.shard" else None
         faults.append(ScriptedFault(trigger=Trigger(step=step, phase=phase, index=index, attempt=k + 1),
-                                    target=_draw_target(rng, base),
+                                    target=_draw_target(rng, base, coordinator_only=phase in COORDINATOR_PHASES),
                                     action=Action("signal", signal=rng.choice(options.signals))))
     return tuple(faults)
 
 
-def _draw_target(rng: random.Random, base: Scenario) -> TargetSpec:
+def _draw_target(rng: random.Random, base: Scenario, coordinator_only: bool = False) -> TargetSpec:
     if base.nodes > 1 and rng.random() < NODE_TARGET_PROBABILITY:
-        return TargetSpec(kind="node", node=rng.randrange(base.nodes))
-    return TargetSpec(kind="rank", ranks=(rng.randrange(base.world_size),))
+        return TargetSpec(kind="node", node=0 if coordinator_only else rng.randrange(base.nodes))
+    return TargetSpec(kind="rank", ranks=(0 if coordinator_only else rng.randrange(base.world_size),))

@@ -27,6 +27,10 @@ BUGS = (
 )
 
 
+NUMERICS_VERSION = 2
+"""Bump when the trainer's math or its state hash changes: committed goldens of older versions stop matching."""
+
+
 @dataclass(frozen=True)
 class GPT3Config:
     preset: str = "tiny_cpu"
@@ -172,6 +176,7 @@ class GPT3Config:
         """What decides the numbers: everything but where files go and how often/how they are saved.
         (Saving never draws from an RNG or touches the math, so one golden serves every save setting.)"""
         out = self.to_mapping()
+        out["numerics_version"] = NUMERICS_VERSION
         for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter",
                     "save_interval", "shard_files_per_rank", "exit_on_sigterm"):
             out.pop(key, None)
