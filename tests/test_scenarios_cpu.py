@@ -37,3 +37,12 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
     assert planned == landed, f"faults that did not land: {planned - landed}"
     assert len(report["attempts"]) >= 2 or not planned
     assert (result.run_dir / "report.json").is_file() and (result.run_dir / "report.html").is_file()
+    if name == "gpt3_mcore_tp2_zero3_resume_fsdp_dtensor.yaml":
+        attempts = {a["index"]: a for a in report["attempts"]}
+        # rank 2 died between two shard files of the step-8 save: iteration 4 stayed the latest and the
+        # next attempt resumed from it; the partial save did not block saving iteration 8 again
+        assert attempts[3]["resumed_from"] == 4, attempts
+        assert (result.run_dir / "checkpoints" / "iter_0000008" / "chaos_manifest.json").is_file()
+        assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
+        # graceful SIGTERM at step 10 saved iteration 10 and lost nothing: the last attempt resumed there
+        assert attempts[max(attempts)]["resumed_from"] == 10

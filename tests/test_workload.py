@@ -113,14 +113,16 @@ def test_resume_with_a_different_data_parallel_size(tmp_path, golden_runs):
     assert consumed == [32, 40, 48]
 
 
-def test_async_save_resumes_bitwise(tmp_path, golden_runs):
+def test_async_save_and_keep_last_resume_bitwise(tmp_path, golden_runs):
     golden = golden_runs(4, 2)
-    stopped = dataclasses.replace(config_for(tmp_path, async_save=True), exit_at_iter=4)
+    stopped = dataclasses.replace(config_for(tmp_path, async_save=True, keep_last=1), exit_at_iter=4)
     run_ok(stopped, tmp_path, 1)
     run_ok(dataclasses.replace(stopped, exit_at_iter=None), tmp_path, 2)
     assert losses(tmp_path) == losses(golden)
     committed = [e["iteration"] for e in events(tmp_path, "checkpoint_committed", rank=0)]
     assert committed == [3, 4, 6]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("iter_"))
+    assert kept == ["iter_0000006"], "keep_last=1 keeps only the newest committed checkpoint"
 
 
 def test_indexed_dataset_by_path_prefix(tmp_path):
