@@ -60,8 +60,7 @@ def _load(path: Path, overrides: list[str]):
 
 
 def _print_result(result) -> int:
-    print(result.summary)
-    print(f"run directory: {result.run_dir}")
+    print(result.summary)  # ends with the run directory
     return result.exit_code
 
 
