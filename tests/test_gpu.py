@@ -39,6 +39,7 @@ def gpu_config(run_dir, world_size: int, impl: str, fsdp: str) -> GPT3Config:
         "preset": "upstream_gpu", "world_size": world_size, "tensor_parallel": 2, "transformer_impl": impl,
         "fsdp": fsdp, "train_iters": int(os.environ.get("CHAOS_GPU_ITERS", "20")), "save_interval": 10,
         "async_save": False, "lr_warmup_iters": 2,
+        "bf16": os.environ.get("CHAOS_GPU_BF16", "1") == "1",
     }
     return GPT3Config.from_mapping(mapping, "gpu-test").with_run_dir(run_dir)
 
