@@ -46,12 +46,10 @@ class LineReader:
     def read_message(self) -> dict | None:
         """Blocks until one message arrives; None when the peer closed."""
         while True:
-            messages = self.feed(b"")
-            if messages:
-                # keep any extra complete messages for the next call
-                rest = b"".join((json.dumps(m) + "\n").encode() for m in messages[1:])
-                self._buffer = rest + self._buffer
-                return messages[0]
+            while b"\n" in self._buffer:
+                line, self._buffer = self._buffer.split(b"\n", 1)
+                if line.strip():
+                    return json.loads(line)
             data = self.sock.recv(65536)
             if not data:
                 return None

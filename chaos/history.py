@@ -19,7 +19,6 @@ in torch.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -152,8 +151,3 @@ def load_run_history(run_dir: Path) -> RunHistory:
             attempts.append(attempt)
     attempts.sort(key=lambda a: a.index)
     return RunHistory(run_dir=run_dir, supervisor=read_jsonl(supervisor_history_path(run_dir)), attempts=attempts)
-
-
-def env_flag(name: str) -> str | None:
-    value = os.environ.get(name)
-    return value if value else None

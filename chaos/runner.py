@@ -11,7 +11,7 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -203,7 +203,7 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
             infrastructure_error: str | None = None, elapsed_s: float | None = None) -> RunResult:
     """Checks a stored run (its histories and files) and writes report.json, summary.txt, junit.xml and
     report.html into it. Re-runnable: `chaos report RUN_DIR` calls this with what the run dir holds."""
-    from chaos.checkers import CheckContext, run_checks, verdict as overall_verdict
+    from chaos.checkers import CheckContext, run_checks
     from chaos.history import load_run_history
     from chaos.report import build_report, format_summary, write_html, write_junit, write_report
 
@@ -264,12 +264,6 @@ def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
                         bool(info.get("recorded_here")), f"golden {info['path']}")
 
 
-def landed_plan(run_dir: Path) -> tuple[PlannedFault, ...]:
-    """The faults of an earlier run as they landed (random ones included, already resolved)."""
-    plan = plan_from_json((Path(run_dir) / "plan.json").read_text(), source=str(Path(run_dir) / "plan.json"))
-    return tuple(plan)
-
-
 def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:
     """Re-runs an earlier run's scenario with its exact stored plan (random faults included)."""
     run_dir = Path(run_dir)
@@ -278,4 +272,4 @@ def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:
     scenario = load_scenario(run_dir / "scenario.yaml")
     out = out_dir or run_dir.with_name(run_dir.name + "-replay")
     stored = _stored_golden(run_dir, scenario)
-    return run_scenario(scenario, out_dir=out, plan=landed_plan(run_dir), golden_path=stored.path if stored else None)
+    return run_scenario(scenario, out_dir=out, plan=plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json")), golden_path=stored.path if stored else None)

@@ -125,7 +125,7 @@ class Scenario:
     workload: GPT3Config
     """The validated workload configuration (checkpoint paths not yet pointed at a run directory)."""
     workload_mapping: dict[str, Any]
-    """The `workload:` mapping as written (preset + overrides): what chaos.workloads.build_launch takes."""
+    """The `workload:` mapping as written (preset + overrides): what GPT3Config.from_mapping validated."""
     description: str = ""
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from chaos.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -49,13 +48,3 @@ def launch_spec(config: Any, run_dir: Path) -> tuple[Any, LaunchSpec]:
         save_interval=config.save_interval,
         env={"OMP_NUM_THREADS": "1"} if config.device == "cpu" else {},
     )
-
-
-def build_launch(workload: Mapping[str, Any], source: str, run_dir: Path) -> tuple[Any, LaunchSpec]:
-    """Validates a scenario's `workload:` mapping, then launch_spec(). Errors name `workload.<field>`."""
-    name = workload.get("name", "gpt3")
-    if name == "gpt3":
-        from chaos.workloads.gpt3.config import GPT3Config
-
-        return launch_spec(GPT3Config.from_mapping(workload, source=source, field_prefix="workload"), run_dir)
-    raise InputError(source, "workload.name", f"unknown workload {name!r}; expected 'gpt3'")
