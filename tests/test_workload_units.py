@@ -85,3 +85,17 @@ def test_presets_and_derived_sizes():
     assert (upstream.num_layers, upstream.hidden_size, upstream.num_attention_heads, upstream.seq_length,
             upstream.micro_batch_size, upstream.global_batch_size) == (12, 512, 8, 1024, 4, 32)
     assert upstream.padded_vocab_size % 256 == 0 and upstream.bf16
+
+
+def test_parameter_names_lose_every_wrapper_prefix():
+    from chaos.workloads.gpt3.model import plain_name
+
+    assert plain_name("module.module.decoder.layers.0.mlp.linear_fc1.weight") == "decoder.layers.0.mlp.linear_fc1.weight"
+    assert plain_name("embedding.word_embeddings.weight") == "embedding.word_embeddings.weight"
+
+
+def test_megatron_fsdp_shards_only_where_dp_has_ranks():
+    from chaos.workloads.gpt3.model import megatron_zero_strategy
+
+    assert megatron_zero_strategy(2) == "optim_grads_params"
+    assert megatron_zero_strategy(1) == "no_shard"  # megatron-core 0.16.1 doubles grads per microbatch at dp=1

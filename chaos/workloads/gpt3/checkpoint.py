@@ -40,7 +40,7 @@ from torch.distributed.tensor import DTensor, Replicate, Shard
 from chaos.probe import Probe
 from chaos.workloads.gpt3 import rng
 from chaos.workloads.gpt3.config import GPT3Config
-from chaos.workloads.gpt3.model import TPLayout
+from chaos.workloads.gpt3.model import TPLayout, plain_name
 from chaos.workloads.gpt3.parallel import ParallelDims
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -105,8 +105,7 @@ def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
 def build_state_dict(model, optimizer, scheduler, layouts: dict[str, TPLayout], dims: ParallelDims,
                      config: GPT3Config, progress: TrainProgress) -> dict[str, Any]:
     state: dict[str, Any] = {}
-    params = {name[len("module."):] if name.startswith("module.") else name: param
-              for name, param in model.named_parameters()}
+    params = {plain_name(name): param for name, param in model.named_parameters()}
     with torch.no_grad():
         for name, param in params.items():
             state[f"model/{name}"] = _as_checkpoint_tensor(param, param, layouts[name], dims, config)
@@ -117,6 +116,7 @@ def build_state_dict(model, optimizer, scheduler, layouts: dict[str, TPLayout], 
                 state[f"optim/{name}/exp_avg"] = _as_checkpoint_tensor(moments["exp_avg"], param, layouts[name], dims, config)
                 state[f"optim/{name}/exp_avg_sq"] = _as_checkpoint_tensor(moments["exp_avg_sq"], param, layouts[name], dims, config)
                 state[f"optim/{name}/step"] = moments["step"]
+            _agree_on_adam_steps([optimizer.state[param]["step"] for param in params.values()], dims)
     # Non-tensor state is pickled into bytes: DCP stores it whole (no flattening surprises).
     state["train"] = pickle.dumps({
         "iteration": progress.iteration,
@@ -124,7 +124,35 @@ def build_state_dict(model, optimizer, scheduler, layouts: dict[str, TPLayout], 
         "scheduler": scheduler.state_dict(),
     })
     state[f"rng/rank_{dims.rank}"] = pickle.dumps(rng.capture())
+    if config.fsdp == "megatron":
+        _describe_uneven_shards(state)
     return state
+
+
+def _agree_on_adam_steps(steps: list[torch.Tensor], dims: ParallelDims) -> None:
+    """Adam's step count is a plain tensor per parameter: DCP saves one rank's copy and loads it into every
+    rank. With Megatron-FSDP's uneven shards a rank whose shard of a parameter is empty gets no gradient,
+    so AdamW never steps it and its count stays 0 (seen on GPU: 136 parameters at TP2xDP2). Had DCP kept
+    that copy, every rank would resume with step 0 and restart Adam's bias correction. Every stepped copy
+    holds the same count, so the max over ranks is the true one (a no-op where all ranks step)."""
+    if not steps:
+        return
+    counts = torch.stack([step.detach().reshape(()).to(torch.float64) for step in steps]).to(dims.device)
+    dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+    for step, count in zip(steps, counts.cpu()):
+        step.copy_(count)
+
+
+def _describe_uneven_shards(state: dict[str, Any]) -> None:
+    """Megatron-FSDP shards flat buffers, so a parameter's dp shards are uneven row ranges that DTensor's
+    even-split arithmetic places wrongly: DCP would save and load rows at the wrong offsets (a TP2xDP2
+    resume drifted 6%). Megatron's own state_dict hooks attach each local chunk's real offset; this dict
+    is built by hand, so attach them here (a collective: every rank, same order)."""
+    from megatron.core.distributed.fsdp.src.megatron_fsdp.uneven_dtensor import (
+        preprocess_state_dict_for_uneven_dtensor,
+    )
+
+    preprocess_state_dict_for_uneven_dtensor({key: value for key, value in state.items() if isinstance(value, DTensor)})
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -154,6 +182,20 @@ class ProbedFileSystemWriter(FileSystemWriter):
     def finish(self, metadata, results) -> None:
         self._probe.point("checkpoint.metadata", self._step)
         super().finish(metadata, results)
+
+    def stage(self, state_dict):
+        """Async save plans on a CPU copy: carry over the chunk offsets of Megatron-FSDP's uneven shards
+        (_describe_uneven_shards), which live on the original local tensors only."""
+        staged = super().stage(state_dict)
+        for key, value in state_dict.items():
+            original = getattr(value, "_local_tensor", None)
+            copy = getattr(staged.get(key), "_local_tensor", None) if isinstance(staged, dict) else None
+            if original is None or copy is None:
+                continue
+            for attribute in ("__create_chunk_list__", "__create_write_items__"):
+                if hasattr(original, attribute):
+                    setattr(copy, attribute, getattr(original, attribute))
+        return staged
 
 
 def _fsync_dir(path: Path) -> None:

@@ -60,11 +60,19 @@ def transformer_config(config: GPT3Config):
     )
 
 
+def plain_name(name: str) -> str:
+    """A parameter's name in the bare GPTModel: wrappers (Float16Module, Megatron-FSDP) each add `module.`."""
+    while name.startswith("module."):
+        name = name[len("module."):]
+    return name
+
+
 def build(config: GPT3Config, dims: ParallelDims) -> tuple[nn.Module, dict[str, TPLayout]]:
     from megatron.core.models.gpt.gpt_model import GPTModel
 
+    megatron_config = transformer_config(config)
     model = GPTModel(
-        config=transformer_config(config),
+        config=megatron_config,
         transformer_layer_spec=layer_spec(config),
         vocab_size=config.padded_vocab_size,
         max_sequence_length=config.seq_length,
@@ -77,6 +85,14 @@ def build(config: GPT3Config, dims: ParallelDims) -> tuple[nn.Module, dict[str, 
     }
     if config.fsdp == "torch":
         shard_with_fsdp2(model, dims, config)
+    elif config.bf16:
+        # Megatron-FSDP (0.16.1) has no cast policy: it computes in the dtype of the module's parameters.
+        # As Megatron-LM's get_model does, Float16Module holds bf16 compute weights and casts the inputs;
+        # Megatron-FSDP then keeps fp32 main weights and fp32 gradients (preserve_fp32_weights,
+        # grad_reduce_in_fp32), like upstream's --megatron-fsdp-main-params-dtype fp32.
+        from megatron.core.transformer.module import Float16Module
+
+        model = Float16Module(megatron_config, model)
     return model, layouts
 
 
@@ -106,10 +122,22 @@ def shard_with_megatron_fsdp(model: nn.Module, optimizer, dims: ParallelDims, co
     mesh = DeviceMesh(dims.device.type, layout, mesh_dim_names=("dp", "tp"))
     return fully_shard(
         model, optimizer, device_mesh=mesh, dp_shard_dim="dp", tp_dim="tp",
-        fsdp_unit_modules=[TransformerLayer], zero_dp_strategy="optim_grads_params", device=dims.device,
+        fsdp_unit_modules=[TransformerLayer], zero_dp_strategy=megatron_zero_strategy(dims.dp), device=dims.device,
         grad_reduce_in_fp32=True, preserve_fp32_weights=True, overlap_grad_reduce=False,
         overlap_param_gather=False, calculate_per_token_loss=True, check_for_nan_in_grad=False,
     )
+
+
+def megatron_zero_strategy(dp: int) -> str:
+    """ZeRO-3 (`optim_grads_params`) over dp; with one dp rank there is nothing to shard: `no_shard`.
+
+    Not only a shortcut: in megatron-core 0.16.1 an `optim_grads_params` gradient buffer whose dp group has
+    one rank is not really sharded, so the per-microbatch reduction adds the buffer to itself and the
+    gradient doubles on every microbatch (buf_k = 2 * (buf_{k-1} + g_k); 2^N after N microbatches: the
+    "grad norm 70x FSDP2's" seen at 8 microbatches). Upstream issue NVIDIA/Megatron-LM#6660, fixed after
+    0.16.1 by PR #6773 (reduce once per cycle when the group has one rank). `no_shard` reduces the
+    accumulated buffer without adding it back. tests/test_gpu.py compares the step-1 grad norm with FSDP2's."""
+    return "optim_grads_params" if dp > 1 else "no_shard"
 
 
 def shard_with_fsdp2(model: nn.Module, dims: ParallelDims, config: GPT3Config) -> None:

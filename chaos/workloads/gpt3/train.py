@@ -20,6 +20,7 @@ from chaos.workloads.gpt3 import parallel, rng
 from chaos.workloads.gpt3.checkpoint import Checkpointer, TrainProgress, build_state_dict
 from chaos.workloads.gpt3.config import GPT3Config
 from chaos.workloads.gpt3.data import TrainData, batch_hash
+from chaos.workloads.gpt3.model import plain_name
 
 
 class Trainer:
@@ -120,7 +121,7 @@ class Trainer:
                 continue
             local = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
             grads.append(local)
-            if self.layouts[_unwrapped(name)].partition_dim is not None or dims.tp_rank == 0:
+            if self.layouts[plain_name(name)].partition_dim is not None or dims.tp_rank == 0:
                 squares += local.to(torch.float64).pow(2).sum()
         dist.all_reduce(squares)
         total_norm = math.sqrt(squares.item())
@@ -179,8 +180,13 @@ class Trainer:
 
         Each rank hashes its own shards (no gather of the weights); rank 0 hashes the sorted list. Equal for
         two runs of the same topology exactly when every shard is bitwise equal."""
-        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        gathered: list = [None] * self.dims.world_size
+        dist.all_gather_object(gathered, self.state_pieces())
+        unique = sorted({piece for rank_pieces in gathered for piece in rank_pieces})
+        return hashlib.sha256(repr(unique).encode()).hexdigest()
 
+    def state_pieces(self) -> list[tuple[str, tuple[int, ...], str]]:
+        """(key, global offset, sha256) of each model and optimizer shard this rank holds."""
         pieces = []
         for key, value in sorted(self.state_dict().items()):
             if not key.startswith(("model/", "optim/")):
@@ -188,27 +194,20 @@ class Trainer:
             if hasattr(value, "to_local"):
                 if value.device_mesh.get_coordinate() is None:
                     continue
-                _, offset = compute_local_shape_and_global_offset(value.shape, value.device_mesh, value.placements)
+                # DCP's own view of where the local shard sits (Megatron-FSDP's uneven chunks included)
+                offset = value.__create_chunk_list__()[0].offsets
                 local = value.to_local()
             else:
                 offset, local = (), value
             data = local.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
             pieces.append((key, tuple(int(o) for o in offset), hashlib.sha256(data).hexdigest()))
-        gathered: list = [None] * self.dims.world_size
-        dist.all_gather_object(gathered, pieces)
-        unique = sorted({piece for rank_pieces in gathered for piece in rank_pieces})
-        return hashlib.sha256(repr(unique).encode()).hexdigest()
+        return pieces
 
 DETERMINISTIC_ENV = {
     "NCCL_ALGO": "Ring",
     "CUBLAS_WORKSPACE_CONFIG": ":4096:8",
     "NVTE_ALLOW_NONDETERMINISTIC_ALGO": "0",
 }
-
-
-def _unwrapped(name: str) -> str:
-    """Megatron-FSDP wraps the model: its parameter names gain a `module.` prefix."""
-    return name[len("module."):] if name.startswith("module.") else name
 
 
 def format_log_line(step: int, config: GPT3Config, metrics: dict) -> str:
