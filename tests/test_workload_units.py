@@ -70,6 +70,9 @@ def test_transformer_engine_missing_is_a_clear_error(monkeypatch):
     ({"global_batch_size": 6}, "workload.global_batch_size", "multiple of micro_batch_size"),
     ({"bugs": ["no_rng_restor"]}, "workload.bugs", "did you mean no_rng_restore"),
     ({"tensor_paralel": 2}, "workload.tensor_paralel", "did you mean tensor_parallel"),
+    # optional fields (`int | None`) are type-checked too: "4" would never equal a step
+    ({"exit_at_iter": "4"}, "workload.exit_at_iter", "expected an integer"),
+    ({"load_dir": 5}, "workload.load_dir", "expected a string"),
 ])
 def test_config_errors_name_the_field(overrides, field, expected):
     with pytest.raises(InputError) as error:

@@ -4,6 +4,7 @@ mapping (preset + overrides). Pure Python: the supervisor validates it without i
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,7 +196,7 @@ class GPT3Config:
 def _coerce(raw: Any, hint: Any, source: str, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin in (typing.Union, types.UnionType):
         if raw is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
