@@ -21,7 +21,7 @@ import math
 import platform
 import statistics
 import struct
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import reduce
 from pathlib import Path
@@ -53,6 +53,9 @@ NONDETERMINISTIC_METRICS = ("iteration-time", "mem-allocated-bytes", "mem-max-al
 ITERATION_TIME_STEPS = (30, 45)
 """Megatron compares iteration-time as the median over these steps (inclusive), not step by step."""
 
+DATA_HASHES_KEY = "data_hashes"
+"""GoldenMeta.extra key of the per-step data hashes ({"step": hash}): Megatron's metrics file holds numbers only."""
+
 ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_flags_hash", "device")
 """What must agree for a committed golden to be valid here (bitwise numbers change with any of these)."""
 
@@ -76,16 +79,24 @@ class Golden:
     metrics: dict[str, dict[int, float]]
     """metric name (`lm loss`) -> step -> value."""
     meta: GoldenMeta | None = None
+    data_hashes: dict[int, str] = field(default_factory=dict)
+    """step -> the batch's data hash (the probe's `data_hash`). Stored in the meta sidecar's extra
+    (DATA_HASHES_KEY); empty for goldens recorded without it (Megatron's, older ones of ours)."""
 
     @classmethod
     def from_records(cls, records: list[Mapping[str, Any]], meta: GoldenMeta | None = None) -> "Golden":
-        """From probe `metrics` records (lm_loss, grad_norm, lr, consumed_samples per step)."""
+        """From probe `metrics` records (lm_loss, grad_norm, lr, consumed_samples, data_hash per step); a later
+        record of a step replaces an earlier one, a None value is skipped."""
         metrics: dict[str, dict[int, float]] = {}
+        data_hashes: dict[int, str] = {}
         for record in records:
+            step = int(record["step"])
             for field_name, metric in METRIC_KEYS.items():
                 if record.get(field_name) is not None:
-                    metrics.setdefault(metric, {})[int(record["step"])] = float(record[field_name])
-        return cls(metrics=metrics, meta=meta)
+                    metrics.setdefault(metric, {})[step] = float(record[field_name])
+            if record.get("data_hash") is not None:
+                data_hashes[step] = str(record["data_hash"])
+        return cls(metrics=metrics, meta=meta, data_hashes=data_hashes)
 
 
 def meta_path(path: str | Path) -> Path:
@@ -114,10 +125,32 @@ def read_golden(path: str | Path) -> Golden:
             values[step_number] = _number(value, str(path), f"{metric}.values.{step}")
         metrics[metric] = dict(sorted(values.items()))
     meta = None
+    data_hashes: dict[int, str] = {}
     sidecar = meta_path(path)
     if sidecar.is_file():
         meta = read_meta(sidecar)
-    return Golden(metrics=metrics, meta=meta)
+        if DATA_HASHES_KEY in meta.extra:
+            # Moved out of meta.extra into Golden.data_hashes, so a read golden equals the one written.
+            extra = dict(meta.extra)
+            data_hashes = _data_hashes(extra.pop(DATA_HASHES_KEY), str(sidecar))
+            meta = replace(meta, extra=extra)
+    return Golden(metrics=metrics, meta=meta, data_hashes=data_hashes)
+
+
+def _data_hashes(value: Any, source: str) -> dict[int, str]:
+    where = f"extra.{DATA_HASHES_KEY}"
+    if not isinstance(value, dict):
+        raise InputError(source, where, "expected a mapping of step -> data hash")
+    out: dict[int, str] = {}
+    for step, digest in value.items():
+        try:
+            step_number = int(step)
+        except (TypeError, ValueError):
+            raise InputError(source, f"{where}.{step}", "expected an integer step as key") from None
+        if not isinstance(digest, str):
+            raise InputError(source, f"{where}.{step}", f"expected a string, got {digest!r}")
+        out[step_number] = digest
+    return dict(sorted(out.items()))
 
 
 def read_meta(path: str | Path) -> GoldenMeta:
@@ -129,13 +162,15 @@ def read_meta(path: str | Path) -> GoldenMeta:
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(str(path), unknown[0], f"unknown key; expected one of {sorted(known)}")
-    if not isinstance(data.get("environment", {}), dict):
-        raise InputError(str(path), "environment", "expected a mapping")
+    for key in ("environment", "extra"):
+        if not isinstance(data.get(key, {}), dict):
+            raise InputError(str(path), key, "expected a mapping")
     return GoldenMeta(**data)
 
 
 def write_golden(golden: Golden, path: str | Path) -> Path:
-    """Writes the metrics file in Megatron's format (full precision) and, if there is meta, its sidecar."""
+    """Writes the metrics file in Megatron's format (full precision) and, if there is meta or there are data
+    hashes, its sidecar (the data hashes go in its extra: Megatron's format has no room for strings)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {}
@@ -150,8 +185,13 @@ def write_golden(golden: Golden, path: str | Path) -> Path:
             "values": {str(step): float(values[step]) for step in steps},
         }
     _write_json(path, out)
-    if golden.meta is not None:
-        _write_json(meta_path(path), asdict(golden.meta))
+    meta = golden.meta
+    if golden.data_hashes:
+        meta = meta or GoldenMeta()
+        hashes = {str(step): golden.data_hashes[step] for step in sorted(golden.data_hashes)}
+        meta = replace(meta, extra={**meta.extra, DATA_HASHES_KEY: hashes})
+    if meta is not None:
+        _write_json(meta_path(path), asdict(meta))
     return path
 
 
@@ -346,7 +386,7 @@ def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str
     results = []
     for metric in metrics:
         results.append(_compare_metric(metric, golden.metrics.get(metric), actual.get(metric), mode,
-                                       tolerance.get(metric, FALLBACK_TOLERANCE)))
+                                       tolerance_for(metric, tolerance)))
     first = None
     for result in results:
         if result.first_failure is not None:
@@ -356,6 +396,22 @@ def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str
     divergence = None if first is None else (first[1], first[0], first[2], first[3])
     return Comparison(mode=mode, passed=all(r.passed for r in results), metrics=tuple(results),  # type: ignore[arg-type]
                       first_divergence=divergence)
+
+
+def tolerance_for(metric: str, tolerance: Mapping[str, float] | None = None) -> float:
+    """The relative tolerance megatron mode uses for `metric`: the scenario's override, Megatron's default,
+    else FALLBACK_TOLERANCE."""
+    return {**DEFAULT_TOLERANCE, **(tolerance or {})}.get(metric, FALLBACK_TOLERANCE)
+
+
+def value_matches(expected: float, actual: float | None, mode: str, rtol: float) -> bool:
+    """One step's rule: bitwise equal (exact) or within relative tolerance `rtol`, atol 0 (megatron).
+    Shared with the HTML report, so its marked points are the ones the comparison counts as failing."""
+    if actual is None:
+        return False
+    if mode == "exact":
+        return _bitwise_equal(expected, actual)
+    return abs(actual - expected) <= rtol * abs(expected)
 
 
 def _default_metrics(golden: Golden, actual: Mapping[str, Any], mode: str, tolerance: Mapping[str, float]) -> tuple:
@@ -381,10 +437,7 @@ def _compare_metric(metric: str, expected: Mapping[int, float] | None, got: Mapp
     missing = tuple(step for step in steps if step not in got)
     failing = []
     for step in steps:
-        value = got.get(step)
-        ok = value is not None and (_bitwise_equal(expected[step], value) if exact
-                                    else abs(value - expected[step]) <= rtol * abs(expected[step]))
-        if not ok:
+        if not value_matches(expected[step], got.get(step), mode, rtol):
             failing.append(step)
     allowed = 0 if exact else min(max(len(steps) // 100, 1), 50)
     first = (failing[0], expected[failing[0]], got.get(failing[0])) if failing else None

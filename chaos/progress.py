@@ -23,9 +23,15 @@ class ProgressLine:
         if now - self._last_draw < 0.1 and not update.get("force"):
             return
         self._last_draw = now
-        text = (f"attempt {update.get('attempt', '?')} | step {update.get('step', '-')}"
+        # The supervisor sends step=None for an attempt that has not completed a step yet.
+        step = update.get("step")
+        # When the supervisor sends elapsed_s it times the supervised run itself; else this line's own clock.
+        elapsed = update.get("elapsed_s")
+        if elapsed is None:
+            elapsed = now - self.started
+        text = (f"attempt {update.get('attempt', '?')} | step {'-' if step is None else step}"
                 f" | faults landed {update.get('faults_landed', 0)} | restarts {update.get('restarts', 0)}"
-                f" | {now - self.started:6.1f}s")
+                f" | {elapsed:6.1f}s")
         padding = max(0, self._last_width - len(text))
         self.stream.write("\r" + text + " " * padding)
         self.stream.flush()

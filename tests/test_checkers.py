@@ -167,15 +167,16 @@ def test_resume_point_fails_when_a_step_is_skipped_on_resume(tmp_path):
     assert result.status == "fail" and "loaded iter_0000008 but resumed at iteration 9" in result.detail
 
 
-def corrupt_run(tmp_path, saves=None) -> SyntheticRun:
+def corrupt_run(tmp_path, saves=None, resume_from: int = 4) -> SyntheticRun:
     """The corrupt scenario: iteration 6 is damaged during step 7, rank 0 is killed; the restart must fall
-    back to iteration 4 (and, unless `saves` says otherwise, saves iteration 6 again)."""
+    back to iteration 4 (and, unless `saves` says otherwise, saves iteration 6 again). `resume_from=6`
+    makes a trainer that loads the damaged checkpoint anyway."""
     run = SyntheticRun(tmp_path, save_interval=2)
     flip = run.fault("f1", step=7, phase="forward", ranks=(0,), corrupt="flip")
     kill = run.fault("f2", step=7, phase="backward", ranks=(0,))
     run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill)
     run.corrupt(flip, 6)
-    run.attempt(2, resume_from=4, last_step=12, end="complete", saves=saves)
+    run.attempt(2, resume_from=resume_from, last_step=12, end="complete", saves=saves)
     run.finish()
     return run
 
@@ -202,13 +203,7 @@ def test_a_recommitted_corrupted_iteration_must_be_intact_again(tmp_path):
 
 
 def test_resume_point_fails_when_loading_the_corrupted_checkpoint(tmp_path):
-    run = SyntheticRun(tmp_path, save_interval=2)
-    flip = run.fault("f1", step=7, phase="forward", ranks=(0,), corrupt="flip")
-    kill = run.fault("f2", step=7, phase="backward", ranks=(0,))
-    run.attempt(1, resume_from=0, last_step=6, end="killed", fault=kill)
-    run.corrupt(flip, 6)
-    run.attempt(2, resume_from=6, last_step=12, end="complete")
-    run.finish()
+    run = corrupt_run(tmp_path, resume_from=6)
     result = one(run, "resume_point")
     assert result.status == "fail" and "corrupted" in result.detail
 
@@ -288,10 +283,14 @@ def test_data_order_compares_data_hashes_when_both_sides_have_them(tmp_path):
             record["data_hash"] = "bad" if record["step"] == 12 else f"h{record['step']}"
         patched.append(json.dumps(record))
     history_file.write_text("\n".join(patched) + "\n")
-    golden = run.golden_metrics()
-    golden["data hash"] = {s: f"h{s}" for s in range(11, 13)}
-    result = one(run, "data_order", golden_metrics=golden)
+    result = one(run, "data_order", golden_data_hashes={s: f"h{s}" for s in range(11, 13)})
     assert result.status == "fail" and "data hash" in result.detail and "step 12" in result.detail
+
+
+def test_data_order_says_when_it_compared_consumed_samples_only(tmp_path):
+    result = one(standard_run(tmp_path), "data_order")
+    assert result.status == "pass" and "consumed samples only: the golden recorded no data hashes" in result.detail
+    assert result.evidence["compared"] == ["consumed samples"]
 
 
 # ---- 5. final_state --------------------------------------------------------------------------------------

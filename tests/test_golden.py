@@ -70,6 +70,17 @@ def test_write_read_round_trips_floats_exactly_and_keeps_meta_aside(tmp_path):
     assert compare(again, golden.metrics, "exact").passed
 
 
+def test_data_hashes_round_trip_through_the_meta_sidecar(tmp_path):
+    records = [{"step": 1, "lm_loss": 10.5, "data_hash": "aa"}, {"step": 2, "lm_loss": 10.25, "data_hash": "bb"}]
+    golden = Golden.from_records(records, meta=new_meta({}, "fp", train_iters=2))
+    assert golden.data_hashes == {1: "aa", 2: "bb"}
+    path = write_golden(golden, tmp_path / "g.json")
+    assert set(json.loads(path.read_text())) == {"lm loss"}, "the metrics file stays pure Megatron format"
+    assert json.loads(meta_path(path).read_text())["extra"]["data_hashes"] == {"1": "aa", "2": "bb"}
+    again = read_golden(path)
+    assert again.data_hashes == {1: "aa", 2: "bb"} and again.meta.extra == {"train_iters": 2}
+
+
 def test_step_interval_is_written_from_the_spacing(tmp_path):
     path = write_golden(Golden({"lm loss": {5: 1.0, 10: 2.0, 15: 3.0}}), tmp_path / "g.json")
     assert json.loads(path.read_text())["lm loss"] == {"start_step": 5, "end_step": 15, "step_interval": 5,
@@ -274,7 +285,7 @@ def test_find_golden(tmp_path):
     assert find_golden(goldens, "fp", env) == goldens / "newer.json"
 
 
+@needs_reference
 def test_find_golden_copes_with_megatron_files_beside_ours(tmp_path):
-    if H100.exists():
-        shutil.copy(H100, tmp_path / "upstream.json")
+    shutil.copy(H100, tmp_path / "upstream.json")
     assert find_golden(tmp_path, "fp", environment_fingerprint("cpu")) is None

@@ -125,6 +125,18 @@ def test_html_is_self_contained_with_plots_and_the_checks_table(tmp_path):
         assert external not in page
 
 
+def test_html_marks_off_golden_points_by_the_comparison_rule(tmp_path):
+    run = standard_run(tmp_path)
+    golden = run.golden_metrics()
+    golden["lm loss"] = {s: v * (1 + 1e-3) for s, v in golden["lm loss"].items()}  # within Megatron's 5 %
+    off = 'r="4" fill="#d62728"'
+    exact = report_for(run, golden_info={"path": None, "mode": "exact"})
+    assert off in write_html(tmp_path, golden, report=exact, history=load_run_history(tmp_path)).read_text()
+    assert not (tmp_path / "report.json").exists(), "given the report, write_html reads none"
+    megatron = report_for(run, golden_info={"path": None, "mode": "megatron"})
+    assert off not in render_html(megatron, golden, load_run_history(tmp_path))
+
+
 def test_html_escapes_what_it_shows(tmp_path):
     run = standard_run(tmp_path)
     ctx = run.context()

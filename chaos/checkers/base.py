@@ -42,6 +42,9 @@ class CheckContext:
     save_interval: int
     restart: RestartPolicy
     checkpoint_dir: Path
+    golden_data_hashes: Mapping[int, str] | None = None
+    """step -> the golden's data hash (chaos.golden.Golden.data_hashes); None or empty = the golden recorded
+    none, so data_order compares consumed samples only."""
 
     def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
         return (self.compare or exact_compare)(golden, actual)

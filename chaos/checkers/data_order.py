@@ -1,5 +1,6 @@
-"""Oracle 4: the data order equals the golden's: consumed samples per step (and the batch's data hash
-when both sides have one). Always exact, even on GPU: a data position has no rounding error."""
+"""Oracle 4: the data order equals the golden's: consumed samples per step, and the batch's data hash when
+the golden recorded them (CheckContext.golden_data_hashes) and the run reports them. Always exact, even on
+GPU: a data position has no rounding error."""
 
 from __future__ import annotations
 
@@ -8,22 +9,30 @@ from chaos.checkers.base import CheckContext, CheckResult, exact_compare
 
 NAME = "data_order"
 SAMPLES = "consumed samples"
-HASH_KEYS = ("data hash", "data_hash")
+HASH = "data hash"
 
 
 def check(ctx: CheckContext) -> CheckResult:
-    golden_metrics = ctx.golden_metrics or {}
-    if not golden_metrics.get(SAMPLES):
+    golden_samples = (ctx.golden_metrics or {}).get(SAMPLES)
+    if not golden_samples:
         return CheckResult(NAME, "skip", "the golden has no consumed samples per step")
-    compared = {"consumed_samples": SAMPLES}
-    hash_key = next((k for k in HASH_KEYS if golden_metrics.get(k)), None)
-    if hash_key and views.effective_series(ctx.history, "data_hash"):
-        compared["data_hash"] = hash_key
-    evidence: dict = {"compared": sorted(compared.values())}
+    effective = views.effective_metrics(ctx.history)
+    # probe field -> (golden metric name, golden step -> value)
+    compared = {"consumed_samples": (SAMPLES, golden_samples)}
+    # Say which side lacks data hashes, so a pass never claims a comparison that was not made.
+    hashes_missing = None
+    if not ctx.golden_data_hashes:
+        hashes_missing = "the golden recorded no data hashes"
+    elif not any(rec.get("data_hash") is not None for _, rec in effective.values()):
+        hashes_missing = "the run reported no data hashes"
+    else:
+        compared["data_hash"] = (HASH, dict(ctx.golden_data_hashes))
+    evidence: dict = {"compared": [metric for metric, _ in compared.values()]}
+    if hashes_missing:
+        evidence["data_hash_not_compared"] = hashes_missing
 
-    for field, metric in compared.items():
-        golden = {s: v for s, v in golden_metrics[metric].items() if 1 <= s <= ctx.train_iters}
-        effective = views.effective_metrics(ctx.history)
+    for field, (metric, golden_values) in compared.items():
+        golden = {s: v for s, v in golden_values.items() if 1 <= s <= ctx.train_iters}
         actual = {s: rec[field] for s, (_, rec) in effective.items() if rec.get(field) is not None}
         result = exact_compare({metric: golden}, {metric: actual})
         if not result.passed:
@@ -34,14 +43,14 @@ def check(ctx: CheckContext) -> CheckResult:
             what = "no value" if got is None else f"actual={got!r}"
             return CheckResult(NAME, "fail", f"{metric} differs from the golden at step {step}: golden={expected!r}, "
                                              f"{what} (attempt {attempt})", evidence)
-        for attempt in ctx.history.attempts:
-            reported = {s: v for s, v in views.attempt_series(attempt, field).items() if s in golden}
-            result = exact_compare({metric: {s: golden[s] for s in reported}}, {metric: reported})
-            if not result.passed:
-                _, step, expected, got = result.first_divergence  # type: ignore[misc]
-                evidence["first_divergence"] = {"metric": metric, "step": step, "golden": expected, "actual": got,
-                                                "attempt": attempt.index, "superseded": True}
-                return CheckResult(NAME, "fail", f"{metric} differs from the golden at step {step} in attempt "
-                                                 f"{attempt.index} (a step later recomputed): golden={expected!r}, "
-                                                 f"actual={got!r}", evidence)
-    return CheckResult(NAME, "pass", f"{' and '.join(evidence['compared'])} equal the golden at every step", evidence)
+        superseded = views.superseded_divergence(ctx.history, field, metric, golden, exact_compare)
+        if superseded is not None:
+            attempt, step, expected, got = superseded
+            evidence["first_divergence"] = {"metric": metric, "step": step, "golden": expected, "actual": got,
+                                            "attempt": attempt, "superseded": True}
+            return CheckResult(NAME, "fail", f"{metric} differs from the golden at step {step} in attempt "
+                                             f"{attempt} (a step later recomputed): golden={expected!r}, "
+                                             f"actual={got!r}", evidence)
+    only = f" ({SAMPLES} only: {hashes_missing})" if hashes_missing else ""
+    return CheckResult(NAME, "pass", f"{' and '.join(evidence['compared'])} equal the golden at every step{only}",
+                       evidence)

@@ -40,8 +40,7 @@ def check(ctx: CheckContext) -> CheckResult:
     hangs = []
     for record in history.supervisor_events(h.HANG_DETECTED):
         attempt = int(record["attempt"])
-        last_progress = views.last_progress_mono(history, attempt, record.get("mono"))
-        latency = None if last_progress is None or record.get("mono") is None else record["mono"] - last_progress
+        latency = views.hang_latency(history, record)
         limit = ctx.restart.hang_timeout_s + HANG_SLACK_S
         hangs.append({"attempt": attempt, "idle_s": record.get("idle_s"), "detected_after_s": latency,
                       "limit_s": limit})
@@ -53,10 +52,14 @@ def check(ctx: CheckContext) -> CheckResult:
     for attempt, outcome in outcomes.items():
         if outcome == "hung" and attempt not in hung_attempts:
             failures.append(f"attempt {attempt} ended hung without a hang_detected record")
+    landings = views.landings(history)
     for fault in ctx.plan:
-        for landing in views.landings(history).get(fault.id, []):
-            attempt = int(landing["attempt"])
-            if fault.action.signal == "SIGSTOP" and attempt not in hung_attempts and outcomes.get(attempt) != "complete":
+        if fault.action.signal != "SIGSTOP":
+            continue
+        # One landing record per stopped rank: report each attempt once, not once per rank.
+        stopped_attempts = sorted({int(landing["attempt"]) for landing in landings.get(fault.id, [])})
+        for attempt in stopped_attempts:
+            if attempt not in hung_attempts and outcomes.get(attempt) != "complete":
                 failures.append(f"{fault.id}: SIGSTOP in attempt {attempt} but no hang was detected")
     evidence = {"teardowns": [{k: r.get(k) for k in ("attempt", "duration_s", "survivors", "sigterm", "sigkill")}
                               for r in teardowns],

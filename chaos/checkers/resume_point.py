@@ -64,7 +64,7 @@ def check(ctx: CheckContext) -> CheckResult:
             kind = "an older checkpoint" if loaded < expected else "a newer, never-committed iteration"
             failures.append(f"attempt {index} resumed from iteration {loaded}, expected {expected} "
                             f"(newest committed before it); that is {kind}")
-        for iteration, info in views.rejected_checkpoints(history, up_to_attempt=index).items():
+        for iteration, info in rejected.items():
             if iteration in committed and iteration not in corrupted and info.get("attempt") == index:
                 problems = views.checkpoint_problems(ctx.checkpoint_dir / views.iteration_dir_name(iteration))
                 if not problems:

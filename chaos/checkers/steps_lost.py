@@ -18,7 +18,8 @@ def check(ctx: CheckContext) -> CheckResult:
     history = ctx.history
     landed = views.landings(history)
     config = views.workload_config(ctx.run_dir) or {}
-    exit_on_sigterm = bool(config.get("exit_on_sigterm", False))
+    # GPT3Config.exit_on_sigterm defaults to True; a workload.yaml that omits it gets that default.
+    exit_on_sigterm = bool(config.get("exit_on_sigterm", True))
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []
@@ -48,12 +49,18 @@ def check(ctx: CheckContext) -> CheckResult:
                 failures.append(f"{fault.id}: SIGTERM in attempt {attempt_index} did not stop it (it ran on to "
                                 f"'complete'): the exit-signal handler ignored the signal")
             continue
-        resumed_in = next((a for a in history.attempts if a.index > attempt_index and views.loaded_record(a)), None)
+        resumed_in, resumed_record = None, None
+        for later in history.attempts:
+            if later.index > attempt_index:
+                resumed_record = views.loaded_record(later)
+                if resumed_record is not None:
+                    resumed_in = later
+                    break
         if resumed_in is None:
             row["steps_lost"] = None
             failures.append(f"{fault.id}: no attempt resumed after the fault in attempt {attempt_index}")
             continue
-        resumed_from = int(views.loaded_record(resumed_in)["iteration"])
+        resumed_from = int(resumed_record["iteration"])
         row["resumed_in_attempt"] = resumed_in.index
         row["resumed_from"] = resumed_from
         if last_step is None:

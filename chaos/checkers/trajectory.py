@@ -35,20 +35,15 @@ def check(ctx: CheckContext) -> CheckResult:
                       f"(attempt {evidence['first_divergence']['attempt']})")
         return CheckResult(NAME, "fail", detail, evidence)
 
-    # Every attempt's own values, the steps later recomputed included.
-    for attempt in ctx.history.attempts:
-        reported = {s: v for s, v in views.attempt_series(attempt, "lm_loss").items() if s in golden}
-        if not reported:
-            continue
-        per_attempt = ctx.comparison({METRIC: {s: golden[s] for s in reported}}, {METRIC: reported})
-        if not per_attempt.passed and per_attempt.first_divergence is not None:
-            _, step, expected, got = per_attempt.first_divergence
-            evidence["first_divergence"] = {"step": step, "golden": expected, "actual": got,
-                                            "attempt": attempt.index, "superseded": True}
-            return CheckResult(NAME, "fail",
-                               f"lm loss diverges from the golden at step {step} in attempt {attempt.index} "
-                               f"(a step later recomputed): golden={expected!r}, actual={got!r}",
-                               evidence)
+    superseded = views.superseded_divergence(ctx.history, "lm_loss", METRIC, golden, ctx.comparison)
+    if superseded is not None:
+        attempt, step, expected, got = superseded
+        evidence["first_divergence"] = {"step": step, "golden": expected, "actual": got,
+                                        "attempt": attempt, "superseded": True}
+        return CheckResult(NAME, "fail",
+                           f"lm loss diverges from the golden at step {step} in attempt {attempt} "
+                           f"(a step later recomputed): golden={expected!r}, actual={got!r}",
+                           evidence)
     note = ""
     if divergence is not None:
         note = f" (first difference at step {divergence[1]}, within the comparison's allowance)"

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from chaos import history as h
 from chaos.checkpoint_layout import (  # noqa: F401  (re-exported for the checkers)
-    ITERATION_DIR, MANIFEST, TRACKER, iteration_dir_name, iteration_of, read_tracker, sha256_file,
+    MANIFEST, TRACKER, iteration_dir_name, iteration_of, read_tracker, sha256_file,
 )
 from chaos.history import AttemptHistory, RunHistory
-
-GOLDEN_KEYS = {"lm_loss": "lm loss", "consumed_samples": "consumed samples", "grad_norm": "grad norm",
-               "lr": "learning rate"}
 
 
 # ---- ranks and attempts ------------------------------------------------------------------------------
@@ -53,6 +50,22 @@ def effective_series(history: RunHistory, field: str) -> dict[int, Any]:
 
 def attempt_series(attempt: AttemptHistory, field: str) -> dict[int, Any]:
     return {step: rec.get(field) for step, rec in attempt_metrics(attempt).items() if rec.get(field) is not None}
+
+
+def superseded_divergence(history: RunHistory, field: str, metric: str, golden: dict[int, Any],
+                          compare: Callable[[Any, Any], Any]) -> tuple[int, int, Any, Any] | None:
+    """(attempt, step, golden, actual) of the first value an attempt reported for `field` that `compare`
+    rejects, the steps later recomputed included (a step must have been right every time it was computed);
+    None when every reported value passes. `golden` is step -> value of `metric` (golden spelling)."""
+    for attempt in history.attempts:
+        reported = {s: v for s, v in attempt_series(attempt, field).items() if s in golden}
+        if not reported:
+            continue
+        result = compare({metric: {s: golden[s] for s in reported}}, {metric: reported})
+        if not result.passed and result.first_divergence is not None:
+            _, step, expected, got = result.first_divergence
+            return attempt.index, step, expected, got
+    return None
 
 
 def loaded_record(attempt: AttemptHistory) -> dict | None:
@@ -119,6 +132,15 @@ def last_progress_mono(history: RunHistory, index: int, before: float | None = N
         rec["mono"] for records in attempt.ranks.values() for rec in records
         if rec.get("mono") is not None and (before is None or rec["mono"] <= before)]
     return max(monos) if monos else attempt_start_mono(history, index)
+
+
+def hang_latency(history: RunHistory, record: dict) -> float | None:
+    """Seconds from the last progress any rank of the attempt recorded to a hang_detected `record`
+    (None when either end is unknown)."""
+    last = last_progress_mono(history, int(record["attempt"]), record.get("mono"))
+    if last is None or record.get("mono") is None:
+        return None
+    return record["mono"] - last
 
 
 def train_end_reasons(attempt: AttemptHistory) -> set[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from chaos import history as h
 from chaos.checkers import views
+from chaos.golden import tolerance_for, value_matches
 from chaos.history import RunHistory, load_run_history
 
 HTML_FILE = "report.html"
@@ -37,6 +38,10 @@ def _e(value: Any) -> str:
 def loss_svg(report: dict[str, Any], golden_metrics: dict | None, history: RunHistory | None,
              width: int = 860, height: int = 340) -> str:
     golden = {int(s): float(v) for s, v in ((golden_metrics or {}).get("lm loss") or {}).items()}
+    # A point is marked off by the rule the golden comparison used: bitwise (exact) or Megatron's tolerance.
+    golden_info = report.get("golden") or {}
+    mode = golden_info.get("mode") or "exact"
+    rtol = tolerance_for("lm loss", golden_info.get("tolerance"))
     series: list[tuple[str, dict[int, float]]] = []
     if history is not None:
         for attempt in history.attempts:
@@ -98,7 +103,7 @@ def loss_svg(report: dict[str, Any], golden_metrics: dict | None, history: RunHi
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in sorted(values.items()))
         parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.3"/>')
         for step, value in sorted(values.items()):
-            off = golden and step in golden and golden[step] != value
+            off = step in golden and not value_matches(golden[step], value, mode, rtol)
             parts.append(f'<circle cx="{x(step):.1f}" cy="{y(value):.1f}" r="{4 if off else 2.5}" '
                          f'fill="{"#d62728" if off else color}"><title>{_e(name)} step {step}: {value!r}'
                          f'{f" (golden {golden[step]!r})" if golden and step in golden else ""}</title></circle>')
@@ -236,16 +241,21 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
     return "\n".join(out)
 
 
-def write_html(run_dir: Path, golden_metrics: dict | None = None) -> Path:
-    """Renders report.html from the run dir's report.json, its histories and (when readable) its golden."""
+def write_html(run_dir: Path, golden_metrics: dict | None = None, report: dict[str, Any] | None = None,
+               history: RunHistory | None = None) -> Path:
+    """Renders report.html. What is not given is read from the run dir: report.json, the histories and
+    (when readable) the golden; runner.analyze passes what it already holds, `chaos report` reads it all."""
     from chaos.report.model import read_report
 
     run_dir = Path(run_dir)
-    report = read_report(run_dir)
+    if report is None:
+        report = read_report(run_dir)
     if golden_metrics is None:
         golden_metrics = _golden_metrics(report)
+    if history is None:
+        history = load_run_history(run_dir)
     path = run_dir / HTML_FILE
-    path.write_text(render_html(report, golden_metrics, load_run_history(run_dir)), encoding="utf-8")
+    path.write_text(render_html(report, golden_metrics, history), encoding="utf-8")
     return path
 
 

@@ -30,8 +30,7 @@ def build_report(ctx: CheckContext, results: Iterable[CheckResult], scenario_nam
         "checks": [r.to_dict() for r in results],
         "faults": faults_table(ctx),
         "attempts": attempts,
-        "losses": {step: rec["lm_loss"] for step, (_, rec) in views.effective_metrics(history).items()
-                   if rec.get("lm_loss") is not None},
+        "losses": views.effective_series(history, "lm_loss"),
         "commits": [{"iteration": i, **info} for i, info in views.committed_checkpoints(history).items()],
         "golden": dict(golden_info or {}),
         "restarts": max(len(attempts) - 1, 0),
@@ -82,10 +81,8 @@ def timings(ctx: CheckContext) -> dict[str, list[dict[str, Any]]]:
     detection = [{"attempt": r.get("attempt"), "rank": r.get("rank"), "kind": "death",
                   "latency_s": r.get("detect_latency_s")} for r in history.supervisor_events(h.DEATH_DETECTED)]
     for record in history.supervisor_events(h.HANG_DETECTED):
-        attempt = int(record["attempt"])
-        last = views.last_progress_mono(history, attempt, record.get("mono"))
-        latency = record["mono"] - last if last is not None and record.get("mono") is not None else None
-        detection.append({"attempt": attempt, "rank": None, "kind": "hang", "latency_s": latency,
+        detection.append({"attempt": int(record["attempt"]), "rank": None, "kind": "hang",
+                          "latency_s": views.hang_latency(history, record),
                           "idle_s": record.get("idle_s")})
     teardown = [{"attempt": r.get("attempt"), "duration_s": r.get("duration_s")}
                 for r in history.supervisor_events(h.TEARDOWN)]
