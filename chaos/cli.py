@@ -9,9 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from chaos.errors import InfrastructureError, InputError
-
-EXIT_INPUT, EXIT_INFRA = 2, 3
+from chaos.errors import EXIT_INFRA, EXIT_INPUT, InfrastructureError, InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,15 +48,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path, overrides: list[str]):
-    from chaos.scenario import apply_overrides, load_scenario, parse_overrides
-
-    scenario = load_scenario(path)
-    if overrides:
-        scenario = apply_overrides(scenario, parse_overrides(overrides))
-    return scenario
-
-
 def _print_result(result) -> int:
     print(result.summary)  # ends with the run directory
     return result.exit_code
@@ -77,19 +66,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args) -> int:
-    from chaos import runner
-    from chaos.progress import ProgressLine
+    from chaos.scenario import load_scenario, parse_overrides
 
     if args.command == "validate":
         from chaos.schedule import plan_faults
 
         for path in args.scenarios:
-            scenario = _load(path, [])
+            scenario = load_scenario(path)
             plan = plan_faults(scenario)
             print(f"{path}: ok ({scenario.world_size} ranks, {len(plan)} planned faults, checks: {', '.join(scenario.checks)})")
         return 0
+    # imported only past validate: the runner pulls in the supervisor, checkers and reports
+    from chaos import runner
+    from chaos.progress import ProgressLine
+
     if args.command == "run":
-        scenario = _load(args.scenario, args.set)
+        scenario = load_scenario(args.scenario, parse_overrides(args.set))
         progress = ProgressLine()
         try:
             result = runner.run_scenario(scenario, out_dir=args.out, seed=args.seed, golden_path=args.golden,
@@ -98,9 +90,12 @@ def _dispatch(args) -> int:
             progress.close()
         return _print_result(result)
     if args.command == "golden":
-        scenario = _load(args.scenario, args.set)
+        # the golden run injects no faults, so they are dropped before validation: overrides such as a
+        # shorter workload.train_iters must not be rejected for faults that would never run
+        scenario = load_scenario(args.scenario, {**parse_overrides(args.set), "faults": []})
         out = args.out or (runner.REPO_ROOT / "goldens" / runner.golden_file_name(scenario))
-        work_dir = runner.default_run_dir(scenario, Path("runs")).with_name(f"golden-{scenario.name}")
+        # timestamped like a run directory: a reused one would resume from the old run's checkpoints
+        work_dir = runner.default_run_dir(scenario, prefix="golden-")
         runner.record_golden(scenario, out, work_dir)
         print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
         return 0

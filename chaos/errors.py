@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INFRA = 0, 1, 2, 3
+"""The `chaos` exit codes: pass, a check failed, bad input (InputError), infrastructure error."""
+
 
 class InputError(Exception):
     """Bad user input (scenario, golden, workload config). The CLI prints it and exits 2, no traceback."""

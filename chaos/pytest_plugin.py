@@ -237,14 +237,15 @@ def record_run_properties(node, result, prefix: str = "chaos") -> None:
 
 
 def _load(scenario, overrides: dict[str, Any], base: Path):
+    """A Scenario, or a scenario file (relative to the cwd, else to the rootdir), with the overrides applied."""
     from chaos.scenario import Scenario, apply_overrides, load_scenario
 
-    if not isinstance(scenario, Scenario):
-        path = Path(scenario)
-        if not path.is_absolute() and not path.is_file() and (base / path).is_file():
-            path = base / path
-        scenario = load_scenario(path)
-    return apply_overrides(scenario, overrides) if overrides else scenario
+    if isinstance(scenario, Scenario):
+        return apply_overrides(scenario, overrides)
+    path = Path(scenario)
+    if not path.is_absolute() and not path.is_file() and (base / path).is_file():
+        path = base / path
+    return load_scenario(path, overrides)
 
 
 def _safe_name(text: str) -> str:
@@ -401,9 +402,11 @@ class ScenarioItem(pytest.Item):
         return re.search(r"\bdevice\s*:\s*['\"]?cuda", text) is not None or "upstream_gpu" in text
 
     def runtest(self) -> None:
+        from chaos.scenario import load_scenario
+
         config = self.config
         try:
-            scenario = _load(self.path, {}, config.rootpath)
+            scenario = load_scenario(self.path)
         except InputError as error:
             raise ScenarioInputError(str(error)) from None
         chosen = settings(config).out

@@ -7,6 +7,7 @@ report is written even when the run was interrupted or the supervisor failed, so
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -17,13 +18,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chaos import golden as golden_module
-from chaos.errors import InfrastructureError, InputError
-from chaos.plan import PlannedFault, RestartPolicy
+from chaos.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, InfrastructureError, InputError
+from chaos.plan import PlannedFault
 from chaos.scenario import Scenario, dump_scenario, load_scenario
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
 from chaos.workloads import launch_spec
 
-EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INFRA = 0, 1, 2, 3
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,7 +33,6 @@ class GoldenChoice:
     path: Path
     mode: str
     recorded_here: bool
-    note: str
 
 
 @dataclass
@@ -59,9 +58,23 @@ class RunResult:
         return self.report.get("faults", [])
 
 
-def default_run_dir(scenario: Scenario, root: Path = Path("runs")) -> Path:
+def default_run_dir(scenario: Scenario, root: Path = Path("runs"), prefix: str = "") -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{stamp}-{scenario.name}"
+    return root / f"{stamp}-{prefix}{scenario.name}"
+
+
+def move_aside(run_dir: Path) -> None:
+    """Renames an existing, non-empty run directory to <name>.previous-N. A run directory is not reusable:
+    the workload resumes from its checkpoints/ and histories are appended to, so a second run there would
+    continue the first; renamed, the old run stays as evidence and the new one starts clean. An empty
+    directory (pytest's tmp dirs, one made by the caller) holds nothing and is used as is."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
+        return
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.previous-{n}").exists():
+        n += 1
+    run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{n}"))
 
 
 def golden_search_dirs(scenario: Scenario) -> list[Path]:
@@ -77,21 +90,18 @@ def golden_search_dirs(scenario: Scenario) -> list[Path]:
 
 
 # ---- goldens --------------------------------------------------------------------------------------------
-def metrics_from_history(run_dir: Path) -> tuple[dict[str, dict[int, float]], str | None]:
-    """The effective metrics (latest attempt wins per step) and the final state hash of a run."""
+def recorded_from_history(run_dir: Path) -> tuple[golden_module.Golden, str | None]:
+    """The effective metrics and data hashes (latest attempt wins per step) and the final state hash of a run."""
     from chaos.history import load_run_history
 
     history = load_run_history(run_dir)
-    metrics: dict[str, dict[int, float]] = {key: {} for key in golden_module.METRIC_KEYS.values()}
+    records = [event for attempt in history.attempts for event in attempt.events("metrics", rank=0)]
+    recorded = golden_module.Golden.from_records(records)  # in order: a later attempt's step replaces an earlier one
     final_hash = None
     for attempt in history.attempts:
-        for event in attempt.events("metrics", rank=0):
-            for field_name, key in golden_module.METRIC_KEYS.items():
-                if field_name in event:
-                    metrics[key][int(event["step"])] = event[field_name]
         for event in attempt.events("final_state", rank=0):
             final_hash = event["state_hash"]
-    return metrics, final_hash
+    return recorded, final_hash
 
 
 def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
@@ -99,15 +109,14 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
     """Runs the workload uninterrupted (no faults, no restarts) and writes a Megatron-format golden."""
     from chaos.supervisor import SupervisorConfig, supervise
 
+    move_aside(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     config, launch = launch_spec(scenario.workload, work_dir)
     outcome = supervise(SupervisorConfig(
-        launch=launch, faults=(), restart=RestartPolicy(max_restarts=0, teardown_grace_s=scenario.restart.teardown_grace_s,
-                                                        hang_timeout_s=scenario.restart.hang_timeout_s,
-                                                        startup_timeout_s=scenario.restart.startup_timeout_s),
+        launch=launch, faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
         launcher=scenario.launcher, run_dir=work_dir), on_progress)
-    metrics, final_hash = metrics_from_history(work_dir)
-    steps = sorted(metrics["lm loss"])
+    recorded, final_hash = recorded_from_history(work_dir)
+    steps = sorted(recorded.metrics.get("lm loss", {}))
     if outcome.outcome != "complete" or steps != list(range(1, config.train_iters + 1)) or final_hash is None:
         output = sorted((work_dir / "attempts" / "01").glob("*.out"))
         tail = output[0].read_text(errors="replace")[-1500:] if output else ""
@@ -118,7 +127,7 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
         golden_module.environment_fingerprint(config.device), golden_module.workload_fingerprint(config),
         final_state_hash=final_hash, scenario=scenario.name, train_iters=config.train_iters,
     )
-    golden = golden_module.Golden(metrics={k: v for k, v in metrics.items() if v}, meta=meta)
+    golden = dataclasses.replace(recorded, meta=meta)
     golden_module.write_golden(golden, out_path)
     return golden
 
@@ -142,43 +151,46 @@ def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, g
         explicit = Path(explicit)
         golden = golden_module.read_golden(explicit)
         if golden.meta is None or not golden.meta.environment:
-            return GoldenChoice(golden, explicit, mode, False, f"golden {explicit} (no environment recorded: used as is)")
+            return GoldenChoice(golden, explicit, mode, False)  # no environment recorded: used as is
         mismatches = golden_module.environment_mismatches(golden.meta.environment, env)
         if golden.meta.workload_fingerprint not in (None, workload_fp):
             mismatches["workload"] = (golden.meta.workload_fingerprint[:12], workload_fp[:12])
         if not mismatches or mode != "exact":
-            return GoldenChoice(golden, explicit, mode, False, f"golden {explicit}")
+            return GoldenChoice(golden, explicit, mode, False)
         reason = ", ".join(f"{k}: {a} != {b}" for k, (a, b) in mismatches.items())
         say(f"chaos: golden {explicit} was recorded elsewhere ({reason}); recording one here first")
     else:
         for directory in ([golden_cache] if golden_cache else []) + golden_search_dirs(scenario):
-            found = golden_module.find_golden(directory, workload_fp, env) if directory.is_dir() else None
+            found = golden_module.find_golden(directory, workload_fp, env)  # None for a missing directory
             if found is not None:
-                return GoldenChoice(golden_module.read_golden(found), found, mode, False, f"golden {found}")
+                return GoldenChoice(golden_module.read_golden(found), found, mode, False)
         say("chaos: no committed golden matches this workload and environment; recording one here first "
             "(uninterrupted run)")
     target_dir = golden_cache if golden_cache else run_dir / "golden"
     target = target_dir / golden_file_name(scenario)
     golden = record_golden(scenario, target, run_dir / "golden_run", on_progress)
     say(f"chaos: recorded golden {target}")
-    return GoldenChoice(golden, target, mode, True, f"golden {target} (recorded by this run)")
+    return GoldenChoice(golden, target, mode, True)
 
 
 # ---- the run ----------------------------------------------------------------------------------------------
-def run_scenario(scenario: Scenario | str | Path, out_dir: Path | None = None, seed: int | None = None,
+def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | None = None,
                  golden_path: Path | None = None, golden_cache: Path | None = None,
                  plan: tuple[PlannedFault, ...] | None = None, on_progress: Callable[[dict], None] | None = None,
                  say: Callable[[str], None] = print) -> RunResult:
     """Runs one scenario and returns its verdict. Raises InputError for bad input; infrastructure
-    failures come back as verdict 'error' with exit code 3 and a report saying why."""
+    failures come back as verdict 'error' with exit code 3 and a report saying why.
+
+    `seed` replaces the scenario's seed, so scenario.yaml and the report record the seed actually used."""
     from chaos.supervisor import SupervisorConfig, supervise
 
-    if not isinstance(scenario, Scenario):
-        scenario = load_scenario(scenario)
+    if seed is not None:
+        scenario = dataclasses.replace(scenario, seed=seed)
     run_dir = Path(out_dir) if out_dir else default_run_dir(scenario)
+    move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:
-        plan = plan_faults(scenario, seed)
+        plan = plan_faults(scenario)
     (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
     (run_dir / "plan.json").write_text(plan_to_json(plan))
     started = time.time()
@@ -186,7 +198,7 @@ def run_scenario(scenario: Scenario | str | Path, out_dir: Path | None = None, s
     infrastructure_error = None
     try:
         golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say)
-        config, launch = launch_spec(scenario.workload, run_dir)
+        _, launch = launch_spec(scenario.workload, run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
                                              launcher=scenario.launcher, run_dir=run_dir), on_progress)
         if outcome.outcome == "interrupted":
@@ -232,10 +244,13 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         save_interval=scenario.workload.save_interval,
         restart=scenario.restart,
         checkpoint_dir=run_dir / "checkpoints",
+        golden_data_hashes=golden.data_hashes if golden else None,
     )
     results = run_checks(context, list(scenario.checks))
+    # tolerance: the report's plot marks off-golden points by the same rule as the comparison.
     golden_info = {"path": str(golden_choice.path) if golden_choice else None, "mode": comparison_mode,
-                   "recorded_here": golden_choice.recorded_here if golden_choice else False}
+                   "recorded_here": golden_choice.recorded_here if golden_choice else False,
+                   "tolerance": dict(scenario.tolerance or {})}
     extra = {"infrastructure_error": infrastructure_error, "elapsed_s": elapsed_s, "seed": scenario.seed}
     report = build_report(context, results, scenario.name, golden_info, extra)
     if infrastructure_error:
@@ -246,7 +261,8 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     (run_dir / "summary.txt").write_text(summary + "\n")
     write_junit(report, run_dir / "junit.xml")
     try:
-        write_html(run_dir)
+        # Hands over what is in memory: write_html would otherwise re-read all three from the run dir.
+        write_html(run_dir, golden.metrics if golden else None, report=report, history=context.history)
     except Exception as error:  # the HTML is for people; a rendering bug must not hide the verdict
         print(f"chaos: report.html could not be written: {error}", file=sys.stderr)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report["verdict"], EXIT_INFRA)
@@ -261,7 +277,7 @@ def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
     if not info.get("path") or not Path(info["path"]).is_file():
         return None
     return GoldenChoice(golden_module.read_golden(info["path"]), Path(info["path"]), info.get("mode") or scenario.golden_mode,
-                        bool(info.get("recorded_here")), f"golden {info['path']}")
+                        bool(info.get("recorded_here")))
 
 
 def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:

@@ -15,6 +15,7 @@ from chaos.errors import InputError
 from chaos.plan import Action, PlannedFault, Target, Trigger
 from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario.model import RandomFaults, Scenario, ScriptedFault, TargetSpec
+from chaos.workloads.gpt3.config import GPT3Config
 
 PLAN_FORMAT = "chaos-plan/1"
 
@@ -64,7 +65,7 @@ def _expand(entry: RandomFaults, scenario: Scenario, rng: random.Random) -> Iter
         assert entry.mtbf_s is not None and entry.count is not None
         elapsed_s = 0.0
         for k in range(entry.count):
-            gap_s = round(rng.expovariate(1.0 / entry.mtbf_s), 3) or 0.001
+            gap_s = mtbf_gap_s(rng, entry.mtbf_s)
             elapsed_s += gap_s
             if entry.until_s is not None and elapsed_s > entry.until_s:
                 return
@@ -75,15 +76,25 @@ def _expand(entry: RandomFaults, scenario: Scenario, rng: random.Random) -> Iter
     points = entry.candidate_points(scenario.workload)
     steps = sorted(rng.sample(sorted(points), entry.count or 1))
     for k, step in enumerate(steps):
-        phase = rng.choice(points[step])
-        index = None
-        if phase == "checkpoint.shard":
-            index = rng.randint(1, scenario.workload.shard_files_per_rank)
+        phase, index = draw_phase(rng, points[step], scenario.workload)
         # only rank 0 reaches the coordinator's points: a fault there on another rank could never land
         rank = 0 if phase in COORDINATOR_PHASES else rng.choice(candidate_ranks)
         yield (Trigger(step=step, phase=phase, index=index, attempt=entry.attempt + k),
                Target(kind="rank", ranks=(rank,)),
                Action(kind="signal", signal=rng.choice(entry.signals)))
+
+
+# Shared with chaos.soak.schedule. Seeded plans must not change: keep the order of the rng calls.
+def mtbf_gap_s(rng: random.Random, mtbf_s: float) -> float:
+    """An exponential inter-arrival time of mean mtbf_s, in milliseconds; never 0 (after_s must be > 0)."""
+    return round(rng.expovariate(1.0 / mtbf_s), 3) or 0.001
+
+
+def draw_phase(rng: random.Random, phases: tuple[str, ...], workload: GPT3Config) -> tuple[str, int | None]:
+    """One of `phases`, and for checkpoint.shard which shard file (1-based) the fault waits for."""
+    phase = rng.choice(phases)
+    index = rng.randint(1, workload.shard_files_per_rank) if phase == "checkpoint.shard" else None
+    return phase, index
 
 
 # ---- plan.json -----------------------------------------------------------------------------------------

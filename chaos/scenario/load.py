@@ -143,14 +143,15 @@ def _bounds(low: int | None, high: int | None, reason: str) -> str:
 
 
 # ---- public API ----------------------------------------------------------------------------------------
-def load_scenario(path: str | Path) -> Scenario:
-    """Reads and validates a scenario file; `name` defaults to the file's stem."""
+def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Scenario:
+    """Reads and validates a scenario file; `name` defaults to the file's stem. `overrides` are dotted keys
+    (see apply_overrides: the CLI's parsed --set, pytest marker kwargs)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise InputError(str(path), "", f"cannot read scenario: {error.strerror or error}") from None
-    return load_scenario_text(text, str(path), base_dir=path.resolve().parent)
+    return apply_overrides(load_scenario_text(text, str(path), base_dir=path.resolve().parent), overrides or {})
 
 
 def load_scenario_text(text: str, source: str, base_dir: str | Path | None = None) -> Scenario:

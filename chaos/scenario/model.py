@@ -150,10 +150,6 @@ class Scenario:
         return self.workload.nodes
 
     @property
-    def ranks_per_node(self) -> int:
-        return self.workload.world_size // self.workload.nodes
-
-    @property
     def train_iters(self) -> int:
         return self.workload.train_iters
 
@@ -166,8 +162,8 @@ class Scenario:
         """exact (bitwise) on CPU, Megatron's tolerances on CUDA, unless the scenario says otherwise."""
         if self.golden.mode is not None:
             return self.golden.mode
-        return "exact" if self.workload.device == "cpu" else "megatron"
+        return "exact" if self.device == "cpu" else "megatron"
 
     def node_ranks(self, node: int) -> tuple[int, ...]:
-        k = self.ranks_per_node
+        k = self.world_size // self.nodes  # ranks per simulated node
         return tuple(range(node * k, (node + 1) * k))

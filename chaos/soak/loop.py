@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chaos.errors import InputError
-from chaos.scenario import Scenario, apply_overrides, dump_scenario, load_scenario, parse_overrides
+from chaos.runner import move_aside
+from chaos.scenario import Scenario, dump_scenario, load_scenario, parse_overrides
 from chaos.schedule import plan_from_json
 from chaos.soak import report as soak_report
 from chaos.soak.schedule import ScheduleOptions, cycle_scenario, revalidate
@@ -72,18 +73,11 @@ class SoakOutcome:
     stopped: str
 
 
-def load_base_scenario(options: SoakOptions) -> Scenario:
-    scenario = load_scenario(options.scenario)
-    if options.overrides:
-        scenario = apply_overrides(scenario, parse_overrides(options.overrides))
-    return scenario
-
-
 def run_soak(options: SoakOptions, runner: Runner | None = None, say: Callable[[str], None] = print,
              clock: Callable[[], float] = time.monotonic) -> SoakOutcome:
     if runner is None:
         from chaos.runner import run_scenario as runner
-    base = load_base_scenario(options)
+    base = load_scenario(options.scenario, parse_overrides(options.overrides))
     seed = base.seed if options.seed is None else options.seed
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +163,9 @@ def _run_cycle(context: _Context, cycle: int) -> dict[str, Any] | None:
     seed = context.cycle_seed(cycle)
     scenario = context.scenario(cycle)
     run_dir = context.out / f"cycle-{cycle:03d}"
-    _move_aside(run_dir)
+    # a directory left by a soak that died mid-cycle is kept as evidence; run_scenario moves it aside too,
+    # but a stand-in runner (the `runner` argument) need not
+    move_aside(run_dir)
     started = time.monotonic()
     result = context.run(scenario, run_dir, seed)
     report = result.report or {}
@@ -192,16 +188,6 @@ def _run_cycle(context: _Context, cycle: int) -> dict[str, Any] | None:
     return record
 
 
-def _move_aside(run_dir: Path) -> None:
-    """A cycle directory left by a soak that died mid-cycle is kept (evidence), renamed out of the way."""
-    if not run_dir.exists():
-        return
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.interrupted-{n}").exists():
-        n += 1
-    run_dir.rename(run_dir.with_name(f"{run_dir.name}.interrupted-{n}"))
-
-
 def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
     cycle = record["cycle"]
     run_dir = context.out / record["run_dir"]
@@ -222,7 +208,7 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
         except InputError:
             return None
         candidate_dir = shrink_dir / f"candidate-{next(counter):02d}"
-        _move_aside(candidate_dir)
+        move_aside(candidate_dir)
         fails, detail = fails_same_way(context.run(scenario, candidate_dir, None))
         context.say(f"chaos soak:   shrink: {description}: {'still fails' if fails else 'passes'} -> {detail}")
         return fails, detail
@@ -240,7 +226,7 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
     path.write_text(f"# {command}\n" + dump_scenario(revalidate(minimal, str(path))))
 
     confirm_dir = shrink_dir / "confirm"
-    _move_aside(confirm_dir)
+    move_aside(confirm_dir)
     confirmed, detail = fails_same_way(context.run(load_scenario(path), confirm_dir, None))
     record["shrink"] = outcome.to_dict()
     record["minimal"] = {"path": path.name, "command": command, "confirmed": confirmed, "flaky": not confirmed,

@@ -18,6 +18,7 @@ from chaos.plan import SIGNALS, Action, Trigger
 from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec, load_scenario_mapping, scenario_to_mapping
 from chaos.scenario.model import SAVE_PHASES, STEP_PHASES
+from chaos.schedule import draw_phase, mtbf_gap_s
 
 DEFAULT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGABRT")
 """Signals a soak draws from unless told otherwise. SIGSTOP is left out by default: each one costs a full
@@ -77,15 +78,14 @@ def random_faults(base: Scenario, seed: int, options: ScheduleOptions = Schedule
     workload = base.workload
     if options.mtbf_s is not None:
         count = rng.randint(1, budget)
-        return tuple(ScriptedFault(trigger=Trigger(attempt=k + 1, after_s=round(rng.expovariate(1.0 / options.mtbf_s), 3) or 0.001),
+        return tuple(ScriptedFault(trigger=Trigger(attempt=k + 1, after_s=mtbf_gap_s(rng, options.mtbf_s)),
                                    target=_draw_target(rng, base), action=Action("signal", signal=rng.choice(options.signals)))
                      for k in range(count))
     points = RandomFaults(phases=SOAK_PHASES).candidate_points(workload)
     count = rng.randint(1, min(budget, len(points)))
     faults = []
     for k, step in enumerate(sorted(rng.sample(sorted(points), count))):
-        phase = rng.choice(points[step])
-        index = rng.randint(1, workload.shard_files_per_rank) if phase == "checkpoint.shard" else None
+        phase, index = draw_phase(rng, points[step], workload)
         faults.append(ScriptedFault(trigger=Trigger(step=step, phase=phase, index=index, attempt=k + 1),
                                     target=_draw_target(rng, base, coordinator_only=phase in COORDINATOR_PHASES),
                                     action=Action("signal", signal=rng.choice(options.signals))))

@@ -19,9 +19,6 @@ from chaos.scenario import GoldenSpec, RandomFaults, Scenario, ScriptedFault, Ta
 
 Plan = tuple[PlannedFault, ...]
 
-SIGNAL_SIMPLICITY = ("SIGKILL", "SIGTERM", "SIGINT", "SIGABRT", "SIGSEGV", "SIGSTOP")
-"""Simplest first: SIGKILL involves no handler, no graceful path and no hang detection."""
-
 DEFAULT_SHRINK_BUDGET = 4
 """Candidate runs per failure; each is a real run (tens of seconds on CPU), so the search stays short."""
 
@@ -138,8 +135,8 @@ def _with_signal(fault: PlannedFault, signal: str) -> PlannedFault:
 
 
 def _simpler_signal(fault: PlannedFault) -> PlannedFault | None:
-    signal = fault.action.signal
-    if fault.action.kind != "signal" or signal not in SIGNAL_SIMPLICITY or signal == "SIGKILL":
+    """SIGKILL is the simplest signal: no handler, no graceful path, no hang detection."""
+    if fault.action.kind != "signal" or fault.action.signal == "SIGKILL":
         return None
     return _with_signal(fault, "SIGKILL")
 

@@ -1,0 +1,45 @@
+"""A run directory is never reused: a second run there would resume from the first run's checkpoints and
+append to its histories. And run_scenario(seed=) records the seed it used. Fast: nothing is trained."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from chaos import runner
+from chaos.errors import InfrastructureError
+from chaos.scenario import load_scenario_text
+
+SMALL = "workload: {world_size: 2, tensor_parallel: 2, train_iters: 4, save_interval: 2}\n"
+
+
+def test_move_aside_keeps_old_runs_and_uses_empty_directories(tmp_path):
+    run_dir = tmp_path / "run"
+    runner.move_aside(run_dir)  # nothing there: nothing to do
+    assert list(tmp_path.iterdir()) == []
+    run_dir.mkdir()
+    runner.move_aside(run_dir)  # empty (a pytest tmp dir): used as is
+    assert run_dir.is_dir() and list(tmp_path.iterdir()) == [run_dir]
+    for n in (1, 2):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "history.jsonl").write_text(f"run {n}\n")
+        runner.move_aside(run_dir)
+        assert not run_dir.exists()
+        assert (tmp_path / f"run.previous-{n}" / "history.jsonl").read_text() == f"run {n}\n"
+
+
+def test_run_scenario_starts_clean_and_records_the_seed_it_used(tmp_path, monkeypatch):
+    def no_golden(*args, **kwargs):
+        raise InfrastructureError("no golden in this test")
+
+    monkeypatch.setattr(runner, "choose_golden", no_golden)  # stops the run before anything is launched
+    scenario = load_scenario_text(SMALL + "seed: 1\nfaults:\n  - random: {count: 1}\n", "small")
+    run_dir = tmp_path / "run"
+    for attempt in (1, 2):
+        result = runner.run_scenario(scenario, out_dir=run_dir, seed=7, say=lambda text: None)
+        assert result.verdict == "error"
+        assert yaml.safe_load((run_dir / "scenario.yaml").read_text())["seed"] == 7
+        assert json.loads((run_dir / "report.json").read_text())["extra"]["seed"] == 7
+        assert "random(seed=7)" in (run_dir / "plan.json").read_text()
+    assert (tmp_path / "run.previous-1" / "report.json").is_file() and not (tmp_path / "run.previous-2").exists()
