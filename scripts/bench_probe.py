@@ -12,7 +12,6 @@ Usage: scripts/bench_probe.py [--steps 10] [--ab-runs 3]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -72,7 +71,7 @@ def main() -> int:
         for index in range(args.ab_runs):
             for mode in ("enabled", "disabled"):
                 ab_dir = Path(scratch) / f"ab-{mode}-{index}"
-                ab_config = dataclasses.replace(base.with_run_dir(ab_dir))
+                ab_config = base.with_run_dir(ab_dir)
                 start = time.monotonic()
                 codes = run_attempt(ab_config, ab_dir, 1, disable_probe=(mode == "disabled"))
                 walls[mode].append(time.monotonic() - start)

@@ -38,9 +38,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from chaos.history import read_jsonl, supervisor_history_path  # noqa: E402
+from chaos.history import load_run_history  # noqa: E402
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger  # noqa: E402
 from chaos.supervisor import SupervisorConfig, supervise  # noqa: E402
+from chaos.supervisor.launcher import is_python  # noqa: E402
 from chaos.workloads import LaunchSpec  # noqa: E402
 
 FAKE_TRAINER = ("{python}", str(REPO / "tests" / "trainers" / "fake_trainer.py"), "{config}")
@@ -59,14 +60,10 @@ def write_config(directory: Path, steps: int, **extra) -> Path:
     return path
 
 
-def spec_for(template: list[str], directory: Path, nproc: int, steps: int, nodes: int = 1, **extra) -> LaunchSpec:
-    config = write_config(directory, steps, **extra)
-    return LaunchSpec(argv=command(template, config), world_size=nproc, nodes=nodes,
+def spec_for(template: list[str], directory: Path, nproc: int, steps: int) -> LaunchSpec:
+    config = write_config(directory, steps)
+    return LaunchSpec(argv=command(template, config), world_size=nproc, nodes=1,
                       checkpoint_dir=directory / "checkpoints", train_iters=steps, save_interval=max(1, steps // 4))
-
-
-def records(run_dir: Path, event: str) -> list[dict]:
-    return [r for r in read_jsonl(supervisor_history_path(run_dir)) if r["event"] == event]
 
 
 # ---- (a) + (b) ---------------------------------------------------------------------------------------
@@ -81,8 +78,9 @@ def kills(template, work: Path, nproc: int, count: int, grace_s: float) -> tuple
                                          "direct", run_dir))
     if outcome.outcome != "complete" or len(outcome.landed) != count:
         raise SystemExit(f"kill run ended {outcome.outcome} with {len(outcome.landed)}/{count} landed; see {run_dir}")
-    latencies = [r["detect_latency_s"] for r in records(run_dir, "death_detected") if r["measured_from"] == "kill"]
-    beyond = [r["duration_s"] - grace_s for r in records(run_dir, "teardown") if r["sigkill"]]
+    run = load_run_history(run_dir)
+    latencies = [r["detect_latency_s"] for r in run.supervisor_events("death_detected") if r["measured_from"] == "kill"]
+    beyond = [r["duration_s"] - grace_s for r in run.supervisor_events("teardown") if r["sigkill"]]
     return latencies, beyond
 
 
@@ -100,8 +98,7 @@ def supervised_wall(template, work: Path, nproc: int, steps: int, index: int) ->
 
 
 def torchrun_argv(argv: tuple[str, ...], nproc: int, max_restarts: int, log_dir: Path) -> list[str]:
-    entry = list(argv[1:]) if Path(argv[0]).name.startswith("python") or argv[0] == sys.executable \
-        else ["--no-python", *argv]
+    entry = list(argv[1:]) if is_python(argv[0]) else ["--no-python", *argv]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
             f"--max-restarts={max_restarts}", "--monitor-interval=0.1", f"--log-dir={log_dir}", *entry]
 

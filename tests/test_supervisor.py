@@ -7,15 +7,17 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from chaos.history import load_run_history, read_jsonl, supervisor_history_path
+from chaos.history import HistoryWriter, load_run_history, read_jsonl, supervisor_history_path
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
 from chaos.supervisor import SupervisorConfig, supervise
+from chaos.supervisor import supervisor as supervisor_module
 from chaos.supervisor.processes import TrackedProcess, is_same_process
 from chaos.workloads import LaunchSpec
 
@@ -56,11 +58,17 @@ def all_pids(run_dir: Path) -> set[int]:
 def assert_nothing_survives(run_dir: Path) -> None:
     for record in events(run_dir, "teardown"):
         assert record["survivors"] == []
-    alive = [pid for pid in all_pids(run_dir) if psutil.pid_exists(pid)
-             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-             and psutil.Process(pid).create_time() < time.time()  # (a reused pid would be newer; see below)
-             and any(str(run_dir) in part for part in _cmdline(pid))]
+    # a pid reused by another process would not carry the run directory on its command line
+    alive = [pid for pid in all_pids(run_dir) if not gone(pid) and any(str(run_dir) in part for part in _cmdline(pid))]
     assert alive == []
+
+
+def gone(pid: int) -> bool:
+    """Exited (or a zombie nobody reaped yet); a process exiting between two psutil calls counts as gone."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -143,7 +151,7 @@ def test_blocked_survivors_and_their_children_are_torn_down(tmp_path):
     children = [e["pid"] for e in history.attempts[0].events("child_spawned")]
     assert len(children) == 3
     for pid in children:
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
     assert_nothing_survives(run)
 
 
@@ -197,6 +205,66 @@ def test_wall_clock_fault_records_where_the_rank_was(tmp_path):
     assert landed["held"] is False and landed["step"] is not None
 
 
+
+def test_stragglers_after_the_gather_deadline_are_each_hit_once(tmp_path, monkeypatch):
+    """A fault on 3 ranks: rank 0 holds on time, rank 1 after the gather deadline landed the fault on rank 0,
+    rank 2 later still. Each is signalled exactly once, and rank 1 is not kept waiting for rank 2."""
+    monkeypatch.setattr(supervisor_module, "HOLD_GATHER_S", 0.3)
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=10.0, startup_timeout_s=60.0)
+    delays = [{"rank": 1, "step": 3, "seconds": 1.0}, {"rank": 2, "step": 3, "seconds": 2.5}]
+    outcome = supervise(make_config(run, [fault(signal_name="SIGTERM", ranks=(0, 1, 2), step=3, phase="forward")],
+                                    restart=restart, world_size=3, delays=delays))
+    assert (outcome.outcome, outcome.attempts) == ("complete", 2)
+    assert sorted(r["rank"] for r in outcome.landed) == [0, 1, 2]
+    assert outcome.missed == []
+    attempt = load_run_history(run).attempts[0]
+    for rank in (0, 1, 2):
+        assert len(list(attempt.events("signal_received", rank=rank))) == 1, f"rank {rank} signalled twice"
+    landed = {r["rank"]: r for r in outcome.landed}
+    [rank2_held] = attempt.events("held", rank=2)
+    assert landed[0]["mono"] < landed[1]["mono"] < rank2_held["mono"], "rank 1 waited for rank 2"
+    assert [e["outcome"] for e in events(run, "attempt_end")] == ["preempted", "complete"]
+    assert_nothing_survives(run)
+
+
+def test_history_write_from_a_signal_handler_that_interrupts_a_write(tmp_path, monkeypatch):
+    """The GPT-3 trainer's SIGTERM handler writes history; the signal may arrive while the rank is inside a
+    write. Made deterministic: the signal is raised from within the writer's own os.write call."""
+    path = tmp_path / "rank-0.jsonl"
+    writer = HistoryWriter(path, rank=0)
+    real_write = os.write
+    raised = []
+
+    def write_interrupted_by_a_signal(fd, data):
+        if not raised:
+            raised.append(True)
+            signal.raise_signal(signal.SIGUSR1)  # the Python handler runs here, inside the outer write
+        return real_write(fd, data)
+
+    def on_signal(signum, frame):
+        writer.write("signal_received", signal="SIGUSR1")
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("the write from the signal handler deadlocked")
+
+    previous = {signal.SIGUSR1: signal.signal(signal.SIGUSR1, on_signal),
+                signal.SIGALRM: signal.signal(signal.SIGALRM, on_alarm)}
+    signal.setitimer(signal.ITIMER_REAL, 5.0)  # a deadlock fails the test instead of hanging it
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "write", write_interrupted_by_a_signal)  # what chaos.history calls
+            writer.write("point", step=1, phase="forward")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    writer.close()
+    assert raised, "the signal was not raised inside the writer's write"
+    assert [r["event"] for r in read_jsonl(path)] == ["signal_received", "point"]
+    assert len(path.read_text().splitlines()) == 2, "a torn or interleaved line"
+
+
 SUPERVISE_IN_CHILD = """
 import sys, json
 sys.path.insert(0, {tests!r})
@@ -229,7 +297,7 @@ def test_sigterm_to_the_supervisor_interrupts_and_leaves_nothing(tmp_path):
     assert events(run, "run_end")[0]["outcome"] == "interrupted"
     assert [e["outcome"] for e in events(run, "attempt_end")] == ["interrupted"]
     for pid in all_pids(run):
-        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert gone(pid)
 
 
 def test_pid_reuse_guard_refuses_a_different_create_time():
@@ -252,6 +320,29 @@ def test_pid_reuse_guard_refuses_a_different_create_time():
             sleeper.wait()
 
 
+def test_a_launch_that_fails_partway_leaves_no_process(tmp_path, monkeypatch):
+    from chaos.errors import InfrastructureError
+    from chaos.supervisor import launcher
+
+    spawned: list[subprocess.Popen] = []
+    real_spawn = launcher._spawn
+
+    def spawn_once_then_fail(argv, env, log_path):
+        if spawned:
+            raise InfrastructureError("cannot launch the second rank (test)")
+        spawned.append(real_spawn(argv, env, log_path))
+        return spawned[-1]
+
+    monkeypatch.setattr(launcher, "_spawn", spawn_once_then_fail)
+    spec = LaunchSpec(argv=(sys.executable, "-c", "import time; time.sleep(60)"), world_size=2, nodes=2,
+                      checkpoint_dir=tmp_path / "checkpoints", train_iters=1, save_interval=1)
+    plan = launcher.AttemptLaunch(1, tmp_path, port=0, control_socket=str(tmp_path / "control.sock"))
+    with pytest.raises(InfrastructureError, match="second rank"):
+        launcher.launch_direct(spec, plan)
+    [first] = spawned
+    assert first.returncode == -signal.SIGKILL, "the rank started before the failure was not killed and reaped"
+
+
 def test_long_run_dir_keeps_the_socket_inside_it(tmp_path):
     run = tmp_path / ("x" * 60) / ("y" * 60)
     outcome = supervise(make_config(run, train_iters=3))
@@ -262,6 +353,7 @@ def test_long_run_dir_keeps_the_socket_inside_it(tmp_path):
 
 def test_torchrun_node_kill_takes_the_agent_and_its_rank(tmp_path):
     pytest.importorskip("torch")
+    temp_before = set(Path(tempfile.gettempdir()).glob("torchelastic_*"))
     run = tmp_path / "run"
     faults = [fault(kind="node", node=1, ranks=(1,), step=4, phase="forward")]
     outcome = supervise(make_config(run, faults, launcher="torchrun", world_size=2, nodes=2,
@@ -281,5 +373,6 @@ def test_torchrun_node_kill_takes_the_agent_and_its_rank(tmp_path):
     agent_exits = {e["node"]: e for e in events(run, "agent_exit") if e["attempt"] == 1}
     assert agent_exits[1]["returncode"] == -signal.SIGKILL
     assert (run / "attempts" / "01" / "agent-0.out").exists()
-    assert not any(Path("/tmp").glob(f"torchelastic_*{os.getpid()}*"))
+    # the agents log into the run directory (--log-dir), so even the killed one leaves nothing in /tmp
+    assert set(Path(tempfile.gettempdir()).glob("torchelastic_*")) == temp_before
     assert_nothing_survives(run)

@@ -25,9 +25,7 @@ MAX_SOCKET_PATH = 100
 class Connection:
     sock: socket.socket
     reader: control.LineReader
-    rank: int | None = None
-    attempt: int | None = None
-    pid: int | None = None
+    rank: int | None = None  # set once its hello is verified
     closed: bool = False
 
     def send(self, message: dict) -> bool:

@@ -8,6 +8,7 @@ the supervisor, which then tears the attempt down itself.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,29 +72,46 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path) -> subproces
 
 def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProcess]:
     """One process per rank running spec.argv, with the environment torchrun would give it."""
-    processes = []
+    processes: list[TrackedProcess] = []
+    started: list[subprocess.Popen] = []
     common = base_env(spec, launch)
     per_node = spec.ranks_per_node
-    for rank in range(spec.world_size):
-        env = dict(common)
-        env.update({
-            "RANK": str(rank), "WORLD_SIZE": str(spec.world_size),
-            "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
-            "GROUP_RANK": str(rank // per_node),
-            "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
-        })
-        popen = _spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out")
-        processes.append(TrackedProcess.from_popen(popen, role="rank", rank=rank, node=rank // per_node))
+    try:
+        for rank in range(spec.world_size):
+            env = dict(common)
+            env.update({
+                "RANK": str(rank), "WORLD_SIZE": str(spec.world_size),
+                "LOCAL_RANK": str(rank % per_node), "LOCAL_WORLD_SIZE": str(per_node),
+                "GROUP_RANK": str(rank // per_node),
+                "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
+            })
+            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out"))
+            processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=rank // per_node))
+    except BaseException:
+        _kill_started(started, processes)
+        raise
     return processes
 
 
-def _is_python(executable: str) -> bool:
+def _kill_started(started: list[subprocess.Popen], tracked: list[TrackedProcess]) -> None:
+    """A launch that failed partway: nobody would track (or tear down) the processes it already started."""
+    for popen in started:
+        try:
+            os.killpg(popen.pid, signal.SIGKILL)  # each was started in its own session: the group is its own
+        except ProcessLookupError:
+            pass
+        popen.wait()
+    for process in tracked:
+        process.close()
+
+
+def is_python(executable: str) -> bool:
     return os.path.realpath(executable) == os.path.realpath(sys.executable) or Path(executable).name.startswith("python")
 
 
 def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: str) -> list[str]:
     argv = list(spec.argv)
-    if argv and _is_python(argv[0]):
+    if argv and is_python(argv[0]):
         entry = argv[1:]  # torchrun runs the entry with its own interpreter; it accepts `-m module`
     else:
         entry = ["--no-python", *argv]
@@ -118,11 +136,16 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
     for name in [n for n in env if n.startswith("TORCHELASTIC_")]:
         del env[name]
     run_id = uuid.uuid4().hex[:12]
-    processes = []
-    for node in range(spec.nodes):
-        argv = torchrun_argv(spec, launch, node, run_id)
-        popen = _spawn(argv, env, launch.directory / f"agent-{node}.out")
-        processes.append(TrackedProcess.from_popen(popen, role="agent", node=node))
+    processes: list[TrackedProcess] = []
+    started: list[subprocess.Popen] = []
+    try:
+        for node in range(spec.nodes):
+            argv = torchrun_argv(spec, launch, node, run_id)
+            started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out"))
+            processes.append(TrackedProcess.from_popen(started[-1], role="agent", node=node))
+    except BaseException:
+        _kill_started(started, processes)
+        raise
     return processes
 
 

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import psutil
 
@@ -50,12 +49,10 @@ class TrackedProcess:
     node: int | None = None
     popen: subprocess.Popen | None = None
     pidfd: int | None = None
-    returncode: int | None = None
     exited: bool = False
     exit_mono: float | None = None
     last_signal: str | None = None
     last_signal_mono: float | None = None
-    stopped: bool = False
 
     @classmethod
     def from_popen(cls, popen: subprocess.Popen, role: str, rank: int | None = None,
@@ -104,7 +101,7 @@ class TrackedProcess:
                     return result.si_status, None
                 return -result.si_status, _signal_name(result.si_status)
             code = self.popen.poll()
-            return code, _signal_name(-code) if code is not None and code < 0 else None
+            return code, returncode_signal(code)
         wait_status = _zombie_wait_status(self.pid)
         if wait_status is None:
             return None, None
@@ -117,7 +114,6 @@ class TrackedProcess:
         if not self.exited:
             self.exited = True
             self.exit_mono = now
-            self.returncode, _ = self.exit_status()
 
     # ---- signals ------------------------------------------------------------------------------------
     def send(self, signal_name: str) -> bool:
@@ -135,10 +131,6 @@ class TrackedProcess:
             return False
         self.last_signal = signal_name
         self.last_signal_mono = time.monotonic()
-        if signal_name == "SIGSTOP":
-            self.stopped = True
-        elif signal_name == "SIGCONT":
-            self.stopped = False
         return True
 
     def send_group(self, signal_name: str) -> bool:
@@ -155,7 +147,6 @@ class TrackedProcess:
         if self.alive():
             self.last_signal = signal_name
             self.last_signal_mono = time.monotonic()
-            self.stopped = signal_name == "SIGSTOP" or (self.stopped and signal_name != "SIGCONT")
         return True
 
     def reap(self) -> None:
@@ -179,6 +170,11 @@ def _signal_name(signum: int | None) -> str | None:
         return signal.Signals(signum).name
     except ValueError:
         return str(signum)
+
+
+def returncode_signal(returncode: int | None) -> str | None:
+    """The signal that ended a process, from a Popen-style returncode (-N: killed by signal N)."""
+    return _signal_name(-returncode) if returncode is not None and returncode < 0 else None
 
 
 def _zombie_wait_status(pid: int) -> int | None:
@@ -212,17 +208,29 @@ class ProcessTable:
         return result
 
     def record_descendants(self) -> None:
-        for process in self.all_tracked():
-            if process.exited:
-                continue
-            try:
-                parent = psutil.Process(process.pid)
-                if parent.create_time() != process.create_time:
+        """Records every live descendant of our live processes. One pass over /proc builds the parent map
+        (psutil's children(recursive=True) would rebuild it for every tracked process)."""
+        children: dict[int, list[psutil.Process]] = {}
+        for process in psutil.process_iter(["ppid"]):
+            children.setdefault(process.info["ppid"], []).append(process)
+        # Walk only from roots that are still the process we recorded (a reused pid is not ours); like
+        # psutil, a "descendant" older than its root is a pid reused while the map was built, and skipped.
+        stack = [(p.pid, p.create_time) for p in self.all_tracked()
+                 if not p.exited and is_same_process(p.pid, p.create_time)]
+        seen = {pid for pid, _ in stack}
+        while stack:
+            parent, root_started = stack.pop()
+            for child in children.get(parent, ()):
+                if child.pid in seen:
                     continue
-                for child in parent.children(recursive=True):
-                    self.descendants.setdefault(child.pid, child.create_time())
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                continue
+                seen.add(child.pid)
+                try:
+                    started = child.create_time()
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+                if started >= root_started:
+                    self.descendants.setdefault(child.pid, started)
+                    stack.append((child.pid, root_started))
 
     def record_group_members(self) -> None:
         """Records every process still in the process group of one of ours: children of a rank that died
@@ -303,11 +311,7 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
             _signal_untracked(pid, created, "SIGCONT")
             sigterm.append(pid)
 
-    deadline = started + grace_s
-    while time.monotonic() < deadline:
-        if not _anything_alive(table):
-            break
-        _wait_some(table, min(poll_s * 5, max(0.0, deadline - time.monotonic())))
+    _wait_until_gone(table, started + grace_s, poll_s * 5)
     sigkill: list[int] = []
     table.record_descendants()
     table.record_group_members()
@@ -318,9 +322,7 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
     for pid, created in _live_untracked(table):
         if _signal_untracked(pid, created, "SIGKILL"):
             sigkill.append(pid)
-    kill_deadline = time.monotonic() + 2.0
-    while _anything_alive(table) and time.monotonic() < kill_deadline:
-        _wait_some(table, poll_s)
+    _wait_until_gone(table, time.monotonic() + 2.0, poll_s)
     for process in table.all_tracked():
         if not process.exited and not process.alive():
             process.mark_exited(time.monotonic())
@@ -332,23 +334,19 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
                           survivors=sorted(set(survivors)))
 
 
-def _anything_alive(table: ProcessTable) -> bool:
-    return any(p.alive() for p in table.all_tracked()) or bool(_live_untracked(table))
-
-
-def _wait_some(table: ProcessTable, timeout_s: float) -> None:
-    """Sleeps until a tracked process exits or timeout_s passes (pidfds become readable at exit)."""
-    fds = [p.pidfd for p in table.all_tracked() if p.pidfd is not None and not p.exited]
-    if fds and not _live_untracked(table):
-        ready, _, _ = select.select(fds, [], [], timeout_s)
-        if ready:
+def _wait_until_gone(table: ProcessTable, deadline: float, poll_s: float) -> None:
+    """Waits until nothing of the attempt is alive or the deadline passes. While only tracked processes
+    live, it sleeps on their pidfds (readable at exit); an untracked one has no pidfd, so it polls."""
+    while time.monotonic() < deadline:
+        untracked = _live_untracked(table)  # scans psutil: once per round
+        if not untracked and not any(p.alive() for p in table.all_tracked()):
+            return
+        timeout_s = min(poll_s, max(0.0, deadline - time.monotonic()))
+        fds = [p.pidfd for p in table.all_tracked() if p.pidfd is not None and not p.exited]
+        if fds and not untracked:
+            ready, _, _ = select.select(fds, [], [], timeout_s)
             for process in table.all_tracked():
                 if process.pidfd in ready:
                     process.mark_exited(time.monotonic())
-            return
-    time.sleep(timeout_s)
-
-
-def verify_gone(processes: Iterable[tuple[int, float]]) -> list[int]:
-    """The pids among (pid, create_time) that are still running (zombies count as gone)."""
-    return [pid for pid, started in processes if _alive_not_zombie(pid, started)]
+        else:
+            time.sleep(timeout_s)

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import BinaryIO, Callable, Literal
 
 from chaos import faults as nemesis
 from chaos import history
@@ -27,7 +27,8 @@ from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy
 from chaos.supervisor import launcher
 from chaos.supervisor.control_server import Connection, ControlServer
-from chaos.supervisor.processes import FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time, teardown
+from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
+                                        returncode_signal, teardown)
 from chaos.workloads import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
@@ -73,23 +74,21 @@ class _HistoryTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.offset = 0
+        self._file: BinaryIO | None = None  # opened once the rank has created it, then kept (polled every tick)
         self._partial = b""
         self.step: int | None = None
         self.phase: str | None = None
         self.train_end: str | None = None
 
     def poll(self) -> bool:
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")
+            except FileNotFoundError:
+                return False
+        data = self._file.read()  # from where the last poll stopped up to what is written now
+        if not data:
             return False
-        if size <= self.offset:
-            return False
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read(size - self.offset)
-        self.offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         for line in lines:
@@ -106,6 +105,11 @@ class _HistoryTail:
             elif record.get("event") == history.TRAIN_END:
                 self.train_end = record.get("reason")
         return True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 @dataclass
@@ -277,6 +281,8 @@ class _Attempt:
             self.selector.close()
             for process in self.table.all_tracked():
                 process.close()
+            for rank in self.ranks.values():
+                rank.tail.close()
         outcome = self.end or "error"
         self._record_missed()
         self.sup.record(history.ATTEMPT_END, attempt=self.number, outcome=outcome)
@@ -346,7 +352,7 @@ class _Attempt:
                             reason=problem or "not a process of this attempt (not launched by us, nor a descendant)")
             self.sup.server.drop(connection)  # the probe sees EOF instead of a plan and exits
             return
-        connection.rank, connection.pid, connection.attempt = rank, pid, attempt
+        connection.rank = rank
         self.ranks[rank] = _Rank(rank, connection, process,
                                  _HistoryTail(history.rank_history_path(self.sup.run_dir, self.number, rank)))
         self.sup.record(history.RANK_HELLO, attempt=self.number, rank=rank, pid=pid, node=process.node)
@@ -393,8 +399,18 @@ class _Attempt:
         rank.held[state.fault.id] = hold
         if state.gather_deadline is None:
             state.gather_deadline = now + HOLD_GATHER_S
-        if all(r in state.held or self._gone(r) for r in state.fault.target.ranks):
-            self._land(state, sorted(state.held))
+        gathered = all(r in state.held or self._gone(r) for r in state.fault.target.ranks)
+        # A straggler held after the gather deadline already did the fault to the others is hit at once,
+        # and alone: the ranks already done must not get a second signal (nor a second fault_landed).
+        window_closed = bool(state.landed_ranks or state.missed_ranks)
+        pending = self._not_yet_done(state)
+        if pending and (gathered or window_closed):
+            self._land(state, pending)
+
+    @staticmethod
+    def _not_yet_done(state: _FaultState) -> list[int]:
+        """The held ranks this fault has neither landed on nor given up on."""
+        return sorted(r for r in state.held if r not in state.landed_ranks and r not in state.missed_ranks)
 
     def _gone(self, rank: int) -> bool:
         process = self.table.ranks.get(rank)
@@ -458,7 +474,7 @@ class _Attempt:
             return
         if fault.action.kind == "corrupt":
             self.sup.record(CORRUPTED, fault_id=fault.id, attempt=self.number, **result)
-        delivered = result.get("delivered", {})
+        delivered = result.get("delivered", [])
         for r in ranks:
             process = self.ranks[r].process
             if fault.action.kind == "signal" and process.pid not in delivered:
@@ -493,10 +509,18 @@ class _Attempt:
         if self.config.launcher != "torchrun" or fault.action.signal != "SIGKILL" or \
                 fault.target.kind not in ("node", "all"):
             return []
-        per_node = self.spec.ranks_per_node
+        # Which ranks an agent runs is what their hellos proved (rendezvous may give agent n any group
+        # rank), not n * ranks_per_node onwards. An agent is taken only when all of its ranks are known
+        # and targeted, so a rank outside the target never dies with it.
         targets = set(fault.target.ranks)
-        return [agent for agent in self.table.launched if agent.role == "agent" and not agent.exited
-                and set(range(agent.node * per_node, (agent.node + 1) * per_node)) <= targets]
+        dying = []
+        for agent in self.table.launched:
+            if agent.role != "agent" or agent.exited:
+                continue
+            ranks = {r for r, process in self.table.ranks.items() if process.node == agent.node}
+            if len(ranks) == self.spec.ranks_per_node and ranks <= targets:
+                dying.append(agent)
+        return dying
 
     def _fire_wall_clock(self, now: float) -> None:
         for state in self.faults.values():
@@ -540,11 +564,11 @@ class _Attempt:
         if grew:
             self.last_progress = now
         for state in self.faults.values():
-            if state.held and state.gather_deadline is not None and now >= state.gather_deadline:
-                pending = [r for r in state.held if state.fault.id in self.ranks[r].held]
+            if state.gather_deadline is not None and now >= state.gather_deadline:
                 state.gather_deadline = None
-                if pending and not state.landed_ranks:
-                    self._land(state, sorted(pending))
+                pending = self._not_yet_done(state)
+                if pending:
+                    self._land(state, pending)
         self._fire_wall_clock(now)
         if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
             self.last_progress = now  # time a rank spends held by us is not a hang
@@ -579,22 +603,13 @@ class _Attempt:
                 returncode = process.popen.returncode if process.popen is not None else None
                 self._exit_reported.add(process.pid)
                 self.sup.record(AGENT_EXIT, attempt=self.number, node=process.node, pid=process.pid,
-                                returncode=returncode, signal=_signal_name(returncode), during_teardown=True)
+                                returncode=returncode, signal=returncode_signal(returncode), during_teardown=True)
                 continue
             if process.popen is not None:
                 returncode = process.popen.returncode
-                signal_name = _signal_name(returncode)
+                signal_name = returncode_signal(returncode)
             else:
                 returncode, signal_name = None, process.last_signal if process.last_signal == "SIGKILL" else None
             self._exit_reported.add(process.pid)
             self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
                             returncode=returncode, signal=signal_name, during_teardown=True)
-
-
-def _signal_name(returncode: int | None) -> str | None:
-    if returncode is None or returncode >= 0:
-        return None
-    try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return str(-returncode)

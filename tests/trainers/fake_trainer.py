@@ -9,7 +9,8 @@ rename -> tracker replaced by rename) with the same probe points as the GPT-3 wo
 are graceful: finish the step, agree on stopping at the barrier, save, `train_end preempted`, exit 0.
 
 Config (JSON): train_iters, save_interval, checkpoint_dir, sync_dir, step_time_s (0.02),
-global_batch_size (8), collective (true), spawn_child (false), crash ({rank, step, attempt, code}).
+global_batch_size (8), collective (true), spawn_child (false), crash ({rank, step, attempt, code}),
+delays ([{rank, step, attempt, seconds}]: a straggler sleeps before starting that step).
 """
 
 from __future__ import annotations
@@ -63,21 +64,14 @@ class Trainer:
         self.sync_dir.mkdir(parents=True, exist_ok=True)
         self.step_time_s = float(config.get("step_time_s", 0.02))
         self.stopping = False
-        self._pending_signal: tuple[int, int | None, str | None] | None = None
         self.child: subprocess.Popen | None = None
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        # Only set flags here: writing history from a signal handler could deadlock on the writer's lock.
+        # Recorded from the handler itself, like the GPT-3 workload does (the history writer allows it).
+        self.probe.signal_received(signum)
         self.stopping = True
-        self._pending_signal = (signum, self.probe.step, self.probe.phase_name)
-
-    def _flush_signal(self) -> None:
-        if self._pending_signal is not None:
-            signum, step, phase = self._pending_signal
-            self._pending_signal = None
-            self.probe.event("signal_received", signal=signal.Signals(signum).name, step=step, phase=phase)
 
     # ---- the "collective" ----------------------------------------------------------------------------
     def barrier(self, name: str, vote: bool = False) -> bool:
@@ -151,6 +145,9 @@ class Trainer:
         last_saved = start
         probe = self.probe
         for step in range(start + 1, iters + 1):
+            for delay in config.get("delays", ()):
+                if (delay["rank"], delay["step"], delay.get("attempt", 1)) == (self.rank, step, probe.attempt):
+                    time.sleep(float(delay["seconds"]))
             probe.step_begin(step)
             for phase in PHASES:
                 with probe.phase(phase, step):
@@ -161,13 +158,11 @@ class Trainer:
             state = next_state(state, step)
             probe.metrics(step, lm_loss=fake_loss(step), grad_norm=1.0, lr=1e-3,
                           consumed_samples=step * config.get("global_batch_size", 8))
-            self._flush_signal()
             stop = self.barrier(f"step-{step}", vote=self.stopping)
             probe.step_end(step)
             if step % interval == 0 or (stop and step != last_saved):
                 self.save(step, state)
                 last_saved = step
-            self._flush_signal()
             if stop:
                 probe.train_end(step, "preempted")
                 return 0
