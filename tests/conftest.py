@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from workload_runs import small_workload
+
 pytest_plugins = ["pytester"]
 
 
@@ -17,9 +19,7 @@ def golden_cache(chaos_golden_cache) -> Path:
     return chaos_golden_cache
 
 
-SMALL_WORKLOAD = "{world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2}"
-"""The suite's smallest real workload (TP2 x DP1, 6 steps): one golden serves every test using it, bugs or
-save settings aside (they are not part of the workload fingerprint)."""
+SMALL_WORKLOAD = small_workload()
 
 
 @pytest.fixture(scope="session")

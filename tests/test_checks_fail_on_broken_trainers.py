@@ -8,17 +8,19 @@ import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
+from workload_runs import small_workload
 
 
-@pytest.fixture(scope="session")
-def golden_cache(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "chaos-goldens"
+@pytest.fixture
+def golden_cache(small_golden):
+    """Where the clean trainer's golden was recorded (without bugs): each broken run is judged against it."""
+    return small_golden.parent
 
 
 def scenario(bugs: list[str], faults: str, extra_workload: str = "", restart: str = "{max_restarts: 3}"):
     text = f"""
 name: broken-{'-'.join(bugs) or 'none'}
-workload: {{world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2, bugs: {bugs}{extra_workload}}}
+workload: {small_workload(f', bugs: {bugs}' + extra_workload)}
 restart: {restart}
 faults:
 {faults}

@@ -46,6 +46,11 @@ def gpu_config(run_dir, world_size: int, impl: str, fsdp: str) -> GPT3Config:
 
 TOPOLOGIES = [2, 4] if cuda_devices() >= 4 else [2]
 
+# (impl, fsdp, world size) seen bitwise with an equal final hash on H100/H200 in deterministic mode (README,
+# GPU): held to that. The rest are held to Megatron's thresholds (Megatron-FSDP at dp >= 2 drifts after a
+# resume; the TE cases below were not all measured).
+MEASURED_BITWISE = {("local", "torch", 2), ("local", "torch", 4), ("transformer_engine", "torch", 4), ("local", "megatron", 2)}
+
 
 @pytest.mark.parametrize("world_size", TOPOLOGIES, ids=[f"tp2xdp{w // 2}" for w in TOPOLOGIES])
 @pytest.mark.parametrize("impl,fsdp", IMPLS, ids=[f"{i}-{f}" for i, f in IMPLS])
@@ -72,6 +77,8 @@ def test_gpu_stop_resume_matches_uninterrupted(tmp_path, impl, fsdp, world_size)
     assert events(resumed_dir, "checkpoint_loaded", rank=0)[-1]["iteration"] == stop_at
     same_hash = events(golden_dir, "final_state", 0)[-1]["state_hash"] == events(resumed_dir, "final_state", 0)[-1]["state_hash"]
     print(f"final state hash equal: {same_hash}")
+    if (impl, fsdp, world_size) in MEASURED_BITWISE:
+        assert bitwise and same_hash, f"not bitwise: first differing step {first_difference}, hash equal {same_hash}"
 
 
 @pytest.mark.parametrize("world_size", TOPOLOGIES, ids=[f"tp2xdp{w // 2}" for w in TOPOLOGIES])

@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from workload_runs import small_workload
+
 FAKE_RUNNER = r'''
 import json
 from pathlib import Path
@@ -53,7 +55,7 @@ def pytest_chaos_record_golden(config, scenario, out_path, work_dir):
 '''
 
 SCENARIO = """description: one kill.
-workload: {world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2%s}
+workload: %s
 restart: {max_restarts: 3}
 faults:
   - at: {step: 3, phase: backward}
@@ -66,8 +68,8 @@ faults:
 def project(pytester):
     pytester.makeconftest(FAKE_RUNNER)
     (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "kill.yaml").write_text(SCENARIO % "")
-    (pytester.path / "scenarios" / "broken.yaml").write_text(SCENARIO % ", bugs: [no_rng_restore]")
+    (pytester.path / "scenarios" / "kill.yaml").write_text(SCENARIO % small_workload())
+    (pytester.path / "scenarios" / "broken.yaml").write_text(SCENARIO % small_workload(", bugs: [no_rng_restore]"))
     return pytester
 
 
@@ -123,11 +125,11 @@ def test_marker_gives_scenario_and_seed_and_out_dir_option(project):
 
 def test_scenario_files_are_collected_as_tests(project):
     (project.path / "other").mkdir()
-    (project.path / "other" / "anywhere.yaml").write_text(SCENARIO % "")
+    (project.path / "other" / "anywhere.yaml").write_text(SCENARIO % small_workload())
     (project.path / "other" / "not_a_scenario.yaml").write_text("jobs: {build: 1}\n")
     run_copy = project.path / "scenarios" / "old-run"
     run_copy.mkdir()
-    (run_copy / "scenario.yaml").write_text(SCENARIO % "")
+    (run_copy / "scenario.yaml").write_text(SCENARIO % small_workload())
     (run_copy / "plan.json").write_text("{}")
     result = project.runpytest("--co", "-q")
     collected = {line for line in result.stdout.lines if "::" in line}
@@ -169,7 +171,7 @@ def test_gpu_scenarios_skip_without_cuda_saying_why(project, monkeypatch):
 
     monkeypatch.setattr(plugin, "cuda_missing_reason", lambda: "needs CUDA: torch.cuda.is_available() is False")
     (project.path / "scenarios" / "gpu").mkdir()
-    (project.path / "scenarios" / "gpu" / "big.yaml").write_text(SCENARIO % "")
+    (project.path / "scenarios" / "gpu" / "big.yaml").write_text(SCENARIO % small_workload())
     project.makepyfile("""
         import pytest
         @pytest.mark.gpu
@@ -223,7 +225,7 @@ def test_junit_xml_has_verdict_restarts_faults_and_checks(project):
 
 
 def test_update_goldens_records_once_per_workload_and_skips(project):
-    (project.path / "scenarios" / "kill_again.yaml").write_text(SCENARIO % "")
+    (project.path / "scenarios" / "kill_again.yaml").write_text(SCENARIO % small_workload())
     result = project.runpytest("scenarios/kill.yaml", "scenarios/kill_again.yaml", "--chaos-update-goldens", "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines(["*--chaos-update-goldens: golden recorded to *goldens*tiny_cpu-*.json*"])

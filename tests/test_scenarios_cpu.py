@@ -14,23 +14,11 @@ SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 CPU_SCENARIOS = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
 
 
-@pytest.fixture(scope="session")
-def golden_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.getbasetemp() / "chaos-goldens"
-
-
-def explain(result) -> str:
-    lines = [f"verdict {result.verdict} in {result.run_dir}"]
-    for check in result.failing_checks:
-        lines.append(f"  {check['name']}: {check['status']}: {check['detail']}")
-    return "\n".join(lines)
-
-
 @pytest.mark.parametrize("name", CPU_SCENARIOS)
 def test_shipped_scenario_passes(name, tmp_path, golden_cache):
     scenario = load_scenario(SCENARIOS / name)
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=golden_cache, say=lambda text: None)
-    assert result.verdict == "pass", explain(result)
+    assert result.verdict == "pass", result.summary
     report = result.report
     planned = {f["planned"]["id"] for f in report["faults"]}
     landed = {f["planned"]["id"] for f in report["faults"] if f["landed"]}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from chaos.errors import InputError
-from chaos.plan import SIGNALS, Action, PlannedFault, Target, Trigger
+from chaos.plan import Action, PlannedFault, Target, Trigger
 from chaos.scenario import load_scenario_text
 from chaos.scenario.model import SAVE_PHASES
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
@@ -141,6 +141,3 @@ def test_damaged_plan_json_is_an_input_error(text, field):
         plan_from_json(text, source="run/plan.json")
     assert caught.value.source == "run/plan.json" and caught.value.field == field
 
-
-def test_signals_come_from_the_plan_module():
-    assert "SIGKILL" in SIGNALS

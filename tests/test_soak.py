@@ -20,13 +20,13 @@ from chaos.schedule import plan_faults, plan_to_json
 from chaos.soak import SoakOptions, cycle_scenario, parse_duration, read_state, run_soak, shrink
 from chaos.soak.schedule import COORDINATOR_PHASES, ScheduleOptions
 from chaos.soak.stats import coverage_matrix, percentile, restart_statistics
+from workload_runs import small_workload
 
-SMALL = "{world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2%s}"
 
 
 def write_scenario(directory: Path, extra_workload: str = "", faults: str = "") -> Path:
     path = directory / "soak_small.yaml"
-    path.write_text(f"workload: {SMALL % extra_workload}\nrestart: {{max_restarts: 3}}\n{faults}")
+    path.write_text(f"workload: {small_workload(extra_workload)}\nrestart: {{max_restarts: 3}}\n{faults}")
     return path
 
 
@@ -84,11 +84,11 @@ def test_cycle_schedules_depend_only_on_the_seed(tmp_path):
 
 def test_random_entries_are_kept_and_nodes_can_be_targets(tmp_path):
     random_path = tmp_path / "random.yaml"
-    random_path.write_text(f"workload: {SMALL % ''}\nrestart: {{max_restarts: 3}}\n"
+    random_path.write_text(f"workload: {small_workload()}\nrestart: {{max_restarts: 3}}\n"
                            "faults:\n  - random: {count: 2, signals: [SIGTERM]}\n")
     kept = cycle_scenario(load_scenario(random_path), 3, 103)
     assert kept.faults == load_scenario(random_path).faults and kept.seed == 103
-    nodes = load_scenario_text(f"workload: {{world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 6}}\n"
+    nodes = load_scenario_text("workload: {world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 6}\n"
                                "restart: {max_restarts: 2}\n", "nodes")
     kinds = {f.target.kind for i in range(40) for f in cycle_scenario(nodes, i, i).faults}
     assert kinds == {"rank", "node"}

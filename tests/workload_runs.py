@@ -4,19 +4,20 @@ torchrun environment, one process per rank, and the histories the probe writes."
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from chaos.history import load_run_history
+from chaos.supervisor.launcher import free_port
 from chaos.workloads.gpt3.config import GPT3Config
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def small_workload(extra: str = "") -> str:
+    """The suite's smallest real workload (TP2 x DP1, 6 steps) as a YAML flow mapping, `extra` appended
+    (", bugs: [...]"). One golden serves every test using it: bugs and save settings are not part of the
+    workload fingerprint, so keep this the one place that spells it."""
+    return "{world_size: 2, tensor_parallel: 2, train_iters: 6, save_interval: 2" + extra + "}"
 
 
 def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: float = 600,
@@ -36,9 +37,9 @@ def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: floa
         env.pop("CHAOS_CONTROL_SOCKET", None)
         if disable_probe:
             env.pop("CHAOS_HISTORY_DIR")
-        out = open(history_dir / f"rank-{rank}.out", "w")
-        processes.append(subprocess.Popen([sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)],
-                                          env=env, stdout=out, stderr=subprocess.STDOUT))
+        with open(history_dir / f"rank-{rank}.out", "w") as out:
+            processes.append(subprocess.Popen([sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)],
+                                              env=env, stdout=out, stderr=subprocess.STDOUT))
     codes = []
     try:
         for process in processes:

@@ -24,7 +24,6 @@ BUGS = (
     "swap_tp_shards",        # TRAP 1 of DESIGN.md: TP ranks write the same keys; both load one shard
     "ignore_sigterm",        # SIGTERM is caught and ignored: the rank never dies on it
     "skip_step_on_resume",   # resume starts one step after the checkpoint (a step is lost)
-    "no_fsync_commit",       # (reserved) commit without fsync
 )
 
 
@@ -190,7 +189,7 @@ class GPT3Config:
     @classmethod
     def read_yaml(cls, path: Path) -> "GPT3Config":
         mapping = yaml.safe_load(Path(path).read_text())
-        return cls.from_mapping({**mapping, "preset": mapping.get("preset", "tiny_cpu")}, source=str(path), field_prefix="")
+        return cls.from_mapping(mapping, source=str(path), field_prefix="")
 
 
 def _coerce(raw: Any, hint: Any, source: str, where: str) -> Any:

@@ -24,9 +24,6 @@ class MockTokenizer:
         self.pad = vocab_size - 2
         self.unique_identifiers = {"class": "chaos.MockTokenizer", "vocab_size": vocab_size}
 
-    def tokenize(self, text: str) -> list[int]:
-        return [hash(word) % (self.vocab_size - 2) for word in text.split()]
-
 
 @dataclass
 class MicroBatch:
@@ -65,36 +62,37 @@ class TrainData:
             dataset_class, [total_samples, 0, 0], lambda: True, dataset_config
         ).build()
         self.dataset = train
+        self._static: dict[str, torch.Tensor | None] = {}
 
-    def global_batch(self, step: int, consumed_samples: int) -> list[MicroBatch]:
-        """This rank's micro batches of the global batch that starts at `consumed_samples`."""
+    def global_batch(self, consumed_samples: int) -> tuple[list[MicroBatch], str]:
+        """This rank's micro batches of the global batch that starts at `consumed_samples`, and a
+        fingerprint of their tokens (for the data-order check), taken before they move to the device."""
         config, dims = self.config, self.dims
         micro_batches = []
+        digest = hashlib.sha256()
         for micro in range(config.num_microbatches):
             start = consumed_samples + micro * config.micro_batch_size * dims.dp + dims.dp_rank * config.micro_batch_size
             samples = [self.dataset[index] for index in range(start, start + config.micro_batch_size)]
-            micro_batches.append(self._collate(samples))
-        return micro_batches
+            micro_batches.append(self._collate(samples, digest))
+        return micro_batches, digest.hexdigest()[:16]
 
-    def _collate(self, samples: list[dict]) -> MicroBatch:
+    def _collate(self, samples: list[dict], digest) -> MicroBatch:
         device = self.dims.device
 
         def stack(key: str) -> torch.Tensor:
-            return torch.stack([torch.as_tensor(sample[key]) for sample in samples]).to(device)
+            return torch.stack([torch.as_tensor(sample[key]) for sample in samples])
 
-        attention_mask = stack("attention_mask") if "attention_mask" in samples[0] else None
+        tokens = stack("tokens").long()
+        digest.update(tokens.numpy().tobytes())
+        if not self._static:
+            # With no position/mask resets and no EOD loss masking (the config above), megatron's GPTDataset
+            # hands every sample the same cached attention mask and position ids: stack and move them once.
+            self._static["position_ids"] = stack("position_ids").long().to(device)
+            self._static["attention_mask"] = stack("attention_mask").to(device) if "attention_mask" in samples[0] else None
         return MicroBatch(
-            tokens=stack("tokens").long(),
-            labels=stack("labels").long(),
-            loss_mask=stack("loss_mask").float(),
-            position_ids=stack("position_ids").long(),
-            attention_mask=attention_mask,
+            tokens=tokens.to(device),
+            labels=stack("labels").long().to(device),
+            loss_mask=stack("loss_mask").float().to(device),
+            position_ids=self._static["position_ids"],
+            attention_mask=self._static["attention_mask"],
         )
-
-
-def batch_hash(micro_batches: list[MicroBatch]) -> str:
-    """A fingerprint of the tokens this rank trained on in one step (for the data-order check)."""
-    digest = hashlib.sha256()
-    for micro in micro_batches:
-        digest.update(micro.tokens.cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]

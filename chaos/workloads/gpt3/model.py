@@ -104,11 +104,11 @@ def build_optimizer(model: nn.Module, config: GPT3Config, dims: ParallelDims) ->
         eps=config.adam_eps, weight_decay=config.weight_decay,
     )
     if config.fsdp == "megatron":
-        return shard_with_megatron_fsdp(model, optimizer, dims, config)
+        return shard_with_megatron_fsdp(model, optimizer, dims)
     return model, optimizer
 
 
-def shard_with_megatron_fsdp(model: nn.Module, optimizer, dims: ParallelDims, config: GPT3Config):
+def shard_with_megatron_fsdp(model: nn.Module, optimizer, dims: ParallelDims):
     """Megatron-FSDP, data_parallel_sharding_strategy optim_grads_params (ZeRO-3), fp32 main params
     and grads as upstream (--megatron-fsdp-main-params-dtype fp32, -main-grads-dtype fp32). CUDA only."""
     from megatron.core.distributed.fsdp.src.megatron_fsdp.fully_shard import fully_shard

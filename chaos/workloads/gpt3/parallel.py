@@ -35,10 +35,6 @@ class ParallelDims:
     def dp_group(self):
         return self.mesh.get_group("dp")
 
-    @property
-    def tp_group(self):
-        return self.mesh.get_group("tp")
-
 
 def init(config: GPT3Config) -> ParallelDims:
     rank = int(os.environ["RANK"])

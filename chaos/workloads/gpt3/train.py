@@ -19,7 +19,8 @@ from chaos.probe import Probe, get_probe
 from chaos.workloads.gpt3 import parallel, rng
 from chaos.workloads.gpt3.checkpoint import Checkpointer, TrainProgress, build_state_dict
 from chaos.workloads.gpt3.config import GPT3Config
-from chaos.workloads.gpt3.data import TrainData, batch_hash
+from chaos.workloads.gpt3.data import TrainData
+from chaos.workloads.gpt3 import model as model_module
 from chaos.workloads.gpt3.model import plain_name
 
 
@@ -36,8 +37,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         self.dims = parallel.init(config)
         rng.seed_everything(config.seed, self.dims.tp_rank, config.device)
-        from chaos.workloads.gpt3 import model as model_module
-
         model, self.layouts = model_module.build(config, self.dims)
         self.model, self.optimizer = model_module.build_optimizer(model, config, self.dims)
         self.scheduler = self._build_scheduler()
@@ -46,6 +45,9 @@ class Trainer:
         self.checkpointer = Checkpointer(config, self.dims, probe)
         self.progress = TrainProgress()
         self._grad_scale = float(self.dims.dp) if config.fsdp == "torch" else 1.0
+        # Megatron's grad norm: a TP-sharded gradient counts on every TP rank, a replicated one on TP rank 0
+        self._counts_in_norm = {name: layout.partition_dim is not None or self.dims.tp_rank == 0
+                                for name, layout in self.layouts.items()}
         self._install_signal_handlers()
 
     def _build_scheduler(self):
@@ -73,7 +75,7 @@ class Trainer:
     def train_step(self, step: int) -> dict:
         config, dims, probe = self.config, self.dims, self.probe
         with probe.phase("data", step):
-            micro_batches = self.data.global_batch(step, self.progress.consumed_samples)
+            micro_batches, data_hash = self.data.global_batch(self.progress.consumed_samples)
             # per-token loss as upstream (--calculate-per-token-loss): divide by the global token count
             local_tokens = sum(micro.loss_mask.sum() for micro in micro_batches).reshape(1).to(torch.float64)
             dist.all_reduce(local_tokens, group=dims.dp_group)
@@ -108,7 +110,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": self.optimizer.param_groups[0]["lr"],
             "consumed_samples": self.progress.consumed_samples,
-            "data_hash": batch_hash(micro_batches),
+            "data_hash": data_hash,
         }
 
     def _clip_gradients(self) -> float:
@@ -121,7 +123,7 @@ class Trainer:
                 continue
             local = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
             grads.append(local)
-            if self.layouts[plain_name(name)].partition_dim is not None or dims.tp_rank == 0:
+            if self._counts_in_norm[plain_name(name)]:
                 squares += local.to(torch.float64).pow(2).sum()
         dist.all_reduce(squares)
         total_norm = math.sqrt(squares.item())
@@ -192,8 +194,6 @@ class Trainer:
             if not key.startswith(("model/", "optim/")):
                 continue
             if hasattr(value, "to_local"):
-                if value.device_mesh.get_coordinate() is None:
-                    continue
                 # DCP's own view of where the local shard sits (Megatron-FSDP's uneven chunks included)
                 offset = value.__create_chunk_list__()[0].offsets
                 local = value.to_local()
