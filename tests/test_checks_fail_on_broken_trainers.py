@@ -102,3 +102,23 @@ def test_fault_that_cannot_land_is_an_error_not_a_pass(tmp_path, golden_cache):
     assert result.verdict == "error"
     assert result.exit_code == 3
     assert status(result, "faults_landed")["status"] == "error"
+
+
+def test_upstream_loss_mask_cache_fails_data_order_and_trajectory(tmp_path, golden_cache):
+    """The soak finding (docs/findings/gptdataset-loss-mask-cache.md): with megatron-core's mask cache as
+    shipped, the process resumed at step 8 starts on a sample with a pad label and masks that position in
+    every later sample. data_order must see it (the data hash covers the loss mask), not only trajectory."""
+    from pathlib import Path
+
+    from chaos.scenario import load_scenario
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / "regression_gptdataset_loss_mask.yaml"
+    broken = load_scenario(path, {"workload.bugs": ["upstream_loss_mask_cache"]})
+    result = run_scenario(broken, out_dir=tmp_path / "run", golden_cache=golden_cache, say=lambda text: None)
+    assert result.verdict == "fail"
+    data_order = status(result, "data_order")
+    assert data_order["status"] == "fail" and "data hash" in data_order["detail"], data_order
+    assert data_order["evidence"]["first_divergence"]["step"] == 8, data_order
+    trajectory = status(result, "trajectory")
+    assert trajectory["status"] == "fail" and trajectory["evidence"]["first_divergence"]["step"] == 8, trajectory
+    assert status(result, "faults_landed")["status"] == "pass"

@@ -102,3 +102,66 @@ def test_megatron_fsdp_shards_only_where_dp_has_ranks():
 
     assert megatron_zero_strategy(2) == "optim_grads_params"
     assert megatron_zero_strategy(1) == "no_shard"  # megatron-core 0.16.1 doubles grads per microbatch at dp=1
+
+
+# ---- the GPTDataset loss-mask cache (docs/findings/gptdataset-loss-mask-cache.md) ------------------------
+def _train_data(tmp_path, bugs=()):
+    from chaos.workloads.gpt3.data import TrainData
+    from chaos.workloads.gpt3.parallel import ParallelDims
+
+    config = GPT3Config.from_mapping({"world_size": 1, "tensor_parallel": 1, "bugs": list(bugs)}, "test")
+    dims = ParallelDims(rank=0, world_size=1, tp=1, dp=1, tp_rank=0, dp_rank=0, device=torch.device("cpu"),
+                        mesh=None)  # dp == 1: no collective, no mesh needed
+    return TrainData(config, dims, str(tmp_path / "cache"))
+
+
+RESUMED_AT = 56
+"""In tiny_cpu's mock data, samples 56 and 60 hold a pad label (positions 62 and 59): a process whose first
+sample is 56 (a resume after step 7) polluted the cache with position 62."""
+
+
+@pytest.mark.parametrize("bugs", [(), ("upstream_loss_mask_cache",)], ids=["fixed", "upstream"])
+def test_a_batch_is_the_same_whichever_sample_the_process_fetched_first(tmp_path, bugs):
+    from_start = _train_data(tmp_path, bugs)
+    from_start.global_batch(0)
+    continued, continued_hash = from_start.global_batch(RESUMED_AT)
+    resumed, resumed_hash = _train_data(tmp_path, bugs).global_batch(RESUMED_AT)
+    masks_equal = all(torch.equal(a.loss_mask, b.loss_mask) for a, b in zip(continued, resumed))
+    if bugs:  # upstream megatron-core: the resumed process masks sample 56's pad position in every sample
+        assert not masks_equal and continued_hash != resumed_hash, "the bug switch must reproduce the upstream bug"
+        assert all(m.loss_mask[:, 62].eq(0).all() for m in resumed)
+    else:
+        assert masks_equal and continued_hash == resumed_hash
+        masked = [(micro, *position) for micro, m in enumerate(resumed) for position in m.loss_mask.eq(0).nonzero().tolist()]
+        assert masked == [(0, 0, 62), (2, 0, 59)], "only samples 56 and 60 mask their own pad labels"
+
+
+def test_data_hash_covers_what_the_model_sees(tmp_path):
+    import hashlib
+
+    again, digest = _train_data(tmp_path).global_batch(0)
+
+    def digest_of(micro_batches, skip: str = "") -> str:
+        h = hashlib.sha256()
+        for m in micro_batches:
+            for name in ("tokens", "labels", "loss_mask", "position_ids", "attention_mask"):
+                if name != skip:
+                    h.update(getattr(m, name).contiguous().numpy().tobytes())
+        return hashlib.sha256(h.digest()).hexdigest()[:16]
+
+    assert digest_of(again) == digest
+    for name in ("labels", "loss_mask", "position_ids", "attention_mask"):
+        assert digest_of(again, skip=name) != digest, f"the data hash must cover {name}"
+
+
+def test_the_upstream_reproducer_still_fails_on_the_installed_megatron_core():
+    """The finding's megatron-core-only reproducer: exit 1 while the bug is there. When an upstream release
+    fixes it, this fails: update the finding and drop the workaround's reason, not this test's assertion."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "docs" / "findings" / "gptdataset_loss_mask_repro.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "depends on which sample the process fetched first" in done.stderr
