@@ -30,8 +30,8 @@ from typing import Any, Literal, Mapping
 from chaos.errors import InputError
 
 METRIC_KEYS = {"lm_loss": "lm loss", "grad_norm": "grad norm", "lr": "learning rate",
-               "consumed_samples": "consumed samples"}
-"""Probe metric field -> golden metric key (the metrics our goldens record)."""
+               "consumed_samples": "consumed samples", "num_zeros": "num-zeros"}
+"""History metric field -> golden metric key (the metrics our goldens record; Megatron's spellings)."""
 
 DEFAULT_TOLERANCE = {
     "lm loss": 0.05,
@@ -55,6 +55,10 @@ ITERATION_TIME_STEPS = (30, 45)
 
 DATA_HASHES_KEY = "data_hashes"
 """GoldenMeta.extra key of the per-step data hashes ({"step": hash}): Megatron's metrics file holds numbers only."""
+
+LOSS_WINDOWS_KEY = "loss_windows"
+"""GoldenMeta.extra key of the steps whose lm loss is a mean over several iterations ({"step": [steps]}): how
+Megatron-LM prints the second iteration each process logs (see chaos.checkers.trajectory)."""
 
 ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_flags_hash", "device")
 """What must agree for a committed golden to be valid here (bitwise numbers change with any of these)."""
@@ -82,13 +86,17 @@ class Golden:
     data_hashes: dict[int, str] = field(default_factory=dict)
     """step -> the batch's data hash (the probe's `data_hash`). Stored in the meta sidecar's extra
     (DATA_HASHES_KEY); empty for goldens recorded without it (Megatron's, older ones of ours)."""
+    loss_windows: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    """step -> the steps its lm loss is the mean of, where that is not just the step itself (Megatron-LM's
+    printed loss of the second iteration a process logs). Stored in the sidecar's extra (LOSS_WINDOWS_KEY)."""
 
     @classmethod
     def from_records(cls, records: list[Mapping[str, Any]], meta: GoldenMeta | None = None) -> "Golden":
-        """From probe `metrics` records (lm_loss, grad_norm, lr, consumed_samples, data_hash per step); a later
-        record of a step replaces an earlier one, a None value is skipped."""
+        """From history `metrics` records (lm_loss, grad_norm, lr, consumed_samples, num_zeros, data_hash,
+        loss_window per step); a later record of a step replaces an earlier one, a None value is skipped."""
         metrics: dict[str, dict[int, float]] = {}
         data_hashes: dict[int, str] = {}
+        loss_windows: dict[int, tuple[int, ...]] = {}
         for record in records:
             step = int(record["step"])
             for field_name, metric in METRIC_KEYS.items():
@@ -96,7 +104,11 @@ class Golden:
                     metrics.setdefault(metric, {})[step] = float(record[field_name])
             if record.get("data_hash") is not None:
                 data_hashes[step] = str(record["data_hash"])
-        return cls(metrics=metrics, meta=meta, data_hashes=data_hashes)
+            if record.get("loss_window"):
+                loss_windows[step] = tuple(int(s) for s in record["loss_window"])
+            else:
+                loss_windows.pop(step, None)  # a later attempt logged this step plainly
+        return cls(metrics=metrics, meta=meta, data_hashes=data_hashes, loss_windows=loss_windows)
 
 
 def meta_path(path: str | Path) -> Path:
@@ -126,15 +138,33 @@ def read_golden(path: str | Path) -> Golden:
         metrics[metric] = dict(sorted(values.items()))
     meta = None
     data_hashes: dict[int, str] = {}
+    loss_windows: dict[int, tuple[int, ...]] = {}
     sidecar = meta_path(path)
     if sidecar.is_file():
         meta = read_meta(sidecar)
-        if DATA_HASHES_KEY in meta.extra:
-            # Moved out of meta.extra into Golden.data_hashes, so a read golden equals the one written.
-            extra = dict(meta.extra)
+        # Moved out of meta.extra into the Golden's own fields, so a read golden equals the one written.
+        extra = dict(meta.extra)
+        if DATA_HASHES_KEY in extra:
             data_hashes = _data_hashes(extra.pop(DATA_HASHES_KEY), str(sidecar))
-            meta = replace(meta, extra=extra)
-    return Golden(metrics=metrics, meta=meta, data_hashes=data_hashes)
+        if LOSS_WINDOWS_KEY in extra:
+            loss_windows = _loss_windows(extra.pop(LOSS_WINDOWS_KEY), str(sidecar))
+        meta = replace(meta, extra=extra)
+    return Golden(metrics=metrics, meta=meta, data_hashes=data_hashes, loss_windows=loss_windows)
+
+
+def _loss_windows(value: Any, source: str) -> dict[int, tuple[int, ...]]:
+    where = f"extra.{LOSS_WINDOWS_KEY}"
+    if not isinstance(value, dict):
+        raise InputError(source, where, "expected a mapping of step -> list of steps")
+    out: dict[int, tuple[int, ...]] = {}
+    for step, steps in value.items():
+        if not (isinstance(steps, list) and steps and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)):
+            raise InputError(source, f"{where}.{step}", f"expected a non-empty list of integer steps, got {steps!r}")
+        try:
+            out[int(step)] = tuple(steps)
+        except (TypeError, ValueError):
+            raise InputError(source, f"{where}.{step}", "expected an integer step as key") from None
+    return dict(sorted(out.items()))
 
 
 def _data_hashes(value: Any, source: str) -> dict[int, str]:
@@ -190,6 +220,10 @@ def write_golden(golden: Golden, path: str | Path) -> Path:
         meta = meta or GoldenMeta()
         hashes = {str(step): golden.data_hashes[step] for step in sorted(golden.data_hashes)}
         meta = replace(meta, extra={**meta.extra, DATA_HASHES_KEY: hashes})
+    if golden.loss_windows:
+        meta = meta or GoldenMeta()
+        windows = {str(step): list(golden.loss_windows[step]) for step in sorted(golden.loss_windows)}
+        meta = replace(meta, extra={**meta.extra, LOSS_WINDOWS_KEY: windows})
     if meta is not None:
         _write_json(meta_path(path), asdict(meta))
     return path
@@ -267,9 +301,9 @@ def environment_mismatches(recorded: Mapping[str, Any], current: Mapping[str, An
     return out
 
 
-def workload_fingerprint(config: Any) -> str:
-    """sha256 of the canonical JSON of what decides a workload's numbers (GPT3Config.fingerprint_mapping)."""
-    canonical = json.dumps(config.fingerprint_mapping(), sort_keys=True, separators=(",", ":"), default=list)
+def workload_fingerprint(workload: Any) -> str:
+    """sha256 of the canonical JSON of what decides a workload's numbers (its fingerprint_mapping())."""
+    canonical = json.dumps(workload.fingerprint_mapping(), sort_keys=True, separators=(",", ":"), default=list)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -370,10 +404,13 @@ class Comparison:
 
 
 def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str,
-            tolerance: Mapping[str, float] | None = None, metrics: tuple[str, ...] | None = None) -> Comparison:
+            tolerance: Mapping[str, float] | None = None, metrics: tuple[str, ...] | None = None,
+            printed_formats: Mapping[str, str] | None = None) -> Comparison:
     """Compares an actual run with a golden over the steps the golden has (at its step_interval).
 
-    exact: every compared value bitwise equal (default metrics: all of the golden's but timing and memory).
+    exact: every compared value bitwise equal (default metrics: all of the golden's but timing and memory);
+    a metric in `printed_formats` (read from a trainer's log, e.g. Megatron's `%.6E` lm loss) is equal when
+    both sides print the same: a full-precision golden (Megatron's own files) is compared as printed.
     megatron: relative tolerance, atol 0, min(max(n // 100, 1), 50) failing steps allowed per metric
     (default metrics: lm loss, num-zeros if both sides have it, plus any metric named in `tolerance`).
     A metric the golden lacks cannot be compared: that is a failure, not a skip.
@@ -383,10 +420,13 @@ def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str
     tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
     if metrics is None:
         metrics = _default_metrics(golden, actual, mode, tolerance)
+    printed_formats = printed_formats or {}
     results = []
     for metric in metrics:
-        results.append(_compare_metric(metric, golden.metrics.get(metric), actual.get(metric), mode,
-                                       tolerance_for(metric, tolerance)))
+        expected, got = golden.metrics.get(metric), actual.get(metric)
+        if mode == "exact" and metric in printed_formats:
+            expected, got = as_printed(expected, printed_formats[metric]), as_printed(got, printed_formats[metric])
+        results.append(_compare_metric(metric, expected, got, mode, tolerance_for(metric, tolerance)))
     first = None
     for result in results:
         if result.first_failure is not None:
@@ -396,6 +436,13 @@ def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str
     divergence = None if first is None else (first[1], first[0], first[2], first[3])
     return Comparison(mode=mode, passed=all(r.passed for r in results), metrics=tuple(results),  # type: ignore[arg-type]
                       first_divergence=divergence)
+
+
+def as_printed(values: Mapping[int, float] | None, fmt: str) -> dict[int, float] | None:
+    """The values as a trainer printing them with `fmt` shows them (e.g. "%.6E": 7 significant digits)."""
+    if values is None:
+        return None
+    return {step: float(fmt % value) for step, value in values.items()}
 
 
 def tolerance_for(metric: str, tolerance: Mapping[str, float] | None = None) -> float:

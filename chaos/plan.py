@@ -22,6 +22,9 @@ class Trigger:
     """Which launch this fault belongs to (1 = the first; 2 = the first restart...)."""
     after_s: float | None = None
     """Wall-clock trigger: seconds after the attempt's launch (when phase is None)."""
+    delay_s: float | None = None
+    """Observed (black-box) triggers only: fire this many seconds after the trigger was observed, e.g.
+    `{step: 15, delay_s: 2}` = 2 s into the iteration after iteration 15 was logged."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,17 @@ PHASES = (
 COORDINATOR_PHASES = ("checkpoint.metadata", "checkpoint.commit", "checkpoint.tracker")
 """Points only the coordinator (rank 0) reaches: DCP's metadata write, the rename and the tracker update."""
 
+STEP_PHASES = ("data", "forward", "backward", "optimizer")
+"""Points every training step passes (the default phases of a random entry)."""
+
+MICROBATCH_PHASES = ("forward", "backward")
+"""Points whose `index` is the micro-batch (1-based)."""
+
+SAVE_PHASES = ("checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "checkpoint.commit",
+               "checkpoint.tracker")
+"""Points reached only while saving: at steps that are multiples of save_interval, the last step, or the
+step a graceful SIGTERM stopped at."""
+
 
 class Probe:
     """Writes this rank's history and honours the supervisor's holds. Disabled: every call returns at once."""

@@ -22,7 +22,6 @@ from chaos.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, InfrastructureError, 
 from chaos.plan import PlannedFault
 from chaos.scenario import Scenario, dump_scenario, load_scenario
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
-from chaos.workloads import launch_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,21 +110,23 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
 
     move_aside(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    config, launch = launch_spec(scenario.workload, work_dir)
+    workload, facts = scenario.workload, scenario.facts
     outcome = supervise(SupervisorConfig(
-        launch=launch, faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
+        launch=workload.launch(work_dir), faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
         launcher=scenario.launcher, run_dir=work_dir), on_progress)
     recorded, final_hash = recorded_from_history(work_dir)
     steps = sorted(recorded.metrics.get("lm loss", {}))
-    if outcome.outcome != "complete" or steps != list(range(1, config.train_iters + 1)) or final_hash is None:
+    wants_hash = workload.final_state_unavailable is None
+    if outcome.outcome != "complete" or steps != list(range(1, facts.train_iters + 1)) or \
+            (wants_hash and final_hash is None):
         output = sorted((work_dir / "attempts" / "01").glob("*.out"))
         tail = output[0].read_text(errors="replace")[-1500:] if output else ""
         raise InfrastructureError(
             f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
             f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/\n{tail}")
     meta = golden_module.new_meta(
-        golden_module.environment_fingerprint(config.device), golden_module.workload_fingerprint(config),
-        final_state_hash=final_hash, scenario=scenario.name, train_iters=config.train_iters,
+        golden_module.environment_fingerprint(facts.device), golden_module.workload_fingerprint(workload),
+        final_state_hash=final_hash, scenario=scenario.name, train_iters=facts.train_iters,
     )
     golden = dataclasses.replace(recorded, meta=meta)
     golden_module.write_golden(golden, out_path)
@@ -133,19 +134,18 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
 
 
 def golden_file_name(scenario: Scenario) -> str:
-    config = scenario.workload
-    env = golden_module.environment_fingerprint(config.device)
+    workload = scenario.workload
+    env = golden_module.environment_fingerprint(scenario.device)
     env_key = json.dumps({k: env.get(k) for k in golden_module.ENVIRONMENT_MATCH_KEYS}, sort_keys=True, default=str)
     env_hash = hashlib.sha256(env_key.encode()).hexdigest()
-    return f"{config.preset}-{golden_module.workload_fingerprint(config)[:10]}-{env_hash[:8]}.json"
+    return f"{workload.golden_prefix}-{golden_module.workload_fingerprint(workload)[:10]}-{env_hash[:8]}.json"
 
 
 def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, golden_cache: Path | None,
                   on_progress=None, say: Callable[[str], None] = print) -> GoldenChoice:
-    config = scenario.workload
     mode = scenario.golden_mode
-    env = golden_module.environment_fingerprint(config.device)
-    workload_fp = golden_module.workload_fingerprint(config)
+    env = golden_module.environment_fingerprint(scenario.device)
+    workload_fp = golden_module.workload_fingerprint(scenario.workload)
     explicit = golden_path or scenario.golden.path
     if explicit is not None:
         explicit = Path(explicit)
@@ -198,7 +198,7 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     infrastructure_error = None
     try:
         golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say)
-        _, launch = launch_spec(scenario.workload, run_dir)
+        launch = scenario.workload.launch(run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
                                              launcher=scenario.launcher, run_dir=run_dir), on_progress)
         if outcome.outcome == "interrupted":
@@ -230,8 +230,12 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     golden = golden_choice.golden if golden_choice else None
     comparison_mode = golden_choice.mode if golden_choice else scenario.golden_mode
 
+    workload = scenario.workload
+    printed = dict(workload.printed_formats)
+
     def compare(expected: dict, actual: dict):
-        return golden_module.compare(golden_module.Golden(metrics=expected), actual, comparison_mode, scenario.tolerance or None)
+        return golden_module.compare(golden_module.Golden(metrics=expected), actual, comparison_mode,
+                                     scenario.tolerance or None, printed_formats=printed)
 
     context = CheckContext(
         run_dir=run_dir,
@@ -241,10 +245,17 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         golden_final_state_hash=golden.meta.final_state_hash if golden and golden.meta else None,
         compare=compare,
         train_iters=scenario.train_iters,
-        save_interval=scenario.workload.save_interval,
+        save_interval=scenario.facts.save_interval,
         restart=scenario.restart,
         checkpoint_dir=run_dir / "checkpoints",
         golden_data_hashes=golden.data_hashes if golden else None,
+        facts=scenario.facts,
+        layout=workload.layout,
+        final_state_unavailable=workload.final_state_unavailable,
+        golden_loss_windows=golden.loss_windows if golden else {},
+        printed_formats=printed,
+        comparison_mode=comparison_mode,
+        tolerance=dict(scenario.tolerance or {}),
     )
     results = run_checks(context, list(scenario.checks))
     # tolerance: the report's plot marks off-golden points by the same rule as the comparison.

@@ -13,9 +13,8 @@ from typing import Any, Iterator, Mapping
 
 from chaos.errors import InputError
 from chaos.plan import Action, PlannedFault, Target, Trigger
-from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario.model import RandomFaults, Scenario, ScriptedFault, TargetSpec
-from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads import Workload
 
 PLAN_FORMAT = "chaos-plan/1"
 
@@ -78,7 +77,7 @@ def _expand(entry: RandomFaults, scenario: Scenario, rng: random.Random) -> Iter
     for k, step in enumerate(steps):
         phase, index = draw_phase(rng, points[step], scenario.workload)
         # only rank 0 reaches the coordinator's points: a fault there on another rank could never land
-        rank = 0 if phase in COORDINATOR_PHASES else rng.choice(candidate_ranks)
+        rank = 0 if phase in scenario.workload.phases.coordinator_phases else rng.choice(candidate_ranks)
         yield (Trigger(step=step, phase=phase, index=index, attempt=entry.attempt + k),
                Target(kind="rank", ranks=(rank,)),
                Action(kind="signal", signal=rng.choice(entry.signals)))
@@ -90,10 +89,14 @@ def mtbf_gap_s(rng: random.Random, mtbf_s: float) -> float:
     return round(rng.expovariate(1.0 / mtbf_s), 3) or 0.001
 
 
-def draw_phase(rng: random.Random, phases: tuple[str, ...], workload: GPT3Config) -> tuple[str, int | None]:
-    """One of `phases`, and for checkpoint.shard which shard file (1-based) the fault waits for."""
+def draw_phase(rng: random.Random, phases: tuple[str, ...], workload: Workload) -> tuple[str, int | None]:
+    """One of `phases`, and for checkpoint.shard which shard file (1-based) the fault waits for (the first
+    when the workload cannot say how many it writes)."""
     phase = rng.choice(phases)
-    index = rng.randint(1, workload.shard_files_per_rank) if phase == "checkpoint.shard" else None
+    index = None
+    if phase == "checkpoint.shard":
+        limit = workload.phases.index_limit(phase)
+        index = rng.randint(1, limit[0]) if limit and limit[0] else 1
     return phase, index
 
 

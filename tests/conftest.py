@@ -31,9 +31,8 @@ def small_golden(chaos_golden_cache) -> Path:
     from chaos.scenario import load_scenario_text
 
     scenario = load_scenario_text(f"workload: {SMALL_WORKLOAD}\n", "small-golden")
-    config = scenario.workload
-    found = golden_module.find_golden(chaos_golden_cache, golden_module.workload_fingerprint(config),
-                                      golden_module.environment_fingerprint(config.device))
+    found = golden_module.find_golden(chaos_golden_cache, golden_module.workload_fingerprint(scenario.workload),
+                                      golden_module.environment_fingerprint(scenario.device))
     if found is not None:
         return found
     target = chaos_golden_cache / golden_file_name(scenario)

@@ -10,7 +10,7 @@ import pytest
 from chaos import golden as golden_module
 from chaos import history as h
 from chaos.checkers import CHECKS, CheckResult, exact_compare, run_check, run_checks, verdict
-from chaos.checkers.synthetic import SyntheticRun, golden_loss, golden_samples, standard_run
+from synthetic_runs import SyntheticRun, golden_loss, golden_samples, standard_run
 from chaos.checkers.views import iteration_dir_name
 from chaos.plan import RestartPolicy
 from chaos.scenario.model import CHECK_NAMES

@@ -24,7 +24,7 @@ CALLS = Path(__file__).parent / "calls.jsonl"
 
 
 def fake_report(scenario, run_dir, seed):
-    broken = bool(scenario.workload.bugs)
+    broken = bool(scenario.workload.config.bugs)
     checks = [{"name": "faults_landed", "status": "pass", "detail": "every planned fault landed", "evidence": {}}]
     if broken:
         checks.insert(0, {"name": "trajectory", "status": "fail",

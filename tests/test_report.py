@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 from chaos import golden as golden_module
 from chaos.checkers import CheckResult, run_checks
-from chaos.checkers.synthetic import SyntheticRun, golden_loss, standard_run
+from synthetic_runs import SyntheticRun, golden_loss, standard_run
 from chaos.history import load_run_history
 from chaos.report import build_report, format_summary, read_report, render_html, write_html, write_junit, write_report
 from chaos.scenario.model import CHECK_NAMES

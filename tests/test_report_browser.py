@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chaos import golden as golden_module
-from chaos.checkers.synthetic import SyntheticRun, golden_loss
+from synthetic_runs import SyntheticRun, golden_loss
 from chaos.runner import analyze
 from chaos.schedule import plan_to_json
 

@@ -73,7 +73,7 @@ def test_flagship_attempts_follow_the_faults():
 def test_gpu_scenario_is_megatron_mode_on_cuda():
     scenario = load_scenario(ROOT / "scenarios" / "gpu" / "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml")
     assert scenario.device == "cuda"
-    assert scenario.workload.transformer_impl == "transformer_engine" and scenario.workload.bf16
+    assert scenario.workload.config.transformer_impl == "transformer_engine" and scenario.workload.config.bf16
     assert scenario.golden_mode == "megatron"
 
 
@@ -222,8 +222,10 @@ def test_errors_name_the_field(body, field, fragment):
 def test_workload_errors_come_from_the_workload_config():
     error = error_of("workload: {preset: tiny_cpu, train_iter: 8}\n", with_workload=False)
     assert error.field == "workload.train_iter" and "did you mean train_iters?" in error.message
-    error = error_of("workload: {name: gpt4}\n", with_workload=False)
-    assert error.field == "workload.name"
+    error = error_of("workload: {kind: gpt4}\n", with_workload=False)
+    assert error.field == "workload.kind" and "did you mean gpt3?" in error.message
+    error = error_of("workload: {name: gpt3}\n", with_workload=False)
+    assert error.field == "workload.name" and "unknown field" in error.message
 
 
 def test_yaml_syntax_error_has_a_line_number():

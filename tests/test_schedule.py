@@ -9,7 +9,7 @@ import pytest
 from chaos.errors import InputError
 from chaos.plan import Action, PlannedFault, Target, Trigger
 from chaos.scenario import load_scenario_text
-from chaos.scenario.model import SAVE_PHASES
+from chaos.probe import SAVE_PHASES
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
 
 WORKLOAD = ("workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 12, "

@@ -18,7 +18,8 @@ from chaos.plan import Action, PlannedFault, Target, Trigger
 from chaos.scenario import load_scenario, load_scenario_text
 from chaos.schedule import plan_faults, plan_to_json
 from chaos.soak import SoakOptions, cycle_scenario, parse_duration, read_state, run_soak, shrink
-from chaos.soak.schedule import COORDINATOR_PHASES, ScheduleOptions
+from chaos.probe import COORDINATOR_PHASES
+from chaos.soak.schedule import ScheduleOptions
 from chaos.soak.stats import coverage_matrix, percentile, restart_statistics
 from workload_runs import small_workload
 
@@ -282,5 +283,5 @@ def test_real_soak_of_a_broken_trainer_gives_a_confirmed_minimal_reproducer(tmp_
     assert record["verdict"] == "fail" and record["minimal"]["confirmed"] is True, record
     assert f"chaos run {minimal}" in printed
     scenario = load_scenario(minimal)
-    assert scenario.workload.bugs == ("no_rng_restore",) and 1 <= len(scenario.faults)
+    assert scenario.workload.config.bugs == ("no_rng_restore",) and 1 <= len(scenario.faults)
     print(f"real broken-trainer soak: {elapsed:.1f}s")

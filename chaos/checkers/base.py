@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Mapping, Protocol
 
 from chaos.history import RunHistory
 from chaos.plan import PlannedFault, RestartPolicy
+from chaos.workloads.base import CheckpointLayout, WorkloadFacts
 
 Status = Literal["pass", "fail", "skip", "error"]
 STATUSES = ("pass", "fail", "skip", "error")
@@ -45,6 +46,33 @@ class CheckContext:
     golden_data_hashes: Mapping[int, str] | None = None
     """step -> the golden's data hash (chaos.golden.Golden.data_hashes); None or empty = the golden recorded
     none, so data_order compares consumed samples only."""
+    facts: WorkloadFacts | None = None
+    """The workload's facts (keep_last, exit_on_sigterm...); None = the defaults of chaos's own trainer."""
+    layout: CheckpointLayout | None = None
+    """How a committed checkpoint looks on disk; None = chaos's manifest layout."""
+    final_state_unavailable: str | None = None
+    """Why final_state cannot decide for this workload (e.g. its trainer prints no state hash)."""
+    golden_loss_windows: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
+    """step -> steps the golden's lm loss there is the mean of (chaos.golden.Golden.loss_windows)."""
+    printed_formats: Mapping[str, str] = field(default_factory=dict)
+    """metric -> the format the trainer prints it with (values read from logs): exact = equal as printed."""
+    comparison_mode: str = "exact"
+    tolerance: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_on_sigterm(self) -> bool:
+        return self.facts.exit_on_sigterm if self.facts is not None else True
+
+    @property
+    def keep_last(self) -> int:
+        return self.facts.keep_last if self.facts is not None else 0
+
+    def checkpoint_problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
+        if self.layout is None:
+            from chaos.workloads.gpt3.layout import ManifestLayout
+
+            return ManifestLayout().problems(directory, committed)
+        return self.layout.problems(directory, committed)
 
     def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
         return (self.compare or exact_compare)(golden, actual)

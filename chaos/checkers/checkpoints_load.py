@@ -19,7 +19,7 @@ def check(ctx: CheckContext) -> CheckResult:
     checkpoint_dir = ctx.checkpoint_dir
     committed = views.committed_checkpoints(ctx.history)
     tracker = views.read_tracker(checkpoint_dir)
-    keep_last = int((views.workload_config(ctx.run_dir) or {}).get("keep_last", 0) or 0)
+    keep_last = ctx.keep_last
     corrupted = views.corrupted_iterations(ctx.history)
     iterations = sorted(set(committed) | ({tracker} if tracker else set()))
     kept = set(sorted(committed, reverse=True)[:keep_last]) if keep_last > 0 else set(committed)
@@ -29,7 +29,7 @@ def check(ctx: CheckContext) -> CheckResult:
         if not directory.exists() and keep_last > 0 and iteration not in kept and iteration != tracker:
             retired.append(iteration)
             continue
-        problems = views.checkpoint_problems(directory)
+        problems = ctx.checkpoint_problems(directory, committed.get(iteration))
         if iteration in corrupted:
             damaged_on_purpose[iteration] = problems or ["intact (the corruption did not stick)"]
             continue

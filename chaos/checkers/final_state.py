@@ -11,6 +11,8 @@ NAME = "final_state"
 
 
 def check(ctx: CheckContext) -> CheckResult:
+    if ctx.final_state_unavailable:
+        return CheckResult(NAME, "skip", ctx.final_state_unavailable)
     if not ctx.golden_final_state_hash:
         return CheckResult(NAME, "skip", "the golden records no final state hash")
     final = None

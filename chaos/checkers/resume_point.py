@@ -66,7 +66,8 @@ def check(ctx: CheckContext) -> CheckResult:
                             f"(newest committed before it); that is {kind}")
         for iteration, info in rejected.items():
             if iteration in committed and iteration not in corrupted and info.get("attempt") == index:
-                problems = views.checkpoint_problems(ctx.checkpoint_dir / views.iteration_dir_name(iteration))
+                problems = ctx.checkpoint_problems(ctx.checkpoint_dir / views.iteration_dir_name(iteration),
+                                                   committed.get(iteration))
                 if not problems:
                     failures.append(f"attempt {index} rejected iteration {iteration} ({info.get('reason')}), "
                                     f"but it is intact on disk")

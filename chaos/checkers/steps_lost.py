@@ -17,9 +17,7 @@ NAME = "steps_lost"
 def check(ctx: CheckContext) -> CheckResult:
     history = ctx.history
     landed = views.landings(history)
-    config = views.workload_config(ctx.run_dir) or {}
-    # GPT3Config.exit_on_sigterm defaults to True; a workload.yaml that omits it gets that default.
-    exit_on_sigterm = bool(config.get("exit_on_sigterm", True))
+    exit_on_sigterm = ctx.exit_on_sigterm
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []

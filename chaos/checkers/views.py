@@ -6,15 +6,12 @@ nothing in an attempt (killed before its first record) the lowest rank that did 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import yaml
-
 from chaos import history as h
 from chaos.checkpoint_layout import (  # noqa: F401  (re-exported for the checkers)
-    MANIFEST, TRACKER, iteration_dir_name, iteration_of, read_tracker, sha256_file,
+    TRACKER, iteration_dir_name, iteration_of, read_tracker,
 )
 from chaos.history import AttemptHistory, RunHistory
 
@@ -155,7 +152,10 @@ def committed_checkpoints(history: RunHistory, before_attempt: int | None = None
         if before_attempt is not None and attempt.index >= before_attempt:
             continue
         for record in attempt.events(h.CHECKPOINT_COMMITTED):
-            out.setdefault(int(record["iteration"]), {"attempt": attempt.index, "path": record.get("path")})
+            info = {"attempt": attempt.index, "path": record.get("path")}
+            if record.get("files") is not None:
+                info["files"] = record["files"]  # what an observer saw in the directory at commit (black box)
+            out.setdefault(int(record["iteration"]), info)
     return dict(sorted(out.items()))
 
 
@@ -205,36 +205,6 @@ def rejected_checkpoints(history: RunHistory, up_to_attempt: int | None = None) 
     return out
 
 
-def checkpoint_problems(directory: Path) -> list[str]:
-    """Everything wrong with a committed checkpoint directory on disk (empty = intact).
-
-    Re-implements the workload's manifest check on purpose: the checker must not trust (or import, since it
-    pulls in torch) the code it is checking."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        return [f"{directory.name} does not exist"]
-    problems = []
-    if not (directory / ".metadata").is_file():
-        problems.append(".metadata is missing")
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        return problems + [f"no {MANIFEST} (never committed)"]
-    try:
-        manifest = json.loads(manifest_path.read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return problems + [f"unreadable {MANIFEST}: {error}"]
-    for name, expected in sorted(files.items()):
-        path = directory / name
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-        elif path.stat().st_size != expected.get("size"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, committed {expected.get('size')}")
-        elif sha256_file(path) != expected.get("sha256"):
-            problems.append(f"{name} does not match its committed sha256")
-    return problems
-
-
 # ---- faults -----------------------------------------------------------------------------------------------
 def landings(history: RunHistory) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
@@ -260,13 +230,3 @@ def landed_ranks(records: Iterable[dict]) -> set[int]:
         elif value is not None:
             ranks.add(int(value))
     return ranks
-
-
-# ---- the run's own files -------------------------------------------------------------------------------
-def workload_config(run_dir: Path) -> dict[str, Any] | None:
-    """The workload config the run used (workload.yaml, written by the launcher), or None."""
-    path = Path(run_dir) / "workload.yaml"
-    if not path.is_file():
-        return None
-    data = yaml.safe_load(path.read_text())
-    return data if isinstance(data, dict) else None

@@ -19,16 +19,14 @@ import yaml
 from chaos.errors import InputError, did_you_mean
 from chaos.golden import KNOWN_METRICS
 from chaos.plan import CORRUPT_MODES, SIGNALS, Action, RestartPolicy, Trigger
-from chaos.probe import PHASES
 from chaos.scenario.model import (
-    CHECK_NAMES, GOLDEN_MODES, LAUNCHERS, MICROBATCH_PHASES, FaultSpec, GoldenSpec, RandomFaults, Scenario,
-    ScriptedFault, TargetSpec,
+    CHECK_NAMES, GOLDEN_MODES, LAUNCHERS, FaultSpec, GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec,
 )
-from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads import Workload, workload_from_mapping
 
 TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "faults", "restart", "golden", "tolerance",
             "checks")
-TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s")
+TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s")
@@ -179,14 +177,11 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     seed = read.integer(top.get("seed", 0), "seed")
     launcher = read.choice(top.get("launcher", "direct"), "launcher", LAUNCHERS)
 
-    workload_mapping = top.get("workload", {}) or {}
-    if not isinstance(workload_mapping, Mapping):
-        raise read.error("workload", f"expected a mapping (preset + overrides), got {workload_mapping!r}")
-    workload_name = workload_mapping.get("name", "gpt3")
-    if workload_name != "gpt3":
-        raise read.error("workload.name", f"unknown workload {workload_name!r}; expected 'gpt3'"
-                                          f"{did_you_mean(workload_name, ['gpt3'])}")
-    workload = GPT3Config.from_mapping(workload_mapping, source, "workload")
+    if "workload" not in top:
+        raise read.error("workload", "missing; expected the system under test, e.g. workload: {preset: tiny_cpu} "
+                                     "or workload: {kind: megatron_lm, ...}")
+    workload_mapping = top["workload"]
+    workload = workload_from_mapping(workload_mapping, source, "workload", base_dir)
 
     restart = _restart(read, top.get("restart", {}) or {})
     faults = _faults(read, top.get("faults", []) or [], workload, restart)
@@ -216,7 +211,7 @@ def _restart(read: _Fields, value: Any) -> RestartPolicy:
     )
 
 
-def _faults(read: _Fields, value: Any, workload: GPT3Config, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
+def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
     if not isinstance(value, list):
         raise read.error("faults", f"expected a list of faults, got {value!r}")
     faults: list[FaultSpec] = []
@@ -233,7 +228,7 @@ def _faults(read: _Fields, value: Any, workload: GPT3Config, restart: RestartPol
     return tuple(faults)
 
 
-def _scripted(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> ScriptedFault:
+def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> ScriptedFault:
     allowed = ("at", "trigger", "target", "signal", "corrupt", "action")
     raw = read.mapping(value, where, allowed)
     if "at" in raw and "trigger" in raw:
@@ -262,43 +257,54 @@ def _scripted(read: _Fields, value: Any, where: str, workload: GPT3Config, resta
     return ScriptedFault(trigger=trigger, target=target, action=action)
 
 
-def _trigger(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> Trigger:
+def _trigger(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> Trigger:
     raw = read.mapping(value, where, TRIGGER_KEYS)
+    rules, facts = workload.phases, workload.facts
     last_attempt = restart.max_restarts + 1
     attempt = read.integer(raw.get("attempt", 1), f"{where}.attempt", low=1, high=last_attempt,
                            high_reason=f"max_restarts={restart.max_restarts} allows {last_attempt} attempts")
     if raw.get("after_s") is not None:
-        for key in ("step", "phase", "index"):
+        for key in ("step", "phase", "index", "delay_s"):
             if key in raw:
-                raise read.error(f"{where}.{key}", "a wall-clock trigger (after_s) takes no step, phase or index")
+                raise read.error(f"{where}.{key}", "a wall-clock trigger (after_s) takes no step, phase, index or "
+                                                   "delay_s")
         return Trigger(attempt=attempt, after_s=read.number(raw["after_s"], f"{where}.after_s", strict=True))
-    if "phase" not in raw:
-        raise read.error(f"{where}.phase", f"missing; expected one of {list(PHASES)} (or after_s for a wall-clock "
-                                           "trigger)")
-    phase = read.choice(raw["phase"], f"{where}.phase", PHASES)
+    if "phase" in raw:
+        phase = read.choice(raw["phase"], f"{where}.phase", rules.phases)
+    elif rules.default_phase is not None and "step" in raw:
+        phase = rules.default_phase
+    else:
+        also = f"; or only step: N ({rules.default_phase})" if rules.default_phase else ""
+        raise read.error(f"{where}.phase", f"missing; expected one of {list(rules.phases)} (or after_s for a "
+                                           f"wall-clock trigger{also})")
     step = raw.get("step")
     if step is not None:
-        step = read.integer(step, f"{where}.step", low=1, high=workload.train_iters,
-                            high_reason=f"train_iters={workload.train_iters}")
+        step = read.integer(step, f"{where}.step", low=1, high=facts.train_iters,
+                            high_reason=f"train_iters={facts.train_iters}")
     index = raw.get("index")
     if index is not None:
-        if phase == "checkpoint.shard":
-            high, reason = workload.shard_files_per_rank, f"shard_files_per_rank={workload.shard_files_per_rank}"
-        elif phase in MICROBATCH_PHASES:
-            high, reason = workload.num_microbatches, f"the micro-batch; num_microbatches={workload.num_microbatches}"
-        else:
-            raise read.error(f"{where}.index", f"phase {phase} has no index; index is for checkpoint.shard "
-                                               f"(k-th shard file) and {' / '.join(MICROBATCH_PHASES)} (micro-batch)")
+        limit = rules.index_limit(phase)
+        if limit is None:
+            indexed = ", ".join(f"{p} ({what})" for p, (_, what) in rules.index_limits.items())
+            raise read.error(f"{where}.index", f"phase {phase} has no index; index is for {indexed or 'no phase'}")
+        high, reason = limit
         index = read.integer(index, f"{where}.index", low=1, high=high, high_reason=reason)
-    return Trigger(step=step, phase=phase, index=index, attempt=attempt)
+    delay_s = raw.get("delay_s")
+    if delay_s is not None:
+        if not rules.delay_allowed:
+            raise read.error(f"{where}.delay_s", "this workload's faults land exactly where the probe holds the rank; "
+                                                 "delay_s is for workloads followed from their logs (kind: "
+                                                 "megatron_lm): pick a phase instead")
+        delay_s = read.number(delay_s, f"{where}.delay_s", strict=True)
+    return Trigger(step=step, phase=phase, index=index, attempt=attempt, delay_s=delay_s)
 
 
-def _rank(read: _Fields, value: Any, where: str, workload: GPT3Config) -> int:
-    return read.integer(value, where, low=0, high=workload.world_size - 1,
-                        high_reason=f"a rank < world_size={workload.world_size}")
+def _rank(read: _Fields, value: Any, where: str, workload: Workload) -> int:
+    world_size = workload.facts.world_size
+    return read.integer(value, where, low=0, high=world_size - 1, high_reason=f"a rank < world_size={world_size}")
 
 
-def _target(read: _Fields, value: Any, where: str, workload: GPT3Config) -> TargetSpec:
+def _target(read: _Fields, value: Any, where: str, workload: Workload) -> TargetSpec:
     if isinstance(value, int) and not isinstance(value, bool):
         return TargetSpec(kind="rank", ranks=(_rank(read, value, where, workload),))
     if isinstance(value, str):
@@ -318,19 +324,19 @@ def _target(read: _Fields, value: Any, where: str, workload: GPT3Config) -> Targ
             raise read.error(f"{where}.ranks", f"ranks repeat: {ranks}")
         return TargetSpec(kind="ranks", ranks=tuple(sorted(ranks)))
     if kind == "node":
-        node = read.integer(inner, f"{where}.node", low=0, high=workload.nodes - 1,
-                            high_reason=f"a node < nodes={workload.nodes}")
+        nodes = workload.facts.nodes
+        node = read.integer(inner, f"{where}.node", low=0, high=nodes - 1, high_reason=f"a node < nodes={nodes}")
         return TargetSpec(kind="node", node=node)
     if kind == "all":
         if inner is not True:
             raise read.error(f"{where}.all", f"expected true (or write `target: all`), got {inner!r}")
         return TargetSpec(kind="all")
-    count = read.integer(inner, f"{where}.random", low=1, high=workload.world_size,
-                         high_reason=f"world_size={workload.world_size}")
+    world_size = workload.facts.world_size
+    count = read.integer(inner, f"{where}.random", low=1, high=world_size, high_reason=f"world_size={world_size}")
     return TargetSpec(kind="random", count=count)
 
 
-def _random(read: _Fields, value: Any, where: str, workload: GPT3Config, restart: RestartPolicy) -> RandomFaults:
+def _random(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> RandomFaults:
     raw = read.mapping(value, where, RANDOM_KEYS)
     signals = read.choices(raw.get("signals", ["SIGKILL"]), f"{where}.signals", SIGNALS)
     ranks: tuple[int, ...] = ()
@@ -366,13 +372,14 @@ def _random(read: _Fields, value: Any, where: str, workload: GPT3Config, restart
         pair = raw["steps"]
         if not (isinstance(pair, list) and len(pair) == 2):
             raise read.error(f"{where}.steps", f"expected [first, last] (inclusive), got {pair!r}")
-        low = read.integer(pair[0], f"{where}.steps[0]", low=1, high=workload.train_iters,
-                           high_reason=f"train_iters={workload.train_iters}")
+        train_iters = workload.facts.train_iters
+        low = read.integer(pair[0], f"{where}.steps[0]", low=1, high=train_iters,
+                           high_reason=f"train_iters={train_iters}")
         high = read.integer(pair[1], f"{where}.steps[1]", low=low)
         steps = (low, high)
     phases: tuple[str, ...] = ()
     if "phases" in raw:
-        phases = read.choices(raw["phases"], f"{where}.phases", PHASES)
+        phases = read.choices(raw["phases"], f"{where}.phases", workload.phases.phases)
         if "checkpoint.load" in phases:
             raise read.error(f"{where}.phases", "checkpoint.load happens once per attempt, before any step; "
                                                 "script it as a fault with at: {phase: checkpoint.load, attempt: N}")
@@ -432,7 +439,7 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     if scenario.description:
         out["description"] = scenario.description
     out["seed"] = scenario.seed
-    out["workload"] = _plain(scenario.workload_mapping)
+    out["workload"] = _plain(scenario.workload.scenario_mapping(scenario.workload_mapping))
     out["launcher"] = scenario.launcher
     out["restart"] = asdict(scenario.restart)
     out["faults"] = [_fault_to_mapping(fault) for fault in scenario.faults]

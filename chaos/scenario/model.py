@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from chaos.plan import Action, RestartPolicy, Trigger
-from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads.base import Workload, WorkloadFacts
 
 CHECK_NAMES = (
     "trajectory",
@@ -29,18 +29,6 @@ CHECK_NAMES = (
 
 LAUNCHERS = ("direct", "torchrun")
 GOLDEN_MODES = ("exact", "megatron")
-
-STEP_PHASES = ("data", "forward", "backward", "optimizer")
-"""Probe points every training step passes (the default phases of a random entry)."""
-
-MICROBATCH_PHASES = ("forward", "backward")
-"""Probe points whose `index` is the micro-batch (1-based)."""
-
-SAVE_PHASES = ("checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "checkpoint.commit",
-               "checkpoint.tracker")
-"""Probe points reached only while saving: at steps that are multiples of save_interval, the last step,
-or the step a graceful SIGTERM stopped at."""
-
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -94,15 +82,16 @@ class RandomFaults:
     def is_mtbf(self) -> bool:
         return self.mtbf_s is not None
 
-    def candidate_points(self, config: GPT3Config) -> dict[int, tuple[str, ...]]:
+    def candidate_points(self, workload: Workload) -> dict[int, tuple[str, ...]]:
         """Step mode: step -> the phases a fault there can land in. Save phases only count at steps that
         save (multiples of save_interval and the last step), so a planned fault never waits in vain."""
-        low, high = self.steps or (1, config.train_iters)
-        phases = self.phases or STEP_PHASES
+        facts, rules = workload.facts, workload.phases
+        low, high = self.steps or (1, facts.train_iters)
+        phases = self.phases or rules.step_phases
         points: dict[int, tuple[str, ...]] = {}
-        for step in range(max(low, 1), min(high, config.train_iters) + 1):
-            saves = step % config.save_interval == 0 or step == config.train_iters
-            allowed = tuple(p for p in phases if saves or p not in SAVE_PHASES)
+        for step in range(max(low, 1), min(high, facts.train_iters) + 1):
+            saves = step % facts.save_interval == 0 or step == facts.train_iters
+            allowed = tuple(p for p in phases if saves or p not in rules.save_phases)
             if allowed:
                 points[step] = allowed
         return points
@@ -122,10 +111,10 @@ class GoldenSpec:
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    workload: GPT3Config
-    """The validated workload configuration (checkpoint paths not yet pointed at a run directory)."""
+    workload: Workload
+    """The validated workload (chaos.workloads.base.Workload; not yet pointed at a run directory)."""
     workload_mapping: dict[str, Any]
-    """The `workload:` mapping as written (preset + overrides): what GPT3Config.from_mapping validated."""
+    """The `workload:` mapping as written (kind, preset + overrides): what the workload kind validated."""
     description: str = ""
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
@@ -142,20 +131,24 @@ class Scenario:
     """Relative paths in the scenario (golden.path) resolve against this first, then the working directory."""
 
     @property
+    def facts(self) -> WorkloadFacts:
+        return self.workload.facts
+
+    @property
     def world_size(self) -> int:
-        return self.workload.world_size
+        return self.facts.world_size
 
     @property
     def nodes(self) -> int:
-        return self.workload.nodes
+        return self.facts.nodes
 
     @property
     def train_iters(self) -> int:
-        return self.workload.train_iters
+        return self.facts.train_iters
 
     @property
     def device(self) -> str:
-        return self.workload.device
+        return self.facts.device
 
     @property
     def golden_mode(self) -> str:
@@ -165,5 +158,4 @@ class Scenario:
         return "exact" if self.device == "cpu" else "megatron"
 
     def node_ranks(self, node: int) -> tuple[int, ...]:
-        k = self.world_size // self.nodes  # ranks per simulated node
-        return tuple(range(node * k, (node + 1) * k))
+        return self.facts.node_ranks(node)

@@ -15,17 +15,20 @@ from dataclasses import dataclass
 
 from chaos.errors import InputError
 from chaos.plan import SIGNALS, Action, Trigger
-from chaos.probe import COORDINATOR_PHASES
 from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec, load_scenario_mapping, scenario_to_mapping
-from chaos.scenario.model import SAVE_PHASES, STEP_PHASES
 from chaos.schedule import draw_phase, mtbf_gap_s
 
 DEFAULT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGABRT")
 """Signals a soak draws from unless told otherwise. SIGSTOP is left out by default: each one costs a full
 hang timeout (restart.hang_timeout_s) before the supervisor may tear the attempt down."""
 
-SOAK_PHASES = STEP_PHASES + SAVE_PHASES
-# COORDINATOR_PHASES (chaos.probe): only rank 0 passes them, so a fault there must target rank 0 or its node.
+
+def soak_phases(scenario: Scenario) -> tuple[str, ...]:
+    """Where a soak draws its faults: every step phase and every save phase of the workload. (Its
+    coordinator phases are reached by rank 0 only: a fault there targets rank 0 or its node.)"""
+    rules = scenario.workload.phases
+    return tuple(dict.fromkeys(rules.step_phases + rules.save_phases))
+
 NODE_TARGET_PROBABILITY = 0.25
 """With several simulated nodes, this share of faults takes a whole node down (a host dropping out)."""
 
@@ -81,13 +84,13 @@ def random_faults(base: Scenario, seed: int, options: ScheduleOptions = Schedule
         return tuple(ScriptedFault(trigger=Trigger(attempt=k + 1, after_s=mtbf_gap_s(rng, options.mtbf_s)),
                                    target=_draw_target(rng, base), action=Action("signal", signal=rng.choice(options.signals)))
                      for k in range(count))
-    points = RandomFaults(phases=SOAK_PHASES).candidate_points(workload)
+    points = RandomFaults(phases=soak_phases(base)).candidate_points(workload)
     count = rng.randint(1, min(budget, len(points)))
     faults = []
     for k, step in enumerate(sorted(rng.sample(sorted(points), count))):
         phase, index = draw_phase(rng, points[step], workload)
         faults.append(ScriptedFault(trigger=Trigger(step=step, phase=phase, index=index, attempt=k + 1),
-                                    target=_draw_target(rng, base, coordinator_only=phase in COORDINATOR_PHASES),
+                                    target=_draw_target(rng, base, coordinator_only=phase in workload.phases.coordinator_phases),
                                     action=Action("signal", signal=rng.choice(options.signals))))
     return tuple(faults)
 

@@ -11,11 +11,12 @@ import statistics
 from typing import Any, Iterable
 
 from chaos.plan import SIGNALS
-from chaos.scenario.model import SAVE_PHASES, STEP_PHASES
+from chaos.probe import SAVE_PHASES, STEP_PHASES
 
 WALL_CLOCK = "wall-clock"
 """The coverage row of faults triggered by time rather than at a probe point."""
-PHASE_ORDER = STEP_PHASES + SAVE_PHASES + ("checkpoint.load", WALL_CLOCK)
+PHASE_ORDER = ("iteration",) + STEP_PHASES + SAVE_PHASES + ("checkpoint.load", WALL_CLOCK)
+"""Rows in this order (probe points, then the black-box `iteration`); other phases follow, sorted."""
 
 
 def coverage_matrix(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:

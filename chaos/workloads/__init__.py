@@ -1,50 +1,37 @@
-"""The systems under test. The supervisor sees a workload only through LaunchSpec: a command, a world size,
-where its checkpoints go. No torch here: rank-side code lives in the workload's own modules."""
+"""The systems under test, behind one seam (chaos.workloads.base.Workload). A scenario's `workload:`
+mapping names its `kind` (default gpt3); the kind's module validates the rest, torch-free.
+
+Adding a kind = one folder with a module exposing `from_mapping(mapping, source, field_prefix, base_dir)`
++ one line in KINDS. Modules are imported only when a scenario asks for their kind."""
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
+import importlib
 from pathlib import Path
 from typing import Any, Mapping
 
+from chaos.errors import InputError, did_you_mean
+from chaos.workloads.base import LaunchSpec, PhaseRules, Workload, WorkloadFacts
+
+KINDS: dict[str, str] = {
+    "gpt3": "chaos.workloads.gpt3.workload",              # chaos's megatron-core GPT-3 trainer (probe)
+    "megatron_lm": "chaos.workloads.megatron_lm.workload",  # an unmodified Megatron-LM job (black box)
+}
+DEFAULT_KIND = "gpt3"
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
-    """How to start one attempt of a workload."""
-
-    argv: tuple[str, ...]
-    """The per-rank command (torchrun runs it as its entry point; the direct launcher runs it per rank)."""
-    world_size: int
-    nodes: int
-    """Simulated hosts: ranks are split evenly; a `node` target kills all ranks of one."""
-    checkpoint_dir: Path
-    train_iters: int
-    save_interval: int
-    env: Mapping[str, str] = field(default_factory=dict)
-
-    @property
-    def ranks_per_node(self) -> int:
-        return self.world_size // self.nodes
+def workload_from_mapping(mapping: Any, source: str, field_prefix: str = "workload",
+                          base_dir: Path | None = None) -> Workload:
+    """The validated workload a scenario's `workload:` mapping describes (InputError on anything wrong)."""
+    if not isinstance(mapping, Mapping) or not mapping:
+        raise InputError(source, field_prefix, f"expected a mapping with the workload's settings (kind: "
+                                               f"{' | '.join(KINDS)}, default {DEFAULT_KIND}), got {mapping!r}")
+    kind = mapping.get("kind", DEFAULT_KIND)
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise InputError(source, f"{field_prefix}.kind", f"unknown workload kind {kind!r}; expected one of "
+                                                         f"{list(KINDS)}{did_you_mean(kind, list(KINDS))}")
+    module = importlib.import_module(KINDS[kind])
+    return module.from_mapping(mapping, source, field_prefix, base_dir)
 
 
-def launch_spec(config: Any, run_dir: Path) -> tuple[Any, LaunchSpec]:
-    """Points a validated workload config at run_dir (checkpoints live inside it) and says how to start it."""
-    from chaos.workloads.gpt3.config import GPT3Config
-
-    if not isinstance(config, GPT3Config):
-        raise TypeError(f"unsupported workload config {type(config).__name__}")
-    config = config.with_run_dir(run_dir)
-    config_path = Path(run_dir) / "workload.yaml"
-    config.write_yaml(config_path)
-    argv = (sys.executable, "-m", "chaos.workloads.gpt3", str(config_path))
-    return config, LaunchSpec(
-        argv=argv,
-        world_size=config.world_size,
-        nodes=config.nodes,
-        checkpoint_dir=Path(config.save_dir),
-        train_iters=config.train_iters,
-        save_interval=config.save_interval,
-        env={"OMP_NUM_THREADS": "1"} if config.device == "cpu" else {},
-    )
+__all__ = ["KINDS", "LaunchSpec", "PhaseRules", "Workload", "WorkloadFacts", "workload_from_mapping"]

@@ -26,6 +26,7 @@ BUGS = (
     "skip_step_on_resume",   # resume starts one step after the checkpoint (a step is lost)
     "upstream_loss_mask_cache",  # megatron-core's GPTDataset mask cache as shipped: a process's first
                                  # sample's pad positions are masked in all its later samples
+    "load_previous",         # a resume loads the newest-but-one committed checkpoint (an older one)
 )
 
 
@@ -122,7 +123,7 @@ class GPT3Config:
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         for key, raw in mapping.items():
-            if key in ("name", "preset"):
+            if key == "preset":
                 continue
             if key not in names:
                 raise InputError(

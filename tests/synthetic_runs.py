@@ -1,6 +1,6 @@
 """Synthetic runs: histories and checkpoint directories written the way a correct trainer and supervisor
 would, in milliseconds and without torch, so checkers and reports can be tested (and a bug planted)
-without training anything. Tests drive it; nothing in a real run imports it.
+without training anything. A test helper: it lives with the tests, never in the package.
 
     run = SyntheticRun(tmp_path)
     kill = run.fault("f1", step=6, phase="backward", ranks=(1,))
@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
 from chaos import history as h
 from chaos.checkers.base import CheckContext
-from chaos.checkers.views import MANIFEST, TRACKER, iteration_dir_name
+from chaos.checkpoint_layout import MANIFEST, TRACKER, iteration_dir_name
 from chaos.history import HistoryWriter, load_run_history
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
+from chaos.workloads.base import WorkloadFacts
 
 GOLDEN_FINAL_HASH = "ab" * 32
 
@@ -197,15 +196,15 @@ class SyntheticRun:
         self.sup(h.RUN_END, outcome=outcome)
         self.supervisor.close()
         (self.run_dir / "plan.json").write_text(json.dumps([f.to_dict() for f in self.plan]))
-        (self.run_dir / "workload.yaml").write_text(yaml.safe_dump(
-            {"train_iters": self.train_iters, "save_interval": self.save_interval, "keep_last": self.keep_last,
-             "exit_on_sigterm": self.exit_on_sigterm, "world_size": self.world_size}))
 
     def context(self, **overrides: Any) -> CheckContext:
         values = dict(run_dir=self.run_dir, history=load_run_history(self.run_dir), plan=tuple(self.plan),
                       golden_metrics=self.golden_metrics(), golden_final_state_hash=GOLDEN_FINAL_HASH, compare=None,
                       train_iters=self.train_iters, save_interval=self.save_interval, restart=self.restart,
-                      checkpoint_dir=self.checkpoint_dir)
+                      checkpoint_dir=self.checkpoint_dir,
+                      facts=WorkloadFacts(world_size=self.world_size, nodes=1, train_iters=self.train_iters,
+                                          save_interval=self.save_interval, exit_on_sigterm=self.exit_on_sigterm,
+                                          device="cpu", keep_last=self.keep_last))
         values.update(overrides)
         return CheckContext(**values)
 

@@ -1,0 +1,144 @@
+"""The seam between chaos and a system under test, modelled on Jepsen's `DB` protocol: everything the
+scenario loader, the schedule, the runner, the supervisor and the checkers need to know about a workload,
+and nothing more. A workload kind is one folder under chaos/workloads/ plus one line in its registry.
+
+Two ways of following a rank (Workload.observation):
+- "probe": the trainer calls chaos.probe. A fault lands exactly: the probe holds the rank at the planned
+  point until the supervisor's signal is out.
+- "log": the trainer knows nothing about chaos. Its own log lines and its checkpoint directory are
+  watched from outside (chaos.blackbox); a fault lands where the rank is *observed* to be, and the record
+  says what was observed and how long after the trigger the signal went out.
+
+Torch-free: the supervisor and the checkers import this and must never pull in torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Protocol
+
+ObservationMode = Literal["probe", "log"]
+
+
+@dataclass(frozen=True)
+class WorkloadFacts:
+    """What the checks and the schedule need to know about a workload's run."""
+
+    world_size: int
+    nodes: int
+    """Simulated hosts: ranks are split evenly; a `node` target kills all ranks of one."""
+    train_iters: int
+    save_interval: int
+    exit_on_sigterm: bool
+    """SIGTERM means save and exit (Megatron's --exit-signal-handler): no step may be lost to it."""
+    device: str
+    """cpu | cuda: decides the default golden comparison (bitwise on cpu, Megatron's tolerances on cuda)."""
+    keep_last: int = 0
+    """Retention: only the newest k committed checkpoints stay on disk (0 = all)."""
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+    def node_ranks(self, node: int) -> tuple[int, ...]:
+        k = self.ranks_per_node
+        return tuple(range(node * k, (node + 1) * k))
+
+
+@dataclass(frozen=True)
+class PhaseRules:
+    """Where a fault of this workload can be triggered, and what a trigger's fields mean there."""
+
+    phases: tuple[str, ...]
+    """Every phase a trigger may name."""
+    step_phases: tuple[str, ...]
+    """Reached at every step: the default candidates of a random entry."""
+    save_phases: tuple[str, ...]
+    """Reached only at steps that save (multiples of save_interval, the last step, a graceful stop)."""
+    coordinator_phases: tuple[str, ...] = ()
+    """Reached by rank 0 only: a fault there on another rank could never land."""
+    index_limits: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
+    """phase -> (highest index, or None when unbounded; what the index counts). Phases not listed take no index."""
+    default_phase: str | None = None
+    """The phase `at: {step: N}` means when no phase is written (None: a phase must be written)."""
+    delay_allowed: bool = False
+    """`delay_s` (fire this long after the trigger was observed) is meaningful: observed landings only."""
+    exact: bool = True
+    """True: the probe holds the rank, landing is exact. False: landing is observed (black box)."""
+
+    def index_limit(self, phase: str) -> tuple[int | None, str] | None:
+        return self.index_limits.get(phase)
+
+
+class CheckpointLayout(Protocol):
+    """How a workload's checkpoints look on disk, as the tester reads them (torch-free)."""
+
+    tracker_name: str
+    """The file that names the latest committed iteration, inside the checkpoint directory."""
+
+    def problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
+        """Everything wrong with a committed iteration directory (empty = intact). `committed` is what the
+        commit record said about it (e.g. the file sizes the tester saw when the tracker named it)."""
+        ...
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """How to start one attempt of a workload: all the supervisor knows about it."""
+
+    argv: tuple[str, ...]
+    """The per-rank command (torchrun runs it as its entry point; the direct launcher runs it per rank)."""
+    world_size: int
+    nodes: int
+    """Simulated hosts: ranks are split evenly; a `node` target kills all ranks of one."""
+    checkpoint_dir: Path
+    train_iters: int
+    save_interval: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    """Working directory of every rank (None: the supervisor's)."""
+    observation: ObservationMode = "probe"
+    follower: Callable[..., Any] | None = None
+    """observation == "log": builds the attempt's follower (chaos.blackbox.follower.Follower's `reader`
+    argument factory: rank -> a reader turning that rank's output lines into history records)."""
+    tracker_name: str = "latest_checkpointed_iteration.txt"
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.world_size // self.nodes
+
+
+class Workload(Protocol):
+    """A validated workload of some kind (what a scenario's `workload:` mapping became)."""
+
+    kind: str
+    facts: WorkloadFacts
+    phases: PhaseRules
+    layout: CheckpointLayout
+    observation: ObservationMode
+    golden_prefix: str
+    """File-name prefix of the goldens recorded for it (a preset name, or the kind)."""
+    final_state_unavailable: str | None
+    """Why the final_state check cannot decide for this workload (None: the trainer reports a state hash)."""
+    printed_formats: Mapping[str, str]
+    """golden metric -> the printf format the trainer prints it with, for workloads read from their logs:
+    exact comparison then means equal *as printed*. Empty: values are exact floats."""
+
+    def launch(self, run_dir: Path) -> LaunchSpec:
+        """Points the workload at run_dir (its checkpoints live inside it, nothing is written outside),
+        writes whatever it needs there, and says how to start an attempt."""
+        ...
+
+    def fingerprint_mapping(self) -> Mapping[str, Any]:
+        """What decides the numbers (not where files go, nor how often they are saved)."""
+        ...
+
+    def describe(self) -> str:
+        """One line for people: what runs."""
+        ...
+
+    def scenario_mapping(self, as_written: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The `workload:` mapping to store in a run directory's scenario.yaml: valid from anywhere (relative
+        paths resolved), and validating to this same workload."""
+        ...

@@ -1,0 +1,85 @@
+"""`kind: gpt3` (the default): chaos's own megatron-core GPT-3 trainer behind the workload seam.
+
+Followed through the probe: faults land exactly where planned. Torch-free (the config and the tester-side
+checkpoint layout only); the trainer itself runs in the ranks."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from chaos.probe import COORDINATOR_PHASES, MICROBATCH_PHASES, PHASES, SAVE_PHASES, STEP_PHASES
+from chaos.workloads.base import LaunchSpec, PhaseRules, WorkloadFacts
+from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads.gpt3.layout import ManifestLayout
+
+KIND = "gpt3"
+
+
+@dataclass(frozen=True)
+class GPT3Workload:
+    config: GPT3Config
+    kind: str = KIND
+    observation: str = "probe"
+    final_state_unavailable: str | None = None
+
+    @property
+    def facts(self) -> WorkloadFacts:
+        c = self.config
+        return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
+                             save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device,
+                             keep_last=c.keep_last)
+
+    @property
+    def phases(self) -> PhaseRules:
+        c = self.config
+        limits = {"checkpoint.shard": (c.shard_files_per_rank, f"the k-th shard file; shard_files_per_rank="
+                                                               f"{c.shard_files_per_rank}")}
+        for phase in MICROBATCH_PHASES:
+            limits[phase] = (c.num_microbatches, f"the micro-batch; num_microbatches={c.num_microbatches}")
+        return PhaseRules(phases=PHASES, step_phases=STEP_PHASES, save_phases=SAVE_PHASES,
+                          coordinator_phases=COORDINATOR_PHASES, index_limits=limits)
+
+    @property
+    def layout(self) -> ManifestLayout:
+        return ManifestLayout()
+
+    @property
+    def golden_prefix(self) -> str:
+        return self.config.preset
+
+    @property
+    def printed_formats(self) -> Mapping[str, str]:
+        return {}  # the probe reports full-precision floats
+
+    def launch(self, run_dir: Path) -> LaunchSpec:
+        config = self.config.with_run_dir(run_dir)
+        config_path = Path(run_dir) / "workload.yaml"
+        config.write_yaml(config_path)
+        return LaunchSpec(
+            argv=(sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)),
+            world_size=config.world_size,
+            nodes=config.nodes,
+            checkpoint_dir=Path(config.save_dir),
+            train_iters=config.train_iters,
+            save_interval=config.save_interval,
+            env={"OMP_NUM_THREADS": "1"} if config.device == "cpu" else {},
+        )
+
+    def fingerprint_mapping(self) -> Mapping[str, Any]:
+        return self.config.fingerprint_mapping()
+
+    def scenario_mapping(self, as_written: Mapping[str, Any]) -> Mapping[str, Any]:
+        return as_written  # preset + overrides: the shortest explicit form, and it holds no paths
+
+    def describe(self) -> str:
+        c = self.config
+        return f"gpt3 {c.preset}: TP{c.tensor_parallel} x DP{c.data_parallel} on {c.device}, {c.train_iters} steps"
+
+
+def from_mapping(mapping: Mapping[str, Any], source: str, field_prefix: str = "workload",
+                 base_dir: Path | None = None) -> GPT3Workload:
+    body = {key: value for key, value in mapping.items() if key != "kind"}
+    return GPT3Workload(GPT3Config.from_mapping(body, source, field_prefix))
