@@ -364,6 +364,9 @@ class Checkpointer:
         if latest is None:
             return []
         older = sorted((i for i in self._iteration_dirs(directory) if i < latest), reverse=True)
+        if self.config.has_bug("load_previous") and older:
+            # Deliberately wrong: pass over the checkpoint the tracker names and resume from the one before.
+            return older
         return [latest] + older
 
     def load(self, model, optimizer, scheduler, layouts, progress: TrainProgress) -> TrainProgress:

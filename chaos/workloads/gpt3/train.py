@@ -152,8 +152,7 @@ class Trainer:
             probe.step_begin(step)
             metrics = self.train_step(step)
             probe.metrics(step, **metrics)
-            if self.dims.rank == 0:
-                print(format_log_line(step, config, metrics), flush=True)
+            self.log_iteration(step, metrics)
             probe.step_end(step)
             self.checkpointer.finalize_async(wait=False)
             if step % config.save_interval == 0 or step == config.train_iters:
@@ -171,6 +170,11 @@ class Trainer:
         probe.final_state(config.train_iters, self.state_hash())
         probe.train_end(config.train_iters, "complete")
         return 0
+
+    def log_iteration(self, step: int, metrics: dict) -> None:
+        """Prints the step's log line (rank 0, Megatron's iteration format); a subclass may print its own."""
+        if self.dims.rank == 0:
+            print(format_log_line(step, self.config, metrics), flush=True)
 
     def _any_rank_asked_to_exit(self) -> bool:
         flag = torch.tensor([1 if self.exit_requested else 0], dtype=torch.int32, device=self.dims.device)
