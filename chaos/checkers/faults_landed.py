@@ -1,5 +1,9 @@
 """Oracle 7: every planned fault landed where it was planned. A fault that did not land, or landed
-elsewhere, means the run did not test what it claims: status `error` (unknown), never `pass` or `fail`."""
+elsewhere, means the run did not test what it claims: status `error` (unknown), never `pass` or `fail`.
+
+Held landings (the probe stopped the rank at the point) are exact. Observed landings (an unmodified
+trainer, chaos.supervisor.observed) pass when what was observed when the signal went out still matched the
+trigger: its window was open (e.g. the next iteration not yet logged)."""
 
 from __future__ import annotations
 
@@ -43,7 +47,15 @@ def _planned_place(fault) -> dict:
 
 
 def _place(record: dict) -> dict:
-    return {key: record.get(key) for key in ("attempt", "rank", "step", "phase", "index", "action", "signal")}
+    place = {key: record.get(key) for key in ("attempt", "rank", "step", "phase", "index", "action", "signal")}
+    observed = record.get("observed")
+    if observed:
+        place["landing"] = "observed"
+        place["latency_s"] = observed.get("latency_s")
+        place["window"] = observed.get("window")
+    else:
+        place["landing"] = "held" if record.get("held") else "wall-clock"
+    return place
 
 
 def _describe(place: dict) -> str:
@@ -63,6 +75,10 @@ def _mismatches(fault, records: list[dict]) -> list[str]:
             wrong.append(f"phase {record.get('phase')}, planned {trigger.phase}")
         if trigger.index is not None and record.get("index") is not None and int(record["index"]) != trigger.index:
             wrong.append(f"index {record['index']}, planned {trigger.index}")
+        observed = record.get("observed") or {}
+        if observed and not observed.get("window_open", True):
+            wrong.append(f"the signal went out after the trigger's window closed ({observed.get('window')}; "
+                         f"{observed.get('latency_s')} s after the trigger was seen)")
     ranks = views.landed_ranks(records)
     if fault.target.ranks and (ranks or fault.action.kind == "signal") and ranks != set(fault.target.ranks):
         wrong.append(f"ranks {sorted(ranks)}, planned {sorted(fault.target.ranks)}")

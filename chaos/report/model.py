@@ -54,6 +54,13 @@ def faults_table(ctx: CheckContext) -> list[dict[str, Any]]:
             landing = {key: first.get(key) for key in ("rank", "attempt", "step", "phase", "index", "signal")}
             landing["ranks"] = sorted(views.landed_ranks(records))
             landing["action"] = first.get("action")
+            observed = first.get("observed")
+            if observed:  # a black-box landing: say how precise it was and what was seen when it went out
+                landing["landing"] = "observed"
+                landing["observed"] = {key: observed.get(key) for key in (
+                    "latency_s", "delay_s", "window_open", "window", "last_iteration_logged", "tracker", "files")}
+            else:
+                landing["landing"] = "held" if first.get("held") else "wall-clock"
         row = {"planned": fault.to_dict(), "landed": landing}
         if fault.id in missed:
             row["missed"] = "; ".join(str(r.get("reason")) for r in missed[fault.id])

@@ -47,4 +47,11 @@ def _fault_line(fault: dict[str, Any]) -> str:
     where = f"step {landed.get('step')} {landed.get('phase') or ''}".rstrip()
     if landed.get("index") is not None:
         where += f" #{landed['index']}"
-    return f"fault {planned['id']} {action} -> rank {','.join(str(r) for r in ranks)}, attempt {landed.get('attempt')}, {where}"
+    if planned["trigger"].get("delay_s"):
+        where += f" +{planned['trigger']['delay_s']}s"
+    how = ""
+    observed = landed.get("observed")
+    if observed:
+        how = f" (observed, signal {observed.get('latency_s', 0) * 1000:.1f} ms after the trigger was seen)"
+    return (f"fault {planned['id']} {action} -> rank {','.join(str(r) for r in ranks)}, attempt {landed.get('attempt')}, "
+            f"{where}{how}")

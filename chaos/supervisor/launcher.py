@@ -22,7 +22,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor.processes import TrackedProcess
-from chaos.workloads import LaunchSpec
+from chaos.workloads.base import LaunchSpec
 
 MASTER_ADDR = "127.0.0.1"
 
@@ -59,11 +59,11 @@ def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
     return env
 
 
-def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen:
+def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
         return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, cwd=cwd)
     except OSError as error:
         raise InfrastructureError(f"cannot launch {argv[0]!r}: {error}") from error
     finally:
@@ -85,7 +85,7 @@ def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProces
                 "GROUP_RANK": str(rank // per_node),
                 "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
             })
-            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out"))
+            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out", spec.cwd))
             processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=rank // per_node))
     except BaseException:
         _kill_started(started, processes)
@@ -141,7 +141,7 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
     try:
         for node in range(spec.nodes):
             argv = torchrun_argv(spec, launch, node, run_id)
-            started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out"))
+            started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out", spec.cwd))
             processes.append(TrackedProcess.from_popen(started[-1], role="agent", node=node))
     except BaseException:
         _kill_started(started, processes)

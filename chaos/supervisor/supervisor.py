@@ -27,12 +27,16 @@ from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy
 from chaos.supervisor import launcher
 from chaos.supervisor.control_server import Connection, ControlServer
+from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
                                         returncode_signal, teardown)
-from chaos.workloads import LaunchSpec
+from chaos.workloads.base import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
 CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, ...
+OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
+                                   # seen by the black-box follower (log-observed workloads)
+OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
 AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
 RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
 
@@ -175,7 +179,7 @@ class _Supervisor:
     def __init__(self, config: SupervisorConfig, on_progress: Callable[[dict], None] | None) -> None:
         self.config = config
         self.on_progress = on_progress
-        self.run_dir = Path(config.run_dir)
+        self.run_dir = Path(config.run_dir).resolve()  # ranks may run elsewhere (LaunchSpec.cwd)
         self.started = time.monotonic()
         self.landed: list[dict] = []
         self.missed: list[dict] = []
@@ -255,6 +259,8 @@ class _Attempt:
         self._last_report = 0.0
         self._reported_step: int | None = None
         self._exit_reported: set[int] = set()
+        self.observed: ObservedTriggers | None = None
+        """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -265,11 +271,16 @@ class _Attempt:
         self.selector.register(server.listener, selectors.EVENT_READ, ("accept", None))
         self.selector.register(self.sup.interrupt.read_fd, selectors.EVENT_READ, ("interrupt", None))
         try:
+            if self.spec.observation == "log":
+                self._start_observing()
             self._launch()
             self._watch()
         finally:
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
             result = teardown(self.table, self.config.restart.teardown_grace_s)
+            if self.observed is not None:
+                self._observe(final=True)  # what the ranks wrote before they died
+                self.observed.close()
             self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
                             grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
                             sigkill=result.sigkill, survivors=result.survivors)
@@ -315,6 +326,8 @@ class _Attempt:
                     self._on_readable(subject)
                 elif kind == "interrupt":
                     self.sup.interrupt.drain()
+                elif kind == "observe":
+                    self._observe()
             if self.sup.interrupt.requested and self.end is None:
                 self.end = "interrupted"
             if self.end is None:
@@ -356,9 +369,12 @@ class _Attempt:
         self.ranks[rank] = _Rank(rank, connection, process,
                                  _HistoryTail(history.rank_history_path(self.sup.run_dir, self.number, rank)))
         self.sup.record(history.RANK_HELLO, attempt=self.number, rank=rank, pid=pid, node=process.node)
-        holds = [{"fault_id": s.fault.id, "step": s.fault.trigger.step, "phase": s.fault.trigger.phase,
-                  "index": s.fault.trigger.index}
-                 for s in self.faults.values() if s.fault.trigger.phase is not None and rank in s.fault.target.ranks]
+        if self.observed is not None:
+            self.observed.follower.rank_started(rank, pid)
+        holds = [] if self.observed is not None else [  # an unmodified trainer cannot be held
+            {"fault_id": s.fault.id, "step": s.fault.trigger.step, "phase": s.fault.trigger.phase,
+             "index": s.fault.trigger.index}
+            for s in self.faults.values() if s.fault.trigger.phase is not None and rank in s.fault.target.ranks]
         connection.send({"type": "plan", "holds": holds})
         if len(self.ranks) == self.spec.world_size:
             self.last_progress = time.monotonic()
@@ -428,6 +444,8 @@ class _Attempt:
             if returncode != 0 and self.end is None:
                 self.end = "crashed"
         else:
+            if self.observed is not None:
+                self._observe()  # the lines it printed last (e.g. Megatron's exit message) decide its end
             rank = self.ranks.get(process.rank)
             if rank is not None:
                 rank.tail.poll()
@@ -460,7 +478,8 @@ class _Attempt:
         self.end = {"complete": "complete", "preempted": "preempted"}.get(reason, "crashed")
 
     # ---- faults ---------------------------------------------------------------------------------------
-    def _land(self, state: _FaultState, ranks: list[int], held: bool = True) -> None:
+    def _land(self, state: _FaultState, ranks: list[int], held: bool = True,
+              observed: dict | None = None) -> None:
         fault = state.fault
         targets = [self.ranks[r].process for r in ranks]
         extra = self._agents_dying_with(fault) if fault.action.kind == "signal" else []
@@ -483,15 +502,18 @@ class _Attempt:
             hold = state.held.get(r)
             if hold is not None:
                 step, phase, index = hold["step"], hold["phase"], hold["index"]
+            elif observed is not None:
+                step, phase, index = observed["step"], observed["phase"], observed["index"]
             else:
                 tail = self.ranks[r].tail
                 tail.poll()
                 step, phase, index = tail.step, tail.phase, None
             state.landed_ranks.add(r)
+            extra = {"observed": observed} if observed is not None else {}
             self.sup.landed.append(self.sup.record(
                 history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
                 phase=phase, index=index, action=fault.action.kind, signal=fault.action.signal, held=held,
-                node=process.node))
+                node=process.node, **extra))
             if fault.action.signal in FATAL_BY_DEFAULT:
                 self.ranks[r].awaiting_death = True
         if fault.action.signal not in FATAL_BY_DEFAULT:
@@ -555,9 +577,46 @@ class _Attempt:
                 history.FAULT_MISSED, fault_id=fault.id, attempt=self.number,
                 landed_ranks=sorted(state.landed_ranks), reason="; ".join(reasons)))
 
+    # ---- observed faults (log-observed workloads) -----------------------------------------------------
+    def _start_observing(self) -> None:
+        from chaos.blackbox.follower import Follower
+
+        spec = self.spec
+        follower = Follower(self.sup.run_dir, self.number, spec.world_size, spec.checkpoint_dir, spec.tracker_name,
+                            spec.follower)
+        self.observed = ObservedTriggers(follower, [s.fault for s in self.faults.values()])
+        self.sup.record(OBSERVER, attempt=self.number, watch_mode=follower.watch_mode,
+                        fallback_reason=follower.watcher.fallback_reason)
+        if follower.fileno() is not None:
+            self.selector.register(follower.fileno(), selectors.EVENT_READ, ("observe", None))
+
+    def _observe(self, final: bool = False) -> None:
+        """Reads what the follower saw, records checkpoint-directory events, and lands the faults whose
+        trigger was observed (at once, or delay_s later)."""
+        assert self.observed is not None
+        now = time.monotonic()
+        grew, seen = self.observed.follower.poll(final=final)
+        if grew:
+            self.last_progress = now
+        for observation in seen:
+            if observation.rank is None:
+                self.sup.record(OBSERVED, attempt=self.number, phase=observation.phase, step=observation.step,
+                                index=observation.index, seen_mono=observation.mono, **observation.fields)
+        if final:
+            return
+        for fault_id, evidence in self.observed.due(seen, now):
+            state = self.faults[fault_id]
+            alive = [r for r in state.fault.target.ranks if r in self.ranks and not self.ranks[r].process.exited]
+            for r in set(state.fault.target.ranks) - set(alive):
+                state.missed_ranks[r] = "the rank was not running when its observed trigger fired"
+            if alive:
+                self._land(state, alive, held=False, observed=evidence)
+
     # ---- periodic work ----------------------------------------------------------------------------------
     def _periodic(self) -> None:
         now = time.monotonic()
+        if self.observed is not None:
+            self._observe()
         grew = False
         for rank in self.ranks.values():
             grew = rank.tail.poll() or grew

@@ -1,0 +1,170 @@
+"""Following one attempt of an unmodified trainer from outside: its ranks' output and its checkpoint
+directory become the same history records chaos.probe writes, so every checker works unchanged.
+
+Per attempt, the supervisor builds one Follower and polls it every tick (and whenever the checkpoint
+watcher's inotify descriptor wakes its selector):
+- each rank's `rank-<r>.out` is read incrementally; complete lines go to the workload's LineReader (e.g.
+  chaos.workloads.megatron_lm.reader), which returns history records; the follower writes them into that
+  rank's `rank-<r>.jsonl`, stamped like the probe's;
+- the checkpoint directory is watched (chaos.blackbox.checkpoint_watch): a save beginning, each file
+  written, the metadata, the tracker. The tracker naming iteration N is the commit (as in Megatron-LM,
+  where rank 0 rewrites it after every rank has written its part): a `checkpoint_committed` record goes
+  into rank 0's history with the files and sizes seen in the directory at that moment.
+
+Every record and every directory event is also returned as an Observation, which is what the supervisor's
+observed triggers fire on. Torch-free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from chaos import history
+from chaos.blackbox.checkpoint_watch import TRACKER_WRITTEN, CheckpointEvent, CheckpointWatcher
+from chaos.checkpoint_layout import iteration_dir_name
+
+PARSE_ERROR = "parse_error"          # line, line_number, reason   (a line that looks like the trainer's own
+                                     # but does not parse: reported, never skipped silently)
+OUTPUT = "output"                    # an Observation kind only: a rank's output grew
+
+
+class LineReader(Protocol):
+    """Turns one rank's output lines into history records: [(event, fields)] per line."""
+
+    def feed(self, line: str, line_number: int) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Something the follower saw: a history record it wrote, or a checkpoint-directory event."""
+
+    event: str
+    """A chaos.history event name (metrics, point, checkpoint_loaded, ...) or a checkpoint phase seen on disk
+    (checkpoint.begin / .shard / .metadata / .tracker)."""
+    rank: int | None
+    mono: float
+    step: int | None = None
+    phase: str | None = None
+    index: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class _OutputTail:
+    """New complete lines of a growing file; the partial last line waits for its newline."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self.lines_read = 0
+
+    def read_lines(self) -> list[tuple[int, str]]:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return []
+        if not data:
+            return []
+        self._offset += len(data)
+        chunks = (self._partial + data).split(b"\n")
+        self._partial = chunks.pop()
+        out = []
+        for chunk in chunks:
+            self.lines_read += 1
+            out.append((self.lines_read, chunk.decode("utf-8", errors="replace").rstrip("\r")))
+        return out
+
+    def flush(self) -> list[tuple[int, str]]:
+        """The unterminated last line, when the writer is gone for good."""
+        lines = self.read_lines()
+        if self._partial:
+            self.lines_read += 1
+            lines.append((self.lines_read, self._partial.decode("utf-8", errors="replace").rstrip("\r")))
+            self._partial = b""
+        return lines
+
+
+class Follower:
+    def __init__(self, run_dir: Path, attempt: int, world_size: int, checkpoint_dir: Path,
+                 tracker_name: str, new_reader: Callable[[int], LineReader], use_inotify: bool = True) -> None:
+        self.attempt_dir = history.attempt_dir(run_dir, attempt)
+        self.attempt = attempt
+        self.world_size = world_size
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.watcher = CheckpointWatcher(self.checkpoint_dir, tracker_name, use_inotify=use_inotify)
+        self._outputs = {rank: _OutputTail(self.attempt_dir / f"rank-{rank}.out") for rank in range(world_size)}
+        self._readers = {rank: new_reader(rank) for rank in range(world_size)}
+        self._writers = {rank: history.HistoryWriter(history.rank_history_path(run_dir, attempt, rank),
+                                                     rank=rank, attempt=attempt, observed=True)
+                         for rank in range(world_size)}
+        self.last_iteration: int | None = None
+        """The newest iteration any rank has logged in this attempt."""
+        self.load_finished = False
+        self.committed: list[int] = []
+
+    # ---- for the supervisor ---------------------------------------------------------------------------
+    def fileno(self) -> int | None:
+        return self.watcher.fileno()
+
+    @property
+    def watch_mode(self) -> str:
+        return self.watcher.mode
+
+    def rank_started(self, rank: int, pid: int) -> None:
+        self._writers[rank].write(history.START, pid=pid, world_size=self.world_size, observation="log")
+
+    def poll(self, final: bool = False) -> tuple[bool, list[Observation]]:
+        """(did any rank's output grow, what was seen since the last poll). `final`: the ranks are gone, take
+        unterminated last lines too."""
+        grew = False
+        observations: list[Observation] = []
+        for rank, tail in self._outputs.items():
+            lines = tail.flush() if final else tail.read_lines()
+            grew = grew or bool(lines)
+            for number, line in lines:
+                for event, fields in self._readers[rank].feed(line, number):
+                    observations.append(self._record(rank, event, fields))
+        for event in self.watcher.poll():
+            observations.extend(self._on_checkpoint_event(event))
+        return grew, observations
+
+    def snapshot(self) -> dict[str, Any]:
+        """What was observed right now: the evidence a black-box landing records."""
+        return {"last_iteration_logged": self.last_iteration, "tracker": self.watcher.tracker_content(),
+                "files": self.watcher.files_present(), "load_finished": self.load_finished}
+
+    def close(self) -> None:
+        self.watcher.close()
+        for writer in self._writers.values():
+            writer.close()
+
+    # ---- internals ------------------------------------------------------------------------------------
+    def _record(self, rank: int, event: str, fields: dict[str, Any]) -> Observation:
+        record = self._writers[rank].write(event, **fields)
+        step = fields.get("step")
+        if event == history.METRICS and step is not None:
+            self.last_iteration = max(step, self.last_iteration or 0)
+        elif event == history.CHECKPOINT_LOADED:
+            self.load_finished = True
+        return Observation(event=event, rank=rank, mono=record["mono"], step=step, phase=fields.get("phase"),
+                           index=fields.get("index"), fields=fields)
+
+    def _on_checkpoint_event(self, event: CheckpointEvent) -> list[Observation]:
+        seen = Observation(event=event.phase, rank=None, mono=event.mono, step=event.iteration,
+                           phase=event.phase, index=event.index,
+                           fields={"path": event.path, "tracker": event.tracker})
+        out = [seen]
+        if event.phase == TRACKER_WRITTEN and event.iteration is not None:
+            # The tracker names a new iteration: Megatron's commit point. What the directory held then is
+            # recorded, so a later check can tell whether a committed checkpoint changed afterwards.
+            directory = self.checkpoint_dir / iteration_dir_name(event.iteration)
+            self.committed.append(event.iteration)
+            out.append(self._record(0, history.CHECKPOINT_COMMITTED, {
+                "iteration": event.iteration, "path": str(directory),
+                "files": self.watcher.files_present(event.iteration), "seen_on_disk": True}))
+        return out
+

@@ -1,0 +1,95 @@
+"""One rank's Megatron-LM output -> the history records chaos's checkers read (the probe's vocabulary).
+
+    iteration N logged          -> step_begin, metrics (lm_loss, grad_norm, lr, consumed_samples, num_zeros),
+                                   step_end; all at the moment the line is seen (the step is *observed* done)
+    loading checkpoint ... N    -> point(checkpoint.load, step N)   (what `checkpoint.load` triggers fire on)
+    successfully loaded ... N   -> checkpoint_loaded(N, iter dir);  no checkpoint found -> checkpoint_loaded(0)
+    saving checkpoint at N      -> save_started(N)                  (the directory watcher gives the phases)
+    successfully saved ... N    -> save_finished(N)
+    exiting program after SIGTERM / at iteration / after minutes -> train_end(preempted)
+    after training is done      -> train_end(complete)
+    a traceback's exception     -> exception(summary)
+    a line that should parse but does not -> parse_error(line, line_number, reason)
+
+Megatron-LM prints the *second* iteration each process logs as the mean of its first two (its first log
+line does not reset the loss accumulator: `should_reset = not is_first_iteration` in training_log). The
+record of that line carries `loss_window: [first, second]`; chaos.checkers.trajectory compares it with
+the golden's mean over the same steps instead of one step's loss. chaos forces `--log-interval 1`, so every
+later line is that iteration's own loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from chaos import history
+from chaos.checkpoint_layout import TRACKER, iteration_dir_name
+from chaos.workloads.megatron_lm import log_lines as ll
+
+SAVE_STARTED = "save_started"      # iteration, directory, ckpt_format
+SAVE_FINISHED = "save_finished"    # iteration
+EXCEPTION = "exception"            # summary, exception_type
+PARSE_ERROR = "parse_error"        # line, line_number, reason
+
+Record = tuple[str, dict[str, Any]]
+
+
+class MegatronLogReader:
+    def __init__(self, rank: int, checkpoint_dir: Path) -> None:
+        self.rank = rank
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self._tracebacks = ll.TracebackReader()
+        self._logged: list[int] = []
+        """Iterations this process logged, in order (the loss-window rule needs the first two)."""
+        self._last_step: int | None = None
+
+    def feed(self, line: str, line_number: int) -> list[Record]:
+        out: list[Record] = []
+        exception = self._tracebacks.feed(line)
+        if exception is not None:
+            out.append((EXCEPTION, {"summary": exception.summary, "exception_type": exception.exception_type,
+                                    "line_number": line_number}))
+        event = ll.parse_line(line)
+        if event is None:
+            return out
+        if isinstance(event, ll.ParseError):
+            out.append((PARSE_ERROR, {"line": event.line[:500], "line_number": line_number, "reason": event.reason}))
+        elif isinstance(event, ll.IterationLine):
+            out.extend(self._iteration(event))
+        elif isinstance(event, ll.LoadBegin):
+            out.append((history.POINT, {"phase": "checkpoint.load", "step": event.iteration,
+                                        "directory": event.directory}))
+        elif isinstance(event, ll.LoadDone):
+            path = str(Path(event.directory) / iteration_dir_name(event.iteration))
+            out.append((history.CHECKPOINT_LOADED, {"iteration": event.iteration, "path": path}))
+        elif isinstance(event, ll.NoCheckpoint):
+            # Megatron prints the same warning for its non-persistent checkpoint directory: only the tracker
+            # of the directory chaos made it load from means "starting from scratch".
+            if Path(event.tracker_path) == self.checkpoint_dir / TRACKER:
+                out.append((history.CHECKPOINT_LOADED, {"iteration": 0, "path": None}))
+        elif isinstance(event, ll.SaveBegin):
+            out.append((SAVE_STARTED, {"iteration": event.iteration, "directory": event.directory,
+                                       "ckpt_format": event.ckpt_format}))
+        elif isinstance(event, ll.SaveDone):
+            out.append((SAVE_FINISHED, {"iteration": event.iteration}))
+        elif isinstance(event, (ll.ExitOnSignal, ll.ExitAtIteration, ll.ExitAfterDuration)):
+            step = getattr(event, "iteration", None) or self._last_step
+            out.append((history.TRAIN_END, {"step": step, "reason": "preempted", "message": type(event).__name__}))
+        elif isinstance(event, ll.TrainingDone):
+            out.append((history.TRAIN_END, {"step": self._last_step, "reason": "complete"}))
+        return out
+
+    def _iteration(self, line: ll.IterationLine) -> list[Record]:
+        step = line.step
+        self._logged.append(step)
+        self._last_step = step
+        metrics: dict[str, Any] = {"step": step, "lm_loss": line.lm_loss, "grad_norm": line.grad_norm,
+                                   "lr": line.learning_rate, "consumed_samples": line.consumed_samples,
+                                   "num_zeros": line.num_zeros}
+        if len(self._logged) == 2:
+            metrics["loss_window"] = list(self._logged)
+        if line.truncated:
+            metrics["truncated"] = True
+        metrics = {key: value for key, value in metrics.items() if value is not None}
+        return [(history.STEP_BEGIN, {"step": step}), (history.METRICS, metrics), (history.STEP_END, {"step": step})]

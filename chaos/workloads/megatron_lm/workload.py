@@ -1,0 +1,116 @@
+"""`kind: megatron_lm`: an unmodified Megatron-LM training command as the system under test.
+
+chaos owns only what it must (--save/--load in the run directory, --train-iters, --save-interval,
+--log-interval 1, --exit-signal-handler when SIGTERM means preemption); every other flag is the user's.
+Each rank is started through chaos.blackbox.exec_rank (it reports its pid, then execs the trainer) and
+followed from outside (chaos.blackbox.follower with this kind's MegatronLogReader): faults land where the
+run is *observed* to be, and say so.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from chaos.workloads.base import LaunchSpec, PhaseRules, WorkloadFacts
+from chaos.workloads.megatron_lm.config import MegatronLMConfig
+from chaos.workloads.megatron_lm.layout import MegatronLayout
+from chaos.workloads.megatron_lm.reader import MegatronLogReader
+
+KIND = "megatron_lm"
+
+SAVE_PHASES = ("checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "checkpoint.tracker")
+PHASES = ("iteration",) + SAVE_PHASES + ("checkpoint.load",)
+"""`iteration`: iteration N was logged; the checkpoint phases are seen in the checkpoint directory;
+`checkpoint.load`: the rank logged that it is loading iteration N."""
+
+FINAL_STATE_UNAVAILABLE = ("Megatron-LM prints no hash of its model and optimizer state, so the final state "
+                           "cannot be compared from outside (a trainer calling the probe's final_state can)")
+
+
+@dataclass(frozen=True)
+class MegatronLMWorkload:
+    config: MegatronLMConfig
+    kind: str = KIND
+    observation: str = "log"
+    golden_prefix: str = KIND
+    final_state_unavailable: str | None = FINAL_STATE_UNAVAILABLE
+
+    @property
+    def facts(self) -> WorkloadFacts:
+        c = self.config
+        return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
+                             save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device)
+
+    @property
+    def phases(self) -> PhaseRules:
+        # Triggers are observations of the whole job (a log line, a file in the checkpoint directory), so
+        # any rank may be the target at any phase: there are no coordinator-only phases here.
+        return PhaseRules(phases=PHASES, step_phases=("iteration",), save_phases=SAVE_PHASES,
+                          index_limits={"checkpoint.shard": (None, "the k-th file written into the iteration's "
+                                                                   "directory, counted over all ranks")},
+                          default_phase="iteration", delay_allowed=True, exact=False)
+
+    @property
+    def layout(self) -> MegatronLayout:
+        return MegatronLayout(self.config.ckpt_format)
+
+    @property
+    def printed_formats(self) -> Mapping[str, str]:
+        return {"lm loss": "%.6E", "learning rate": "%.6E", "grad norm": "%.3f"}
+
+    def launch(self, run_dir: Path) -> LaunchSpec:
+        c = self.config
+        run_dir = Path(run_dir).resolve()  # the ranks run elsewhere (cwd below): every path they get is absolute
+        checkpoint_dir = run_dir / "checkpoints"
+        c.write_yaml(run_dir / "workload.yaml")  # what ran, every setting explicit
+        command = (c.python, c.script, *c.launch_args(checkpoint_dir))
+        cwd = Path(c.megatron_lm) if c.megatron_lm else Path(c.script).parent
+        return LaunchSpec(
+            argv=(sys.executable, "-m", "chaos.blackbox.exec_rank", "--", *command),
+            world_size=c.world_size, nodes=c.nodes, checkpoint_dir=checkpoint_dir, train_iters=c.train_iters,
+            save_interval=c.save_interval, env=dict(c.env), cwd=cwd, observation="log",
+            follower=functools.partial(MegatronLogReader, checkpoint_dir=checkpoint_dir),
+            tracker_name=self.layout.tracker_name,
+        )
+
+    def fingerprint_mapping(self) -> Mapping[str, Any]:
+        return {**self.config.fingerprint_mapping(), "source": source_id(self.config.script, self.config.megatron_lm)}
+
+    def scenario_mapping(self, as_written: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self.config.to_mapping()  # absolute paths: a run directory's scenario.yaml works from anywhere
+
+    def describe(self) -> str:
+        c = self.config
+        return f"megatron_lm {Path(c.script).name}: {c.world_size} ranks on {c.device}, {c.train_iters} iterations"
+
+
+@functools.lru_cache(maxsize=None)
+def source_id(script: str, checkout: str | None) -> str:
+    """Which code ran: the checkout's git commit (plus `+dirty` and a hash of the changes when it has any),
+    else a sha256 over the script and every .py file under the checkout's megatron/ (a source tarball)."""
+    if checkout and (Path(checkout) / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", checkout, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout.strip()
+            diff = subprocess.run(["git", "-C", checkout, "diff", "HEAD"], capture_output=True, timeout=60,
+                                  check=True).stdout
+            return head + (f"+dirty-{hashlib.sha256(diff).hexdigest()[:12]}" if diff else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
+    digest = hashlib.sha256(Path(script).read_bytes())
+    if checkout and (Path(checkout) / "megatron").is_dir():
+        for path in sorted((Path(checkout) / "megatron").rglob("*.py")):
+            digest.update(str(path.relative_to(checkout)).encode())
+            digest.update(path.read_bytes())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def from_mapping(mapping: Mapping[str, Any], source: str, field_prefix: str = "workload",
+                 base_dir: Path | None = None) -> MegatronLMWorkload:
+    return MegatronLMWorkload(MegatronLMConfig.from_mapping(mapping, source, field_prefix, base_dir))
