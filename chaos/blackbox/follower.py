@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol
 
 from chaos import history
 from chaos.blackbox.checkpoint_watch import TRACKER_WRITTEN, CheckpointEvent, CheckpointWatcher
+from chaos.blackbox.inotify import IN_MODIFY, Inotify
 from chaos.checkpoint_layout import iteration_dir_name
 
 PARSE_ERROR = "parse_error"          # line, line_number, reason   (a line that looks like the trainer's own
@@ -97,6 +98,17 @@ class Follower:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.watcher = CheckpointWatcher(self.checkpoint_dir, tracker_name, use_inotify=use_inotify)
         self._outputs = {rank: _OutputTail(self.attempt_dir / f"rank-{rank}.out") for rank in range(world_size)}
+        # A rank's output growing wakes the supervisor at once (a step-boundary trigger lands within
+        # milliseconds of the line); without inotify the supervisor's tick reads it instead.
+        self._output_events: Inotify | None = None
+        try:
+            self.attempt_dir.mkdir(parents=True, exist_ok=True)
+            self._output_events = Inotify()
+            self._output_events.add_watch(self.attempt_dir, IN_MODIFY)
+        except OSError:
+            if self._output_events is not None:
+                self._output_events.close()
+            self._output_events = None
         self._readers = {rank: new_reader(rank) for rank in range(world_size)}
         self._writers = {rank: history.HistoryWriter(history.rank_history_path(run_dir, attempt, rank),
                                                      rank=rank, attempt=attempt, observed=True)
@@ -107,8 +119,12 @@ class Follower:
         self.committed: list[int] = []
 
     # ---- for the supervisor ---------------------------------------------------------------------------
-    def fileno(self) -> int | None:
-        return self.watcher.fileno()
+    def filenos(self) -> list[int]:
+        """Descriptors that become readable when there is something new to poll."""
+        fds = [self.watcher.fileno()]
+        if self._output_events is not None:
+            fds.append(self._output_events.fileno())
+        return [fd for fd in fds if fd is not None]
 
     @property
     def watch_mode(self) -> str:
@@ -122,6 +138,8 @@ class Follower:
         unterminated last lines too."""
         grew = False
         observations: list[Observation] = []
+        if self._output_events is not None:
+            self._output_events.read_events()  # only a wake-up: the tails below read what is new
         for rank, tail in self._outputs.items():
             lines = tail.flush() if final else tail.read_lines()
             grew = grew or bool(lines)
@@ -139,6 +157,8 @@ class Follower:
 
     def close(self) -> None:
         self.watcher.close()
+        if self._output_events is not None:
+            self._output_events.close()
         for writer in self._writers.values():
             writer.close()
 

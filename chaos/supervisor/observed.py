@@ -63,6 +63,11 @@ class ObservedTriggers:
             out.append((fault_id, self._evidence(pending, now)))
         return out
 
+    def next_fire_at(self) -> float | None:
+        """When the earliest observed-but-delayed fault is due (None: none waiting)."""
+        times = [p.fire_at for p in self._pending.values() if p.fire_at is not None and not p.fired]
+        return min(times) if times else None
+
     def close(self) -> None:
         self.follower.close()
 

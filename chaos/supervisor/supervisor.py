@@ -316,7 +316,10 @@ class _Attempt:
 
     def _watch(self) -> None:
         while self.end is None:
-            for key, _ in self.selector.select(TICK_S):
+            timeout = TICK_S
+            if self.observed is not None and self.observed.next_fire_at() is not None:
+                timeout = max(0.0, min(TICK_S, self.observed.next_fire_at() - time.monotonic()))
+            for key, _ in self.selector.select(timeout):
                 kind, subject = key.data
                 if kind == "exit":
                     self._on_exit(subject)
@@ -587,15 +590,15 @@ class _Attempt:
         self.observed = ObservedTriggers(follower, [s.fault for s in self.faults.values()])
         self.sup.record(OBSERVER, attempt=self.number, watch_mode=follower.watch_mode,
                         fallback_reason=follower.watcher.fallback_reason)
-        if follower.fileno() is not None:
-            self.selector.register(follower.fileno(), selectors.EVENT_READ, ("observe", None))
+        for fd in follower.filenos():
+            self.selector.register(fd, selectors.EVENT_READ, ("observe", None))
 
     def _observe(self, final: bool = False) -> None:
         """Reads what the follower saw, records checkpoint-directory events, and lands the faults whose
         trigger was observed (at once, or delay_s later)."""
         assert self.observed is not None
-        now = time.monotonic()
         grew, seen = self.observed.follower.poll(final=final)
+        now = time.monotonic()
         if grew:
             self.last_progress = now
         for observation in seen:
