@@ -102,7 +102,7 @@ def test_megatron_fsdp_gradients_match_fsdp2(tmp_path, world_size):
         assert run_attempt(config, tmp_path / fsdp, 1) == [0] * world_size, output_of(tmp_path / fsdp, 1)
         first_step[fsdp] = events(tmp_path / fsdp, "metrics", 0)[0]
     torch_step, megatron_step = first_step["torch"], first_step["megatron"]
-    print(f"GPU step 1, tp2xdp{world_size // 2}: FSDP2 loss {torch_step['lm_loss']:.6f} grad norm "
+    print(f"GPU step 1, {topology_id(world_size)}: FSDP2 loss {torch_step['lm_loss']:.6f} grad norm "
           f"{torch_step['grad_norm']:.4f}; Megatron-FSDP loss {megatron_step['lm_loss']:.6f} grad norm "
           f"{megatron_step['grad_norm']:.4f}")
     assert megatron_step["lm_loss"] == pytest.approx(torch_step["lm_loss"], rel=1e-2)
@@ -120,7 +120,7 @@ def test_megatron_fsdp_checkpoint_round_trip_is_exact(tmp_path, world_size):
         assert run_attempt(config, tmp_path, attempt) == [0] * world_size, output_of(tmp_path, attempt)
     assert events(tmp_path, "checkpoint_loaded", rank=0)[-1]["iteration"] == 3
     saved, loaded = [event["state_hash"] for event in events(tmp_path, "final_state", 0)]
-    print(f"GPU Megatron-FSDP round trip tp2xdp{world_size // 2}: saved {saved[:12]} loaded {loaded[:12]}")
+    print(f"GPU Megatron-FSDP round trip {topology_id(world_size)}: saved {saved[:12]} loaded {loaded[:12]}")
     assert loaded == saved
 
 

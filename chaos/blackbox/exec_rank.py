@@ -23,12 +23,16 @@ EXIT_REJECTED = 70
 
 
 def _hello(path: str, rank: int, attempt: int) -> bool:
-    """True once the supervisor answered the hello (it verified this pid as rank `rank`)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.connect(path)
-        control.send(sock, {"type": "hello", "rank": rank, "pid": os.getpid(), "attempt": attempt,
-                            "observation": "log"})
-        return control.LineReader(sock).read_message() is not None
+    """True once the supervisor answered the hello (it verified this pid as rank `rank`); False when it
+    refused (closed the connection) or is not there."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            control.send(sock, {"type": "hello", "rank": rank, "pid": os.getpid(), "attempt": attempt,
+                                "observation": "log"})
+            return control.LineReader(sock).read_message() is not None
+    except OSError:
+        return False
 
 
 def _redirect_output(history_dir: str, rank: int) -> None:

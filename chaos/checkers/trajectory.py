@@ -14,7 +14,7 @@ digit; the evidence lists them.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult, describe
@@ -90,12 +90,15 @@ Derived = tuple[int, tuple[int, ...], float | None, float]
 
 
 def _split(golden: Mapping[int, float], golden_windows: Mapping[int, tuple[int, ...]],
-           records: Mapping[int, dict]) -> tuple[dict[int, float], dict[int, float], list[Derived]]:
-    """The golden and actual values compared as they are, and the windowed ones compared by derivation."""
+           records: Mapping[int, dict], steps: Iterable[int] | None = None
+           ) -> tuple[dict[int, float], dict[int, float], list[Derived]]:
+    """The golden and actual values compared as they are, and the windowed ones compared by derivation
+    (over `steps`, default every golden step; derivations may use any golden step)."""
     plain_golden: dict[int, float] = {}
     plain_actual: dict[int, float] = {}
     derived: list[Derived] = []
-    for step, expected in golden.items():
+    for step in (golden if steps is None else steps):
+        expected = golden[step]
         record = records.get(step)
         value = record.get("lm_loss") if record else None
         window = tuple(record["loss_window"]) if record and record.get("loss_window") else None
@@ -147,8 +150,7 @@ def _superseded(ctx: CheckContext, golden: Mapping[int, float]) -> tuple[int, in
     """(attempt, step, golden, actual) of the first value an earlier attempt reported that the golden rejects."""
     for attempt in ctx.history.attempts:
         records = {s: r for s, r in views.attempt_metrics(attempt).items() if s in golden}
-        plain_golden, plain_actual, derived = _split({s: golden[s] for s in records}, ctx.golden_loss_windows,
-                                                     records)
+        plain_golden, plain_actual, derived = _split(golden, ctx.golden_loss_windows, records, steps=sorted(records))
         if plain_actual:
             result = ctx.comparison({METRIC: {s: plain_golden[s] for s in plain_actual}}, {METRIC: plain_actual})
             if not result.passed and result.first_divergence is not None:

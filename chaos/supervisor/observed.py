@@ -13,7 +13,7 @@ What a landing records is what was observed when the signal went out: how long a
 seen (`latency_s`), the last iteration logged, the files in the checkpoint directory, the tracker, and
 whether the trigger's window was still open. The window is the span the trigger promises: the next
 iteration not yet logged (iteration triggers), the iteration's `.metadata` not yet written (begin, shard),
-the tracker not yet naming the iteration (metadata), the load not yet finished (checkpoint.load). A
+the tracker not yet naming the iteration after it (metadata), the load not yet finished (checkpoint.load). A
 signal that went out after its window closed did not land where planned, and faults_landed says so.
 """
 
@@ -73,10 +73,15 @@ class ObservedTriggers:
 
     # ---- internals ------------------------------------------------------------------------------------
     def _track(self, observation: Observation) -> None:
+        # Each window ends at the save's next step as this trainer takes it: a trainer that names the
+        # iteration in its tracker before writing the data (a bug chaos must catch) still lands "between
+        # shard files" when the signal goes out between them.
         if observation.event == "checkpoint.metadata" and observation.step is not None:
             self._metadata_seen.add(observation.step)
         elif observation.event == history.CHECKPOINT_COMMITTED:
-            self._committed.add(int(observation.fields["iteration"]))
+            iteration = int(observation.fields["iteration"])
+            if iteration in self._metadata_seen:
+                self._committed.add(iteration)
 
     def _evidence(self, pending: _Pending, now: float) -> dict:
         trigger, seen = pending.fault.trigger, pending.seen
@@ -94,7 +99,7 @@ class ObservedTriggers:
                 return False, f"iteration {last} was already logged: the signal landed after iteration {step + 1}"
             return True, f"iteration {step} was the last logged"
         if phase in ("checkpoint.begin", "checkpoint.shard"):
-            if step in self._metadata_seen or step in self._committed:
+            if step in self._metadata_seen:
                 return False, f"the save of iteration {step} had already written its metadata"
             return True, f"the save of iteration {step} had not written its metadata yet"
         if phase == "checkpoint.metadata":
