@@ -68,7 +68,8 @@ def test_verdict_precedence():
 
     assert verdict([r("pass"), r("skip")]) == "pass"
     assert verdict([r("pass"), r("fail")]) == "fail"
-    assert verdict([r("fail"), r("error")]) == "error"
+    assert verdict([r("fail"), r("error")]) == "fail"  # a real failure is never "could not decide"
+    assert verdict([r("pass"), r("error")]) == "error"
     assert verdict([{"status": "fail"}]) == "fail"
     with pytest.raises(ValueError):
         r("unknown")

@@ -289,3 +289,19 @@ def test_find_golden(tmp_path):
 def test_find_golden_copes_with_megatron_files_beside_ours(tmp_path):
     shutil.copy(H100, tmp_path / "upstream.json")
     assert find_golden(tmp_path, "fp", environment_fingerprint("cpu")) is None
+
+
+def test_a_golden_named_explicitly_is_used_even_for_another_workload(tmp_path):
+    """`--golden old.json` on a changed job answers "does it still match the old run?": compared, not
+    re-recorded (only another machine's environment makes an exact golden unusable)."""
+    from chaos.golden import environment_fingerprint, new_meta
+    from chaos.runner import choose_golden
+    from chaos.scenario import load_scenario_text
+
+    scenario = load_scenario_text("workload: {world_size: 2, tensor_parallel: 2, train_iters: 4}\n", "t.yaml")
+    path = tmp_path / "old.json"
+    write_golden(Golden(metrics={"lm loss": {1: 7.0}}, meta=new_meta(environment_fingerprint("cpu"), "0" * 64)), path)
+    said: list[str] = []
+    choice = choose_golden(scenario, tmp_path / "run", path, None, say=said.append)
+    assert choice.path == path and not choice.recorded_here
+    assert "another workload" in said[0] and not (tmp_path / "run").exists()

@@ -126,3 +126,22 @@ def test_megatron_lm_tracker_written_before_the_shards_fails_checkpoints_load(tm
     assert result.verdict == "fail"
     loads = check(result, "checkpoints_load")
     assert loads["status"] == "fail" and "iter_0000004" in loads["detail"], loads
+
+
+def test_megatron_lm_trainer_that_cannot_resume_is_a_failure_with_its_traceback(tmp_path, megatron_lm_golden):
+    """Like upstream's torch_dist + distributed optimizer: every relaunch dies in its load. That is the
+    trainer failing (verdict fail, its own exception in the evidence), not the tester (error): the fault
+    planned for after the restart never lands, and that does not hide the failure."""
+    result = run(tmp_path, megatron_lm_golden, """
+  - at: {step: 3}
+    target: {rank: 0}
+    signal: SIGKILL
+  - at: {step: 5, attempt: 2}
+    target: {rank: 0}
+    signal: SIGKILL""", bugs="crash_on_resume", max_restarts=1)
+    assert result.verdict == "fail" and result.exit_code == 1, result.summary
+    assert check(result, "faults_landed")["status"] == "error"
+    assert check(result, "restart_budget")["status"] == "fail"
+    raised = result.report["attempts"][1]["exceptions"]
+    assert "AssertionError" in raised[0]["summary"] and "cannot load iteration 2" in raised[0]["summary"]
+    assert "raised: AssertionError" in result.summary

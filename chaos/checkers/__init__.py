@@ -62,13 +62,15 @@ def run_checks(ctx: CheckContext, names: Iterable[str] | None = None) -> list[Ch
 
 
 def verdict(results: Iterable[CheckResult | dict]) -> str:
-    """'error' when any check could not decide (a fault that never landed, a checker that raised): the run
-    proved nothing; else 'fail' when any check failed; else 'pass'. Skips do not count either way."""
+    """Jepsen's rule, false beats unknown beats true: 'fail' when any check failed (a real failure is never
+    reported as "could not decide", e.g. a trainer that cannot resume, so its later faults never land);
+    else 'error' when any check could not decide (a fault that never landed, a checker that raised): the
+    run proved nothing; else 'pass'. Skips do not count either way."""
     statuses = [r["status"] if isinstance(r, dict) else r.status for r in results]
-    if "error" in statuses:
-        return "error"
     if "fail" in statuses:
         return "fail"
+    if "error" in statuses:
+        return "error"
     return "pass"
 
 

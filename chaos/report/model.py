@@ -68,6 +68,13 @@ def faults_table(ctx: CheckContext) -> list[dict[str, Any]]:
     return out
 
 
+def _exceptions(attempt) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for record in attempt.events("exception"):
+        seen.setdefault(record.get("summary", ""), {"rank": record.get("rank"), "summary": record.get("summary")})
+    return list(seen.values())[:5]
+
+
 def attempts_table(ctx: CheckContext) -> list[dict[str, Any]]:
     history = ctx.history
     outcomes = views.attempt_outcomes(history)
@@ -76,8 +83,12 @@ def attempts_table(ctx: CheckContext) -> list[dict[str, Any]]:
         attempt = views.attempt_by_index(history, index)
         loaded = views.loaded_record(attempt) if attempt else None
         first, last = views.step_range(attempt) if attempt else (None, None)
-        rows.append({"index": index, "resumed_from": int(loaded["iteration"]) if loaded else None,
-                     "first_step": first, "last_step": last, "exit": outcomes.get(index)})
+        row = {"index": index, "resumed_from": int(loaded["iteration"]) if loaded else None,
+               "first_step": first, "last_step": last, "exit": outcomes.get(index)}
+        raised = _exceptions(attempt) if attempt else []
+        if raised:  # what the trainer itself reported dying of (a black-box trainer's traceback)
+            row["exceptions"] = raised
+        rows.append(row)
     return rows
 
 

@@ -26,6 +26,9 @@ def format_summary(report: dict[str, Any]) -> str:
                         if a.get("resumed_from") is not None)
     lines.append(f"  restarts: {report.get('restarts', 0)} of {report.get('max_restarts', '?')}"
                  + (f" ({resumed})" if resumed else ""))
+    for attempt in attempts:
+        for raised in attempt.get("exceptions", [])[:2]:
+            lines.append(f"  attempt {attempt['index']} rank {raised.get('rank')} raised: {raised.get('summary')}")
     golden = report.get("golden") or {}
     if golden.get("path"):
         lines.append(f"  golden: {golden['path']} ({golden.get('mode', 'exact')})")

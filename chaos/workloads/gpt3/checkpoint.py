@@ -379,6 +379,10 @@ class Checkpointer:
                 probe.checkpoint_rejected(iteration, str(path), problem)
                 continue
             probe.point("checkpoint.load", iteration)
+            if self.config.has_bug("crash_on_resume"):
+                # A trainer that cannot load its own checkpoint (as Megatron-LM's distributed optimizer with the
+                # torch_dist format and torch's Adam fails `assert len(steps) == 1`): every restart dies here.
+                raise AssertionError(f"crash_on_resume: cannot load iteration {iteration}")
             state = build_state_dict(model, optimizer, scheduler, layouts, self.dims, self.config, progress)
             rng_key = f"rng/rank_{self.dims.rank}"
             available = set(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)

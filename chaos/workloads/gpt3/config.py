@@ -27,6 +27,7 @@ BUGS = (
     "upstream_loss_mask_cache",  # megatron-core's GPTDataset mask cache as shipped: a process's first
                                  # sample's pad positions are masked in all its later samples
     "load_previous",         # a resume loads the newest-but-one committed checkpoint (an older one)
+    "crash_on_resume",       # loading a checkpoint raises: no restart ever resumes
 )
 
 

@@ -1,0 +1,83 @@
+"""The shipped megatron_lm scenarios as data: they validate (against a stand-in checkout where Megatron-LM is
+not installed), survive the round trip through a run directory's scenario.yaml, plan their observed faults,
+and give soak cycles drawn from the black-box triggers; and the errors a user meets name file and field."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from chaos.errors import InputError
+from chaos.scenario import load_scenario, load_scenario_mapping, load_scenario_text, scenario_to_mapping
+from chaos.schedule import plan_faults
+from chaos.soak.schedule import ScheduleOptions, cycle_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "scenarios" / "megatron_lm").glob("*.yaml"))
+
+
+@pytest.fixture
+def checkout(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "Megatron-LM"
+    (path / "megatron").mkdir(parents=True)
+    (path / "pretrain_gpt.py").write_text("# stand-in: only its path matters here\n")
+    monkeypatch.setenv("MEGATRON_LM", str(path))
+    return path
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
+    scenario = load_scenario(path)
+    assert scenario.workload.kind == "megatron_lm" and scenario.workload.observation == "log"
+    assert scenario.workload.config.script == str(checkout / "pretrain_gpt.py")
+    again = load_scenario_mapping(scenario_to_mapping(scenario), "round-trip", Path("/"))
+    # stored resolved (absolute paths, every setting explicit): valid from any folder, the same workload
+    assert again.workload == scenario.workload and again.faults == scenario.faults
+    assert dataclasses.replace(again, workload_mapping=scenario.workload_mapping, base_dir=scenario.base_dir) == scenario
+    plan = plan_faults(scenario)
+    assert [f.trigger.phase for f in plan] == ["iteration", "checkpoint.shard", "iteration", "checkpoint.load"]
+    assert plan[0].trigger.delay_s == 0.5
+    launch = scenario.workload.launch(Path("/tmp/chaos-test-run"))
+    assert launch.argv[1:4] == ("-m", "chaos.blackbox.exec_rank", "--") and "--exit-signal-handler" in launch.argv
+    assert launch.argv[launch.argv.index("--save") + 1] == "/tmp/chaos-test-run/checkpoints"
+
+
+def test_megatron_lm_soak_cycles_draw_observed_triggers(checkout):
+    base = load_scenario(SHIPPED[0])
+    phases = set()
+    for cycle in range(12):
+        drawn = cycle_scenario(base, cycle, seed=100 + cycle, options=ScheduleOptions(signals=("SIGKILL", "SIGTERM")))
+        phases |= {f.trigger.phase for f in drawn.faults}
+    assert phases <= {"iteration", "checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "checkpoint.tracker"}
+    assert "iteration" in phases and len(phases) >= 3
+
+
+@pytest.mark.parametrize("body,field,fragment", [
+    ("{step: 3, phase: backward}", "faults[0].at.phase", "expected one of ['iteration'"),
+    ("{phase: checkpoint.commit}", "faults[0].at.phase", "got 'checkpoint.commit' (did you mean"),
+    ("{step: 3, delay_s: -1}", "faults[0].at.delay_s", "expected a number > 0"),
+    ("{after_s: 3, delay_s: 1}", "faults[0].at.delay_s", "wall-clock trigger"),
+    ("{step: 40}", "faults[0].at.step", "train_iters=24"),
+])
+def test_megatron_lm_trigger_errors_name_the_field(checkout, body, field, fragment):
+    text = (SHIPPED[0].read_text().split("faults:")[0] + f"faults:\n  - at: {body}\n    target: {{rank: 0}}\n"
+            "    signal: SIGKILL\n")
+    with pytest.raises(InputError) as caught:
+        load_scenario_text(text, "mine.yaml")
+    assert caught.value.field == field and fragment in caught.value.message, caught.value
+
+
+def test_delay_s_belongs_to_observed_workloads():
+    with pytest.raises(InputError) as caught:
+        load_scenario_text("workload: {preset: tiny_cpu}\nfaults:\n  - at: {step: 3, phase: forward, delay_s: 1}\n"
+                           "    target: {rank: 0}\n    signal: SIGKILL\n", "probe.yaml")
+    assert caught.value.field == "faults[0].at.delay_s" and "probe holds the rank" in caught.value.message
+
+
+def test_megatron_lm_without_a_checkout_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.delenv("MEGATRON_LM", raising=False)
+    with pytest.raises(InputError) as caught:
+        load_scenario(SHIPPED[0])
+    assert caught.value.field.startswith("workload.") and "MEGATRON_LM" in caught.value.message
