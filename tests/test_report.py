@@ -80,7 +80,7 @@ def test_summary_names_the_verdict_faults_restarts_failures_and_run_dir(tmp_path
     assert "restarts: 2 of 3" in ok and f"run dir: {tmp_path / 'ok'}" in ok
 
     bad = format_summary(report_for(failing_run(tmp_path / "bad")))
-    assert bad.startswith("chaos: ERROR")
+    assert bad.startswith("chaos: FAIL")  # failing checks beat an undecided one
     assert "fault f2 SIGKILL: NOT LANDED" in bad
     assert "FAIL trajectory: lm loss diverges from the golden at step 7" in bad
     assert "FAIL resume_point: attempt 2 resumed from iteration 4, expected 8" in bad
@@ -101,7 +101,7 @@ def test_junit_parses_with_one_testcase_per_check(tmp_path):
     assert cases["final_state"].find("skipped") is not None
     assert cases["restart_budget"].find("failure") is None and cases["restart_budget"].find("error") is None
     properties = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    assert properties["verdict"] == "error" and properties["restarts"] == "1"
+    assert properties["verdict"] == "fail" and properties["restarts"] == "1"
     assert properties["fault.f2"] == "not landed" and json.loads(properties["fault.f1"])["step"] == 10
     assert int(suite.get("failures")) >= 2 and suite.get("errors") == "1" and suite.get("skipped") == "1"
 

@@ -88,6 +88,10 @@ def attempts_table(ctx: CheckContext) -> list[dict[str, Any]]:
         raised = _exceptions(attempt) if attempt else []
         if raised:  # what the trainer itself reported dying of (a black-box trainer's traceback)
             row["exceptions"] = raised
+        unparsed = list(attempt.events("parse_error")) if attempt else []
+        if unparsed:  # a followed trainer's line that looked like its own format but did not parse
+            row["parse_errors"] = {"count": len(unparsed), "first": [
+                {key: record.get(key) for key in ("rank", "line_number", "reason", "line")} for record in unparsed[:3]]}
         rows.append(row)
     return rows
 

@@ -29,6 +29,11 @@ def format_summary(report: dict[str, Any]) -> str:
     for attempt in attempts:
         for raised in attempt.get("exceptions", [])[:2]:
             lines.append(f"  attempt {attempt['index']} rank {raised.get('rank')} raised: {raised.get('summary')}")
+        unparsed = attempt.get("parse_errors")
+        if unparsed:
+            first = unparsed["first"][0]
+            lines.append(f"  attempt {attempt['index']}: {unparsed['count']} log line(s) did not parse (first: rank "
+                         f"{first.get('rank')} line {first.get('line_number')}: {first.get('reason')})")
     golden = report.get("golden") or {}
     if golden.get("path"):
         lines.append(f"  golden: {golden['path']} ({golden.get('mode', 'exact')})")
