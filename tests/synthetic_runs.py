@@ -24,6 +24,7 @@ from chaos.checkpoint_layout import MANIFEST, TRACKER, iteration_dir_name
 from chaos.history import HistoryWriter, load_run_history
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
 from chaos.workloads.base import WorkloadFacts
+from chaos.workloads.gpt3.layout import ManifestLayout
 
 GOLDEN_FINAL_HASH = "ab" * 32
 
@@ -202,6 +203,7 @@ class SyntheticRun:
                       golden_metrics=self.golden_metrics(), golden_final_state_hash=GOLDEN_FINAL_HASH, compare=None,
                       train_iters=self.train_iters, save_interval=self.save_interval, restart=self.restart,
                       checkpoint_dir=self.checkpoint_dir,
+                      layout=ManifestLayout(),
                       facts=WorkloadFacts(world_size=self.world_size, nodes=1, train_iters=self.train_iters,
                                           save_interval=self.save_interval, exit_on_sigterm=self.exit_on_sigterm,
                                           device="cpu", keep_last=self.keep_last))

@@ -26,10 +26,6 @@ from chaos.blackbox.checkpoint_watch import TRACKER_WRITTEN, CheckpointEvent, Ch
 from chaos.blackbox.inotify import IN_MODIFY, Inotify
 from chaos.checkpoint_layout import iteration_dir_name
 
-PARSE_ERROR = "parse_error"          # line, line_number, reason   (a line that looks like the trainer's own
-                                     # but does not parse: reported, never skipped silently)
-OUTPUT = "output"                    # an Observation kind only: a rank's output grew
-
 
 class LineReader(Protocol):
     """Turns one rank's output lines into history records: [(event, fields)] per line."""
@@ -57,20 +53,19 @@ class _OutputTail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._offset = 0
+        self._file = None  # opened once the rank has created it, then kept (read every tick)
         self._partial = b""
         self.lines_read = 0
 
     def read_lines(self) -> list[tuple[int, str]]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")
+            except FileNotFoundError:
+                return []
+        data = self._file.read()  # from where the last read stopped up to what is written now
         if not data:
             return []
-        self._offset += len(data)
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()
         out = []
@@ -87,6 +82,11 @@ class _OutputTail:
             lines.append((self.lines_read, self._partial.decode("utf-8", errors="replace").rstrip("\r")))
             self._partial = b""
         return lines
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class Follower:
@@ -116,7 +116,6 @@ class Follower:
         self.last_iteration: int | None = None
         """The newest iteration any rank has logged in this attempt."""
         self.load_finished = False
-        self.committed: list[int] = []
 
     # ---- for the supervisor ---------------------------------------------------------------------------
     def filenos(self) -> list[int]:
@@ -159,6 +158,8 @@ class Follower:
         self.watcher.close()
         if self._output_events is not None:
             self._output_events.close()
+        for tail in self._outputs.values():
+            tail.close()
         for writer in self._writers.values():
             writer.close()
 
@@ -182,7 +183,6 @@ class Follower:
             # The tracker names a new iteration: Megatron's commit point. What the directory held then is
             # recorded, so a later check can tell whether a committed checkpoint changed afterwards.
             directory = self.checkpoint_dir / iteration_dir_name(event.iteration)
-            self.committed.append(event.iteration)
             out.append(self._record(0, history.CHECKPOINT_COMMITTED, {
                 "iteration": event.iteration, "path": str(directory),
                 "files": self.watcher.files_present(event.iteration), "seen_on_disk": True}))

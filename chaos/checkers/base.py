@@ -49,7 +49,7 @@ class CheckContext:
     facts: WorkloadFacts | None = None
     """The workload's facts (keep_last, exit_on_sigterm...); None = the defaults of chaos's own trainer."""
     layout: CheckpointLayout | None = None
-    """How a committed checkpoint looks on disk; None = chaos's manifest layout."""
+    """How a committed checkpoint looks on disk (the workload's); the checks that read checkpoints need it."""
     final_state_unavailable: str | None = None
     """Why final_state cannot decide for this workload (e.g. its trainer prints no state hash)."""
     golden_loss_windows: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
@@ -69,9 +69,8 @@ class CheckContext:
 
     def checkpoint_problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
         if self.layout is None:
-            from chaos.workloads.gpt3.layout import ManifestLayout
-
-            return ManifestLayout().problems(directory, committed)
+            raise ValueError("no checkpoint layout: the workload's (CheckContext.layout) is needed to judge a "
+                             "checkpoint on disk")
         return self.layout.problems(directory, committed)
 
     def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
