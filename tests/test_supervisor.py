@@ -327,10 +327,10 @@ def test_a_launch_that_fails_partway_leaves_no_process(tmp_path, monkeypatch):
     spawned: list[subprocess.Popen] = []
     real_spawn = launcher._spawn
 
-    def spawn_once_then_fail(argv, env, log_path):
+    def spawn_once_then_fail(argv, env, log_path, *rest):
         if spawned:
             raise InfrastructureError("cannot launch the second rank (test)")
-        spawned.append(real_spawn(argv, env, log_path))
+        spawned.append(real_spawn(argv, env, log_path, *rest))
         return spawned[-1]
 
     monkeypatch.setattr(launcher, "_spawn", spawn_once_then_fail)

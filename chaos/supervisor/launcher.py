@@ -21,6 +21,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 
 from chaos import control
 from chaos.errors import InfrastructureError
+from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
 from chaos.workloads.base import LaunchSpec
 
@@ -45,6 +46,8 @@ class AttemptLaunch:
     directory: Path
     port: int
     control_socket: str
+    cgroup_procs: str | None = None
+    """The attempt's cgroup (chaos.supervisor.lifeline): every launched process joins it before exec."""
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
@@ -59,11 +62,15 @@ def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
     return env
 
 
-def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None,
+           cgroup_procs: str | None = None) -> subprocess.Popen:
     log = open(log_path, "ab")
     try:
+        # preexec: join the attempt's cgroup and die with the supervisor (chaos.supervisor.lifeline); the
+        # supervisor launches from one thread, the one PR_SET_PDEATHSIG watches.
         return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd=cwd)
+                                start_new_session=True, close_fds=True, cwd=cwd,
+                                preexec_fn=child_setup(os.getpid(), cgroup_procs))
     except OSError as error:
         raise InfrastructureError(f"cannot launch {argv[0]!r}: {error}") from error
     finally:
@@ -85,7 +92,8 @@ def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProces
                 "GROUP_RANK": str(rank // per_node),
                 "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
             })
-            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out", spec.cwd))
+            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out", spec.cwd,
+                                  launch.cgroup_procs))
             processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=rank // per_node))
     except BaseException:
         _kill_started(started, processes)
@@ -141,7 +149,7 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
     try:
         for node in range(spec.nodes):
             argv = torchrun_argv(spec, launch, node, run_id)
-            started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out", spec.cwd))
+            started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out", spec.cwd, launch.cgroup_procs))
             processes.append(TrackedProcess.from_popen(started[-1], role="agent", node=node))
     except BaseException:
         _kill_started(started, processes)

@@ -262,6 +262,14 @@ class ProcessTable:
         return None
 
 
+def still_running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds nothing but its exit status)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
 def _live_untracked(table: ProcessTable) -> list[tuple[int, float]]:
     tracked = {p.pid for p in table.all_tracked()}
     return [(pid, started) for pid, started in table.descendants.items()

@@ -17,6 +17,7 @@ import selectors
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
@@ -26,10 +27,11 @@ from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy
 from chaos.supervisor import launcher
+from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
-                                        returncode_signal, teardown)
+                                        returncode_signal, still_running, teardown)
 from chaos.workloads.base import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
@@ -37,6 +39,7 @@ CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, .
 OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
                                    # seen by the black-box follower (log-observed workloads)
 OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
+LIFELINE = "lifeline"              # cgroup (bool), reason, watchdog_pid: how nothing outlives the supervisor
 AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
 RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
 
@@ -186,6 +189,10 @@ class _Supervisor:
         self.writer: history.HistoryWriter | None = None
         self.server: ControlServer | None = None
         self.interrupt = _Interrupt()
+        self.watchdog: lifeline.Watchdog | None = None
+        self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.cgroups = True
+        """False once a cgroup could not be made: said once, then the process-group fallback only."""
 
     def record(self, event: str, **fields) -> dict:
         assert self.writer is not None
@@ -205,6 +212,7 @@ class _Supervisor:
                     faults=[f.id for f in config.faults], max_restarts=config.restart.max_restarts)
         self.server = ControlServer(self.run_dir)
         control_path = self.server.start()
+        self.watchdog = lifeline.Watchdog()
         self.interrupt.install()
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
@@ -223,6 +231,7 @@ class _Supervisor:
         finally:
             self.interrupt.restore()
             self.server.close()
+            self.watchdog.close()
         for fault in config.faults:
             if fault.trigger.attempt > attempts_run:
                 self.missed.append(self.record(
@@ -261,6 +270,7 @@ class _Attempt:
         self._exit_reported: set[int] = set()
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
+        self.cgroup: lifeline.AttemptCgroup | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -278,12 +288,19 @@ class _Attempt:
         finally:
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
             result = teardown(self.table, self.config.restart.teardown_grace_s)
+            survivors, escaped = result.survivors, []
+            if self.cgroup is not None:
+                # whatever left the process tree (a double fork, a setsid grandchild) is still in the cgroup
+                escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
+                survivors = sorted({pid for pid in survivors if still_running(pid)} | set(self.cgroup.pids()))
+                self.cgroup.remove()
+            self.sup.watchdog.release_all()
             if self.observed is not None:
                 self._observe(final=True)  # what the ranks wrote before they died
                 self.observed.close()
             self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
                             grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
-                            sigkill=result.sigkill, survivors=result.survivors)
+                            sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped)
             self._report_late_exits()
             server.drop_all()
             self.selector.unregister(server.listener)
@@ -301,9 +318,13 @@ class _Attempt:
 
     def _launch(self) -> None:
         port = launcher.free_port()
-        plan = launcher.AttemptLaunch(self.number, self.directory, port, self.control_path)
+        self._make_cgroup()
+        plan = launcher.AttemptLaunch(self.number, self.directory, port, self.control_path,
+                                      self.cgroup.procs_file if self.cgroup else None)
         self.launch_mono = time.monotonic()
         self.table.launched = launcher.launch(self.config.launcher, self.spec, plan)
+        for process in self.table.launched:  # each leads its own session: its group is its pid
+            self.sup.watchdog.guard_group(process.pid, process.create_time)
         for process in self.table.launched:
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
             if process.role == "rank":
@@ -579,6 +600,19 @@ class _Attempt:
             self.sup.missed.append(self.sup.record(
                 history.FAULT_MISSED, fault_id=fault.id, attempt=self.number,
                 landed_ranks=sorted(state.landed_ranks), reason="; ".join(reasons)))
+
+    def _make_cgroup(self) -> None:
+        if not self.sup.cgroups:
+            return
+        self.cgroup, why_not = lifeline.create_attempt_cgroup(self.sup.run_token, self.number)
+        if self.cgroup is not None:
+            self.sup.watchdog.guard_cgroup(self.cgroup)
+        else:
+            self.sup.cgroups = False
+        if self.number == 1 or self.cgroup is None:
+            self.sup.record(LIFELINE, cgroup=str(self.cgroup.path) if self.cgroup else None,
+                            reason=why_not or "every process of an attempt is in its cgroup",
+                            fallback="process groups" if self.cgroup is None else None)
 
     # ---- observed faults (log-observed workloads) -----------------------------------------------------
     def _start_observing(self) -> None:
