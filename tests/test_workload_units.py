@@ -165,3 +165,93 @@ def test_the_upstream_reproducer_still_fails_on_the_installed_megatron_core():
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "depends on which sample the process fetched first" in done.stderr
+
+
+# ---- the crash-safe commit ------------------------------------------------------------------------------
+class _RecordingProbe:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def point(self, phase, step=None, index=None) -> None:
+        self.calls.append(("point", phase, step))
+
+    def checkpoint_committed(self, iteration, path) -> None:
+        self.calls.append(("committed", iteration))
+
+
+def _checkpointer(tmp_path, probe):
+    from chaos.workloads.gpt3.checkpoint import Checkpointer
+    from chaos.workloads.gpt3.parallel import ParallelDims
+
+    config = GPT3Config.from_mapping({"world_size": 1, "tensor_parallel": 1}, "test").with_run_dir(tmp_path)
+    dims = ParallelDims(rank=0, world_size=1, tp=1, dp=1, tp_rank=0, dp_rank=0, device=torch.device("cpu"), mesh=None)
+    return Checkpointer(config, dims, probe)
+
+
+def test_rank_0_records_the_commit_as_soon_as_the_tracker_names_it(tmp_path, monkeypatch):
+    """A rank 0 killed between the tracker update and the closing barrier must not leave a committed
+    checkpoint without a checkpoint_committed record (resume_point would fail a correct trainer)."""
+    from chaos.workloads.gpt3 import checkpoint
+
+    def killed_at_the_barrier(*args, **kwargs):
+        raise RuntimeError("rank 0 died here")
+
+    monkeypatch.setattr(checkpoint.dist, "barrier", killed_at_the_barrier)
+    probe = _RecordingProbe()
+    saver = _checkpointer(tmp_path, probe)
+    temp = saver.save_dir / ".tmp.iter_0000004"
+    temp.mkdir(parents=True)
+    (temp / "__0_0.distcp").write_bytes(b"shard")
+    (temp / ".metadata").write_bytes(b"meta")
+    with pytest.raises(RuntimeError, match="died here"):
+        saver._commit(temp, saver.save_dir / "iter_0000004", 4)
+    assert (saver.save_dir / "latest_checkpointed_iteration.txt").read_text() == "4"
+    assert ("committed", 4) in probe.calls
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "aside"])
+def test_saving_an_existing_iteration_again_never_leaves_it_missing(tmp_path, monkeypatch, exchange):
+    import ctypes
+    import os
+    from pathlib import Path
+
+    from chaos.workloads.gpt3 import checkpoint
+
+    final, temp = tmp_path / "iter_0000008", tmp_path / ".tmp.iter_0000008"
+    final.mkdir()
+    (final / "data").write_text("old")
+    temp.mkdir()
+    (temp / "data").write_text("new")
+    new_inode = temp.stat().st_ino
+    removed: list[str] = []
+    real_rmtree = checkpoint.shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        # deleting the committed path itself leaves it missing until the rename: a kill there loses it
+        assert Path(path) != final, "the committed directory was deleted before the new one was in place"
+        removed.append(Path(path).name)
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", rmtree)
+    if not exchange:
+        class NoExchange:  # a libc or filesystem without renameat2's exchange
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def renameat2(self, *args):
+                return -1
+
+        monkeypatch.setattr(ctypes, "CDLL", NoExchange)
+    checkpoint._install_directory(temp, final)
+    assert (final / "data").read_text() == "new" and final.stat().st_ino == new_inode
+    assert not temp.exists() and sorted(os.listdir(tmp_path)) == ["iter_0000008"]
+
+
+@pytest.mark.parametrize("manifest", ['{"files": [1, 2]}', '{"files": {"a": {"size": "x"}}}', "[]", '{"nofiles": 1}',
+                                      '{"files": {"a": 3}}'])
+def test_a_malformed_manifest_is_an_answer_not_an_exception(tmp_path, manifest):
+    """Rank 0 verifies and broadcasts the answer: an exception there would hang every other rank."""
+    from chaos.workloads.gpt3.checkpoint import MANIFEST, verify_manifest
+
+    (tmp_path / MANIFEST).write_text(manifest)
+    assert verify_manifest(tmp_path).startswith("unreadable manifest")

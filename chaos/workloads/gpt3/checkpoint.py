@@ -206,6 +206,33 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _install_directory(temp: Path, final: Path) -> None:
+    """Puts `temp` in place as `final`. When `final` exists (an earlier attempt renamed this iteration in,
+    or it is being saved again), the two are swapped in one step (renameat2 RENAME_EXCHANGE) and the old
+    one removed after: at no moment is there no `final` (deleting it first would leave the tracker naming a
+    missing directory if the rank died in between). Where the exchange is not supported, the old directory is
+    renamed aside first, which leaves `final` missing for one rename, never deleted."""
+    if not final.exists():
+        os.rename(temp, final)
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    exchanged = libc.renameat2(_AT_FDCWD, os.fsencode(temp), _AT_FDCWD, os.fsencode(final), _RENAME_EXCHANGE) == 0
+    if exchanged:
+        shutil.rmtree(temp)  # now holds the old directory
+        return
+    aside = final.with_name(f"{TEMP_PREFIX}old.{final.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(final, aside)
+    os.rename(temp, final)
+    shutil.rmtree(aside)
+
+
 def _write_atomically(path: Path, text: str) -> None:
     temp = path.with_name(path.name + ".tmp")
     with open(temp, "w") as handle:
@@ -239,15 +266,18 @@ def verify_manifest(directory: Path) -> str | None:
         return f"no {MANIFEST} (never committed)"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, OSError) as error:
-        return f"unreadable manifest: {error}"
-    for name, expected in manifest["files"].items():
+        files = {str(name): (int(entry["size"]), str(entry["sha256"])) for name, entry in manifest["files"].items()}
+    except (ValueError, OSError, KeyError, TypeError, AttributeError) as error:
+        # Any malformation is an answer, never an exception: rank 0 broadcasts this answer to every rank,
+        # and raising here instead would leave the others waiting in the broadcast forever.
+        return f"unreadable manifest: {type(error).__name__}: {error}"
+    for name, (size, digest) in files.items():
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != expected["size"]:
-            return f"{name} has {path.stat().st_size} bytes, committed {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, committed {size}"
+        if _sha256(path) != digest:
             return f"{name} does not match its committed sha256"
     return None
 
@@ -317,19 +347,21 @@ class Checkpointer:
 
     def _commit(self, temp: Path, final: Path, iteration: int) -> None:
         probe = self.probe
-        if self.dims.rank == 0 and not self.config.has_bug("tracker_before_shards"):
+        committing = self.dims.rank == 0 and not self.config.has_bug("tracker_before_shards")
+        if committing:
             write_manifest(temp, iteration)
             probe.point("checkpoint.commit", iteration)
-            if final.exists():
-                # An earlier attempt renamed this iteration but died before the tracker named it.
-                shutil.rmtree(final)
-            os.rename(temp, final)
+            _install_directory(temp, final)
             _fsync_dir(self.save_dir)
             probe.point("checkpoint.tracker", iteration)
             _write_atomically(self.save_dir / TRACKER, str(iteration))
+            # Committed the moment the tracker names it: recorded now, not after the barrier, so a rank 0
+            # killed in between does not leave a committed checkpoint without its record.
+            probe.checkpoint_committed(iteration, str(final))
             self._apply_retention(iteration)
         dist.barrier()
-        probe.checkpoint_committed(iteration, str(final))
+        if not committing:
+            probe.checkpoint_committed(iteration, str(final))
 
     def _remove_stale_temps(self) -> None:
         for entry in self.save_dir.iterdir():
