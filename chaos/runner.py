@@ -228,9 +228,13 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         scenario = load_scenario(run_dir / "scenario.yaml")
     if plan is None:
         plan = plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json"))
+    lost_golden = None
     if golden_choice is None:
-        stored = _stored_golden(run_dir, scenario)
-        golden_choice = stored
+        golden_choice = _stored_golden(run_dir, scenario)
+        lost_golden = _lost_golden(run_dir) if golden_choice is None else None
+        if lost_golden and not infrastructure_error:
+            infrastructure_error = (f"the golden this run was checked against ({lost_golden}) is gone: the run "
+                                    "cannot be re-checked")
     golden = golden_choice.golden if golden_choice else None
     comparison_mode = golden_choice.mode if golden_choice else scenario.golden_mode
 
@@ -263,7 +267,8 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     )
     results = run_checks(context, list(scenario.checks))
     # tolerance: the report's plot marks off-golden points by the same rule as the comparison.
-    golden_info = {"path": str(golden_choice.path) if golden_choice else None, "mode": comparison_mode,
+    golden_info = {"path": str(Path(golden_choice.path).resolve()) if golden_choice else lost_golden,
+                   "mode": comparison_mode,
                    "recorded_here": golden_choice.recorded_here if golden_choice else False,
                    "tolerance": dict(scenario.tolerance or {})}
     extra = {"infrastructure_error": infrastructure_error, "elapsed_s": elapsed_s, "seed": scenario.seed}
@@ -282,6 +287,15 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         print(f"chaos: report.html could not be written: {error}", file=sys.stderr)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report["verdict"], EXIT_INFRA)
     return RunResult(report["verdict"], run_dir, report, exit_code, summary, golden_choice)
+
+
+def _lost_golden(run_dir: Path) -> str | None:
+    """The golden path golden.json names when that file is gone (None: it names none, or it is there)."""
+    try:
+        path = json.loads((run_dir / "golden.json").read_text()).get("path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return path if path and not Path(path).is_file() else None
 
 
 def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:

@@ -116,8 +116,25 @@ def test_trajectory_fails_when_steps_are_missing(tmp_path):
     assert result.status == "fail" and "step 11" in result.detail
 
 
-def test_trajectory_skips_without_golden(tmp_path):
-    assert one(standard_run(tmp_path), "trajectory", golden_metrics=None).status == "skip"
+def test_trajectory_without_a_golden_is_undecided_not_a_pass(tmp_path):
+    result = one(standard_run(tmp_path), "trajectory", golden_metrics=None)
+    assert result.status == "error" and "not checked" in result.detail
+
+
+@pytest.mark.parametrize("steps,why", [(range(1, 2), "ends at step 1"), (range(1, 12), "ends at step 11"),
+                                       (range(3, 13), "starts at step 3")])
+def test_trajectory_against_a_golden_that_does_not_cover_the_run_is_undecided(tmp_path, steps, why):
+    run = standard_run(tmp_path)
+    golden = {"lm loss": {s: golden_loss(s) for s in steps}}
+    result = one(run, "trajectory", golden_metrics=golden)
+    assert result.status == "error" and why in result.detail, result.detail
+
+
+def test_trajectory_reads_a_golden_at_its_own_interval_and_notes_steps_beyond_the_run(tmp_path):
+    run = standard_run(tmp_path)
+    every_fifth = {"lm loss": {s: golden_loss(s) for s in (1, 6, 11, 16)}}
+    result = one(run, "trajectory", golden_metrics=every_fifth)
+    assert result.status == "pass" and result.evidence["golden_steps_beyond_the_run"] == [16, 16]
 
 
 def test_trajectory_uses_the_injected_golden_comparison(tmp_path):

@@ -43,3 +43,23 @@ def test_run_scenario_starts_clean_and_records_the_seed_it_used(tmp_path, monkey
         assert json.loads((run_dir / "report.json").read_text())["extra"]["seed"] == 7
         assert "random(seed=7)" in (run_dir / "plan.json").read_text()
     assert (tmp_path / "run.previous-1" / "report.json").is_file() and not (tmp_path / "run.previous-2").exists()
+
+
+def test_report_of_a_run_whose_golden_is_gone_is_an_error_and_keeps_the_path(tmp_path):
+    """`chaos report` where the golden was recorded (a session's cache, another machine) is gone: the run
+    cannot be re-checked. That is an error, never a pass with the golden-based checks skipped, and golden.json
+    keeps naming what is missing (a later report must not turn into a vacuous pass)."""
+    import json
+
+    from chaos.runner import analyze
+    from chaos.scenario import dump_scenario, load_scenario_text
+    from synthetic_runs import standard_run
+
+    run = standard_run(tmp_path)
+    (tmp_path / "scenario.yaml").write_text(dump_scenario(load_scenario_text(
+        "workload: {world_size: 2, tensor_parallel: 2, train_iters: 12, save_interval: 4}\n", "t.yaml")))
+    missing = str(tmp_path / "elsewhere" / "golden.json")
+    (tmp_path / "golden.json").write_text(json.dumps({"path": missing, "mode": "exact"}))
+    result = analyze(run.run_dir)
+    assert result.verdict == "error" and "is gone" in result.report["extra"]["infrastructure_error"]
+    assert json.loads((tmp_path / "golden.json").read_text())["path"] == missing

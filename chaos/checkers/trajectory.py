@@ -27,14 +27,23 @@ last printed digit in exact mode."""
 
 
 def check(ctx: CheckContext) -> CheckResult:
-    golden = (ctx.golden_metrics or {}).get(METRIC)
-    if not golden:
-        return CheckResult(NAME, "skip", "no golden lm loss to compare with")
-    golden = {step: value for step, value in golden.items() if 1 <= step <= ctx.train_iters}
+    # Nothing to compare is never a pass: the run's numbers would go unchecked (an `error`, not a `skip`).
+    whole = (ctx.golden_metrics or {}).get(METRIC)
+    if not whole:
+        return CheckResult(NAME, "error", "no golden lm loss to compare with: the run's losses were not checked")
+    golden = {step: value for step, value in whole.items() if 1 <= step <= ctx.train_iters}
+    uncovered = _uncovered(sorted(whole), ctx.train_iters)
+    if uncovered:
+        return CheckResult(NAME, "error", f"the golden does not cover the run: {uncovered}; the run's losses there "
+                                          "would go unchecked (record a golden of the same length)",
+                           {"golden_steps": [min(whole), max(whole)], "train_iters": ctx.train_iters})
     effective = views.effective_metrics(ctx.history)
     records = {step: record for step, (_, record) in effective.items()}
     plain_golden, plain_actual, derived = _split(golden, dict(ctx.golden_loss_windows), records)
     evidence: dict = {"steps_compared": len(golden), "effective_steps": len(records)}
+    beyond = sorted(step for step in whole if step > ctx.train_iters)
+    if beyond:
+        evidence["golden_steps_beyond_the_run"] = [beyond[0], beyond[-1]]
     if derived:
         evidence["loss_windows"] = [{"step": s, "window": list(w), "expected": e, "actual": a}
                                     for s, w, e, a in derived]
@@ -82,6 +91,16 @@ def check(ctx: CheckContext) -> CheckResult:
         note += f"; {len(derived)} printed mean(s) over a loss window checked against the golden's mean"
     rule = f"; {evidence['comparison']}" if evidence["comparison"] else ""
     return CheckResult(NAME, "pass", f"lm loss matches the golden at all {len(golden)} steps{note}{rule}", evidence)
+
+
+def _uncovered(steps: list[int], train_iters: int) -> str:
+    """'' when the golden's steps (at their own interval, as Megatron's files may have) span 1..train_iters."""
+    interval = math.gcd(*[b - a for a, b in zip(steps, steps[1:])]) if len(steps) > 1 else 1
+    if steps[0] > interval:
+        return f"it starts at step {steps[0]}"
+    if steps[-1] <= train_iters - interval:
+        return f"it ends at step {steps[-1]}, the run has train_iters={train_iters}"
+    return ""
 
 
 # ---- loss windows ----------------------------------------------------------------------------------------

@@ -414,7 +414,15 @@ def _resolve_golden(read: _Fields, text: str, base_dir: Path) -> Path:
 
 def _tolerance(read: _Fields, value: Any) -> dict[str, float]:
     raw = read.mapping(value, "tolerance", KNOWN_METRICS)
-    return {metric: read.number(raw[metric], f"tolerance.{metric}") for metric in raw}
+    out = {}
+    for metric in raw:
+        where = f"tolerance.{metric}"
+        number = read.number(raw[metric], where)
+        if number == float("inf"):
+            raise read.error(where, "an infinite tolerance accepts any value: the comparison would check nothing; "
+                                    "give a relative tolerance such as 0.05")
+        out[metric] = number
+    return out
 
 
 def _checks(read: _Fields, value: Any) -> tuple[str, ...]:
