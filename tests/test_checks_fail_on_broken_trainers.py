@@ -1,4 +1,4 @@
-"""Each oracle fails on a real trainer with the matching bug (DESIGN.md: a checker that cannot fail is a
+"""Each oracle fails on a real trainer with the matching bug (a checker that cannot fail is a
 defect). Real ranks (TP2 x DP1, 2 ranks, 6 steps), real signals, the real supervisor; the bugs are the
 workload's `bugs:` switches. The failure message names the check and the first diverging step."""
 

@@ -1,4 +1,4 @@
-"""Checkers: was the run right? One module per oracle (DESIGN.md "Oracles"), one registry entry each.
+"""Checkers: was the run right? One module per oracle (README: "The checks"), one registry entry each.
 
 A checker reads only the history and the files on disk (CheckContext) and returns a CheckResult:
 pass / fail / skip (unknown) / error, with evidence. Like Jepsen, an exception inside a checker becomes an

@@ -1,7 +1,7 @@
 """DTensor checkpoints through torch.distributed.checkpoint (DCP): TP-correct, crash-safe, resumable
 with another data-parallel size.
 
-TP-correct (TRAP 1 in DESIGN.md): FSDP2 over the "dp" mesh makes every parameter a DTensor whose
+TP-correct (trap 1 in the README): FSDP2 over the "dp" mesh makes every parameter a DTensor whose
 *global* shape is the TP-local shape, so TP rank 0 and TP rank 1 would save the same keys with different
 data and DCP would silently keep one. We save each tensor as a 2-D DTensor on the ("tp", "dp") mesh
 instead: Shard(partition_dim) over tp, then FSDP's Shard(0) over dp (DTensor applies placements in mesh

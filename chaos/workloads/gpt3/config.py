@@ -21,7 +21,7 @@ BUGS = (
     "no_optimizer_state",    # optimizer moments are neither saved nor loaded
     "tracker_before_shards", # the tracker names the new iteration before the shards are written
     "load_partial",          # loading takes the newest iter_* directory, committed or not
-    "swap_tp_shards",        # TRAP 1 of DESIGN.md: TP ranks write the same keys; both load one shard
+    "swap_tp_shards",        # trap 1 (README): TP ranks write the same keys; both load one shard
     "ignore_sigterm",        # SIGTERM is caught and ignored: the rank never dies on it
     "skip_step_on_resume",   # resume starts one step after the checkpoint (a step is lost)
     "upstream_loss_mask_cache",  # megatron-core's GPTDataset mask cache as shipped: a process's first

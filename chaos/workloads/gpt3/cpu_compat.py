@@ -1,6 +1,6 @@
 """What megatron-core needs to run on CPU over gloo, applied only when device == cpu.
 
-Measured (DESIGN.md): two substitutions are enough for GPTModel with TP=2 forward/backward/step:
+Measured: two substitutions are enough for GPTModel with TP=2 forward/backward/step:
 1. `GlobalMemoryBuffer.get_tensor` allocates on `torch.cuda.current_device()`; on CPU it must allocate
    host memory (used by the TP all-gather paths).
 2. The TP RNG tracker (`tensor_parallel.random`) forks the CUDA generator; on CPU the tracker keeps CPU

@@ -1,6 +1,6 @@
 """Every random stream a rank draws from, seeded like Megatron and captured/restored per rank.
 
-TRAP 2 of DESIGN.md: with dropout on, an exact resume needs python, numpy, torch CPU, CUDA and the TP
+Trap 2 (README): with dropout on, an exact resume needs python, numpy, torch CPU, CUDA and the TP
 tracker states all restored; any one missing and the loss drifts without an error.
 """
 
