@@ -39,7 +39,7 @@ CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, .
 OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
                                    # seen by the black-box follower (log-observed workloads)
 OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
-LIFELINE = "lifeline"              # cgroup (bool), reason, watchdog_pid: how nothing outlives the supervisor
+LIFELINE = "lifeline"              # cgroup (path or None), reason, fallback: how nothing outlives the supervisor
 AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
 RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
 
