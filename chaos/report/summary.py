@@ -26,7 +26,9 @@ def format_summary(report: dict[str, Any]) -> str:
                         if a.get("resumed_from") is not None)
     lines.append(f"  restarts: {report.get('restarts', 0)} of {report.get('max_restarts', '?')}"
                  + (f" ({resumed})" if resumed else ""))
-    for attempt in attempts:
+    for attempt in attempts if report.get("verdict") != "pass" else []:
+        # a survivor's "connection reset" after a killed peer is expected: the trainer's own words matter
+        # when something went wrong
         for raised in attempt.get("exceptions", [])[:2]:
             lines.append(f"  attempt {attempt['index']} rank {raised.get('rank')} raised: {raised.get('summary')}")
         unparsed = attempt.get("parse_errors")
