@@ -160,7 +160,7 @@ def test_expect_in_a_test_function_gives_the_same_failure_text(project):
 
 
 def test_invalid_scenario_file_fails_with_the_field_path(project):
-    (project.path / "scenarios" / "typo.yaml").write_text(SCENARIO.replace("SIGKILL", "SIGKIL") % "")
+    (project.path / "scenarios" / "typo.yaml").write_text(SCENARIO.replace("SIGKILL", "SIGKIL") % small_workload())
     result = project.runpytest("scenarios/typo.yaml")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*faults[[]0[]].signal*did you mean SIGKILL?*"])
