@@ -71,11 +71,20 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         from chaos.schedule import plan_faults
 
-        for path in args.scenarios:
-            scenario = load_scenario(path)
-            plan = plan_faults(scenario)
-            print(f"{path}: ok ({scenario.world_size} ranks, {len(plan)} planned faults, checks: {', '.join(scenario.checks)})")
-        return 0
+        invalid = 0
+        for path in args.scenarios:  # every file is answered for, not only those before the first bad one
+            try:
+                scenario = load_scenario(path)
+                plan = plan_faults(scenario)
+            except InputError as error:
+                invalid += 1
+                print(f"chaos: {error}", file=sys.stderr)
+                continue
+            print(f"{path}: ok ({scenario.world_size} ranks, {len(plan)} planned faults, checks: "
+                  f"{', '.join(scenario.checks)})")
+        if len(args.scenarios) > 1:
+            print(f"{len(args.scenarios) - invalid} of {len(args.scenarios)} valid", file=sys.stderr)
+        return EXIT_INPUT if invalid else 0
     # imported only past validate: the runner pulls in the supervisor, checkers and reports
     from chaos import runner
     from chaos.progress import ProgressLine

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from chaos import golden as golden_module
+from chaos import preflight
 from chaos.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, InfrastructureError, InputError
 from chaos.plan import PlannedFault
 from chaos.scenario import Scenario, dump_scenario, load_scenario
@@ -109,6 +110,8 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
     """Runs the workload uninterrupted (no faults, no restarts) and writes a Megatron-format golden."""
     from chaos.supervisor import SupervisorConfig, supervise
 
+    preflight.check_run_dir(work_dir)
+    preflight.check_machine(scenario.facts, scenario.source)
     move_aside(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     workload, facts = scenario.workload, scenario.facts
@@ -191,6 +194,9 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     if seed is not None:
         scenario = dataclasses.replace(scenario, seed=seed)
     run_dir = Path(out_dir) if out_dir else default_run_dir(scenario)
+    preflight.check_run_dir(run_dir)
+    preflight.check_golden_cache(golden_cache)
+    preflight.check_machine(scenario.facts, scenario.source)
     move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:

@@ -63,3 +63,28 @@ def test_report_of_a_run_whose_golden_is_gone_is_an_error_and_keeps_the_path(tmp
     result = analyze(run.run_dir)
     assert result.verdict == "error" and "is gone" in result.report["extra"]["infrastructure_error"]
     assert json.loads((tmp_path / "golden.json").read_text())["path"] == missing
+
+
+def test_out_that_is_not_a_directory_is_refused_and_never_moved(tmp_path):
+    """As root, `--out /dev/null` used to rename /dev/null aside; a regular file was renamed too."""
+    import os
+
+    import pytest
+
+    from chaos.errors import InputError
+
+    scenario = load_scenario_text(SMALL, "small")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine\n")
+    link_to_device = tmp_path / "null"
+    link_to_device.symlink_to(os.devnull)
+    for target in (afile, link_to_device):
+        with pytest.raises(InputError, match="exists and is not a directory"):
+            runner.run_scenario(scenario, out_dir=target, say=lambda text: None)
+    assert afile.read_text() == "mine\n" and link_to_device.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "null"]
+    with pytest.raises(InputError, match="is not a writable directory"):
+        runner.run_scenario(scenario, out_dir=afile / "run", say=lambda text: None)
+    with pytest.raises(InputError, match="--golden-cache"):
+        runner.run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=afile, say=lambda text: None)
+    assert not (tmp_path / "run").exists()

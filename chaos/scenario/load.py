@@ -9,14 +9,16 @@ scenario test something other than what its author meant.
 from __future__ import annotations
 
 import copy
+import math
 import re
+import stat
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
 
-from chaos.errors import InputError, did_you_mean
+from chaos.errors import InputError, did_you_mean, show
 from chaos.golden import KNOWN_METRICS
 from chaos.plan import CORRUPT_MODES, SIGNALS, Action, RestartPolicy, Trigger
 from chaos.scenario.model import (
@@ -31,6 +33,10 @@ TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s")
 GOLDEN_KEYS = ("path", "mode")
+NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
+MAX_RESTARTS = 1000
+"""Each restart is a new attempt of the whole job; more than this is a typo, and an MTBF plan expands to one
+fault per restart when it is validated."""
 
 
 # ---- YAML ------------------------------------------------------------------------------------------
@@ -43,15 +49,34 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping", node.start_mark, "found a list or mapping used as a key; keys are names",
+                key_node.start_mark) from None
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                "while reading a mapping", node.start_mark, f"found duplicate key {show(key)}", key_node.start_mark
             )
         seen[key] = True
     return loader.construct_mapping(node, deep=deep)
 
 
+MAX_INT_DIGITS = 40
+"""Longer integers are no setting anyone means (and past 4300 digits Python refuses to parse them)."""
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    digits = sum(ch.isdigit() for ch in str(node.value))
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer with {digits} digits; expected at most {MAX_INT_DIGITS}", node.start_mark)
+    return loader.construct_yaml_int(node)
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -59,10 +84,41 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_SCENARIO_BYTES = 1 << 20
+"""A scenario is a few kilobytes; a megabyte is already a generated or wrong file."""
+
+
+def read_scenario_text(path: Path) -> str:
+    """The text of a scenario file: a regular file of at most MAX_SCENARIO_BYTES, in UTF-8. Anything else
+    (a directory, a FIFO that would block forever, /dev/zero that never ends, Latin-1) is an InputError."""
+    source = str(path)
+    try:
+        kind = path.stat().st_mode
+        if not stat.S_ISREG(kind):
+            what = "a directory" if stat.S_ISDIR(kind) else "a FIFO" if stat.S_ISFIFO(kind) else \
+                "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a socket or special file"
+            raise InputError(source, "", f"is {what}; expected a scenario YAML file")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SCENARIO_BYTES + 1)
+    except OSError as error:
+        raise InputError(source, "", f"cannot read scenario: {error.strerror or error}") from None
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise InputError(source, "", f"larger than {MAX_SCENARIO_BYTES >> 20} MiB; a scenario is a few KB of YAML")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(source, f"line {line}", f"not UTF-8 (byte 0x{data[error.start]:02x} at offset "
+                                                 f"{error.start}); save the file as UTF-8") from None
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """YAML text -> Python data; a syntax error becomes an InputError with the line and column."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except RecursionError:
+        raise InputError(source, "", "nested too deeply to be a scenario (lists or mappings inside each other "
+                                     "hundreds of levels deep)") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -83,7 +139,7 @@ class _Fields:
 
     def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict:
         if not isinstance(value, Mapping):
-            raise self.error(where, f"expected a mapping with keys from {list(allowed)}, got {value!r}")
+            raise self.error(where, f"expected a mapping with keys from {list(allowed)}, got {show(value)}")
         for key in value:
             if key not in allowed:
                 raise self.error(_join(where, str(key)),
@@ -93,33 +149,33 @@ class _Fields:
     def integer(self, value: Any, where: str, low: int | None = None, high: int | None = None,
                 high_reason: str = "") -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {value!r}")
+            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {show(value)}")
         if (low is not None and value < low) or (high is not None and value > high):
             raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {value}")
         return value
 
     def number(self, value: Any, where: str, low: float = 0.0, strict: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.error(where, f"expected a finite number {'>' if strict else '>='} {low:g}, got {show(value)}")
         if value < low or (strict and value == low):
-            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {value!r}")
+            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {show(value)}")
         return float(value)
 
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
-            raise self.error(where, f"expected a string, got {value!r}")
+            raise self.error(where, f"expected a string, got {show(value)}")
         return value
 
     def choice(self, value: Any, where: str, choices: tuple[str, ...], what: str = "") -> str:
         if not isinstance(value, str) or value not in choices:
-            raise self.error(where, f"expected {what or 'one of'} {list(choices)}, got {value!r}"
+            raise self.error(where, f"expected {what or 'one of'} {list(choices)}, got {show(value)}"
                                     f"{did_you_mean(value, choices)}")
         return value
 
     def choices(self, value: Any, where: str, choices: tuple[str, ...]) -> tuple[str, ...]:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items:
-            raise self.error(where, f"expected a non-empty list of {list(choices)}, got {value!r}")
+            raise self.error(where, f"expected a non-empty list of {list(choices)}, got {show(value)}")
         picked = tuple(self.choice(item, f"{where}[{i}]", choices) for i, item in enumerate(items))
         return tuple(dict.fromkeys(picked))
 
@@ -145,10 +201,7 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     """Reads and validates a scenario file; `name` defaults to the file's stem. `overrides` are dotted keys
     (see apply_overrides: the CLI's parsed --set, pytest marker kwargs)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise InputError(str(path), "", f"cannot read scenario: {error.strerror or error}") from None
+    text = read_scenario_text(path)
     return apply_overrides(load_scenario_text(text, str(path), base_dir=path.resolve().parent), overrides or {})
 
 
@@ -170,9 +223,12 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     top = read.mapping(data, "", TOP_KEYS)
 
-    name = read.string(top.get("name", Path(source).stem), "name")
-    if not name.strip():
-        raise read.error("name", "must not be empty")
+    default_name = re.sub(r"[^\w.+-]", "-", Path(source).stem).lstrip(".")[:100] or "scenario"
+    name = read.string(top.get("name", default_name), "name")
+    if not NAME_PATTERN.fullmatch(name):
+        # the name becomes the default run directory's name: no path separators, no hidden files, no controls
+        raise read.error("name", f"expected letters, digits, '.', '_', '+' or '-' (not first '.'), at most 100, "
+                                 f"got {show(name)}")
     description = read.string(top.get("description", "") or "", "description").strip()
     seed = read.integer(top.get("seed", 0), "seed")
     launcher = read.choice(top.get("launcher", "direct"), "launcher", LAUNCHERS)
@@ -183,10 +239,12 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     workload_mapping = top["workload"]
     workload = workload_from_mapping(workload_mapping, source, "workload", base_dir)
 
-    restart = _restart(read, top.get("restart", {}) or {})
-    faults = _faults(read, top.get("faults", []) or [], workload, restart)
-    golden = _golden(read, top.get("golden", {}) or {}, base_dir)
-    tolerance = _tolerance(read, top.get("tolerance", {}) or {})
+    # `restart:` with nothing after it is YAML's null and means the defaults; any other empty or false value
+    # (faults: {}, golden: 0) is a mistake the sections' readers report
+    restart = _restart(read, _section(top, "restart", {}))
+    faults = _faults(read, _section(top, "faults", []), workload, restart)
+    golden = _golden(read, _section(top, "golden", {}), base_dir)
+    tolerance = _tolerance(read, _section(top, "tolerance", {}))
     checks = _checks(read, top.get("checks", "all"))
 
     return Scenario(
@@ -197,11 +255,17 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
 
 
 # ---- sections ------------------------------------------------------------------------------------------
+def _section(top: Mapping, key: str, default: Any) -> Any:
+    value = top.get(key)
+    return default if value is None else value
+
+
 def _restart(read: _Fields, value: Any) -> RestartPolicy:
     raw = read.mapping(value, "restart", RESTART_KEYS)
     defaults = RestartPolicy()
     return RestartPolicy(
-        max_restarts=read.integer(raw.get("max_restarts", defaults.max_restarts), "restart.max_restarts", low=0),
+        max_restarts=read.integer(raw.get("max_restarts", defaults.max_restarts), "restart.max_restarts", low=0,
+                                  high=MAX_RESTARTS),
         teardown_grace_s=read.number(raw.get("teardown_grace_s", defaults.teardown_grace_s),
                                      "restart.teardown_grace_s"),
         hang_timeout_s=read.number(raw.get("hang_timeout_s", defaults.hang_timeout_s), "restart.hang_timeout_s",
@@ -213,7 +277,7 @@ def _restart(read: _Fields, value: Any) -> RestartPolicy:
 
 def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
     if not isinstance(value, list):
-        raise read.error("faults", f"expected a list of faults, got {value!r}")
+        raise read.error("faults", f"expected a list of faults, got {show(value)}")
     faults: list[FaultSpec] = []
     for i, item in enumerate(value):
         where = f"faults[{i}]"
@@ -318,7 +382,7 @@ def _target(read: _Fields, value: Any, where: str, workload: Workload) -> Target
         return TargetSpec(kind="rank", ranks=(_rank(read, inner, f"{where}.rank", workload),))
     if kind == "ranks":
         if not isinstance(inner, list) or not inner:
-            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {inner!r}")
+            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {show(inner)}")
         ranks = [_rank(read, r, f"{where}.ranks[{i}]", workload) for i, r in enumerate(inner)]
         if len(set(ranks)) != len(ranks):
             raise read.error(f"{where}.ranks", f"ranks repeat: {ranks}")
@@ -329,7 +393,7 @@ def _target(read: _Fields, value: Any, where: str, workload: Workload) -> Target
         return TargetSpec(kind="node", node=node)
     if kind == "all":
         if inner is not True:
-            raise read.error(f"{where}.all", f"expected true (or write `target: all`), got {inner!r}")
+            raise read.error(f"{where}.all", f"expected true (or write `target: all`), got {show(inner)}")
         return TargetSpec(kind="all")
     world_size = workload.facts.world_size
     count = read.integer(inner, f"{where}.random", low=1, high=world_size, high_reason=f"world_size={world_size}")
@@ -342,7 +406,7 @@ def _random(read: _Fields, value: Any, where: str, workload: Workload, restart: 
     ranks: tuple[int, ...] = ()
     if "ranks" in raw:
         if not isinstance(raw["ranks"], list) or not raw["ranks"]:
-            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {raw['ranks']!r}")
+            raise read.error(f"{where}.ranks", f"expected a non-empty list of ranks, got {show(raw['ranks'])}")
         ranks = tuple(sorted({_rank(read, r, f"{where}.ranks[{i}]", workload) for i, r in enumerate(raw["ranks"])}))
     attempt = read.integer(raw.get("attempt", 1), f"{where}.attempt", low=1)
     # Every planned fault ends its attempt, and the run still has to finish afterwards.
@@ -371,7 +435,7 @@ def _random(read: _Fields, value: Any, where: str, workload: Workload, restart: 
     if "steps" in raw:
         pair = raw["steps"]
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise read.error(f"{where}.steps", f"expected [first, last] (inclusive), got {pair!r}")
+            raise read.error(f"{where}.steps", f"expected [first, last] (inclusive), got {show(pair)}")
         train_iters = workload.facts.train_iters
         low = read.integer(pair[0], f"{where}.steps[0]", low=1, high=train_iters,
                            high_reason=f"train_iters={train_iters}")
@@ -406,8 +470,12 @@ def _resolve_golden(read: _Fields, text: str, base_dir: Path) -> Path:
     path = Path(text).expanduser()
     tried = [path] if path.is_absolute() else [base_dir / path, Path.cwd() / path]
     for candidate in tried:
-        if candidate.is_file():
-            return candidate.resolve()
+        try:
+            if candidate.is_file():
+                return candidate.resolve()
+        except (OSError, ValueError) as error:  # a name too long for the filesystem, a NUL byte
+            raise read.error("golden.path", f"not a usable path ({getattr(error, 'strerror', None) or error}): "
+                                            f"{show(text)}") from None
     raise read.error("golden.path", f"no golden file at {' or '.join(str(p) for p in tried)}; record one first "
                                     "or leave golden.path out")
 
@@ -428,7 +496,7 @@ def _tolerance(read: _Fields, value: Any) -> dict[str, float]:
 def _checks(read: _Fields, value: Any) -> tuple[str, ...]:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names:
-        raise read.error("checks", f"expected `all` or a non-empty list of {list(CHECK_NAMES)}, got {value!r}")
+        raise read.error("checks", f"expected `all` or a non-empty list of {list(CHECK_NAMES)}, got {show(value)}")
     picked: list[str] = []
     for i, name in enumerate(names):
         where = "checks" if isinstance(value, str) else f"checks[{i}]"
@@ -562,7 +630,7 @@ def _set_dotted(mapping: dict, key: str, value: Any, source: str) -> None:
         where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise InputError(source, where, f"expected a list index < {len(node)}, got {part!r}")
+                raise InputError(source, where, f"expected a list index < {len(node)}, got {show(part)}")
             if last:
                 node[int(part)] = value
             else:
@@ -575,4 +643,4 @@ def _set_dotted(mapping: dict, key: str, value: Any, source: str) -> None:
                     node[part] = {}
                 node = node[part]
         else:
-            raise InputError(source, where, f"cannot set a key inside {node!r}")
+            raise InputError(source, where, f"cannot set a key inside {show(node)}")

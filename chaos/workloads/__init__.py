@@ -10,7 +10,7 @@ import importlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from chaos.errors import InputError, did_you_mean
+from chaos.errors import InputError, did_you_mean, show
 from chaos.workloads.base import LaunchSpec, PhaseRules, Workload, WorkloadFacts
 
 KINDS: dict[str, str] = {
@@ -25,10 +25,10 @@ def workload_from_mapping(mapping: Any, source: str, field_prefix: str = "worklo
     """The validated workload a scenario's `workload:` mapping describes (InputError on anything wrong)."""
     if not isinstance(mapping, Mapping) or not mapping:
         raise InputError(source, field_prefix, f"expected a mapping with the workload's settings (kind: "
-                                               f"{' | '.join(KINDS)}, default {DEFAULT_KIND}), got {mapping!r}")
+                                               f"{' | '.join(KINDS)}, default {DEFAULT_KIND}), got {show(mapping)}")
     kind = mapping.get("kind", DEFAULT_KIND)
     if not isinstance(kind, str) or kind not in KINDS:
-        raise InputError(source, f"{field_prefix}.kind", f"unknown workload kind {kind!r}; expected one of "
+        raise InputError(source, f"{field_prefix}.kind", f"unknown workload kind {show(kind)}; expected one of "
                                                          f"{list(KINDS)}{did_you_mean(kind, list(KINDS))}")
     module = importlib.import_module(KINDS[kind])
     return module.from_mapping(mapping, source, field_prefix, base_dir)

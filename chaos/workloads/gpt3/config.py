@@ -4,6 +4,7 @@ mapping (preset + overrides). Pure Python: the supervisor validates it without i
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
-from chaos.errors import InputError, did_you_mean
+from chaos.errors import InputError, did_you_mean, show
 
 # Deliberate bugs, for proving that each checker can fail. Never on by default; a scenario or test asks.
 BUGS = (
@@ -30,6 +31,10 @@ BUGS = (
     "crash_on_resume",       # loading a checkpoint raises: no restart ever resumes
 )
 
+
+MAX_WORLD_SIZE = 1024
+MAX_SEED = 2**32 - 1 - 1_000_000
+"""numpy takes seeds < 2**32; the trainer adds per-rank offsets to the scenario's seed."""
 
 NUMERICS_VERSION = 3
 """Bump when the trainer's math, its state hash or its data hash changes: committed goldens of older versions
@@ -114,10 +119,10 @@ class GPT3Config:
         if not isinstance(mapping, Mapping):
             raise InputError(source, field_prefix, f"expected a mapping, got {type(mapping).__name__}")
         preset_name = mapping.get("preset", "tiny_cpu")
-        if preset_name not in PRESETS:
+        if not isinstance(preset_name, str) or preset_name not in PRESETS:
             raise InputError(
                 source, f"{field_prefix}.preset",
-                f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}{did_you_mean(preset_name, list(PRESETS))}",
+                f"unknown preset {show(preset_name)}; expected one of {sorted(PRESETS)}{did_you_mean(preset_name, list(PRESETS))}",
             )
         values: dict[str, Any] = dict(PRESETS[preset_name])
         values["preset"] = preset_name
@@ -155,8 +160,37 @@ class GPT3Config:
                       f"data_parallel = {self.micro_batch_size} x {self.data_parallel}")
         if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.tensor_parallel:
             raise bad("num_attention_heads", "must divide hidden_size and be a multiple of tensor_parallel")
+        if self.world_size > MAX_WORLD_SIZE:
+            raise bad("world_size", f"at most {MAX_WORLD_SIZE} ranks (every rank is a process on this machine), "
+                                    f"got {self.world_size}")
         if self.keep_last < 0:
             raise bad("keep_last", "cannot be negative")
+        # Ranges the ranks would reject, or train nonsense with, checked before anything is launched.
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, f"expected a probability in [0, 1), got {getattr(self, name)}")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise bad(name, f"expected a value in [0, 1), got {getattr(self, name)}")
+        for name in ("lr", "adam_eps"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise bad(name, f"expected a finite number > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "weight_decay", "clip_grad"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, f"expected a finite number >= 0, got {getattr(self, name)}")
+        if self.min_lr > self.lr:
+            raise bad("min_lr", f"{self.min_lr} is above lr={self.lr}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"expected an integer in [0, {MAX_SEED}] (numpy's seed range, less the per-rank "
+                              f"offsets), got {self.seed}")
+        if self.lr_warmup_iters < 0:
+            raise bad("lr_warmup_iters", f"cannot be negative, got {self.lr_warmup_iters}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
+            raise bad("lr_decay_iters", f"expected an integer >= 1, got {self.lr_decay_iters}")
+        for name in ("exit_at_iter",):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= self.train_iters:
+                raise bad(name, f"expected a step in [1, train_iters={self.train_iters}], got {value}")
         if self.device == "cpu" and self.fsdp == "megatron":
             raise bad("fsdp", "Megatron-FSDP is CUDA-only (it uses CUDA streams throughout); use fsdp: torch on CPU")
         if self.device == "cpu" and self.transformer_impl == "transformer_engine":
@@ -165,7 +199,7 @@ class GPT3Config:
             raise bad("bf16", "bf16 is for device: cuda; the CPU reference runs in fp32 (bitwise oracle)")
         for bug in self.bugs:
             if bug not in BUGS:
-                raise bad("bugs", f"unknown bug {bug!r}{did_you_mean(bug, BUGS)}; expected one of {list(BUGS)}")
+                raise bad("bugs", f"unknown bug {show(bug)}{did_you_mean(bug, BUGS)}; expected one of {list(BUGS)}")
 
     def with_run_dir(self, run_dir: Path) -> "GPT3Config":
         """Checkpoints always live inside the run directory: the tool never writes outside it."""
@@ -207,29 +241,29 @@ def _coerce(raw: Any, hint: Any, source: str, where: str) -> Any:
         return _coerce(raw, inner[0], source, where)
     if origin is Literal:
         if raw not in args:
-            raise InputError(source, where, f"expected one of {list(args)}, got {raw!r}{did_you_mean(raw, list(args))}")
+            raise InputError(source, where, f"expected one of {list(args)}, got {show(raw)}{did_you_mean(raw, list(args))}")
         return raw
     if origin is tuple:
         if isinstance(raw, str):
             raw = [raw]
         if not isinstance(raw, (list, tuple)):
-            raise InputError(source, where, f"expected a list, got {raw!r}")
+            raise InputError(source, where, f"expected a list, got {show(raw)}")
         return tuple(_coerce(item, args[0], source, f"{where}[{i}]") for i, item in enumerate(raw))
     if hint is bool:
         if not isinstance(raw, bool):
-            raise InputError(source, where, f"expected true or false, got {raw!r}")
+            raise InputError(source, where, f"expected true or false, got {show(raw)}")
         return raw
     if hint is int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise InputError(source, where, f"expected an integer, got {raw!r}")
+            raise InputError(source, where, f"expected an integer, got {show(raw)}")
         return raw
     if hint is float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise InputError(source, where, f"expected a number, got {raw!r}")
+            raise InputError(source, where, f"expected a number, got {show(raw)}")
         return float(raw)
     if hint is str:
         if not isinstance(raw, str):
-            raise InputError(source, where, f"expected a string, got {raw!r}")
+            raise InputError(source, where, f"expected a string, got {show(raw)}")
         return raw
     return raw
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from chaos.errors import InputError
 from chaos.probe import COORDINATOR_PHASES, MICROBATCH_PHASES, PHASES, SAVE_PHASES, STEP_PHASES
 from chaos.workloads.base import LaunchSpec, PhaseRules, WorkloadFacts
 from chaos.workloads.gpt3.config import GPT3Config
@@ -82,4 +83,19 @@ class GPT3Workload:
 def from_mapping(mapping: Mapping[str, Any], source: str, field_prefix: str = "workload",
                  base_dir: Path | None = None) -> GPT3Workload:
     body = {key: value for key, value in mapping.items() if key != "kind"}
-    return GPT3Workload(GPT3Config.from_mapping(body, source, field_prefix))
+    config = GPT3Config.from_mapping(body, source, field_prefix)
+    if config.data_path is not None:
+        _check_data_path(config.data_path, source, f"{field_prefix}.data_path")
+    return GPT3Workload(config)
+
+
+def _check_data_path(prefix: str, source: str, where: str) -> None:
+    """A megatron indexed dataset is two files, <prefix>.bin and <prefix>.idx; the ranks open them relative to
+    the working directory. Missing ones are refused here rather than in every rank after its imports."""
+    try:
+        missing = [f"{prefix}{suffix}" for suffix in (".bin", ".idx") if not Path(f"{prefix}{suffix}").is_file()]
+    except (OSError, ValueError) as error:
+        raise InputError(source, where, f"not a usable path ({getattr(error, 'strerror', None) or error})") from None
+    if missing:
+        raise InputError(source, where, f"expected the prefix of a megatron indexed dataset; missing "
+                                        f"{', '.join(missing)} (relative paths are from {Path.cwd()})")

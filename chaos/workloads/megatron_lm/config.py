@@ -47,7 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from chaos.errors import InputError, did_you_mean
+from chaos.errors import InputError, did_you_mean, show
 
 CHAOS_OWNED_FLAGS = ("--save", "--load", "--train-iters", "--save-interval", "--log-interval", "--exit-signal-handler")
 """Flags chaos rewrites on every launch: checkpoints go to the run directory, chaos decides the length and
@@ -158,14 +158,14 @@ class _Reader:
 
     def integer(self, raw: Any, key: str, minimum: int = 1) -> int:
         if isinstance(raw, bool) or not isinstance(raw, int):
-            raise self.error(key, f"expected an integer >= {minimum}, got {raw!r}")
+            raise self.error(key, f"expected an integer >= {minimum}, got {show(raw)}")
         if raw < minimum:
             raise self.error(key, f"must be >= {minimum}, got {raw}")
         return raw
 
     def string(self, raw: Any, key: str) -> str:
         if not isinstance(raw, str) or not raw.strip():
-            raise self.error(key, f"expected a non-empty string, got {raw!r}")
+            raise self.error(key, f"expected a non-empty string, got {show(raw)}")
         return raw
 
 
@@ -246,7 +246,7 @@ class MegatronLMConfig:
         nodes = read.integer(mapping.get("nodes", 1), "nodes")
         device = mapping.get("device", "cuda")
         if device not in DEVICES:
-            raise read.error("device", f"expected one of {list(DEVICES)}, got {device!r}"
+            raise read.error("device", f"expected one of {list(DEVICES)}, got {show(device)}"
                                        f"{did_you_mean(device, DEVICES)}")
 
         # args_from, args_remove, args -> one ordered list of flags (args wins over args_from)
@@ -284,7 +284,7 @@ class MegatronLMConfig:
         save_interval = _owned_int(read, mapping, "save_interval", "--save-interval", resolved, variables)
         exit_on_sigterm = mapping.get("exit_on_sigterm", True)
         if not isinstance(exit_on_sigterm, bool):
-            raise read.error("exit_on_sigterm", f"expected true or false, got {exit_on_sigterm!r}")
+            raise read.error("exit_on_sigterm", f"expected true or false, got {show(exit_on_sigterm)}")
         ckpt_format = _ckpt_format(read, mapping.get("ckpt_format"), resolved)
 
         return cls(script=script, megatron_lm=megatron_lm, python=python, nproc_per_node=nproc_per_node,
@@ -398,14 +398,14 @@ def _vars(read: _Reader, raw: Any) -> dict[str, str]:
         return {}
     if not isinstance(raw, Mapping):
         raise read.error("vars", f"expected a mapping of NAME: value (for ${{NAME}} in args, args_from and env), "
-                                 f"got {raw!r}")
+                                 f"got {show(raw)}")
     out: dict[str, str] = {}
     for name, value in raw.items():
         if not isinstance(name, str) or not _NAME.match(name):
             raise read.error(f"vars.{name}", "expected a variable name (letters, digits, _; not starting with a digit)")
         text = _scalar_text(value)
         if text is None:
-            raise read.error(f"vars.{name}", f"expected a string or a number, got {value!r}")
+            raise read.error(f"vars.{name}", f"expected a string or a number, got {show(value)}")
         out[name] = text
     return out
 
@@ -462,7 +462,7 @@ def _python(read: _Reader, raw: Any, base_dir: Path | None) -> str:
     text = read.string(raw, "python")
     if "/" not in text:
         if shutil.which(text) is None:
-            raise read.error("python", f"{text!r} is not on PATH; expected an interpreter name on PATH or a path "
+            raise read.error("python", f"{show(text)} is not on PATH; expected an interpreter name on PATH or a path "
                                        "(leave python out to use the interpreter running chaos)")
         return text
     tried = _candidates(text, base_dir)
@@ -478,19 +478,19 @@ def _read_args(read: _Reader, raw: Any) -> list[_Flag]:
         return []
     if isinstance(raw, str):
         raise read.error("args", f"expected a list of flags and values (e.g. [--num-layers, 12, --bf16]), got the "
-                                 f"string {raw!r}: write it as a YAML list")
+                                 f"string {show(raw)}: write it as a YAML list")
     if not isinstance(raw, (list, tuple)):
-        raise read.error("args", f"expected a list of flags and values (e.g. [--num-layers, 12, --bf16]), got {raw!r}")
+        raise read.error("args", f"expected a list of flags and values (e.g. [--num-layers, 12, --bf16]), got {show(raw)}")
     tokens: list[_Tok] = []
     for i, item in enumerate(raw):
         key = f"args[{i}]"
         if isinstance(item, bool) or item is None or not isinstance(item, (str, int, float)):
-            raise read.error(key, f"expected a string or a number, got {item!r} (a switch is the flag alone, "
+            raise read.error(key, f"expected a string or a number, got {show(item)} (a switch is the flag alone, "
                                   "e.g. --bf16)")
         tokens.append(_Tok(str(item), read.field(key), ""))
     flags = _group(tokens)
     if flags and not flags[0].flag:
-        raise read.at(flags[0].tokens[0], f"expected a flag (--name) before the value {flags[0].tokens[0].text!r}: "
+        raise read.at(flags[0].tokens[0], f"expected a flag (--name) before the value {show(flags[0].tokens[0].text)}: "
                                           "Megatron's scripts take flags only")
     return flags
 
@@ -521,11 +521,11 @@ def _read_args_from(read: _Reader, raw: Any, base_dir: Path | None) -> tuple[lis
         raise bad("", f"expected a MODEL_ARGS mapping ({{--flag: value}}); found the keys {keys}{hint}")
     model_args = data["MODEL_ARGS"]
     if not isinstance(model_args, Mapping):
-        raise bad("MODEL_ARGS", f"expected a mapping of --flag: value, got {model_args!r}")
+        raise bad("MODEL_ARGS", f"expected a mapping of --flag: value, got {show(model_args)}")
 
     tokens: list[_Tok] = []
     for flag, value in model_args.items():
-        where = f"MODEL_ARGS[{flag!r}]"
+        where = f"MODEL_ARGS[{show(flag)}]"
         if not isinstance(flag, str) or not _is_flag(flag) or "=" in flag:
             raise bad(where, "expected a flag starting with -- as the key")
         if value is False or value is None:
@@ -540,26 +540,26 @@ def _read_args_from(read: _Reader, raw: Any, base_dir: Path | None) -> tuple[lis
             for i, item in enumerate(value):
                 part = _scalar_text(item)
                 if part is None:
-                    raise bad(f"{where}[{i}]", f"expected a string or a number, got {item!r}")
+                    raise bad(f"{where}[{i}]", f"expected a string or a number, got {show(item)}")
                 tokens.append(tok(part))
         else:
             part = _scalar_text(value)
             if part is None:
-                raise bad(where, f"expected true, false, null, a string, a number or a list, got {value!r}")
+                raise bad(where, f"expected true, false, null, a string, a number or a list, got {show(value)}")
             tokens.append(tok(part))
 
     env: dict[str, _Tok] = {}
     env_vars = data.get("ENV_VARS")
     if env_vars is not None:
         if not isinstance(env_vars, Mapping):
-            raise bad("ENV_VARS", f"expected a mapping of NAME: value, got {env_vars!r}")
+            raise bad("ENV_VARS", f"expected a mapping of NAME: value, got {show(env_vars)}")
         for name, value in env_vars.items():
-            where = f"ENV_VARS[{name!r}]"
+            where = f"ENV_VARS[{show(name)}]"
             if not isinstance(name, str) or not _NAME.match(name):
                 raise bad(where, "expected an environment variable name as the key")
             text = _scalar_text(value)
             if text is None:
-                raise bad(where, f"expected a string or a number, got {value!r}")
+                raise bad(where, f"expected a string or a number, got {show(value)}")
             env[name] = _Tok(text, field, f"in {path}, {where}")
     return _group(tokens), env
 
@@ -568,13 +568,13 @@ def _remove(read: _Reader, flags: list[_Flag], raw: Any) -> list[_Flag]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, (list, tuple)):
-        raise read.error("args_remove", f"expected a list of flags (e.g. [--data-path, --vocab-file]), got {raw!r}")
+        raise read.error("args_remove", f"expected a list of flags (e.g. [--data-path, --vocab-file]), got {show(raw)}")
     present = [f.flag for f in flags]
     drop: set[str] = set()
     for i, flag in enumerate(raw):
         key = f"args_remove[{i}]"
         if not isinstance(flag, str) or not _is_flag(flag):
-            raise read.error(key, f"expected a flag starting with -- (its values go with it), got {flag!r}")
+            raise read.error(key, f"expected a flag starting with -- (its values go with it), got {show(flag)}")
         if flag not in present:
             raise read.error(key, f"{flag} is not in args_from's MODEL_ARGS{did_you_mean(flag, present)}")
         drop.add(flag)
@@ -585,7 +585,7 @@ def _read_env(read: _Reader, raw: Any) -> dict[str, _Tok]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        raise read.error("env", f"expected a mapping of NAME: value, got {raw!r}")
+        raise read.error("env", f"expected a mapping of NAME: value, got {show(raw)}")
     out: dict[str, _Tok] = {}
     for name, value in raw.items():
         key = f"env.{name}"
@@ -593,7 +593,7 @@ def _read_env(read: _Reader, raw: Any) -> dict[str, _Tok]:
             raise read.error(key, "expected an environment variable name (letters, digits, _)")
         text = _scalar_text(value)
         if text is None:
-            raise read.error(key, f"expected a string or a number, got {value!r}")
+            raise read.error(key, f"expected a string or a number, got {show(value)}")
         out[name] = _Tok(text, read.field(key), "")
     return out
 
@@ -638,10 +638,10 @@ def _ckpt_format(read: _Reader, raw: Any, flags: list[_Flag]) -> str:
         last = given[-1]
         if len(last.values) != 1 or last.values[0] not in CKPT_FORMATS:
             got = " ".join(last.values) or "no value"
-            raise read.at(last.tokens[0], f"--ckpt-format expects one of {list(CKPT_FORMATS)}, got {got!r}"
+            raise read.at(last.tokens[0], f"--ckpt-format expects one of {list(CKPT_FORMATS)}, got {show(got)}"
                                           f"{did_you_mean(got, CKPT_FORMATS)}")
         found = last.values[0]
     if raw is not None and raw != found:
-        raise read.error("ckpt_format", f"is read from --ckpt-format in the args ({found}), got {raw!r}: set "
+        raise read.error("ckpt_format", f"is read from --ckpt-format in the args ({found}), got {show(raw)}: set "
                                         "--ckpt-format in args instead (or leave ckpt_format out)")
     return found

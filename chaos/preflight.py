@@ -1,0 +1,62 @@
+"""Checks made before anything is launched or renamed: the run directory can be a run directory, and the
+machine has what the workload needs. Each failure is an InputError (exit 2), so a scenario that cannot run
+here is refused in milliseconds instead of failing in its ranks half a minute later."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from chaos.errors import InputError
+from chaos.workloads import WorkloadFacts
+
+
+def check_run_dir(path: Path, flag: str = "--out") -> None:
+    """`path` is absent (its nearest existing parent is a writable directory) or a writable directory.
+    Anything else is refused: an existing file or device node is never moved aside (as root, `--out /dev/null`
+    would otherwise rename /dev/null)."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        if not path.is_dir():
+            raise InputError(str(path), flag, "exists and is not a directory; give a directory for the run (it is "
+                                              "created if missing; one holding an earlier run is moved aside)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(str(path), flag, "is not writable by this user")
+        if any(path.iterdir()) and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
+            raise InputError(str(path), flag, "holds an earlier run that would be moved aside, but its parent "
+                                              "directory is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(str(path), flag, f"cannot be created: {parent} is not a writable directory")
+
+
+def check_golden_cache(path: Path | None) -> None:
+    if path is not None and path.exists() and not path.is_dir():
+        raise InputError(str(path), "--golden-cache", "exists and is not a directory; goldens are kept in a "
+                                                      "directory")
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, without importing torch (seconds) or CUDA: CUDA_VISIBLE_DEVICES when
+    set, else the /dev/nvidiaN device nodes the driver creates."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")])
+    try:
+        return sum(1 for name in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", name))
+    except OSError:
+        return 0
+
+
+def check_machine(facts: WorkloadFacts, source: str) -> None:
+    """A CUDA workload needs one GPU per rank on this host (NCCL refuses two ranks on one GPU)."""
+    if facts.device != "cuda":
+        return
+    gpus = visible_gpus()
+    if gpus < facts.world_size:
+        raise InputError(source, "workload.device", f"cuda with {facts.world_size} ranks needs {facts.world_size} "
+                                                    f"GPUs on this machine; {gpus} visible")
