@@ -1,15 +1,17 @@
 """`chaos`: run, validate, golden record, report, replay (and soak, see chaos.soak).
 
-Exit codes: 0 pass, 1 a check failed, 2 bad input, 3 infrastructure error (or a fault that did not land).
+Exit codes: 0 pass, 1 a check failed, 2 bad input, 3 infrastructure error (or a fault that did not land, or
+a run stopped by Ctrl-C: its partial report is written), 130 a second Ctrl-C abandoned the report.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from chaos.errors import EXIT_INFRA, EXIT_INPUT, InfrastructureError, InputError
+from chaos.errors import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, InfrastructureError, InputError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +55,38 @@ def _print_result(result) -> int:
     return result.exit_code
 
 
+class _ReaderMayLeave:
+    """stdout/stderr for `chaos ... | head`: when the reader goes away, further output goes to /dev/null
+    instead of raising BrokenPipeError in the middle of a run (its ranks, checks and report still finish)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the real command line (tests pass argv and their own streams)
+        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -63,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except InfrastructureError as error:
         print(f"chaos: infrastructure error: {error}", file=sys.stderr)
         return EXIT_INFRA
+    except KeyboardInterrupt:  # a second Ctrl-C while the report was written (see runner), or outside a run
+        print("chaos: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(args) -> int:
@@ -109,8 +145,9 @@ def _dispatch(args) -> int:
         print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
         return 0
     if args.command == "report":
-        if not (args.run_dir / "scenario.yaml").is_file():
-            raise InputError(str(args.run_dir), "", "not a chaos run directory (no scenario.yaml)")
+        for name in ("scenario.yaml", "plan.json"):
+            if not (args.run_dir / name).is_file():
+                raise InputError(str(args.run_dir), "", f"not a complete chaos run directory (no {name})")
         return _print_result(runner.analyze(args.run_dir))
     if args.command == "replay":
         return _print_result(runner.replay(args.run_dir, args.out))

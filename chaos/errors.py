@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import reprlib
 
-EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INFRA = 0, 1, 2, 3
-"""The `chaos` exit codes: pass, a check failed, bad input (InputError), infrastructure error."""
+EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+"""The `chaos` exit codes: pass, a check failed, bad input (InputError), infrastructure error (also a run
+stopped by Ctrl-C, whose partial report is written), abandoned by a second Ctrl-C (128 + SIGINT)."""
 
 
 class InputError(Exception):

@@ -87,19 +87,31 @@ class HistoryWriter:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Reads a history file; a torn last line (the writer was killed mid-write) is dropped, not fatal."""
-    records = []
+    return read_jsonl_checked(path)[0]
+
+
+def read_jsonl_checked(path: Path) -> tuple[list[dict], list[int]]:
+    """(records, numbers of damaged lines). A torn last line without its newline is what a killed writer
+    leaves and is dropped quietly; any other line that is not UTF-8 JSON of an object is damage, reported
+    by number, so that checks never judge a history with holes as if it were whole."""
+    records: list[dict] = []
+    damaged: list[int] = []
     if not path.exists():
-        return records
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
+        return records, damaged
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("event"), str):
+            records.append(record)
+        elif number < len(lines):  # the last piece has no newline after it: a torn write, not damage
+            damaged.append(number)
+    return records, damaged
 
 
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
@@ -133,6 +145,8 @@ class RunHistory:
     run_dir: Path
     supervisor: list[dict]
     attempts: list[AttemptHistory]
+    damaged: list[str] = field(default_factory=list)
+    """'attempts/01/rank-0.jsonl line 57' for each line that could not be read (see read_jsonl_checked)."""
 
     def supervisor_events(self, event: str) -> list[dict]:
         return [r for r in self.supervisor if r["event"] == event]
@@ -144,6 +158,7 @@ _RANK_FILE = re.compile(r"rank-(\d+)\.jsonl$")
 def load_run_history(run_dir: Path) -> RunHistory:
     run_dir = Path(run_dir)
     attempts = []
+    damaged: list[str] = []
     root = run_dir / "attempts"
     if root.is_dir():
         for entry in sorted(root.iterdir(), key=lambda p: p.name):
@@ -153,7 +168,10 @@ def load_run_history(run_dir: Path) -> RunHistory:
             for file in entry.iterdir():
                 match = _RANK_FILE.match(file.name)
                 if match:
-                    attempt.ranks[int(match.group(1))] = read_jsonl(file)
+                    attempt.ranks[int(match.group(1))], bad = read_jsonl_checked(file)
+                    damaged += [f"{file.relative_to(run_dir)} line {n}" for n in bad]
             attempts.append(attempt)
     attempts.sort(key=lambda a: a.index)
-    return RunHistory(run_dir=run_dir, supervisor=read_jsonl(supervisor_history_path(run_dir)), attempts=attempts)
+    supervisor, bad = read_jsonl_checked(supervisor_history_path(run_dir))
+    damaged += [f"supervisor.jsonl line {n}" for n in bad]
+    return RunHistory(run_dir=run_dir, supervisor=supervisor, attempts=attempts, damaged=sorted(damaged))

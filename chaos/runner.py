@@ -7,10 +7,13 @@ report is written even when the run was interrupted or the supervisor failed, so
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -217,8 +220,32 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
         infrastructure_error = str(error)
     except KeyboardInterrupt:
         infrastructure_error = "interrupted (Ctrl-C) before the supervisor started"
-    return analyze(run_dir, scenario=scenario, plan=plan, golden_choice=golden_choice,
-                   infrastructure_error=infrastructure_error, elapsed_s=time.time() - started)
+    with _report_survives_one_ctrl_c(say):
+        return analyze(run_dir, scenario=scenario, plan=plan, golden_choice=golden_choice,
+                       infrastructure_error=infrastructure_error, elapsed_s=time.time() - started)
+
+
+@contextlib.contextmanager
+def _report_survives_one_ctrl_c(say: Callable[[str], None]):
+    """The checks and reports of a finished run take seconds and are what the run was for: a first Ctrl-C (or
+    SIGTERM) while they are written is noted and deferred; a second one stops at once (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+
+    def on_signal(signum, frame):
+        pressed.append(signum)
+        if len(pressed) > 1:
+            raise KeyboardInterrupt
+        say("chaos: writing the report first (a few seconds); press Ctrl-C again to abandon it")
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_choice: GoldenChoice | None = None,
@@ -233,10 +260,21 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     if scenario is None:
         scenario = load_scenario(run_dir / "scenario.yaml")
     if plan is None:
-        plan = plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json"))
+        plan_path = run_dir / "plan.json"
+        try:
+            plan_text = plan_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(str(plan_path), "", f"cannot read the run's plan: {getattr(error, 'strerror', None) or error}; "
+                                                 "without it the run cannot be re-checked") from None
+        plan = plan_from_json(plan_text, source=str(plan_path))
     lost_golden = None
+    golden_damaged = False
     if golden_choice is None:
-        golden_choice = _stored_golden(run_dir, scenario)
+        try:
+            golden_choice = _stored_golden(run_dir, scenario)
+        except InputError as error:
+            golden_damaged = True
+            infrastructure_error = infrastructure_error or f"golden.json is damaged ({error}): the run cannot be re-checked"
         lost_golden = _lost_golden(run_dir) if golden_choice is None else None
         if lost_golden and not infrastructure_error:
             infrastructure_error = (f"the golden this run was checked against ({lost_golden}) is gone: the run "
@@ -251,9 +289,15 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         return golden_module.compare(golden_module.Golden(metrics=expected), actual, comparison_mode,
                                      scenario.tolerance or None, printed_formats=printed)
 
+    history = load_run_history(run_dir)
+    if history.damaged and not infrastructure_error:
+        shown = ", ".join(history.damaged[:5]) + (f" and {len(history.damaged) - 5} more" if len(history.damaged) > 5 else "")
+        infrastructure_error = f"history damaged, unreadable lines: {shown}; checks on it cannot be trusted"
+    if not history.attempts and not infrastructure_error:
+        infrastructure_error = "the run directory holds no attempt histories (attempts/): nothing to check"
     context = CheckContext(
         run_dir=run_dir,
-        history=load_run_history(run_dir),
+        history=history,
         plan=tuple(plan),
         golden_metrics=golden.metrics if golden else None,
         golden_final_state_hash=golden.meta.final_state_hash if golden and golden.meta else None,
@@ -282,7 +326,8 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     if infrastructure_error:
         report["verdict"] = "error"
     write_report(report, run_dir)
-    (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
+    if not golden_damaged:  # a damaged one is evidence; overwritten it would say "no golden" from now on
+        (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
     summary = format_summary(report)
     (run_dir / "summary.txt").write_text(summary + "\n")
     write_junit(report, run_dir / "junit.xml")
@@ -308,7 +353,12 @@ def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
     info_path = run_dir / "golden.json"
     if not info_path.is_file():
         return None
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(str(info_path), "", f"not readable JSON: {error}") from None
+    if not isinstance(info, dict) or not isinstance(info.get("path"), (str, type(None))):
+        raise InputError(str(info_path), "", "expected an object with the golden's path")
     if not info.get("path") or not Path(info["path"]).is_file():
         return None
     return GoldenChoice(golden_module.read_golden(info["path"]), Path(info["path"]), info.get("mode") or scenario.golden_mode,

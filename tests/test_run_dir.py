@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import yaml
 
 from chaos import runner
@@ -88,3 +90,71 @@ def test_out_that_is_not_a_directory_is_refused_and_never_moved(tmp_path):
     with pytest.raises(InputError, match="--golden-cache"):
         runner.run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=afile, say=lambda text: None)
     assert not (tmp_path / "run").exists()
+
+
+def _checkable_run(run_dir):
+    """standard_run (a correct synthetic run) with what `chaos report` reads: scenario.yaml, its golden."""
+    import json
+
+    from chaos import golden as golden_module
+    from chaos.scenario import dump_scenario
+    from synthetic_runs import GOLDEN_FINAL_HASH, standard_run
+
+    run = standard_run(run_dir)
+    (run_dir / "scenario.yaml").write_text(dump_scenario(load_scenario_text(
+        "workload: {world_size: 2, tensor_parallel: 2, train_iters: 12, save_interval: 4}\n"
+        "checks: [trajectory, resume_point, steps_lost]\n", "t.yaml")))
+    golden_path = run_dir.parent / "golden-file.json"
+    golden_module.write_golden(golden_module.Golden(
+        metrics=run.golden_metrics(), meta=golden_module.GoldenMeta(final_state_hash=GOLDEN_FINAL_HASH)), golden_path)
+    (run_dir / "golden.json").write_text(json.dumps({"path": str(golden_path), "mode": "exact"}))
+    return run
+
+
+def _damage_middle_line(path, replacement: bytes) -> None:
+    lines = path.read_bytes().split(b"\n")
+    lines[len(lines) // 2] = replacement
+    path.write_bytes(b"\n".join(lines))
+
+
+DAMAGE = {
+    "undamaged": (lambda d: None, "pass", None),
+    "torn last line (a killed writer)": (lambda d: open(d / "attempts/01/rank-0.jsonl", "ab").write(b'{"event": "st'),
+                                         "pass", None),
+    "non-UTF-8 byte in a history": (lambda d: _damage_middle_line(d / "attempts/02/rank-1.jsonl", b"\xff\xfe"),
+                                    "error", "attempts/02/rank-1.jsonl line"),
+    "broken JSON mid-history": (lambda d: _damage_middle_line(d / "attempts/01/rank-0.jsonl", b'{"event": '),
+                                "error", "attempts/01/rank-0.jsonl line"),
+    "JSON that is no record": (lambda d: _damage_middle_line(d / "supervisor.jsonl", b"[1, 2]"),
+                               "error", "supervisor.jsonl line"),
+    "garbage golden.json": (lambda d: (d / "golden.json").write_text("garbage{"), "error", "golden.json is damaged"),
+    "no attempts": (lambda d: __import__("shutil").rmtree(d / "attempts"), "error", "no attempt histories"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_report_on_a_damaged_run_directory_is_an_error_never_a_pass_or_a_traceback(tmp_path, damage):
+    from chaos import cli
+
+    run_dir = tmp_path / "run"
+    _checkable_run(run_dir)
+    apply, verdict, reason = DAMAGE[damage]
+    apply(run_dir)
+    golden_before = (run_dir / "golden.json").read_bytes()
+    code = cli.main(["report", str(run_dir)])
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == verdict and code == {"pass": 0, "error": 3}[verdict]
+    if reason:
+        assert reason in report["extra"]["infrastructure_error"]
+    if damage == "garbage golden.json":
+        assert (run_dir / "golden.json").read_bytes() == golden_before, "the damaged golden.json was overwritten"
+
+
+def test_report_without_a_plan_is_bad_input(tmp_path, capsys):
+    from chaos import cli
+
+    run_dir = tmp_path / "run"
+    _checkable_run(run_dir)
+    (run_dir / "plan.json").unlink()
+    assert cli.main(["report", str(run_dir)]) == 2
+    assert "no plan.json" in capsys.readouterr().err
