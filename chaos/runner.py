@@ -325,12 +325,20 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     report = build_report(context, results, scenario.name, golden_info, extra)
     if infrastructure_error:
         report["verdict"] = "error"
-    write_report(report, run_dir)
-    if not golden_damaged:  # a damaged one is evidence; overwritten it would say "no golden" from now on
-        (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
     summary = format_summary(report)
-    (run_dir / "summary.txt").write_text(summary + "\n")
-    write_junit(report, run_dir / "junit.xml")
+    try:
+        write_report(report, run_dir)
+        if not golden_damaged:  # a damaged one is evidence; overwritten it would say "no golden" from now on
+            (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
+        (run_dir / "summary.txt").write_text(summary + "\n")
+        write_junit(report, run_dir / "junit.xml")
+    except OSError as error:  # a full or read-only disk: the verdict still reaches the user, on stdout
+        report["verdict"] = "error"
+        report["extra"]["infrastructure_error"] = "; ".join(filter(None, (
+            report["extra"].get("infrastructure_error"),
+            f"the report could not be written into the run directory ({error.strerror}: {error.filename}); "
+            "this summary is all there is")))
+        return RunResult("error", run_dir, report, EXIT_INFRA, format_summary(report), golden_choice)
     try:
         # Hands over what is in memory: write_html would otherwise re-read all three from the run dir.
         write_html(run_dir, golden.metrics if golden else None, report=report, history=context.history)

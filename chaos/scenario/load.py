@@ -485,11 +485,10 @@ def _tolerance(read: _Fields, value: Any) -> dict[str, float]:
     out = {}
     for metric in raw:
         where = f"tolerance.{metric}"
-        number = read.number(raw[metric], where)
-        if number == float("inf"):
+        if raw[metric] == float("inf"):
             raise read.error(where, "an infinite tolerance accepts any value: the comparison would check nothing; "
                                     "give a relative tolerance such as 0.05")
-        out[metric] = number
+        out[metric] = read.number(raw[metric], where)
     return out
 
 

@@ -26,7 +26,7 @@ from chaos import faults as nemesis
 from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy
-from chaos.supervisor import launcher
+from chaos.supervisor import disk, launcher
 from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
 from chaos.supervisor.observed import ObservedTriggers
@@ -191,12 +191,32 @@ class _Supervisor:
         self.interrupt = _Interrupt()
         self.watchdog: lifeline.Watchdog | None = None
         self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.reserve = disk.DiskReserve(self.run_dir)
+        self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
         """False once a cgroup could not be made: said once, then the process-group fallback only."""
 
     def record(self, event: str, **fields) -> dict:
         assert self.writer is not None
-        return self.writer.write(event, **fields)
+        try:
+            return self.writer.write(event, **fields)
+        except OSError as error:
+            if error.errno not in disk.DISK_ERRNOS:
+                raise
+            # room for the closing records and the report; the run stops (InfrastructureError)
+            self.reserve.release()
+            self.disk_failure = self.disk_failure or disk.disk_error(error, "supervisor.jsonl")
+            raise self.disk_failure from None
+
+    def check_disk(self) -> None:
+        """After an attempt: ranks that died on a full disk would die again on every restart."""
+        free = self.reserve.low()
+        if free is not None:
+            self.reserve.release()
+            self.disk_failure = self.disk_failure or InfrastructureError(
+                f"the run directory's filesystem has {free // 1024} KiB free: checkpoints and histories no "
+                "longer fit; the run was stopped")
+            raise self.disk_failure
 
     def progress(self, **fields) -> None:
         if self.on_progress is not None:
@@ -206,6 +226,7 @@ class _Supervisor:
     def run(self) -> SupervisorOutcome:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.reserve.take()
         self.writer = history.HistoryWriter(history.supervisor_history_path(self.run_dir))
         self.record(history.RUN_START, run_dir=str(self.run_dir), launcher=config.launcher,
                     world_size=config.launch.world_size, nodes=config.launch.nodes,
@@ -226,22 +247,27 @@ class _Supervisor:
                 if result in ("complete", "interrupted"):
                     outcome = result
                     break
+                self.check_disk()
         except BaseException as exception:  # noqa: BLE001 - recorded, then re-raised
             outcome, error = "error", exception
         finally:
             self.interrupt.restore()
             self.server.close()
             self.watchdog.close()
-        for fault in config.faults:
-            if fault.trigger.attempt > attempts_run:
-                self.missed.append(self.record(
-                    history.FAULT_MISSED, fault_id=fault.id, attempt=fault.trigger.attempt,
-                    reason=f"attempt {fault.trigger.attempt} never ran (the run ended '{outcome}' after "
-                           f"{attempts_run} attempt(s))"))
-        self.record(history.RUN_END, outcome=outcome, attempts=attempts_run,
-                    error=repr(error) if error is not None else None)
+        try:
+            for fault in config.faults:
+                if fault.trigger.attempt > attempts_run:
+                    self.missed.append(self.record(
+                        history.FAULT_MISSED, fault_id=fault.id, attempt=fault.trigger.attempt,
+                        reason=f"attempt {fault.trigger.attempt} never ran (the run ended '{outcome}' after "
+                               f"{attempts_run} attempt(s))"))
+            self.record(history.RUN_END, outcome=outcome, attempts=attempts_run,
+                        error=repr(error) if error is not None else None)
+        except InfrastructureError as failure:  # the disk failed even after the reserve was freed
+            error = error or failure
         self.progress(attempt=attempts_run, restarts=max(0, attempts_run - 1), force=True)
         self.writer.close()
+        self.reserve.release()
         if error is not None:
             if isinstance(error, InfrastructureError):
                 raise error
