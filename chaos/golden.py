@@ -60,8 +60,13 @@ LOSS_WINDOWS_KEY = "loss_windows"
 """GoldenMeta.extra key of the steps whose lm loss is a mean over several iterations ({"step": [steps]}): how
 Megatron-LM prints the second iteration each process logs (see chaos.checkers.trajectory)."""
 
-ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_flags_hash", "device")
-"""What must agree for a committed golden to be valid here (bitwise numbers change with any of these)."""
+ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_numerics", "device")
+"""What must agree for a committed golden to be valid here (bitwise numbers change with any of these).
+cpu_numerics is the pinned CPU kernel choice where the workload pins one and the CPU can honour it (goldens
+then travel between CPU types), else the CPU's own instruction-set flags (they decide torch's kernels)."""
+
+PIN_REQUIRES = {"avx2": ("avx2", "fma")}
+"""ATEN_CPU_CAPABILITY value -> CPU flags it needs; without them torch silently falls back to other kernels."""
 
 
 # ---- the golden --------------------------------------------------------------------------------------
@@ -270,9 +275,11 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 # ---- fingerprints --------------------------------------------------------------------------------------
-def environment_fingerprint(device: str = "cpu") -> dict[str, Any]:
-    """What the numbers depend on besides the workload, read without importing torch."""
+def environment_fingerprint(device: str = "cpu", cpu_pins: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """What the numbers depend on besides the workload, read without importing torch. `cpu_pins`: the
+    environment the workload's ranks get to fix their CPU kernels (WorkloadFacts.cpu_pins)."""
     cpu_model, cpu_flags = _cpu_info()
+    flags_hash = hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:16]
     return {
         "torch": _version("torch"),
         "megatron-core": _version("megatron-core"),
@@ -280,10 +287,19 @@ def environment_fingerprint(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpu_model": cpu_model,
-        "cpu_flags_hash": hashlib.sha256(" ".join(sorted(cpu_flags)).encode()).hexdigest()[:16],
+        "cpu_flags_hash": flags_hash,
+        "cpu_numerics": _cpu_numerics(cpu_pins or {}, cpu_flags, flags_hash),
         "device": device,
         "gpu_model": _gpu_model() if device == "cuda" else None,
     }
+
+
+def _cpu_numerics(pins: Mapping[str, str], cpu_flags: list[str], flags_hash: str) -> str:
+    capability = pins.get("ATEN_CPU_CAPABILITY")
+    needed = PIN_REQUIRES.get(str(capability).lower(), ())
+    if capability and needed and set(needed) <= set(cpu_flags):
+        return "pinned " + " ".join(f"{key}={value}" for key, value in sorted(pins.items()))
+    return f"cpu flags {flags_hash}"
 
 
 def environment_mismatches(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

@@ -132,7 +132,7 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
             f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
             f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/\n{tail}")
     meta = golden_module.new_meta(
-        golden_module.environment_fingerprint(facts.device), golden_module.workload_fingerprint(workload),
+        golden_module.environment_fingerprint(facts.device, facts.cpu_pins), golden_module.workload_fingerprint(workload),
         final_state_hash=final_hash, scenario=scenario.name, train_iters=facts.train_iters,
     )
     golden = dataclasses.replace(recorded, meta=meta)
@@ -142,7 +142,7 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
 
 def golden_file_name(scenario: Scenario) -> str:
     workload = scenario.workload
-    env = golden_module.environment_fingerprint(scenario.device)
+    env = golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins)
     env_key = json.dumps({k: env.get(k) for k in golden_module.ENVIRONMENT_MATCH_KEYS}, sort_keys=True, default=str)
     env_hash = hashlib.sha256(env_key.encode()).hexdigest()
     return f"{workload.golden_prefix}-{golden_module.workload_fingerprint(workload)[:10]}-{env_hash[:8]}.json"
@@ -151,7 +151,7 @@ def golden_file_name(scenario: Scenario) -> str:
 def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, golden_cache: Path | None,
                   on_progress=None, say: Callable[[str], None] = print) -> GoldenChoice:
     mode = scenario.golden_mode
-    env = golden_module.environment_fingerprint(scenario.device)
+    env = golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins)
     workload_fp = golden_module.workload_fingerprint(scenario.workload)
     explicit = golden_path or scenario.golden.path
     if explicit is not None:

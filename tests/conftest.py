@@ -32,7 +32,7 @@ def small_golden(chaos_golden_cache) -> Path:
 
     scenario = load_scenario_text(f"workload: {SMALL_WORKLOAD}\n", "small-golden")
     found = golden_module.find_golden(chaos_golden_cache, golden_module.workload_fingerprint(scenario.workload),
-                                      golden_module.environment_fingerprint(scenario.device))
+                                      golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins))
     if found is not None:
         return found
     target = chaos_golden_cache / golden_file_name(scenario)

@@ -293,7 +293,7 @@ def test_a_golden_named_explicitly_is_used_even_for_another_workload(tmp_path):
 
     scenario = load_scenario_text("workload: {world_size: 2, tensor_parallel: 2, train_iters: 4}\n", "t.yaml")
     path = tmp_path / "old.json"
-    write_golden(Golden(metrics={"lm loss": {1: 7.0}}, meta=new_meta(environment_fingerprint("cpu"), "0" * 64)), path)
+    write_golden(Golden(metrics={"lm loss": {1: 7.0}}, meta=new_meta(environment_fingerprint("cpu", scenario.facts.cpu_pins), "0" * 64)), path)
     said: list[str] = []
     choice = choose_golden(scenario, tmp_path / "run", path, None, say=said.append)
     assert choice.path == path and not choice.recorded_here
@@ -321,3 +321,44 @@ def test_an_infinite_tolerance_is_refused():
     with pytest.raises(InputError) as caught:
         load_scenario_text("workload: {preset: tiny_cpu}\ntolerance: {lm loss: .inf}\n", "t.yaml")
     assert caught.value.field == "tolerance.lm loss" and "check nothing" in caught.value.message
+
+
+def test_pinned_cpu_numerics_make_a_golden_valid_on_another_cpu_type():
+    """What is pinned is what is fingerprinted: with the gpt3 workload's pins on a CPU that can honour them,
+    the CPU's own flags no longer decide whether a golden is valid; unpinned, they do."""
+    from chaos.workloads.gpt3.workload import CPU_PINS
+
+    pinned = environment_fingerprint("cpu", CPU_PINS)
+    assert pinned["cpu_numerics"] == "pinned ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"
+    other_cpu = dict(pinned, cpu_model="Intel(R) Xeon(R) Processor", cpu_flags_hash="0123456789abcdef")
+    assert environment_mismatches(other_cpu, pinned) == {}
+    unpinned = environment_fingerprint("cpu")
+    assert unpinned["cpu_numerics"] == f"cpu flags {unpinned['cpu_flags_hash']}"
+    assert set(environment_mismatches(pinned, unpinned)) == {"cpu_numerics"}
+    other_unpinned = dict(unpinned, cpu_numerics="cpu flags 0123456789abcdef")
+    assert set(environment_mismatches(other_unpinned, unpinned)) == {"cpu_numerics"}
+
+
+def test_a_pin_the_cpu_cannot_honour_is_not_called_pinned(monkeypatch):
+    from chaos import golden as golden_module
+
+    monkeypatch.setattr(golden_module, "_cpu_info", lambda: ("old CPU", ["sse2", "avx"]))
+    env = golden_module.environment_fingerprint("cpu", {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"})
+    assert env["cpu_numerics"].startswith("cpu flags ")
+
+
+def test_the_ranks_get_the_pins_and_torch_honours_them(tmp_path):
+    """The launch environment carries the pins, and torch in a fresh interpreter with that environment
+    dispatches to the pinned kernels (on this AVX-512 machine it would otherwise pick AVX512)."""
+    import subprocess
+    import sys
+
+    from chaos.scenario import load_scenario_text
+
+    scenario = load_scenario_text("workload: {preset: tiny_cpu}\n", "t.yaml")
+    spec = scenario.workload.launch(tmp_path)
+    assert {k: spec.env[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")} == dict(scenario.facts.cpu_pins)
+    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
+    shown = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, **spec.env},
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert shown == "AVX2"

@@ -11,6 +11,7 @@ from pathlib import Path
 from chaos.history import load_run_history
 from chaos.supervisor.launcher import free_port
 from chaos.workloads.gpt3.config import GPT3Config
+from chaos.workloads.gpt3.workload import CPU_PINS
 
 
 def small_workload(extra: str = "") -> str:
@@ -33,7 +34,8 @@ def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: floa
     for rank in range(config.world_size):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(config.world_size), LOCAL_RANK=str(rank),
                    LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   CHAOS_HISTORY_DIR=str(history_dir), CHAOS_ATTEMPT=str(attempt), OMP_NUM_THREADS="1")
+                   CHAOS_HISTORY_DIR=str(history_dir), CHAOS_ATTEMPT=str(attempt), OMP_NUM_THREADS="1",
+                   **(CPU_PINS if config.device == "cpu" else {}))
         env.pop("CHAOS_CONTROL_SOCKET", None)
         if disable_probe:
             env.pop("CHAOS_HISTORY_DIR")

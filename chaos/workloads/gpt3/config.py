@@ -36,9 +36,10 @@ MAX_WORLD_SIZE = 1024
 MAX_SEED = 2**32 - 1 - 1_000_000
 """numpy takes seeds < 2**32; the trainer adds per-rank offsets to the scenario's seed."""
 
-NUMERICS_VERSION = 3
+NUMERICS_VERSION = 4
 """Bump when the trainer's math, its state hash or its data hash changes: committed goldens of older versions
-stop matching. 3: the data hash covers labels, loss mask, position ids and attention mask of every dp rank."""
+stop matching. 3: the data hash covers labels, loss mask, position ids and attention mask of every dp rank.
+4: CPU kernels pinned to AVX2 (workload.CPU_PINS)."""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,10 @@ from chaos.workloads.gpt3.config import GPT3Config
 from chaos.workloads.gpt3.layout import ManifestLayout
 
 KIND = "gpt3"
+CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+"""torch picks its CPU kernels by the CPU's instruction set (AVX-512 here, AVX2 elsewhere), and the losses
+then differ in the 7th digit between machines. Pinned to AVX2 (and MKL's reproducibility mode to match),
+every x86-64 CPU with AVX2 and FMA computes the same bits, so a committed golden holds on each of them."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class GPT3Workload:
         c = self.config
         return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
                              save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device,
-                             keep_last=c.keep_last)
+                             keep_last=c.keep_last, cpu_pins=CPU_PINS if c.device == "cpu" else {})
 
     @property
     def phases(self) -> PhaseRules:
@@ -66,7 +70,7 @@ class GPT3Workload:
             checkpoint_dir=Path(config.save_dir),
             train_iters=config.train_iters,
             save_interval=config.save_interval,
-            env={"OMP_NUM_THREADS": "1"} if config.device == "cpu" else {},
+            env={"OMP_NUM_THREADS": "1", **CPU_PINS} if config.device == "cpu" else {},
         )
 
     def fingerprint_mapping(self) -> Mapping[str, Any]:
