@@ -77,4 +77,5 @@ class RestartPolicy:
     hang_timeout_s: float = 60.0
     """No history progress from any rank for this long (and none held) = hung."""
     startup_timeout_s: float = 180.0
-    """A rank that has not said hello by then counts as hung."""
+    """A rank that has not said hello by then counts as hung; also the silence allowed while a rank says it is
+    busy with long work (probe.busy: imports and the first step, the final state hash)."""

@@ -146,6 +146,15 @@ class Probe:
         self._writer.write(history.LEAVE, step=step, phase=phase)
         self.phase_name = None
 
+    def busy(self, what: str) -> None:
+        """Long work that writes nothing begins (imports, process groups, data and the first step; the final
+        state hash): the supervisor allows restart.startup_timeout_s of silence instead of hang_timeout_s
+        until busy_end. A rank stuck in it is still called hung, only later."""
+        self.event(history.BUSY, what=what)
+
+    def busy_end(self, what: str) -> None:
+        self.event(history.BUSY_END, what=what)
+
     def step_begin(self, step: int) -> None:
         self.step = step
         self.event(history.STEP_BEGIN, step=step)

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from chaos import history
 from chaos.history import HistoryWriter, load_run_history, read_jsonl, supervisor_history_path
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
 from chaos.supervisor import SupervisorConfig, supervise
@@ -133,6 +134,51 @@ def test_sigstop_is_detected_as_a_hang_within_the_timeout(tmp_path):
     assert hang["mono"] - landed["mono"] < 1.0 + 0.5
     assert [e["outcome"] for e in events(run, "attempt_end")] == ["hung", "complete"]
     assert_nothing_survives(run)
+
+
+def test_a_stopped_rank_is_killed_at_teardown_never_woken_into_a_graceful_save(tmp_path):
+    """A SIGSTOPped rank stands for a frozen one: teardown SIGKILLs it without SIGCONT. Woken with SIGTERM
+    pending (the order before), the fake trainer's rank would finish its step, agree with its peer on
+    stopping and save: a checkpoint written during the teardown of a hang, which the run never asked for."""
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=1, teardown_grace_s=1.0, hang_timeout_s=1.0, startup_timeout_s=60.0)
+    # step 2: before the first save (save_interval 3), so any checkpoint of attempt 1 is a teardown save
+    outcome = supervise(make_config(run, [fault(signal_name="SIGSTOP", step=2, phase="optimizer")], restart=restart))
+    assert outcome.outcome == "complete"
+    pid = {e["rank"]: e["pid"] for e in events(run, "rank_hello") if e["attempt"] == 1}[1]
+    [first, _] = events(run, "teardown")
+    assert pid in first["sigkill"] and pid not in first["sigterm"], first
+    attempt1 = load_run_history(run).attempts[0]
+    assert list(attempt1.events("train_end")) == [], "a rank stopped by the nemesis ended training gracefully"
+    assert list(attempt1.events(history.CHECKPOINT_COMMITTED)) == [], "a checkpoint was saved during teardown"
+    assert_nothing_survives(run)
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["announced", "silent"])
+def test_long_silent_work_announced_by_the_probe_is_not_a_hang(tmp_path, busy):
+    """Every rank silent for 2.5 s at step 3, with hang_timeout_s 1: announced through probe.busy it is
+    allowed startup_timeout_s and the run completes in one attempt; unannounced it is a hang."""
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=1.0, startup_timeout_s=10.0)
+    delays = [{"rank": r, "step": 3, "seconds": 2.5, "busy": busy} for r in (0, 1)]
+    outcome = supervise(make_config(run, restart=restart, train_iters=5, delays=delays))
+    assert outcome.outcome == "complete"
+    hangs = events(run, "hang_detected")
+    if busy:
+        assert hangs == [] and outcome.attempts == 1
+    else:
+        assert len(hangs) == 1 and outcome.attempts == 2
+
+
+def test_a_rank_busy_for_longer_than_startup_timeout_is_hung(tmp_path):
+    run = tmp_path / "run"
+    restart = RestartPolicy(max_restarts=0, teardown_grace_s=0.5, hang_timeout_s=0.5, startup_timeout_s=1.5)
+    delays = [{"rank": r, "step": 2, "seconds": 30, "busy": True} for r in (0, 1)]
+    started = time.monotonic()
+    supervise(make_config(run, restart=restart, train_iters=4, delays=delays))
+    [hang] = events(run, "hang_detected")
+    assert 1.5 <= hang["idle_s"] < 3.0 and "busy: rank 0 a long silent phase" in hang["reason"], hang
+    assert time.monotonic() - started < 20
 
 
 def test_blocked_survivors_and_their_children_are_torn_down(tmp_path):

@@ -303,30 +303,36 @@ class TeardownResult:
 
 
 def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> TeardownResult:
-    """SIGTERM (and SIGCONT, so stopped processes can act on it) to every survivor and its process group;
-    after `grace_s`, SIGKILL to whatever remains; then verify that nothing of the attempt is left."""
+    """SIGKILL at once to every stopped process (a SIGSTOPped rank stands for a frozen one: woken with SIGTERM
+    pending it would finish its step and save gracefully, writing a checkpoint during the teardown of a
+    hang); SIGTERM to every other survivor and its process group; after `grace_s`, SIGKILL to whatever
+    remains; then verify that nothing of the attempt is left. No SIGCONT is ever sent."""
     started = time.monotonic()
     table.record_descendants()
     table.record_group_members()
     sigterm: list[int] = []
+    sigkill: list[int] = []
     for process in table.all_tracked():
-        if process.alive():
+        if process.alive() and _stopped(process.pid):
+            process.send_group("SIGKILL")
+            sigkill.append(process.pid)
+    for process in table.all_tracked():
+        if process.alive() and process.pid not in sigkill:
             process.send_group("SIGTERM")
-            process.send_group("SIGCONT")
             sigterm.append(process.pid)
     for pid, created in _live_untracked(table):
-        if _signal_untracked(pid, created, "SIGTERM"):
-            _signal_untracked(pid, created, "SIGCONT")
-            sigterm.append(pid)
+        name = "SIGKILL" if _stopped(pid) else "SIGTERM"
+        if _signal_untracked(pid, created, name):
+            (sigkill if name == "SIGKILL" else sigterm).append(pid)
 
     _wait_until_gone(table, started + grace_s, poll_s * 5)
-    sigkill: list[int] = []
     table.record_descendants()
     table.record_group_members()
     for process in table.all_tracked():
         if process.alive():
             process.send_group("SIGKILL")
-            sigkill.append(process.pid)
+            if process.pid not in sigkill:
+                sigkill.append(process.pid)
     for pid, created in _live_untracked(table):
         if _signal_untracked(pid, created, "SIGKILL"):
             sigkill.append(pid)
@@ -340,6 +346,15 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
     survivors += [pid for pid, _ in _live_untracked(table)]
     return TeardownResult(duration_s=time.monotonic() - started, sigterm=sigterm, sigkill=sigkill,
                           survivors=sorted(set(survivors)))
+
+
+def _stopped(pid: int) -> bool:
+    """In job-control stop (SIGSTOP/SIGTSTP): state T in /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t")
+    except (OSError, IndexError):
+        return False
 
 
 def _wait_until_gone(table: ProcessTable, deadline: float, poll_s: float) -> None:

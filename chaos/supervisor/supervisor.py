@@ -86,6 +86,8 @@ class _HistoryTail:
         self.step: int | None = None
         self.phase: str | None = None
         self.train_end: str | None = None
+        self.busy: str | None = None
+        """What the rank said it is busy with (probe.busy), until busy_end."""
 
     def poll(self) -> bool:
         if self._file is None:
@@ -111,6 +113,10 @@ class _HistoryTail:
                 self.phase = None
             elif record.get("event") == history.TRAIN_END:
                 self.train_end = record.get("reason")
+            elif record.get("event") == history.BUSY:
+                self.busy = record.get("what") or "busy"
+            elif record.get("event") == history.BUSY_END:
+                self.busy = None
         return True
 
     def close(self) -> None:
@@ -698,8 +704,12 @@ class _Attempt:
         if len(self.ranks) < self.spec.world_size:
             if now - self.launch_mono > restart.startup_timeout_s:
                 self._hang(now - self.launch_mono, f"{self.spec.world_size - len(self.ranks)} rank(s) never said hello")
-        elif now - self.last_progress > restart.hang_timeout_s:
-            self._hang(now - self.last_progress, "no rank's history grew")
+        else:
+            busy = sorted((r.rank, r.tail.busy) for r in self.ranks.values() if r.tail.busy and not r.process.exited)
+            allowed = max(restart.hang_timeout_s, restart.startup_timeout_s) if busy else restart.hang_timeout_s
+            if now - self.last_progress > allowed:
+                said = f" (busy: {', '.join(f'rank {r} {what}' for r, what in busy)})" if busy else ""
+                self._hang(now - self.last_progress, f"no rank's history grew{said}")
         if now - self._last_scan >= DESCENDANT_SCAN_S:
             self._last_scan = now
             self.table.record_descendants()

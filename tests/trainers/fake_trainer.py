@@ -10,7 +10,8 @@ are graceful: finish the step, agree on stopping at the barrier, save, `train_en
 
 Config (JSON): train_iters, save_interval, checkpoint_dir, sync_dir, step_time_s (0.02),
 global_batch_size (8), collective (true), spawn_child (false), crash ({rank, step, attempt, code}),
-delays ([{rank, step, attempt, seconds}]: a straggler sleeps before starting that step).
+delays ([{rank, step, attempt, seconds, busy}]: a straggler sleeps before starting that step; with busy, it
+says so first through probe.busy).
 """
 
 from __future__ import annotations
@@ -147,7 +148,11 @@ class Trainer:
         for step in range(start + 1, iters + 1):
             for delay in config.get("delays", ()):
                 if (delay["rank"], delay["step"], delay.get("attempt", 1)) == (self.rank, step, probe.attempt):
+                    if delay.get("busy"):  # long silent work the trainer announces (probe.busy)
+                        probe.busy("a long silent phase")
                     time.sleep(float(delay["seconds"]))
+                    if delay.get("busy"):
+                        probe.busy_end("a long silent phase")
             probe.step_begin(step)
             for phase in PHASES:
                 with probe.phase(phase, step):

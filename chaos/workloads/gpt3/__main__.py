@@ -4,8 +4,9 @@ import sys
 
 from chaos.probe import get_probe
 
-# The probe says hello before torch is imported (~7 s), so the supervisor sees the rank at once.
-get_probe()
+# The probe says hello before torch is imported (~7 s), so the supervisor sees the rank at once; until the
+# checkpoint load begins the rank is busy (imports, process groups, model, data): not a hang yet.
+get_probe().busy("startup")
 
 from chaos.workloads.gpt3.train import main  # noqa: E402
 

@@ -143,6 +143,9 @@ class Trainer:
 
     def run(self) -> int:
         config, probe = self.config, self.probe
+        # Startup's silence ends here: the checkpoint load and every step are watched with hang_timeout_s
+        # (they are where hang faults land), only imports and building were allowed startup_timeout_s.
+        probe.busy_end("startup")
         self.progress = self.checkpointer.load(self.model, self.optimizer, self.scheduler, self.layouts, self.progress)
         if config.fsdp == "megatron" and self.progress.iteration:
             # The load wrote Megatron-FSDP's fp32 main weights; copy them into the compute weights.
@@ -167,7 +170,10 @@ class Trainer:
                 probe.train_end(step, "preempted")
                 return 0
         self.checkpointer.finalize_async(wait=True)
-        probe.final_state(config.train_iters, self.state_hash())
+        probe.busy("final state hash")
+        state_hash = self.state_hash()
+        probe.busy_end("final state hash")
+        probe.final_state(config.train_iters, state_hash)
         probe.train_end(config.train_iters, "complete")
         return 0
 
