@@ -21,6 +21,11 @@ import socket
 ENV_SOCKET = "CHAOS_CONTROL_SOCKET"
 ENV_HISTORY_DIR = "CHAOS_HISTORY_DIR"
 ENV_ATTEMPT = "CHAOS_ATTEMPT"
+ENV_RUN_DIR = "CHAOS_RUN_DIR"
+ENV_RUN_TOKEN = "CHAOS_RUN_TOKEN"
+RUN_TOKEN_FILE = ".chaos-run-token"
+"""The supervisor writes its run's token here at the start; a rank commits a checkpoint only while the run
+directory still holds its token (a rank of an earlier run at the same --out never commits into a new one)."""
 
 
 def send(sock: socket.socket, message: dict) -> None:

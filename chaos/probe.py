@@ -146,6 +146,18 @@ class Probe:
         self._writer.write(history.LEAVE, step=step, phase=phase)
         self.phase_name = None
 
+    def owns_run_dir(self) -> bool:
+        """Whether the run directory still belongs to this rank's run (control.RUN_TOKEN_FILE holds the token the
+        supervisor gave it). False for a rank that outlived its run while a new run took over its --out: such a
+        rank must not commit anything there. True outside chaos (no token given)."""
+        token = os.environ.get(control.ENV_RUN_TOKEN)
+        if not token:
+            return True
+        try:
+            return (Path(os.environ.get(control.ENV_RUN_DIR, "")) / control.RUN_TOKEN_FILE).read_text() == token
+        except OSError:
+            return False
+
     def busy(self, what: str) -> None:
         """Long work that writes nothing begins (imports, process groups, data and the first step; the final
         state hash): the supervisor allows restart.startup_timeout_s of silence instead of hang_timeout_s

@@ -467,3 +467,15 @@ def test_restart_budget_fails_when_out_of_restarts_or_over_budget(tmp_path):
     stopped.finish("out_of_restarts")
     result = one(stopped, "restart_budget")
     assert result.status == "fail" and "out_of_restarts" in result.detail
+
+
+def test_the_default_comparison_is_the_bitwise_rule_production_uses(tmp_path):
+    """A signed zero equals zero under ==, not bitwise: checkers without an explicit comparison (these tests)
+    must judge by the rule `chaos run` uses, or they test a weaker oracle than the product has."""
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=12, end="complete", loss=lambda s: -0.0 if s == 5 else golden_loss(s))
+    run.finish()
+    golden = run.golden_metrics()
+    golden["lm loss"][5] = 0.0
+    result = one(run, "trajectory", golden_metrics=golden)
+    assert result.status == "fail" and result.evidence["first_divergence"]["step"] == 5, result.detail

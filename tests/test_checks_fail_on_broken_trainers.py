@@ -122,3 +122,12 @@ def test_upstream_loss_mask_cache_fails_data_order_and_trajectory(tmp_path, gold
     trajectory = status(result, "trajectory")
     assert trajectory["status"] == "fail" and trajectory["evidence"]["first_divergence"]["step"] == 8, trajectory
     assert status(result, "faults_landed")["status"] == "pass"
+
+
+def test_a_step_skipped_on_resume_fails_resume_point_and_trajectory(tmp_path, golden_cache):
+    """The resumed attempt loads iteration 2 and starts at step 4: step 3 is never trained."""
+    result = run(tmp_path, golden_cache, ["skip_step_on_resume"], KILL_RANK1_STEP3_BACKWARD)
+    assert result.verdict == "fail"
+    resume = status(result, "resume_point")
+    assert resume["status"] == "fail", resume
+    assert status(result, "trajectory")["status"] == "fail"

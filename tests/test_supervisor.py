@@ -336,9 +336,15 @@ def test_sigterm_to_the_supervisor_interrupts_and_leaves_nothing(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
-        while len(events(run, "rank_hello")) < 2 and time.monotonic() < deadline:
+
+        def training() -> bool:  # both ranks have finished a step: the interrupt lands mid-training
+            history = load_run_history(run)
+            return bool(history.attempts) and all(
+                any(r["event"] == "step_end" for r in history.attempts[0].ranks.get(rank, [])) for rank in (0, 1))
+
+        while not training() and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.3)
+        assert training(), "the ranks never trained a step"
         child.send_signal(signal.SIGTERM)
         out, _ = child.communicate(timeout=20)
     finally:

@@ -125,7 +125,9 @@ def test_async_save_and_keep_last_resume_bitwise(tmp_path, golden_runs):
 
 
 def test_indexed_dataset_by_path_prefix(tmp_path):
-    """megatron's .bin/.idx format, built here from random documents; position resumes from consumed samples."""
+    """megatron's .bin/.idx format, built here from random documents: the ranks train on it (their batches'
+    data hashes are not the mock data's), and a stop at 2 + resume is bitwise the uninterrupted run on it
+    (the position resumes from consumed samples)."""
     import numpy as np
     import torch
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -138,14 +140,22 @@ def test_indexed_dataset_by_path_prefix(tmp_path):
         builder.add_document(torch.from_numpy(generator.integers(0, 1000, size=300).astype(np.int64)), [300])
     builder.finalize(str(prefix) + ".idx")
 
-    run_dir = tmp_path / "run"
-    config = dataclasses.replace(config_for(run_dir, world_size=2, tensor_parallel=2, train_iters=4, save_interval=2),
-                                 data_path=str(prefix), exit_at_iter=2)
+    def metrics_of(run_dir: Path) -> dict[int, tuple[float, str]]:
+        """step -> (lm loss, data hash), the latest attempt winning."""
+        return {e["step"]: (e["lm_loss"], e["data_hash"]) for e in events(run_dir, "metrics", rank=0)}
+
+    whole_dir, run_dir = tmp_path / "whole", tmp_path / "run"
+    shape = dict(world_size=2, tensor_parallel=2, train_iters=4, save_interval=2)
+    run_ok(dataclasses.replace(config_for(whole_dir, **shape), data_path=str(prefix)), whole_dir, 1)
+    config = dataclasses.replace(config_for(run_dir, **shape), data_path=str(prefix), exit_at_iter=2)
     run_ok(config, run_dir, 1)
     run_ok(dataclasses.replace(config, exit_at_iter=None), run_dir, 2)
-    metrics = [e for e in events(run_dir, "metrics", rank=0)]
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert all(math.isfinite(m["lm_loss"]) for m in metrics)
+    resumed, whole = metrics_of(run_dir), metrics_of(whole_dir)
+    assert sorted(resumed) == [1, 2, 3, 4] and all(math.isfinite(loss) for loss, _ in resumed.values())
+    assert resumed == whole, "the resumed run on the indexed dataset is not the uninterrupted one"
+    mock_dir = tmp_path / "mock"  # the same job on the mock data, one step
+    run_ok(dataclasses.replace(config_for(mock_dir, **shape), exit_at_iter=1), mock_dir, 1)
+    assert metrics_of(mock_dir)[1][1] != whole[1][1], "the ranks trained on the mock data, not data_path"
 
 
 def test_checkpoint_has_every_piece_of_state(golden_runs):
@@ -159,3 +169,21 @@ def test_checkpoint_has_every_piece_of_state(golden_runs):
     assert manifest["iteration"] == 6 and ".metadata" in manifest["files"]
     assert (directory.parent / "latest_checkpointed_iteration.txt").read_text() == "6"
     assert not any(p.name.startswith(".tmp") for p in directory.parent.iterdir())
+
+
+def test_a_rank_of_an_earlier_run_never_commits_into_a_new_one(tmp_path):
+    """A rank that outlived its run (its token) while a new run took over the run directory (another token)
+    trains on, but never commits a checkpoint or writes the tracker there: it stops at its first commit."""
+    from chaos import control
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / control.RUN_TOKEN_FILE).write_text("the-new-run")
+    config = config_for(run_dir, world_size=2, tensor_parallel=2, train_iters=4, save_interval=2)
+    codes = run_attempt(config, run_dir, 1, env={control.ENV_RUN_DIR: str(run_dir),
+                                                 control.ENV_RUN_TOKEN: "an-earlier-run"})
+    assert codes[0] != 0, codes
+    checkpoints = run_dir / "checkpoints"
+    assert not checkpoints.exists() or not [p for p in checkpoints.iterdir() if p.name.startswith("iter_")]
+    assert not (checkpoints / "latest_checkpointed_iteration.txt").exists()
+    assert "now belongs to another run" in output_of(run_dir, 1)

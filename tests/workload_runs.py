@@ -22,7 +22,7 @@ def small_workload(extra: str = "") -> str:
 
 
 def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: float = 600,
-                disable_probe: bool = False) -> list[int]:
+                disable_probe: bool = False, env: dict[str, str] | None = None) -> list[int]:
     """Starts world_size ranks of the workload and waits; returns their exit codes."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / f"workload-{attempt}.yaml"
@@ -32,16 +32,17 @@ def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: floa
     port = free_port()
     processes = []
     for rank in range(config.world_size):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(config.world_size), LOCAL_RANK=str(rank),
-                   LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   CHAOS_HISTORY_DIR=str(history_dir), CHAOS_ATTEMPT=str(attempt), OMP_NUM_THREADS="1",
-                   **(CPU_PINS if config.device == "cpu" else {}))
-        env.pop("CHAOS_CONTROL_SOCKET", None)
+        rank_env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(config.world_size), LOCAL_RANK=str(rank),
+                        LOCAL_WORLD_SIZE=str(config.world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                        CHAOS_HISTORY_DIR=str(history_dir), CHAOS_ATTEMPT=str(attempt), OMP_NUM_THREADS="1",
+                        **(CPU_PINS if config.device == "cpu" else {}))
+        rank_env.update(env or {})
+        rank_env.pop("CHAOS_CONTROL_SOCKET", None)
         if disable_probe:
-            env.pop("CHAOS_HISTORY_DIR")
+            rank_env.pop("CHAOS_HISTORY_DIR")
         with open(history_dir / f"rank-{rank}.out", "w") as out:
             processes.append(subprocess.Popen([sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)],
-                                              env=env, stdout=out, stderr=subprocess.STDOUT))
+                                              env=rank_env, stdout=out, stderr=subprocess.STDOUT))
     codes = []
     try:
         for process in processes:

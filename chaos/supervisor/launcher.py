@@ -48,6 +48,9 @@ class AttemptLaunch:
     control_socket: str
     cgroup_procs: str | None = None
     """The attempt's cgroup (chaos.supervisor.lifeline): every launched process joins it before exec."""
+    run_dir: str = ""
+    run_token: str = ""
+    """The run's identity (control.RUN_TOKEN_FILE in run_dir); empty: none is checked."""
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
@@ -55,6 +58,8 @@ def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
     env.update({
         control.ENV_HISTORY_DIR: str(launch.directory),
         control.ENV_ATTEMPT: str(launch.attempt),
+        control.ENV_RUN_DIR: launch.run_dir,
+        control.ENV_RUN_TOKEN: launch.run_token,
         control.ENV_SOCKET: launch.control_socket,
         "PYTHONUNBUFFERED": "1",
     })

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Literal
 
+from chaos import control
 from chaos import faults as nemesis
 from chaos import history
 from chaos.errors import InfrastructureError
@@ -233,6 +234,7 @@ class _Supervisor:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.reserve.take()
+        (self.run_dir / control.RUN_TOKEN_FILE).write_text(self.run_token)
         self.writer = history.HistoryWriter(history.supervisor_history_path(self.run_dir))
         self.record(history.RUN_START, run_dir=str(self.run_dir), launcher=config.launcher,
                     world_size=config.launch.world_size, nodes=config.launch.nodes,
@@ -352,7 +354,8 @@ class _Attempt:
         port = launcher.free_port()
         self._make_cgroup()
         plan = launcher.AttemptLaunch(self.number, self.directory, port, self.control_path,
-                                      self.cgroup.procs_file if self.cgroup else None)
+                                      self.cgroup.procs_file if self.cgroup else None,
+                                      run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
         self.launch_mono = time.monotonic()
         self.table.launched = launcher.launch(self.config.launcher, self.spec, plan)
         for process in self.table.launched:  # each leads its own session: its group is its pid

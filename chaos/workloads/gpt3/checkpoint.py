@@ -349,6 +349,9 @@ class Checkpointer:
         probe = self.probe
         committing = self.dims.rank == 0 and not self.config.has_bug("tracker_before_shards")
         if committing:
+            if not probe.owns_run_dir():
+                raise RuntimeError(f"chaos: the run directory {self.save_dir.parent} now belongs to another run; "
+                                   f"this rank of an earlier run does not commit iteration {iteration} into it")
             write_manifest(temp, iteration)
             probe.point("checkpoint.commit", iteration)
             _install_directory(temp, final)
