@@ -78,4 +78,7 @@ class RestartPolicy:
     """No history progress from any rank for this long (and none held) = hung."""
     startup_timeout_s: float = 180.0
     """A rank that has not said hello by then counts as hung; also the silence allowed while a rank says it is
-    busy with long work (probe.busy: imports and the first step, the final state hash)."""
+    busy with long work (probe.busy: imports and building, the final state hash)."""
+    warm: bool = True
+    """Restarts take warm spares (interpreters that already imported the workload's modules) where the
+    workload supports it and the launcher is direct; false: every rank is a fresh interpreter."""

@@ -18,6 +18,10 @@ import sys
 
 from chaos import control
 
+IN_PROCESS = "--in-process"
+"""Set by a warm spare (chaos.supervisor.spare) that already imported the trainer's modules: `PYTHON SCRIPT
+ARGS` runs in this interpreter (runpy) instead of an exec, exactly as `python SCRIPT ARGS` would run it."""
+
 EXIT_REJECTED = 70
 """The supervisor did not accept this process as a rank (it closed the connection): nothing is started."""
 
@@ -43,6 +47,9 @@ def _redirect_output(history_dir: str, rank: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    in_process = argv[:1] == [IN_PROCESS]
+    if in_process:
+        argv = argv[1:]
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
@@ -58,12 +65,24 @@ def main(argv: list[str]) -> int:
         return EXIT_REJECTED
     if history_dir:
         _redirect_output(history_dir, rank)
+    if in_process:
+        return _run_script_here(argv)
     try:
         os.execvp(argv[0], argv)
     except OSError as error:
         print(f"chaos: cannot start {argv[0]!r}: {error}", file=sys.stderr)
         return 127
     return 0  # not reached: exec replaced this process
+
+
+def _run_script_here(argv: list[str]) -> int:
+    import runpy
+
+    script = argv[1]
+    sys.argv = [script, *argv[2:]]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # what `python SCRIPT` puts first
+    runpy.run_path(script, run_name="__main__")
+    return 0
 
 
 if __name__ == "__main__":

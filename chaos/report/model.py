@@ -117,9 +117,43 @@ def timings(ctx: CheckContext) -> dict[str, list[dict[str, Any]]]:
             continue
         first = min(step_ends)
         restart.append({"attempt": attempt.index, "seconds": first - previous_end,
-                        "first_step": min(int(r["step"]) for r in attempt.events(h.STEP_END))})
+                        "first_step": min(int(r["step"]) for r in attempt.events(h.STEP_END)),
+                        "breakdown": _restart_breakdown(history, attempt, previous_end, first)})
     return {"detection_latency_s": detection, "teardown_duration_s": teardown,
             "restart_to_first_resumed_step_s": restart}
+
+
+RESTART_STAGES = (("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),
+                  ("imports", "imports"), ("process_groups", "rendezvous and process groups"),
+                  ("model", "model and optimizer"), ("data", "datasets and index building"),
+                  ("checkpoint_load", "checkpoint load"), ("first_step", "first resumed step"))
+"""Where a restart's seconds go, in order; a stage the workload does not report is left out."""
+
+
+def _restart_breakdown(history, attempt, previous_end: float, first_step_end: float) -> dict[str, float]:
+    """Seconds per RESTART_STAGES stage, each ending when the slowest rank finished it (the job waits for
+    it), measured from the previous attempt's end. The gpt3 workload reports every stage; a workload followed
+    from its logs reports the launch, the checkpoint load and the first step."""
+    marks: list[tuple[str, float]] = []
+    starts = [r["mono"] for r in history.supervisor_events(h.ATTEMPT_START) if r.get("attempt") == attempt.index]
+    if starts:
+        marks.append(("launch", starts[0]))
+    firsts = [records[0]["mono"] for records in attempt.ranks.values() if records and "mono" in records[0]]
+    if firsts:
+        marks.append(("interpreter", max(firsts)))
+    for stage in ("imports", "process_groups", "model", "data"):
+        times = [r["mono"] for r in attempt.events(h.STARTUP_PHASE) if r.get("phase") == stage]
+        if times:
+            marks.append((stage, max(times)))
+    loaded = [r["mono"] for r in attempt.events(h.CHECKPOINT_LOADED) if r.get("mono") is not None]
+    if loaded:
+        marks.append(("checkpoint_load", max(loaded)))
+    marks.append(("first_step", first_step_end))
+    out, previous = {}, previous_end
+    for stage, mono in marks:
+        out[f"{stage}_s"] = round(max(0.0, mono - previous), 4)
+        previous = max(previous, mono)
+    return out
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> Path:

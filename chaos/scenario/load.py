@@ -31,7 +31,7 @@ TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "faults", "re
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
-RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s")
+RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
 GOLDEN_KEYS = ("path", "mode")
 NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
 MAX_RESTARTS = 1000
@@ -161,6 +161,11 @@ class _Fields:
             raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {show(value)}")
         return float(value)
 
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.error(where, f"expected true or false, got {show(value)}")
+        return value
+
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
             raise self.error(where, f"expected a string, got {show(value)}")
@@ -272,6 +277,7 @@ def _restart(read: _Fields, value: Any) -> RestartPolicy:
                                    strict=True),
         startup_timeout_s=read.number(raw.get("startup_timeout_s", defaults.startup_timeout_s),
                                       "restart.startup_timeout_s", strict=True),
+        warm=read.boolean(raw.get("warm", defaults.warm), "restart.warm"),
     )
 
 

@@ -23,6 +23,7 @@ from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
+from chaos.supervisor.spares import SparePool, send_order
 from chaos.workloads.base import LaunchSpec
 
 MASTER_ADDR = "127.0.0.1"
@@ -82,8 +83,9 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | 
         log.close()  # the child holds its own copy
 
 
-def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProcess]:
-    """One process per rank running spec.argv, with the environment torchrun would give it."""
+def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, spares: SparePool | None = None) -> list[TrackedProcess]:
+    """One process per rank running spec.argv, with the environment torchrun would give it: a warm spare
+    from `spares` where one is alive (chaos.supervisor.spares), else a fresh interpreter."""
     processes: list[TrackedProcess] = []
     started: list[subprocess.Popen] = []
     common = base_env(spec, launch)
@@ -97,9 +99,15 @@ def launch_direct(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProces
                 "GROUP_RANK": str(rank // per_node),
                 "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
             })
-            started.append(_spawn(list(spec.argv), env, launch.directory / f"rank-{rank}.out", spec.cwd,
-                                  launch.cgroup_procs))
+            output = launch.directory / f"rank-{rank}.out"
+            spare = spares.take() if spares is not None else None
+            if spare is not None:
+                send_order(spare, spec, env, output, launch.cgroup_procs)
+                started.append(spare.popen)
+            else:
+                started.append(_spawn(list(spec.argv), env, output, spec.cwd, launch.cgroup_procs))
             processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=rank // per_node))
+            processes[-1].warm = spare is not None
     except BaseException:
         _kill_started(started, processes)
         raise
@@ -162,9 +170,10 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
     return processes
 
 
-def launch(kind: Literal["direct", "torchrun"], spec: LaunchSpec, attempt: AttemptLaunch) -> list[TrackedProcess]:
+def launch(kind: Literal["direct", "torchrun"], spec: LaunchSpec, attempt: AttemptLaunch,
+           spares: SparePool | None = None) -> list[TrackedProcess]:
     if kind == "direct":
-        return launch_direct(spec, attempt)
+        return launch_direct(spec, attempt, spares)
     if kind == "torchrun":
         return launch_torchrun(spec, attempt)
     raise ValueError(f"unknown launcher {kind!r}; expected 'direct' or 'torchrun'")

@@ -53,6 +53,8 @@ class TrackedProcess:
     exit_mono: float | None = None
     last_signal: str | None = None
     last_signal_mono: float | None = None
+    warm: bool = False
+    """Started from a warm spare (chaos.supervisor.spares) rather than a fresh interpreter."""
 
     @classmethod
     def from_popen(cls, popen: subprocess.Popen, role: str, rank: int | None = None,

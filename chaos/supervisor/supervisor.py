@@ -31,6 +31,7 @@ from chaos.supervisor import disk, launcher
 from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
 from chaos.supervisor.observed import ObservedTriggers
+from chaos.supervisor.spares import SparePool
 from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
                                         returncode_signal, still_running, teardown)
 from chaos.workloads.base import LaunchSpec
@@ -89,6 +90,8 @@ class _HistoryTail:
         self.train_end: str | None = None
         self.busy: str | None = None
         """What the rank said it is busy with (probe.busy), until busy_end."""
+        self.working = False
+        """The rank is past its start (a busy_end or a step seen): its imports are over."""
 
     def poll(self) -> bool:
         if self._file is None:
@@ -108,6 +111,7 @@ class _HistoryTail:
                 continue
             if record.get("step") is not None:
                 self.step = record["step"]
+                self.working = True
             if record.get("event") == history.POINT:
                 self.phase = record.get("phase")
             elif record.get("event") == history.LEAVE:
@@ -118,6 +122,7 @@ class _HistoryTail:
                 self.busy = record.get("what") or "busy"
             elif record.get("event") == history.BUSY_END:
                 self.busy = None
+                self.working = True
         return True
 
     def close(self) -> None:
@@ -199,6 +204,8 @@ class _Supervisor:
         self.watchdog: lifeline.Watchdog | None = None
         self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reserve = disk.DiskReserve(self.run_dir)
+        self.spares: SparePool | None = None
+        """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
         self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
         """False once a cgroup could not be made: said once, then the process-group fallback only."""
@@ -242,6 +249,10 @@ class _Supervisor:
         self.server = ControlServer(self.run_dir)
         control_path = self.server.start()
         self.watchdog = lifeline.Watchdog()
+        if config.restart.warm and config.launcher == "direct" and config.launch.warm is not None \
+                and config.restart.max_restarts > 0:
+            self.spares = SparePool(config.launch, self.run_dir / "spares",
+                                    {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1"})
         self.interrupt.install()
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
@@ -260,6 +271,8 @@ class _Supervisor:
             outcome, error = "error", exception
         finally:
             self.interrupt.restore()
+            if self.spares is not None:
+                self.spares.close()
             self.server.close()
             self.watchdog.close()
         try:
@@ -357,7 +370,7 @@ class _Attempt:
                                       self.cgroup.procs_file if self.cgroup else None,
                                       run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
         self.launch_mono = time.monotonic()
-        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan)
+        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares)
         for process in self.table.launched:  # each leads its own session: its group is its pid
             self.sup.watchdog.guard_group(process.pid, process.create_time)
         for process in self.table.launched:
@@ -366,7 +379,7 @@ class _Attempt:
                 self.table.ranks[process.rank] = process
         self.sup.record(history.ATTEMPT_START, attempt=self.number, launcher=self.config.launcher, port=port,
                         control_socket=self.control_path,
-                        processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node}
+                        processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm}
                                    for p in self.table.launched])
         self.sup.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
 
@@ -703,6 +716,7 @@ class _Attempt:
         self._fire_wall_clock(now)
         if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
             self.last_progress = now  # time a rank spends held by us is not a hang
+        self._refill_spares()
         restart = self.config.restart
         if len(self.ranks) < self.spec.world_size:
             if now - self.launch_mono > restart.startup_timeout_s:
@@ -717,6 +731,19 @@ class _Attempt:
             self._last_scan = now
             self.table.record_descendants()
         self._report_progress(now)
+
+    def _refill_spares(self) -> None:
+        """Spares for the next restart, spawned once this attempt is past its start (a rank's imports are
+        over), so the spares' imports do not slow this attempt's start (on a 2-core machine they would
+        double it)."""
+        spares = self.sup.spares
+        if spares is None or len(spares.spares) >= self.spec.world_size or self.number > self.config.restart.max_restarts:
+            return
+        # any rank: a trainer followed from its logs may print its progress from one rank only
+        if len(self.ranks) == self.spec.world_size and any(rank.tail.working for rank in self.ranks.values()):
+            new = spares.refill()
+            if new:
+                self.sup.record(history.SPARES_STARTED, attempt=self.number, pids=new)
 
     def _hang(self, idle_s: float, why: str) -> None:
         self.sup.record(history.HANG_DETECTED, attempt=self.number, idle_s=round(idle_s, 3), reason=why)

@@ -87,6 +87,17 @@ class CheckpointLayout(Protocol):
 
 
 @dataclass(frozen=True)
+class WarmStart:
+    """How a warm spare (chaos.supervisor.spare) becomes one of this workload's ranks: the modules it imports
+    ahead, then the entry point it runs as `python -m module args` or `python script args` would."""
+
+    imports: tuple[str, ...]
+    module: str | None = None
+    script: str | None = None
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """How to start one attempt of a workload: all the supervisor knows about it."""
 
@@ -106,6 +117,8 @@ class LaunchSpec:
     """observation == "log": builds the attempt's follower (chaos.blackbox.follower.Follower's `reader`
     argument factory: rank -> a reader turning that rank's output lines into history records)."""
     tracker_name: str = "latest_checkpointed_iteration.txt"
+    warm: WarmStart | None = None
+    """Set where a rank can start from a warm spare (restart.warm); None: always a fresh interpreter."""
 
     @property
     def ranks_per_node(self) -> int:

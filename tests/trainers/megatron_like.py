@@ -229,6 +229,15 @@ class MegatronLog:
     def event(self, name: str, **fields: Any) -> None:
         pass
 
+    def busy(self, what: str) -> None:
+        pass
+
+    def busy_end(self, what: str) -> None:
+        pass
+
+    def owns_run_dir(self) -> bool:
+        return True  # an unmodified trainer knows nothing of chaos's run token
+
     def step_begin(self, step: int) -> None:
         self.step = step
 

@@ -10,4 +10,6 @@ get_probe().busy("startup")
 
 from chaos.workloads.gpt3.train import main  # noqa: E402
 
+get_probe().event("startup_phase", phase="imports")  # the restart breakdown in report.json's timings
+
 sys.exit(main())

@@ -36,12 +36,15 @@ class Trainer:
         if config.device == "cuda" and config.deterministic:
             torch.use_deterministic_algorithms(True)
         self.dims = parallel.init(config)
+        probe.event("startup_phase", phase="process_groups")
         rng.seed_everything(config.seed, self.dims.tp_rank, config.device)
         model, self.layouts = model_module.build(config, self.dims)
         self.model, self.optimizer = model_module.build_optimizer(model, config, self.dims)
         self.scheduler = self._build_scheduler()
+        probe.event("startup_phase", phase="model")
         cache = Path(config.save_dir).parent / "data_cache"
         self.data = TrainData(config, self.dims, str(cache))
+        probe.event("startup_phase", phase="data")
         self.checkpointer = Checkpointer(config, self.dims, probe)
         self.progress = TrainProgress()
         self._grad_scale = float(self.dims.dp) if config.fsdp == "torch" else 1.0

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from chaos.workloads.base import LaunchSpec, PhaseRules, WorkloadFacts
+from chaos.blackbox.exec_rank import IN_PROCESS
+from chaos.workloads.base import LaunchSpec, PhaseRules, WarmStart, WorkloadFacts
 from chaos.workloads.megatron_lm.config import MegatronLMConfig
 from chaos.workloads.megatron_lm.layout import MegatronLayout
 from chaos.workloads.megatron_lm.reader import MegatronLogReader
@@ -31,6 +32,10 @@ PHASES = ("iteration",) + SAVE_PHASES + ("checkpoint.load",)
 
 FINAL_STATE_UNAVAILABLE = ("Megatron-LM prints no hash of its model and optimizer state, so the final state "
                            "cannot be compared from outside (a trainer calling the probe's final_state can)")
+
+MEGATRON_WARM_IMPORTS = ("torch", "torch.distributed.checkpoint", "megatron.core")
+"""What a Megatron-LM rank spends its first seconds importing (resolved as the rank would: from the checkout
+when its folder holds megatron/, else the installed megatron-core)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,18 @@ class MegatronLMWorkload:
             save_interval=c.save_interval, env=dict(c.env), cwd=cwd, observation="log",
             follower=functools.partial(MegatronLogReader, checkpoint_dir=checkpoint_dir),
             tracker_name=self.layout.tracker_name,
+            warm=self._warm(command),
         )
+
+    @staticmethod
+    def _warm(command: tuple[str, ...]) -> WarmStart | None:
+        """A spare can become a rank only when the rank's interpreter is chaos's own (it runs the script in
+        place, after exec_rank's hello): then it imports torch and megatron-core ahead, from the checkout
+        when the script's folder holds one (its working directory is that folder, as for a cold rank)."""
+        if Path(command[0]).resolve() != Path(sys.executable).resolve():
+            return None
+        return WarmStart(imports=MEGATRON_WARM_IMPORTS, module="chaos.blackbox.exec_rank",
+                         args=(IN_PROCESS, "--", *command))
 
     def fingerprint_mapping(self) -> Mapping[str, Any]:
         return {**self.config.fingerprint_mapping(), "source": source_id(self.config.script, self.config.megatron_lm)}

@@ -1,0 +1,122 @@
+"""Warm spares (restart.warm): what a spare holds before it is handed a rank, that nothing of it outlives the
+supervisor, and that a warm restart tests exactly what a cold one does (bitwise on CPU, every check)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from chaos.runner import run_scenario
+from chaos.scenario import load_scenario_text
+from chaos.supervisor.spares import SparePool
+from workload_runs import small_workload
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gpt3_spec(run_dir: Path):
+    scenario = load_scenario_text(f"workload: {small_workload()}\n", "spares.yaml")
+    return scenario.workload.launch(run_dir)
+
+
+def test_a_ready_spare_has_imported_and_holds_nothing_of_the_run(tmp_path):
+    """Before its order: torch and megatron-core imported; no socket (no process group, no rendezvous), no
+    CUDA driver mapped (no context), and no file of the run open but its own log."""
+    run_dir = tmp_path / "run"
+    spec = gpt3_spec(run_dir)
+    pool = SparePool(spec, run_dir / "spares", {**os.environ, **spec.env})
+    try:
+        pids = pool.refill()
+        assert len(pids) == spec.world_size
+        for spare in pool.spares:
+            assert spare.poll_ready(timeout_s=120), "a spare never finished its imports"
+        for pid in pids:
+            process = psutil.Process(pid)
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "libtorch" in maps, "the spare did not import torch"
+            assert "libcuda.so" not in maps, "the spare holds a CUDA driver mapping"
+            assert process.net_connections(kind="inet") == [], "the spare has a TCP socket (a process group?)"
+            files = [f.path for f in process.open_files() if str(run_dir) in f.path]
+            assert all(Path(f).parent == run_dir / "spares" for f in files), files
+            assert process.parent().pid == os.getpid() and os.getpgid(pid) == pid  # ours, in its own session
+    finally:
+        pool.close()
+    assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+
+
+SPARES_THEN_WAIT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_warm_spares import gpt3_spec
+from chaos.supervisor.spares import SparePool
+spec = gpt3_spec(Path({run!r}))
+pool = SparePool(spec, Path({run!r}) / "spares", {{**os.environ, **spec.env}})
+print(" ".join(map(str, pool.refill())), flush=True)
+time.sleep(600)
+"""
+
+
+def test_spares_die_with_a_killed_supervisor(tmp_path):
+    script = SPARES_THEN_WAIT.format(tests=str(REPO / "tests"), run=str(tmp_path / "run"))
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in owner.stdout.readline().split()]
+        assert pids and all(psutil.pid_exists(p) for p in pids)
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=10)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in pids):
+            time.sleep(0.05)
+        assert not [p for p in pids if psutil.pid_exists(p)], "spares outlived the supervisor"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+
+
+SCENARIO = f"""
+name: warm_equivalence
+workload: {small_workload()}
+restart: {{max_restarts: 3, warm: WARM}}
+faults:
+  - at: {{step: 3, phase: backward}}
+    target: {{rank: 1}}
+    signal: SIGKILL
+  - at: {{phase: checkpoint.load, attempt: 2}}
+    target: {{rank: 0}}
+    signal: SIGKILL
+"""
+
+
+def effective_losses(run_dir: Path) -> dict[int, float]:
+    from chaos.checkers import views
+    from chaos.history import load_run_history
+
+    return {step: record["lm_loss"] for step, (_, record) in views.effective_metrics(load_run_history(run_dir)).items()}
+
+
+def test_warm_restarts_test_exactly_what_cold_ones_do(tmp_path, small_golden):
+    """The same scenario with warm and with cold restarts, against a golden recorded cold: the same verdict
+    and checks, bitwise the same losses and final state, and the warm run's restarts really were warm."""
+    results = {}
+    for warm in (True, False):
+        scenario = load_scenario_text(SCENARIO.replace("WARM", str(warm).lower()), "warm.yaml")
+        results[warm] = run_scenario(scenario, out_dir=tmp_path / f"warm-{warm}", golden_path=small_golden,
+                                     say=lambda text: None)
+    for warm, result in results.items():
+        assert result.verdict == "pass", result.summary
+    checks = {warm: {c["name"]: c["status"] for c in r.checks} for warm, r in results.items()}
+    assert checks[True] == checks[False]
+    assert effective_losses(tmp_path / "warm-True") == effective_losses(tmp_path / "warm-False")
+    starts = {warm: [json.loads(line) for line in (tmp_path / f"warm-{warm}" / "supervisor.jsonl").read_text()
+                     .splitlines() if '"attempt_start"' in line] for warm in (True, False)}
+    assert [all(p["warm"] for p in s["processes"]) for s in starts[True]] == [False, True, True]
+    assert not any(p["warm"] for s in starts[False] for p in s["processes"])
