@@ -120,3 +120,19 @@ def test_warm_restarts_test_exactly_what_cold_ones_do(tmp_path, small_golden):
                      .splitlines() if '"attempt_start"' in line] for warm in (True, False)}
     assert [all(p["warm"] for p in s["processes"]) for s in starts[True]] == [False, True, True]
     assert not any(p["warm"] for s in starts[False] for p in s["processes"])
+
+
+def test_each_restart_says_where_its_seconds_went(tmp_path, small_golden):
+    """report.json's restart timings break each restart into stages (report.model.RESTART_STAGES), which add
+    up to the whole; the HTML report shows them as a table."""
+    from chaos.report.model import RESTART_STAGES
+
+    scenario = load_scenario_text(SCENARIO.replace("WARM", "true"), "warm.yaml")
+    result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=small_golden, say=lambda text: None)
+    restarts = result.report["timings"]["restart_to_first_resumed_step_s"]
+    assert len(restarts) == 2
+    for restart in restarts:
+        parts = restart["breakdown"]
+        assert list(parts) == [f"{key}_s" for key, _ in RESTART_STAGES], parts
+        assert abs(sum(parts.values()) - restart["seconds"]) < 0.01, restart
+    assert "Restarts: where the seconds went" in (tmp_path / "run" / "report.html").read_text()

@@ -186,6 +186,25 @@ def timeline_svg(history: RunHistory, index: int, width: int = 860) -> str:
 
 
 # ---- the page --------------------------------------------------------------------------------------------
+def restart_table(restarts: list[dict[str, Any]]) -> str:
+    """Where each restart's seconds went (report.model.RESTART_STAGES), one row per restarted attempt."""
+    from chaos.report.model import RESTART_STAGES
+
+    if not restarts:
+        return ""
+    stages = [(key, label) for key, label in RESTART_STAGES
+              if any(f"{key}_s" in (r.get("breakdown") or {}) for r in restarts)]
+    head = "".join(f"<th>{_e(label)}</th>" for _, label in stages)
+    rows = []
+    for restart in restarts:
+        parts = restart.get("breakdown") or {}
+        cells = "".join(f"<td>{parts[f'{key}_s']:.2f}</td>" if f"{key}_s" in parts else "<td></td>"
+                        for key, _ in stages)
+        rows.append(f"<tr><td>{_e(restart.get('attempt'))}</td><td>{restart.get('seconds', 0):.2f}</td>{cells}</tr>")
+    return ("<h2>Restarts: where the seconds went</h2><table><tr><th>attempt</th><th>to first resumed step (s)</th>"
+            f"{head}</tr>{''.join(rows)}</table>")
+
+
 def render_html(report: dict[str, Any], golden_metrics: dict | None = None, history: RunHistory | None = None) -> str:
     verdict = report.get("verdict", "?")
     color = STATUS_COLORS.get(verdict, "#ef6c00")
@@ -236,6 +255,7 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
             if svg:
                 out.append(f"<h3>attempt {attempt}</h3>{svg}")
     timings = report.get("timings") or {}
+    out.append(restart_table(timings.get("restart_to_first_resumed_step_s") or []))
     out.append(f"<h2>Timings</h2><pre>{_e(json.dumps(timings, indent=1, default=str))}</pre>")
     out.append("</body></html>")
     return "\n".join(out)
