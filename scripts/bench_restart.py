@@ -48,17 +48,17 @@ faults:{faults}
 """, str(REPO / "scenarios" / "bench_restart.yaml"))
 
 
-def restart_times(out: Path, restarts: int, warm: bool) -> list[float]:
-    result = run_scenario(restart_scenario(restarts, warm), out_dir=out, say=lambda text: None)
+def restart_times(out: Path, restarts: int, warm: bool, goldens: Path) -> list[float]:
+    result = run_scenario(restart_scenario(restarts, warm), out_dir=out, golden_cache=goldens, say=lambda text: None)
     if result.verdict != "pass":
         raise SystemExit(f"{'warm' if warm else 'cold'} run did not pass:\n{result.summary}")
     return [t["seconds"] for t in result.report["timings"]["restart_to_first_resumed_step_s"]]
 
 
-def soak(out: Path, cycles: int, warm: bool) -> tuple[int, float, dict]:
+def soak(out: Path, cycles: int, warm: bool, goldens: Path) -> tuple[int, float, dict]:
     command = [sys.executable, "-m", "chaos.cli", "soak", str(REPO / "scenarios" / "random_seeded.yaml"),
                "--cycles", str(cycles), "--seed", "500", "--keep-going", "--out", str(out),
-               "--set", f"restart.warm={str(warm).lower()}"]
+               "--set", f"restart.warm={str(warm).lower()}", "--golden-cache", str(goldens)]
     subprocess.run(command, cwd=REPO, check=False, stdout=subprocess.DEVNULL)
     report = json.loads((out / "soak.json").read_text())
     verified = sum(c["faults_landed"] for c in report["cycles"] if c["verdict"] == "pass")
@@ -73,10 +73,11 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chaos-bench-restart-") as tmp:
         root = Path(tmp)
+        goldens = root / "goldens"  # where no committed golden fits this machine, one is recorded once
         times: dict[bool, list[float]] = {True: [], False: []}
         for run in range(args.runs):
             for warm in (False, True):
-                times[warm] += restart_times(root / f"restart-{warm}-{run}", args.restarts, warm)
+                times[warm] += restart_times(root / f"restart-{warm}-{run}", args.restarts, warm, goldens)
         cold, warm = statistics.median(times[False]), statistics.median(times[True])
         print(f"(a) restart to first resumed step, {len(times[False])} cold and {len(times[True])} warm restarts:")
         print(f"    cold median {cold:.2f} s {sorted(round(t, 2) for t in times[False])}")
@@ -85,14 +86,16 @@ def main() -> int:
         if args.cycles:
             rates = {}
             for mode in (False, True):
-                verified, elapsed, verdicts = soak(root / f"soak-{mode}", args.cycles, mode)
+                verified, elapsed, verdicts = soak(root / f"soak-{mode}", args.cycles, mode, goldens)
                 rates[mode] = verified / elapsed * 3600
                 print(f"(b) soak {'warm' if mode else 'cold'}: {args.cycles} cycles {verdicts}, {verified} verified "
                       f"faults in {elapsed:.0f} s = {rates[mode]:.0f} verified faults/hour")
             print(f"    warm / cold = {rates[True] / rates[False]:.2f}x")
         started = time.monotonic()
-        flagship = run_scenario(load_scenario(FLAGSHIP), out_dir=root / "flagship", say=lambda text: None)
-        print(f"(c) flagship scenario, warm restarts: {flagship.verdict}, {time.monotonic() - started:.1f} s")
+        flagship = run_scenario(load_scenario(FLAGSHIP, {"restart.warm": "true"}), out_dir=root / "flagship",
+                                golden_cache=goldens, say=lambda text: None)
+        print(f"(c) flagship scenario, warm restarts: {flagship.verdict}, {time.monotonic() - started:.1f} s "
+              f"(golden recorded first: {flagship.golden_choice.recorded_here if flagship.golden_choice else None})")
     return 0
 
 

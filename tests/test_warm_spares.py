@@ -3,6 +3,7 @@ supervisor, and that a warm restart tests exactly what a cold one does (bitwise 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,6 +18,8 @@ import pytest
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
 from chaos.supervisor.spares import SparePool
+from test_megatron_lm_run import megatron_lm_golden  # noqa: F401 - the session's stand-in golden (a fixture)
+from test_megatron_lm_run import scenario as megatron_lm_scenario
 from workload_runs import small_workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,9 +133,30 @@ def test_each_restart_says_where_its_seconds_went(tmp_path, small_golden):
     scenario = load_scenario_text(SCENARIO.replace("WARM", "true"), "warm.yaml")
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=small_golden, say=lambda text: None)
     restarts = result.report["timings"]["restart_to_first_resumed_step_s"]
-    assert len(restarts) == 2
+    assert [r["attempt"] for r in restarts] == [3]  # attempt 2 died in its load: it never resumed a step
     for restart in restarts:
         parts = restart["breakdown"]
         assert list(parts) == [f"{key}_s" for key, _ in RESTART_STAGES], parts
         assert abs(sum(parts.values()) - restart["seconds"]) < 0.01, restart
     assert "Restarts: where the seconds went" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_megatron_lm_job_restarted_warm_matches_its_cold_golden(tmp_path, megatron_lm_golden):
+    """An unmodified trainer (the stand-in: its own script, Megatron's flags, followed from its logs) restarted
+    from warm spares (exec_rank --in-process: the script runs in the spare, after the hello) passes every
+    check against the golden its cold, uninterrupted run recorded; the restarts were warm."""
+    faults = """
+  - at: {step: 3}
+    target: {rank: 1}
+    signal: SIGKILL
+  - at: {step: 5, delay_s: 0.1, attempt: 2}
+    target: {rank: 0}
+    signal: SIGKILL
+"""
+    scenario = megatron_lm_scenario(faults)
+    scenario = dataclasses.replace(scenario, restart=dataclasses.replace(scenario.restart, warm=True))
+    result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=megatron_lm_golden, say=lambda text: None)
+    assert result.verdict == "pass", result.summary
+    starts = [json.loads(line) for line in (tmp_path / "run" / "supervisor.jsonl").read_text().splitlines()
+              if '"attempt_start"' in line]
+    assert [all(p["warm"] for p in s["processes"]) for s in starts] == [False, True, True]

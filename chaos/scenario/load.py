@@ -161,11 +161,6 @@ class _Fields:
             raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {show(value)}")
         return float(value)
 
-    def boolean(self, value: Any, where: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(where, f"expected true or false, got {show(value)}")
-        return value
-
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, str):
             raise self.error(where, f"expected a string, got {show(value)}")
@@ -277,8 +272,16 @@ def _restart(read: _Fields, value: Any) -> RestartPolicy:
                                    strict=True),
         startup_timeout_s=read.number(raw.get("startup_timeout_s", defaults.startup_timeout_s),
                                       "restart.startup_timeout_s", strict=True),
-        warm=read.boolean(raw.get("warm", defaults.warm), "restart.warm"),
+        warm=_warm(read, raw.get("warm", "auto")),
     )
+
+
+def _warm(read: _Fields, value: Any) -> bool | None:
+    if value == "auto":
+        return None
+    if not isinstance(value, bool):
+        raise read.error("restart.warm", f"expected true, false or auto, got {show(value)}")
+    return value
 
 
 def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
@@ -522,7 +525,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     out["seed"] = scenario.seed
     out["workload"] = _plain(scenario.workload.scenario_mapping(scenario.workload_mapping))
     out["launcher"] = scenario.launcher
-    out["restart"] = asdict(scenario.restart)
+    out["restart"] = {**asdict(scenario.restart), "warm": "auto" if scenario.restart.warm is None
+                      else scenario.restart.warm}
     out["faults"] = [_fault_to_mapping(fault) for fault in scenario.faults]
     golden: dict[str, Any] = {}
     if scenario.golden.path is not None:

@@ -26,7 +26,7 @@ from chaos import control
 from chaos import faults as nemesis
 from chaos import history
 from chaos.errors import InfrastructureError
-from chaos.plan import PlannedFault, RestartPolicy
+from chaos.plan import WARM_CORES_PER_RANK, PlannedFault, RestartPolicy
 from chaos.supervisor import disk, launcher
 from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
@@ -222,6 +222,14 @@ class _Supervisor:
             self.disk_failure = self.disk_failure or disk.disk_error(error, "supervisor.jsonl")
             raise self.disk_failure from None
 
+    def _warm_restarts(self) -> bool:
+        config = self.config
+        if config.launcher != "direct" or config.launch.warm is None or config.restart.max_restarts == 0:
+            return False
+        if config.restart.warm is None:  # auto
+            return (os.cpu_count() or 1) >= WARM_CORES_PER_RANK * config.launch.world_size
+        return config.restart.warm
+
     def check_disk(self) -> None:
         """After an attempt: ranks that died on a full disk would die again on every restart."""
         free = self.reserve.low()
@@ -249,8 +257,7 @@ class _Supervisor:
         self.server = ControlServer(self.run_dir)
         control_path = self.server.start()
         self.watchdog = lifeline.Watchdog()
-        if config.restart.warm and config.launcher == "direct" and config.launch.warm is not None \
-                and config.restart.max_restarts > 0:
+        if self._warm_restarts():
             self.spares = SparePool(config.launch, self.run_dir / "spares",
                                     {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1"})
         self.interrupt.install()
