@@ -95,7 +95,7 @@ def main() -> int:
         flagship = run_scenario(load_scenario(FLAGSHIP, {"restart.warm": "true"}), out_dir=root / "flagship",
                                 golden_cache=goldens, say=lambda text: None)
         print(f"(c) flagship scenario, warm restarts: {flagship.verdict}, {time.monotonic() - started:.1f} s "
-              f"(golden recorded first: {flagship.golden_choice.recorded_here if flagship.golden_choice else None})")
+              f"(golden recorded first: {flagship.golden.recorded_here if flagship.golden else None})")
     return 0
 
 

@@ -740,14 +740,16 @@ class _Attempt:
         self._report_progress(now)
 
     def _refill_spares(self) -> None:
-        """Spares for the next restart, spawned once this attempt is past its start (a rank's imports are
-        over), so the spares' imports do not slow this attempt's start (on a 2-core machine they would
-        double it)."""
+        """Spares for the next restart: at once where the machine has the cores (WARM_CORES_PER_RANK: the
+        spares import beside the attempt, and the earlier they start the likelier they are ready when a fault
+        comes), else once this attempt is past its start (a rank's imports are over), so that on a small
+        machine the spares' imports do not slow this attempt's start."""
         spares = self.sup.spares
         if spares is None or len(spares.spares) >= self.spec.world_size or self.number > self.config.restart.max_restarts:
             return
         # any rank: a trainer followed from its logs may print its progress from one rank only
-        if len(self.ranks) == self.spec.world_size and any(rank.tail.working for rank in self.ranks.values()):
+        past_start = len(self.ranks) == self.spec.world_size and any(rank.tail.working for rank in self.ranks.values())
+        if past_start or (os.cpu_count() or 1) >= WARM_CORES_PER_RANK * self.spec.world_size:
             new = spares.refill()
             if new:
                 self.sup.record(history.SPARES_STARTED, attempt=self.number, pids=new)
