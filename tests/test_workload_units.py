@@ -178,6 +178,9 @@ class _RecordingProbe:
     def checkpoint_committed(self, iteration, path) -> None:
         self.calls.append(("committed", iteration))
 
+    def owns_run_dir(self) -> bool:  # chaos.probe.Probe's answer outside a chaos run (no token given)
+        return True
+
 
 def _checkpointer(tmp_path, probe):
     from chaos.workloads.gpt3.checkpoint import Checkpointer
