@@ -3,6 +3,8 @@ before a run. The supervisor executes exactly these; report.json echoes them as 
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -72,6 +74,11 @@ class PlannedFault:
 WARM_CORES_PER_RANK = 2
 """restart.warm auto: spares pay off where os.cpu_count() >= this x world_size (measured, README: Warm
 restarts: on 2 cores with 4 ranks a warm restart was 1.12x faster and a soak 0.94x as fast)."""
+
+
+def cores_for_warm_spares(world_size: int) -> bool:
+    """Whether this machine has the cores for a rank and its spare's imports each (WARM_CORES_PER_RANK)."""
+    return (os.cpu_count() or 1) >= WARM_CORES_PER_RANK * world_size
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@ restart does not pay for a new interpreter importing torch and megatron-core (se
 
 A spare is spawned (never forked from a process that imported torch), lives in its own session with
 PR_SET_PDEATHSIG like every launched process, and is owned by the pool until an attempt takes it: then it is
-moved into the attempt's cgroup, tracked like a rank, and sent its order (chaos.supervisor.spare). A spare
-that died or is not ready is not used (a cold process takes its place) and is replaced at the next refill.
+moved into the attempt's cgroup, tracked like a rank, and sent its order (chaos.supervisor.spare); one still
+importing is used too (its order waits until the imports are done, still ahead of a fresh interpreter). A
+spare that died is not used (a fresh interpreter takes its place) and is replaced at the next refill.
 """
 
 from __future__ import annotations

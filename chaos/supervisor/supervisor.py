@@ -26,7 +26,7 @@ from chaos import control
 from chaos import faults as nemesis
 from chaos import history
 from chaos.errors import InfrastructureError
-from chaos.plan import WARM_CORES_PER_RANK, PlannedFault, RestartPolicy
+from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
 from chaos.supervisor import disk, launcher
 from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
@@ -227,7 +227,7 @@ class _Supervisor:
         if config.launcher != "direct" or config.launch.warm is None or config.restart.max_restarts == 0:
             return False
         if config.restart.warm is None:  # auto
-            return (os.cpu_count() or 1) >= WARM_CORES_PER_RANK * config.launch.world_size
+            return cores_for_warm_spares(config.launch.world_size)
         return config.restart.warm
 
     def check_disk(self) -> None:
@@ -749,7 +749,7 @@ class _Attempt:
             return
         # any rank: a trainer followed from its logs may print its progress from one rank only
         past_start = len(self.ranks) == self.spec.world_size and any(rank.tail.working for rank in self.ranks.values())
-        if past_start or (os.cpu_count() or 1) >= WARM_CORES_PER_RANK * self.spec.world_size:
+        if past_start or cores_for_warm_spares(self.spec.world_size):
             new = spares.refill()
             if new:
                 self.sup.record(history.SPARES_STARTED, attempt=self.number, pids=new)
