@@ -193,6 +193,7 @@ def _fixed_cases() -> list[FuzzCase]:
         "beta-2": "workload: {preset: tiny_cpu, adam_beta1: 2}\n",
         "eps-zero": "workload: {preset: tiny_cpu, adam_eps: 0}\n",
         "min-lr-above-lr": "workload: {preset: tiny_cpu, lr: 1.0e-4, min_lr: 1.0}\n",
+        "warmup-not-below-decay": "workload: {preset: tiny_cpu, train_iters: 2}\n",  # warmup 2, decay 2
         "cuda-on-cpu": "workload: {preset: tiny_cpu, device: cuda}\n",
         "train-iters-1e6": "workload: {preset: tiny_cpu, train_iters: 1000000000000}\n",
         "world-size-huge": "workload: {preset: tiny_cpu, world_size: 100000, tensor_parallel: 2}\n",

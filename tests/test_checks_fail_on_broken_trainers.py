@@ -8,6 +8,7 @@ import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
+from chaos.supervisor.processes import sweep_token_holders
 from workload_runs import small_workload
 
 
@@ -131,3 +132,18 @@ def test_a_step_skipped_on_resume_fails_resume_point_and_trajectory(tmp_path, go
     resume = status(result, "resume_point")
     assert resume["status"] == "fail", resume
     assert status(result, "trajectory")["status"] == "fail"
+
+
+def test_a_helper_that_detaches_fails_no_survivors_and_is_killed(tmp_path, golden_cache):
+    """Rank 0 starts a helper that double-forks, setsid()s, ignores SIGTERM and leaves the attempt's cgroup:
+    teardown's tree, group and cgroup passes all miss it. The run-token sweep finds it, kills it, and
+    no_survivors fails naming it; nothing carrying the run's token is alive afterwards."""
+    result = run(tmp_path, golden_cache, ["detached_helper"], KILL_RANK1_STEP3_BACKWARD)
+    assert result.verdict == "fail"
+    no_survivors = status(result, "no_survivors")
+    assert no_survivors["status"] == "fail" and "escaped" in no_survivors["detail"], no_survivors
+    leaked = [item for teardown in no_survivors["evidence"]["teardowns"] for item in teardown["leaked"]]
+    assert len(leaked) == 2 and all("-c" in item["command"] for item in leaked), leaked  # one per attempt
+    token = (tmp_path / "run" / ".chaos-run-token").read_text()
+    assert not sweep_token_holders(f"CHAOS_RUN_TOKEN={token}", exclude=set()), "a helper outlived the run"
+    assert status(result, "trajectory")["status"] == "pass"  # the trainer itself resumes correctly

@@ -329,7 +329,7 @@ def test_pinned_cpu_numerics_make_a_golden_valid_on_another_cpu_type():
     from chaos.workloads.gpt3.workload import CPU_PINS
 
     pinned = environment_fingerprint("cpu", CPU_PINS)
-    assert pinned["cpu_numerics"] == "pinned ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2"
+    assert pinned["cpu_numerics"] == "pinned ATEN_CPU_CAPABILITY=avx2 CHAOS_CPU_ONEDNN=off MKL_CBWR=COMPATIBLE"
     other_cpu = dict(pinned, cpu_model="Intel(R) Xeon(R) Processor", cpu_flags_hash="0123456789abcdef")
     assert environment_mismatches(other_cpu, pinned) == {}
     unpinned = environment_fingerprint("cpu")
@@ -343,7 +343,7 @@ def test_a_pin_the_cpu_cannot_honour_is_not_called_pinned(monkeypatch):
     from chaos import golden as golden_module
 
     monkeypatch.setattr(golden_module, "_cpu_info", lambda: ("old CPU", ["sse2", "avx"]))
-    env = golden_module.environment_fingerprint("cpu", {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"})
+    env = golden_module.environment_fingerprint("cpu", {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE"})
     assert env["cpu_numerics"].startswith("cpu flags ")
 
 
@@ -357,8 +357,11 @@ def test_the_ranks_get_the_pins_and_torch_honours_them(tmp_path):
 
     scenario = load_scenario_text("workload: {preset: tiny_cpu}\n", "t.yaml")
     spec = scenario.workload.launch(tmp_path)
-    assert {k: spec.env[k] for k in ("ATEN_CPU_CAPABILITY", "MKL_CBWR")} == dict(scenario.facts.cpu_pins)
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    shown = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, **spec.env},
-                           capture_output=True, text=True, check=True).stdout.strip()
-    assert shown == "AVX2"
+    assert {k: spec.env[k] for k in scenario.facts.cpu_pins} == dict(scenario.facts.cpu_pins)
+    # torch's kernels, MKL's reproducible branch (MKL_VERBOSE prints the branch it runs), oneDNN off
+    code = ("import torch; from chaos.workloads.gpt3 import cpu_compat; cpu_compat.apply(); a = torch.ones(8, 8); "
+            "a @ a; print(torch.backends.cpu.get_cpu_capability(), torch.backends.mkldnn.enabled)")
+    done = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, **spec.env, "MKL_VERBOSE": "1"},
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "AVX2 False", done.stdout
+    assert "CNR:COMPATIBLE" in done.stdout, done.stdout[-800:]

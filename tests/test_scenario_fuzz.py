@@ -117,7 +117,7 @@ def test_run_refuses_what_validate_refuses_without_launching(fuzz_files, validat
 MUST_REFUSE = (
     # what the ranks would reject (or train nonsense with) half a minute after launching
     "hidden-dropout-1.5", "attention-dropout-neg", "lr-negative", "lr-nan", "lr-inf", "seed-negative", "seed-huge",
-    "beta-2", "eps-zero", "min-lr-above-lr", "data-path-missing", "data-path-nul", "world-size-huge",
+    "beta-2", "eps-zero", "min-lr-above-lr", "warmup-not-below-decay", "data-path-missing", "data-path-nul", "world-size-huge",
     # settings that check nothing or never end
     "empty-faults-map", "null-workload", "false-workload", "inf-mtbf", "nan-mtbf", "inf-grace", "inf-after-s",
     "inf-tolerance", "many-restarts", "tiny-mtbf-many-restarts",

@@ -1,7 +1,8 @@
 """Oracle 8: no process of any attempt outlives it, and hung attempts are noticed in time.
 
-Every teardown must leave no survivors; every process the supervisor launched must have been seen to exit
-(rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
+Every teardown must leave no survivors, and nothing the job started may have escaped the attempt (the run
+token sweep after teardown, chaos.supervisor.processes.sweep_token_holders, finds what did); every process
+the supervisor launched must have been seen to exit (rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
 (+ slack) of the last progress any rank recorded, and a SIGSTOP fault (which never exits) must end in a
 detected hang.
 """
@@ -25,6 +26,11 @@ def check(ctx: CheckContext) -> CheckResult:
     for record in teardowns:
         if record.get("survivors"):
             failures.append(f"attempt {record.get('attempt')}: teardown left survivors {record['survivors']}")
+        for item in record.get("leaked") or []:
+            failures.append(
+                f"attempt {record.get('attempt')}: process {item.get('pid')} ({item.get('command')}) escaped the "
+                "attempt's process tree, process groups and cgroup, found only by the run token in its "
+                "environment (then killed): the job detaches processes that outlive it under any other launcher")
 
     exited_pids = {r.get("pid") for r in history.supervisor_events(h.RANK_EXIT)}
     unaccounted = []
@@ -61,7 +67,8 @@ def check(ctx: CheckContext) -> CheckResult:
         for attempt in stopped_attempts:
             if attempt not in hung_attempts and outcomes.get(attempt) != "complete":
                 failures.append(f"{fault.id}: SIGSTOP in attempt {attempt} but no hang was detected")
-    evidence = {"teardowns": [{k: r.get(k) for k in ("attempt", "duration_s", "survivors", "sigterm", "sigkill")}
+    evidence = {"teardowns": [{k: r.get(k) for k in ("attempt", "duration_s", "survivors", "sigterm", "sigkill",
+                                                      "leaked")}
                               for r in teardowns],
                 "unaccounted": unaccounted, "hangs": hangs}
     if failures:

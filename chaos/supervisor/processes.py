@@ -375,3 +375,43 @@ def _wait_until_gone(table: ProcessTable, deadline: float, poll_s: float) -> Non
                     process.mark_exited(time.monotonic())
         else:
             time.sleep(timeout_s)
+
+
+# ---- the run-token sweep --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Leaked:
+    pid: int
+    command: str
+    alive_after_sigkill: bool
+
+
+def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0) -> list[Leaked]:
+    """Finds and SIGKILLs every live process whose environment carries `env_line` (the run's token,
+    `CHAOS_RUN_TOKEN=...`): only the run's own processes and what they started carry it, so these are ours
+    to kill. Run after teardown, it is the witness independent of how teardown found processes (tree,
+    groups, cgroup): whatever escaped all three (a helper that double-forked, setsid()ed and left the cgroup)
+    still carries the token. `exclude`: the supervisor's own token holders that are not the attempt's (warm
+    spares waiting in the pool). A process that exec()s with an emptied environment escapes this too."""
+    needle = env_line.encode()
+    found: list[tuple[int, float, str]] = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in exclude or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                carries = needle in handle.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        started = create_time(int(name)) if carries else None
+        if started is not None and _alive_not_zombie(int(name), started):
+            try:
+                command = " ".join(psutil.Process(int(name)).cmdline())[:200]
+            except psutil.Error:
+                command = "?"
+            found.append((int(name), started, command))
+    for pid, started, _ in found:
+        _signal_untracked(pid, started, "SIGKILL")
+    deadline = time.monotonic() + timeout_s
+    while any(_alive_not_zombie(pid, started) for pid, started, _ in found) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [Leaked(pid, command, _alive_not_zombie(pid, started)) for pid, started, command in found]

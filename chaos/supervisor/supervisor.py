@@ -33,7 +33,7 @@ from chaos.supervisor.control_server import Connection, ControlServer
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.spares import SparePool
 from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
-                                        returncode_signal, still_running, teardown)
+                                        returncode_signal, still_running, sweep_token_holders, teardown)
 from chaos.workloads.base import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
@@ -259,7 +259,10 @@ class _Supervisor:
         self.watchdog = lifeline.Watchdog()
         if self._warm_restarts():
             self.spares = SparePool(config.launch, self.run_dir / "spares",
-                                    {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1"})
+                                    {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1",
+                                     # what a rank started from a spare forks carries the token, as from a
+                                     # cold rank (the token sweep finds it); the pool's spares are excluded
+                                     control.ENV_RUN_TOKEN: self.run_token})
         self.interrupt.install()
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
@@ -348,13 +351,18 @@ class _Attempt:
                 escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
                 survivors = sorted({pid for pid in survivors if still_running(pid)} | set(self.cgroup.pids()))
                 self.cgroup.remove()
+            # the independent witness: whatever escaped the tree, the groups and the cgroup carries the token
+            leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.sup.run_token}",
+                                         exclude=set(self.sup.spares.pids()) if self.sup.spares else set())
+            survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
             self.sup.watchdog.release_all()
             if self.observed is not None:
                 self._observe(final=True)  # what the ranks wrote before they died
                 self.observed.close()
             self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
                             grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
-                            sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped)
+                            sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
+                            leaked=[{"pid": item.pid, "command": item.command} for item in leaked])
             self._report_late_exits()
             server.drop_all()
             self.selector.unregister(server.listener)

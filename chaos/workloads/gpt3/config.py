@@ -29,6 +29,8 @@ BUGS = (
                                  # sample's pad positions are masked in all its later samples
     "load_previous",         # a resume loads the newest-but-one committed checkpoint (an older one)
     "crash_on_resume",       # loading a checkpoint raises: no restart ever resumes
+    "detached_helper",       # rank 0 starts a helper that double-forks, setsid()s, ignores SIGTERM and
+                             # leaves the attempt's cgroup: it would outlive the job under any launcher
 )
 
 
@@ -36,10 +38,11 @@ MAX_WORLD_SIZE = 1024
 MAX_SEED = 2**32 - 1 - 1_000_000
 """numpy takes seeds < 2**32; the trainer adds per-rank offsets to the scenario's seed."""
 
-NUMERICS_VERSION = 4
+NUMERICS_VERSION = 5
 """Bump when the trainer's math, its state hash or its data hash changes: committed goldens of older versions
 stop matching. 3: the data hash covers labels, loss mask, position ids and attention mask of every dp rank.
-4: CPU kernels pinned to AVX2 (workload.CPU_PINS)."""
+4: CPU kernels pinned to AVX2 (workload.CPU_PINS). 5: the pins that make CPU goldens travel between CPU
+vendors: MKL_CBWR=COMPATIBLE, oneDNN off, fused AdamW on CPU (exact square root)."""
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,11 @@ class GPT3Config:
             raise bad("lr_warmup_iters", f"cannot be negative, got {self.lr_warmup_iters}")
         if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
             raise bad("lr_decay_iters", f"expected an integer >= 1, got {self.lr_decay_iters}")
+        decay = self.lr_decay_iters or self.train_iters
+        if self.lr_warmup_iters >= decay:  # megatron-core's OptimizerParamScheduler asserts this in every rank
+            decay_field = "lr_decay_iters" if self.lr_decay_iters else "train_iters"
+            raise bad("lr_warmup_iters", f"must be below the decay steps ({decay_field}={decay}), got "
+                                         f"{self.lr_warmup_iters}")
         for name in ("exit_at_iter",):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= self.train_iters:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
 from functools import reduce
 
 import torch
 
 _APPLIED = False
+ENV_ONEDNN = "CHAOS_CPU_ONEDNN"
+"""`off`: torch does not use oneDNN in this rank (one of the workload's CPU pins, gpt3.workload.CPU_PINS)."""
 
 
 class CpuRNGStatesTracker:
@@ -86,4 +89,8 @@ def apply() -> None:
     megatron_utils.GlobalMemoryBuffer.get_tensor = _cpu_get_tensor
     megatron_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     megatron_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    if os.environ.get(ENV_ONEDNN) == "off":
+        # oneDNN picks its JIT kernels by the CPU it finds (ATEN_CPU_CAPABILITY does not reach it), and the
+        # MLP's GELU runs through it: ATen's own kernel instead, under the pinned capability.
+        torch.backends.mkldnn.enabled = False
     _APPLIED = True

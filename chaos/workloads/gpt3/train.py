@@ -24,6 +24,36 @@ from chaos.workloads.gpt3 import model as model_module
 from chaos.workloads.gpt3.model import plain_name
 
 
+_DETACHED_HELPER = r"""
+import os, signal, sys, time
+if os.fork():
+    os._exit(0)  # the rank reaps this one; the grandchild is re-parented away from the rank's tree
+os.setsid()  # and leaves the rank's process group
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+try:  # and leaves the attempt's cgroup for its parent (the supervisor's)
+    own = open("/proc/self/cgroup").read().split("0::", 1)[1].splitlines()[0]
+    for line in open("/proc/self/mountinfo"):
+        before, _, after = line.partition(" - ")
+        if after.split()[:1] == ["cgroup2"]:
+            parent = before.split()[4].rstrip("/") + os.path.dirname(own)
+            with open(os.path.join(parent, "cgroup.procs"), "w") as procs:
+                procs.write(str(os.getpid()))
+            break
+except (OSError, IndexError):
+    pass
+time.sleep(float(sys.argv[1]))  # bounded: a test that fails to kill it does not leak it for ever
+"""
+
+
+def _start_detached_helper() -> None:
+    """Bug `detached_helper`: a background helper (an uploader, a log shipper) that detaches itself the
+    way daemons do. Only the run token in its environment still ties it to the job."""
+    import subprocess
+
+    subprocess.run([sys.executable, "-c", _DETACHED_HELPER, "300"], stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
 class Trainer:
     def __init__(self, config: GPT3Config, probe: Probe) -> None:
         self.config = config
@@ -52,6 +82,8 @@ class Trainer:
         self._counts_in_norm = {name: layout.partition_dim is not None or self.dims.tp_rank == 0
                                 for name, layout in self.layouts.items()}
         self._install_signal_handlers()
+        if config.has_bug("detached_helper") and self.dims.rank == 0:
+            _start_detached_helper()
 
     def _build_scheduler(self):
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler

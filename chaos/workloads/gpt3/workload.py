@@ -19,10 +19,12 @@ from chaos.workloads.gpt3.layout import ManifestLayout
 KIND = "gpt3"
 WARM_IMPORTS = ("torch", "torch.distributed.checkpoint", "megatron.core", "chaos.workloads.gpt3.train")
 """What a rank imports before it works (~7 s of a CPU rank's start here, ~12 s on the GPU hosts)."""
-CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
-"""torch picks its CPU kernels by the CPU's instruction set (AVX-512 here, AVX2 elsewhere), and the losses
-then differ in the 7th digit between machines. Pinned to AVX2 (and MKL's reproducibility mode to match),
-every x86-64 CPU with AVX2 and FMA computes the same bits, so a committed golden holds on each of them."""
+CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "CHAOS_CPU_ONEDNN": "off"}
+"""The CPU decides a rank's kernels three ways, and each changes the losses in the 7th digit between machines:
+torch's own kernels follow the CPU's instruction set (pinned to AVX2); MKL's matrix products follow it too,
+and MKL honours a reproducible branch other than COMPATIBLE only on Intel CPUs (measured on AMD: MKL_CBWR=AVX2
+runs as AUTO); oneDNN, which runs the MLP's GELU, picks its kernels by the CPU whatever the rest says (turned
+off: torch's own GELU then runs, under the pinned capability). See cpu_compat and golden.PIN_REQUIRES."""
 
 
 @dataclass(frozen=True)
