@@ -8,6 +8,7 @@ from chaos.probe import get_probe
 # checkpoint load begins the rank is busy (imports, process groups, model, data): not a hang yet.
 get_probe().busy("startup")
 
+import chaos.workloads.gpt3.imports  # noqa: E402,F401  (torch, DCP, megatron-core, the trainer: as a spare does)
 from chaos.workloads.gpt3.train import main  # noqa: E402
 
 get_probe().event("startup_phase", phase="imports")  # the restart breakdown in report.json's timings
