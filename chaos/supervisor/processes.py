@@ -394,21 +394,18 @@ def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0
     spares waiting in the pool). A process that exec()s with an emptied environment escapes this too."""
     needle = env_line.encode()
     found: list[tuple[int, float, str]] = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in exclude or int(name) == os.getpid():
+    for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
+        if pid in exclude or pid == os.getpid():
             continue
         try:
-            with open(f"/proc/{name}/environ", "rb") as handle:
-                carries = needle in handle.read().split(b"\0")
-        except OSError:  # gone, or another user's
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE:
+                found.append((pid, process.create_time(), " ".join(process.cmdline())[:200]))
+        except (OSError, psutil.Error):  # gone, or another user's
             continue
-        started = create_time(int(name)) if carries else None
-        if started is not None and _alive_not_zombie(int(name), started):
-            try:
-                command = " ".join(psutil.Process(int(name)).cmdline())[:200]
-            except psutil.Error:
-                command = "?"
-            found.append((int(name), started, command))
     for pid, started, _ in found:
         _signal_untracked(pid, started, "SIGKILL")
     deadline = time.monotonic() + timeout_s

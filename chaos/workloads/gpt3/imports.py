@@ -18,7 +18,6 @@ import torch.distributed.checkpoint  # noqa: F401
 
 from chaos.workloads.gpt3.workload import ENV_MEGATRON_COMPILE
 
-
 MEGATRON_MODULES = (
     "megatron.core",
     "megatron.core.parallel_state",
@@ -38,16 +37,13 @@ def _identity_compile(model=None, **_options):
 def import_megatron(compile_fused: bool) -> None:
     import importlib
 
-    if compile_fused:
-        for name in MEGATRON_MODULES:
-            importlib.import_module(name)
-        return
     real_compile = torch.compile
-    torch.compile = _identity_compile
     try:
-        import megatron.core.jit
+        if not compile_fused:
+            torch.compile = _identity_compile
+            import megatron.core.jit
 
-        megatron.core.jit.disable_jit_fuser()  # modules imported later decorate with the no-op too
+            megatron.core.jit.disable_jit_fuser()  # modules imported later decorate with the no-op too
         for name in MEGATRON_MODULES:
             importlib.import_module(name)
     finally:
