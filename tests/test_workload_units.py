@@ -263,18 +263,18 @@ def test_a_malformed_manifest_is_an_answer_not_an_exception(tmp_path, manifest):
 def test_cpu_ranks_import_megatron_without_the_compiler_and_leave_torch_compile_alone():
     """chaos.workloads.gpt3.imports with CHAOS_MEGATRON_COMPILE=off (what the workload sets on CPU): megatron-core
     and the trainer are imported, torch's compiler is not, megatron's jit_fuser is the no-op, and torch.compile is
-    torch's own again afterwards. Without the switch, megatron-core's import pulls the compiler in."""
+    torch's own again afterwards, and the garbage collector (off while importing) is on again. Without the switch, megatron-core's import pulls the compiler in."""
     import os
     import subprocess
     import sys
 
-    code = ("import sys, torch; real = torch.compile; import chaos.workloads.gpt3.imports; import megatron.core.jit as j; "
+    code = ("import gc, sys, torch; real = torch.compile; import chaos.workloads.gpt3.imports; import megatron.core.jit as j; "
             "print('chaos.workloads.gpt3.train' in sys.modules, 'torch._inductor.compile_fx' in sys.modules, "
-            "j.jit_fuser is j.noop_decorator, torch.compile is real)")
+            "j.jit_fuser is j.noop_decorator, torch.compile is real, gc.isenabled())")
 
     def run(value):
         env = {**os.environ, "CHAOS_MEGATRON_COMPILE": value}
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                               check=True).stdout.split()
-    assert run("off") == ["True", "False", "True", "True"]
+    assert run("off") == ["True", "False", "True", "True", "True"]
     assert run("on")[:2] == ["True", "True"]
