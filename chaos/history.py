@@ -51,6 +51,7 @@ RUN_START = "run_start"            # scenario, seed, run_dir
 ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
 RANK_HELLO = "rank_hello"          # attempt, rank, pid
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)
+PAUSE_ENDED = "pause_ended"        # fault_id, attempt, ranks, resumed: [pid], paused_s, by: sigcont|attempt_end
 FAULT_MISSED = "fault_missed"      # fault_id, reason
 RANK_EXIT = "rank_exit"            # attempt, rank, pid, returncode, signal (name or None)
 DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s

@@ -37,13 +37,26 @@ class Target:
     node: int | None = None
 
 
+MAX_PAUSE_S = 3600.0
+"""The longest pause a scenario may ask for (an hour): beyond it a paused job is a stopped one."""
+
+
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["signal", "corrupt"]
+    kind: Literal["signal", "corrupt", "pause"]
     signal: str | None = None
     """One of SIGNALS when kind == signal."""
     corrupt: Literal["truncate", "flip"] | None = None
     """When kind == corrupt: how to damage a file of the newest committed checkpoint."""
+    duration_s: float | None = None
+    """When kind == pause: seconds between the SIGSTOP and the SIGCONT (Jepsen's pause nemesis)."""
+
+    def describe(self) -> str:
+        if self.kind == "corrupt":
+            return f"corrupt:{self.corrupt}"
+        if self.kind == "pause":
+            return f"pause {self.duration_s:g}s"
+        return str(self.signal)
 
 
 @dataclass(frozen=True)

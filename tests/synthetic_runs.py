@@ -73,8 +73,11 @@ class SyntheticRun:
     # ---- faults -------------------------------------------------------------------------------------
     def fault(self, fault_id: str, step: int | None, phase: str | None, ranks: tuple[int, ...] = (0,),
               attempt: int = 1, signal: str | None = "SIGKILL", index: int | None = None,
-              corrupt: str | None = None) -> PlannedFault:
-        action = Action(kind="corrupt", corrupt=corrupt) if corrupt else Action(kind="signal", signal=signal)
+              corrupt: str | None = None, pause_s: float | None = None) -> PlannedFault:
+        if pause_s is not None:
+            action = Action(kind="pause", duration_s=pause_s)
+        else:
+            action = Action(kind="corrupt", corrupt=corrupt) if corrupt else Action(kind="signal", signal=signal)
         kind = "all" if len(ranks) == self.world_size and len(ranks) > 1 else ("rank" if len(ranks) == 1 else "ranks")
         planned = PlannedFault(fault_id, Trigger(step=step, phase=phase, index=index, attempt=attempt),
                                Target(kind=kind, ranks=tuple(ranks)), action)
@@ -91,7 +94,8 @@ class SyntheticRun:
                                     phase=place["phase"], index=place["index"])
             self.sup(h.FAULT_LANDED, fault_id=fault.id, attempt=override.get("attempt", attempt), rank=rank,
                      pid=self.pid(attempt, rank), step=place["step"], phase=place["phase"], index=place["index"],
-                     action=fault.action.kind, signal=fault.action.signal, held=True)
+                     action=fault.action.kind, signal="SIGSTOP" if fault.action.kind == "pause" else fault.action.signal,
+                     held=True)
 
     def corrupt(self, fault: PlannedFault, iteration: int, attempt: int = 1) -> Path:
         """Flips a byte of a shard file of a committed checkpoint, as the corrupt action does."""
@@ -128,9 +132,11 @@ class SyntheticRun:
                 fault: PlannedFault | None = None, loss: Callable[[int], float] | None = None,
                 samples: Callable[[int], float] | None = None, saves: set[int] | None = None,
                 loaded_path: str | None = None, final_hash: str = GOLDEN_FINAL_HASH, teardown_survivors=(),
-                hang_after_s: float | None = None, land: dict | None = None) -> None:
+                hang_after_s: float | None = None, land: dict | None = None, open_saves: set[int] = frozenset(),
+                after_land: Callable[[], None] | None = None) -> None:
         """Writes one attempt: load `resume_from`, train to `last_step` (saving every save_interval unless
-        `saves` says which iterations), then end: complete | preempted | killed | hung."""
+        `saves` says which iterations; `open_saves` begin and are still being written when the attempt ends,
+        as an async save is), then end: complete | preempted | killed | hung."""
         loss = loss or golden_loss
         samples = samples or golden_samples
         ranks = range(self.world_size)
@@ -155,11 +161,15 @@ class SyntheticRun:
             each(h.METRICS, step=step, lm_loss=loss(step), grad_norm=1.0, lr=1e-3, consumed_samples=samples(step))
             each(h.STEP_END, step=step)
             due = step in saves if saves is not None else (step % self.save_interval == 0 or step == self.train_iters)
+            if due or step in open_saves:
+                each(h.POINT, step=step, phase="checkpoint.begin")
             if due:
                 path = self.write_checkpoint(step)
                 each(h.CHECKPOINT_COMMITTED, iteration=step, path=str(path))
         if fault is not None:
             self.land(fault, index, writers, **(land or {}))
+            if after_land is not None:
+                after_land()
         if end == "complete":
             each(h.FINAL_STATE, step=self.train_iters, state_hash=final_hash)
             each(h.TRAIN_END, step=self.train_iters, reason="complete")

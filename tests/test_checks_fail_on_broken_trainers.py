@@ -147,3 +147,19 @@ def test_a_helper_that_detaches_fails_no_survivors_and_is_killed(tmp_path, golde
     token = (tmp_path / "run" / ".chaos-run-token").read_text()
     assert not sweep_token_holders(f"CHAOS_RUN_TOKEN={token}", exclude=set()), "a helper outlived the run"
     assert status(result, "trajectory")["status"] == "pass"  # the trainer itself resumes correctly
+
+
+def test_a_watchdog_tighter_than_a_short_pause_fails_stalls(tmp_path, golden_cache):
+    """Rank 1 paused for 8 s (hang_timeout_s 25): a correct job rides it out (scenarios/pause_ranks.yaml);
+    with `stall_watchdog` the ranks waiting on it give up after 4 s and the attempt dies mid-pause."""
+    result = run(tmp_path, golden_cache, ["stall_watchdog"], """  - at: {step: 3, phase: forward}
+    target: {rank: 1}
+    pause: 8""", restart="{max_restarts: 1, hang_timeout_s: 25}")
+    stalls = status(result, "stalls")
+    assert stalls["status"] == "fail", stalls
+    assert "attempt ended during a 8s pause of rank(s) [1] in attempt 1 (hang_timeout_s=25)" in stalls["detail"]
+    assert "rank 0 exited 1" in stalls["detail"]
+    assert "stall watchdog" in (tmp_path / "run" / "attempts" / "01" / "rank-0.out").read_text()
+    assert status(result, "trajectory")["status"] == "pass"  # the resume itself is right
+    assert status(result, "faults_landed")["status"] == "pass"
+

@@ -35,9 +35,10 @@ class FakeRunner:
     """Stands in for chaos.runner.run_scenario: writes plan.json and a report.json in which every planned
     fault landed; `fails(plan)` decides the verdict. Counts its calls; `die_at` raises on that call."""
 
-    def __init__(self, fails=lambda plan: False, die_at: int | None = None):
+    def __init__(self, fails=lambda plan: False, die_at: int | None = None, interrupt_at: int | None = None):
         self.fails = fails
         self.die_at = die_at
+        self.interrupt_at = interrupt_at  # that call's run is stopped by Ctrl-C/SIGTERM (the runner's partial report)
         self.calls: list[dict] = []
 
     def __call__(self, scenario, out_dir, seed, golden_cache, say=print):
@@ -49,6 +50,11 @@ class FakeRunner:
         out_dir.mkdir(parents=True)
         (out_dir / "plan.json").write_text(plan_to_json(plan))
         failing = self.fails(plan)
+        if self.interrupt_at is not None and len(self.calls) - 1 == self.interrupt_at:
+            report = {"verdict": "error", "checks": [], "faults": [], "timings": {}, "golden": {"path": None},
+                      "extra": {"infrastructure_error": "interrupted (Ctrl-C or SIGTERM to chaos): partial report"}}
+            (out_dir / "report.json").write_text(json.dumps(report))
+            return SimpleNamespace(verdict="error", run_dir=out_dir, report=report)
         checks = [{"name": "trajectory", "status": "fail" if failing else "pass", "detail": "fake", "evidence": {}},
                   {"name": "steps_lost", "status": "pass", "detail": "fake",
                    "evidence": {"faults": [{"steps_lost": 1} for _ in plan]}}]
@@ -220,6 +226,25 @@ def test_flaky_failure_is_said_to_be_flaky(tmp_path):
     assert any("FLAKY" in line for line in said)
     junit = ET.parse(outcome.out / "junit.xml").getroot()
     assert any(case.find("skipped") is not None for case in junit.iter("testcase"))
+
+
+def test_an_interrupted_shrink_stops_the_soak_and_is_shrunk_again_next_time(tmp_path):
+    """Ctrl-C or SIGTERM during a shrink candidate stops the soak there (seen on a GPU host: `timeout` sent
+    SIGTERM and the soak went on through the remaining candidates, each read as passing). The cycle's shrink
+    stays pending and the next soak with the same --out shrinks it first."""
+    scenario = write_scenario(tmp_path)
+    runner = FakeRunner(fails=lambda plan: len(plan) > 0, interrupt_at=1)  # call 0: the cycle; 1: first candidate
+    with pytest.raises(KeyboardInterrupt, match="while shrinking cycle 0"):
+        run_soak(options(tmp_path, scenario, cycles=2, shrink_budget=3), runner=runner, say=lambda t: None)
+    assert len(runner.calls) == 2  # no candidate and no confirm run after the interrupted one
+    state = read_state(tmp_path / "soak")
+    assert [c["shrink"] for c in state["cycles"]] == ["pending"] and state["next_cycle"] == 1
+
+    again = FakeRunner(fails=lambda plan: len(plan) > 0)
+    outcome = run_soak(options(tmp_path, scenario, cycles=2, shrink_budget=3), runner=again, say=lambda t: None)
+    assert again.calls[0]["out_dir"].parent.name == "shrink-000"  # the pending shrink first, before any cycle
+    record = outcome.state["cycles"][0]
+    assert record["shrink"] != "pending" and record["minimal"]["confirmed"] is True
 
 
 def test_soak_survives_its_own_death(tmp_path):

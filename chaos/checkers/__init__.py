@@ -19,6 +19,7 @@ from chaos.checkers import (
     faults_landed,
     final_state,
     no_survivors,
+    stalls,
     restart_budget,
     resume_point,
     steps_lost,
@@ -36,6 +37,7 @@ CHECKS: dict[str, Check] = {
     "faults_landed": faults_landed.check,
     "no_survivors": no_survivors.check,
     "restart_budget": restart_budget.check,
+    "stalls": stalls.check,
 }
 """Every checker by name, in report order."""
 

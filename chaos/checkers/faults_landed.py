@@ -43,7 +43,7 @@ def check(ctx: CheckContext) -> CheckResult:
 def _planned_place(fault) -> dict:
     trigger = fault.trigger
     return {"attempt": trigger.attempt, "step": trigger.step, "phase": trigger.phase, "index": trigger.index,
-            "ranks": list(fault.target.ranks), "action": fault.action.signal or fault.action.corrupt}
+            "ranks": list(fault.target.ranks), "action": fault.action.describe()}
 
 
 def _place(record: dict) -> dict:

@@ -4,10 +4,22 @@ Steps lost = the last step completed (step_end) in the faulted attempt minus the
 that loaded anything resumed from. When the tester corrupted checkpoints in between, each one skipped
 legitimately costs one more save interval. A SIGTERM to a workload that promises Megatron's
 exit-signal-handler (exit_on_sigterm, the default) must stop the attempt gracefully and lose nothing.
+
+An asynchronous save (Megatron's --async-save, DCP's async_save) is committed only when the training loop
+finalizes it, some steps after it began: a fault that lands while save k is still being written loses
+what k would have kept plus the steps run since k began, so the bound grows by that lag
+(last completed step - k). The lag itself stays bounded: a trainer finalizes save k before it begins the
+next one, so k is the newest save begun, and a trainer that never finalizes still fails (its open save's
+predecessor was never committed either). Measured on one H200: a kill at the metadata write of the
+iteration-30 async save landed after step 31 and lost 11 steps at save_interval 10.
+
+A pause that outlasts its attempt (longer than hang_timeout_s: torn down as a hang) counts like a kill; a
+pause the job rode out loses nothing and is the `stalls` check's.
 """
 
 from __future__ import annotations
 
+from chaos import history as h
 from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
 
@@ -21,9 +33,13 @@ def check(ctx: CheckContext) -> CheckResult:
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []
+    pauses_that_ended_attempts = {str(r.get("fault_id")) for r in history.supervisor_events(h.PAUSE_ENDED)
+                                  if r.get("by") == "attempt_end"}
     for fault in ctx.plan:
         records = landed.get(fault.id)
-        if fault.action.kind != "signal" or not records:
+        # a pause that outlasted its attempt (hang detection tore it down) loses steps like a kill does
+        counts = fault.action.kind == "signal" or (fault.action.kind == "pause" and fault.id in pauses_that_ended_attempts)
+        if not counts or not records:
             continue
         attempt_index = int(records[0]["attempt"])
         signal = fault.action.signal or records[0].get("signal")
@@ -68,13 +84,19 @@ def check(ctx: CheckContext) -> CheckResult:
         lost = last_step - resumed_from
         row["steps_lost"] = lost
         skipped_corrupt = sum(1 for i in corrupted if resumed_from < i <= last_step)
-        allowed = 0 if graceful else ctx.save_interval * (1 + skipped_corrupt)
+        in_flight = views.save_in_flight(attempt, records[0].get("mono")) if attempt else None
+        lag = max(0, last_step - in_flight) if in_flight is not None else 0
+        allowed = 0 if graceful else ctx.save_interval * (1 + skipped_corrupt) + lag
         row["allowed"] = allowed
+        if lag:
+            row["save_in_flight"] = {"iteration": in_flight, "steps_since_it_began": lag}
         if lost < 0:
             failures.append(f"{fault.id}: attempt {resumed_in.index} resumed from iteration {resumed_from}, past the "
                             f"last step completed ({last_step}): {-lost} step(s) skipped")
         elif lost > allowed:
             why = "graceful SIGTERM must lose none" if graceful else f"save_interval={ctx.save_interval}"
+            if lag and not graceful:
+                why += f" + {lag} step(s) run while the save of iteration {in_flight} was in flight"
             if skipped_corrupt:
                 why += f", {skipped_corrupt} corrupted checkpoint(s) skipped"
             failures.append(f"{fault.id}: {lost} step(s) lost (last completed {last_step} in attempt {attempt_index}, "
@@ -83,6 +105,6 @@ def check(ctx: CheckContext) -> CheckResult:
     if failures:
         return CheckResult(NAME, "fail", "; ".join(failures), evidence)
     if not rows:
-        return CheckResult(NAME, "skip", "no signal fault landed", evidence)
+        return CheckResult(NAME, "skip", "no signal fault landed (nor a pause that ended its attempt)", evidence)
     lost = ", ".join(f"{r['fault_id']}: {r['steps_lost']}" for r in rows)
     return CheckResult(NAME, "pass", f"steps lost per fault within bounds ({lost})", evidence)

@@ -90,6 +90,20 @@ def step_range(attempt: AttemptHistory) -> tuple[int | None, int | None]:
     return (min(begun) if begun else None, max(ended) if ended else None)
 
 
+def save_in_flight(attempt: AttemptHistory, before_mono: float | None) -> int | None:
+    """The newest save this attempt began (`checkpoint.begin`) and had not committed before `before_mono`:
+    an async save still being written in the background, or a synchronous one cut short. None: no save was
+    open."""
+    def before(record: dict) -> bool:
+        return before_mono is None or float(record.get("mono", before_mono)) <= before_mono
+
+    begun = {int(r["step"]) for r in attempt.events(h.POINT)
+             if r.get("phase") == "checkpoint.begin" and r.get("step") is not None and before(r)}
+    committed = {int(r["iteration"]) for r in attempt.events(h.CHECKPOINT_COMMITTED) if before(r)}
+    open_saves = begun - committed
+    return max(open_saves) if open_saves else None
+
+
 def attempt_by_index(history: RunHistory, index: int) -> AttemptHistory | None:
     for attempt in history.attempts:
         if attempt.index == index:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from chaos.faults import corrupt, signals
+from chaos.faults import corrupt, pause, signals
 from chaos.plan import Action
 
 
@@ -44,3 +44,4 @@ def execute(action: Action, context: FaultContext) -> dict:
 
 register("signal", signals.execute)
 register("corrupt", corrupt.execute)
+register("pause", pause.execute)

@@ -12,6 +12,7 @@ from typing import Any
 from chaos import history as h
 from chaos.checkers import views
 from chaos.golden import tolerance_for, value_matches
+from chaos.plan import Action
 from chaos.history import RunHistory, load_run_history
 
 HTML_FILE = "report.html"
@@ -232,7 +233,7 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
     for fault in report.get("faults", []):
         planned = fault["planned"]
         trigger = planned["trigger"]
-        action = planned["action"].get("signal") or f"corrupt {planned['action'].get('corrupt')}"
+        action = Action(**planned["action"]).describe()
         where = (f"{action} → ranks {planned['target']['ranks']}, attempt {trigger.get('attempt')}, step "
                  f"{trigger.get('step')} {trigger.get('phase') or ''}")
         landed = fault.get("landed")

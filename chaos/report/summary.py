@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from chaos.plan import Action
+
 MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
 
 
@@ -48,7 +50,7 @@ def format_summary(report: dict[str, Any]) -> str:
 
 def _fault_line(fault: dict[str, Any]) -> str:
     planned = fault["planned"]
-    action = planned["action"].get("signal") or f"corrupt:{planned['action'].get('corrupt')}"
+    action = Action(**planned["action"]).describe()
     landed = fault.get("landed")
     if landed is None:
         why = fault.get("missed") or "no fault_landed record"

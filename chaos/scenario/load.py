@@ -20,7 +20,7 @@ import yaml
 
 from chaos.errors import InputError, did_you_mean, show
 from chaos.golden import KNOWN_METRICS
-from chaos.plan import CORRUPT_MODES, SIGNALS, Action, RestartPolicy, Trigger
+from chaos.plan import CORRUPT_MODES, MAX_PAUSE_S, SIGNALS, Action, RestartPolicy, Trigger
 from chaos.scenario.model import (
     CHECK_NAMES, GOLDEN_MODES, LAUNCHERS, FaultSpec, GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec,
 )
@@ -30,6 +30,8 @@ TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "faults", "re
             "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
+ACTION_KEYS = ("signal", "corrupt", "pause")
+"""What a scripted fault does: a signal, damage to the newest checkpoint, or a pause (SIGSTOP, SIGCONT later)."""
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
 GOLDEN_KEYS = ("path", "mode")
@@ -302,7 +304,7 @@ def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolic
 
 
 def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> ScriptedFault:
-    allowed = ("at", "trigger", "target", "signal", "corrupt", "action")
+    allowed = ("at", "trigger", "target") + ACTION_KEYS + ("action",)
     raw = read.mapping(value, where, allowed)
     if "at" in raw and "trigger" in raw:
         raise read.error(f"{where}.trigger", "give the trigger once: `at:` or `trigger:`, not both")
@@ -314,16 +316,24 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
         raise read.error(f"{where}.target", "missing; expected {rank: N}, {ranks: [..]}, {node: N}, all or random")
     target = _target(read, raw["target"], f"{where}.target", workload)
 
-    actions = [key for key in ("signal", "corrupt", "action") if key in raw]
+    actions = [key for key in ACTION_KEYS + ("action",) if key in raw]
     if len(actions) != 1:
-        raise read.error(f"{where}.signal", "expected exactly one action: signal: SIGKILL, corrupt: flip "
-                                            f"or action: {{signal: ...}}; got {actions or 'none'}")
-    action_raw = raw if actions[0] != "action" else read.mapping(raw["action"], f"{where}.action", ("signal", "corrupt"))
+        raise read.error(f"{where}.signal", "expected exactly one action: signal: SIGKILL, corrupt: flip, pause: 5 "
+                                            f"(seconds) or action: {{signal: ...}}; got {actions or 'none'}")
+    action_raw = raw if actions[0] != "action" else read.mapping(raw["action"], f"{where}.action", ACTION_KEYS)
     action_where = where if actions[0] != "action" else f"{where}.action"
-    if ("signal" in action_raw) == ("corrupt" in action_raw):
-        raise read.error(action_where, "expected exactly one of signal or corrupt")
+    given = [key for key in ACTION_KEYS if key in action_raw]
+    if len(given) != 1:
+        raise read.error(action_where, f"expected exactly one of {list(ACTION_KEYS)}, got {given or 'none'}")
     if "signal" in action_raw:
         action = Action(kind="signal", signal=read.choice(action_raw["signal"], _join(action_where, "signal"), SIGNALS))
+    elif "pause" in action_raw:
+        pause_where = _join(action_where, "pause")
+        seconds = read.number(action_raw["pause"], pause_where, strict=True)
+        if seconds > MAX_PAUSE_S:
+            raise read.error(pause_where, f"expected seconds <= {MAX_PAUSE_S:g} (SIGSTOP, then SIGCONT that many "
+                                          f"seconds later), got {seconds:g}")
+        action = Action(kind="pause", duration_s=seconds)
     else:
         action = Action(kind="corrupt",
                         corrupt=read.choice(action_raw["corrupt"], _join(action_where, "corrupt"), CORRUPT_MODES))
@@ -583,6 +593,8 @@ def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"at": trigger, "target": target}
     if fault.action.kind == "signal":
         out["signal"] = fault.action.signal
+    elif fault.action.kind == "pause":
+        out["pause"] = fault.action.duration_s
     else:
         out["corrupt"] = fault.action.corrupt
     return out

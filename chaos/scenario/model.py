@@ -24,6 +24,7 @@ CHECK_NAMES = (
     "faults_landed",
     "no_survivors",
     "restart_budget",
+    "stalls",
 )
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 

@@ -170,7 +170,7 @@ def _run_cycle(context: _Context, cycle: int) -> dict[str, Any] | None:
     result = context.run(scenario, run_dir, seed)
     report = result.report or {}
     infrastructure = (report.get("extra") or {}).get("infrastructure_error") or ""
-    if infrastructure.startswith("interrupted"):
+    if _interrupted(result):
         return None
     failing = [{"name": c.get("name"), "status": c.get("status"), "detail": c.get("detail")}
                for c in report.get("checks") or [] if c.get("status") in ("fail", "error")]
@@ -188,7 +188,16 @@ def _run_cycle(context: _Context, cycle: int) -> dict[str, Any] | None:
     return record
 
 
+def _interrupted(result) -> bool:
+    """A run stopped by Ctrl-C or SIGTERM to chaos: its verdict says nothing about the schedule."""
+    report = result.report or {}
+    return ((report.get("extra") or {}).get("infrastructure_error") or "").startswith("interrupted")
+
+
 def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
+    """Shrinks a failing cycle. Interrupted (Ctrl-C, SIGTERM) it stops at once, the cycle's shrink still
+    `pending` in soak.json, so the next `chaos soak` with the same --out shrinks it again first: an
+    interrupted candidate is not a passing one, and the candidates after it are not run."""
     cycle = record["cycle"]
     run_dir = context.out / record["run_dir"]
     cycle_scenario_ = context.scenario(cycle)
@@ -198,6 +207,9 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
     counter = iter(range(1, 10_000))
 
     def fails_same_way(result) -> tuple[bool, str]:
+        if _interrupted(result):
+            raise KeyboardInterrupt(f"soak interrupted while shrinking cycle {cycle}; start it again with "
+                                    f"--out {context.out} to shrink it again and continue")
         names = {c.get("name") for c in (result.report or {}).get("checks") or [] if c.get("status") == "fail"}
         same = result.verdict == "fail" and bool(names & failing)
         return same, f"{result.verdict} ({', '.join(sorted(names)) or 'no failing check'})"

@@ -197,7 +197,7 @@ def scenario_with_plan(scenario: Scenario, plan: Sequence[PlannedFault], name: s
 def describe_plan(plan: Sequence[PlannedFault]) -> str:
     parts = []
     for fault in plan:
-        action = fault.action.signal if fault.action.kind == "signal" else f"corrupt:{fault.action.corrupt}"
+        action = fault.action.describe()
         where = _where(fault) + (f" #{fault.trigger.index}" if fault.trigger.index is not None else "")
         parts.append(f"{action} ranks {list(fault.target.ranks)} at {where} (attempt {fault.trigger.attempt})")
     return "; ".join(parts) or "no faults"

@@ -24,6 +24,7 @@ from typing import BinaryIO, Callable, Literal
 
 from chaos import control
 from chaos import faults as nemesis
+from chaos.faults import pause as pause_fault
 from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
@@ -139,6 +140,16 @@ class _Rank:
     tail: _HistoryTail
     held: dict[str, dict] = field(default_factory=dict)   # fault_id -> {step, phase, index, since}
     awaiting_death: bool = False
+
+
+@dataclass
+class _Pause:
+    """A pause fault in progress: SIGCONT goes to `processes` at `until_mono`."""
+    fault_id: str
+    ranks: list[int]
+    processes: list[TrackedProcess]
+    since_mono: float
+    until_mono: float
 
 
 @dataclass
@@ -328,6 +339,7 @@ class _Attempt:
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
         self.cgroup: lifeline.AttemptCgroup | None = None
+        self.pauses: list[_Pause] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -343,6 +355,7 @@ class _Attempt:
             self._launch()
             self._watch()
         finally:
+            self._end_pauses(None)  # an attempt that ends mid-pause: its stopped ranks die in the teardown
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
             result = teardown(self.table, self.config.restart.teardown_grace_s)
             survivors, escaped = result.survivors, []
@@ -569,7 +582,7 @@ class _Attempt:
               observed: dict | None = None) -> None:
         fault = state.fault
         targets = [self.ranks[r].process for r in ranks]
-        extra = self._agents_dying_with(fault) if fault.action.kind == "signal" else []
+        extra = self._agents_taken_with(fault)
         context = nemesis.FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir)
         try:
             result = nemesis.execute(fault.action, context)
@@ -583,7 +596,7 @@ class _Attempt:
         delivered = result.get("delivered", [])
         for r in ranks:
             process = self.ranks[r].process
-            if fault.action.kind == "signal" and process.pid not in delivered:
+            if fault.action.kind in ("signal", "pause") and process.pid not in delivered:
                 state.missed_ranks[r] = "the rank was already gone when the signal was sent"
                 continue
             hold = state.held.get(r)
@@ -599,12 +612,31 @@ class _Attempt:
             extra = {"observed": observed} if observed is not None else {}
             self.sup.landed.append(self.sup.record(
                 history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
-                phase=phase, index=index, action=fault.action.kind, signal=fault.action.signal, held=held,
-                node=process.node, **extra))
+                phase=phase, index=index, action=fault.action.kind, signal=result.get("signal", fault.action.signal),
+                held=held, node=process.node, **extra))
             if fault.action.signal in FATAL_BY_DEFAULT:
                 self.ranks[r].awaiting_death = True
+        if fault.action.kind == "pause":
+            paused = [p for p in context.targets if p.pid in delivered]
+            if paused:
+                now = time.monotonic()
+                self.pauses.append(_Pause(fault.id, sorted(r for r in ranks if r in state.landed_ranks), paused,
+                                          now, now + float(fault.action.duration_s)))
         if fault.action.signal not in FATAL_BY_DEFAULT:
-            self._release(state, ranks)
+            self._release(state, ranks)  # a paused rank reads its release once it is continued
+
+    def _end_pauses(self, now: float | None) -> None:
+        """SIGCONT to each pause whose duration is over (now=None: the attempt is ending; nothing is continued,
+        the teardown kills the stopped ranks)."""
+        for pause in list(self.pauses):
+            if now is not None and now < pause.until_mono:
+                continue
+            self.pauses.remove(pause)
+            resumed = pause_fault.resume(pause.processes) if now is not None else []
+            ended = time.monotonic()
+            self.sup.record(history.PAUSE_ENDED, fault_id=pause.fault_id, attempt=self.number, ranks=pause.ranks,
+                            resumed=resumed, paused_s=round(ended - pause.since_mono, 3),
+                            by="sigcont" if now is not None else "attempt_end")
 
     def _release(self, state: _FaultState, ranks: list[int]) -> None:
         for r in ranks:
@@ -612,11 +644,11 @@ class _Attempt:
             if rank.held.pop(state.fault.id, None) is not None:
                 rank.connection.send({"type": "release", "fault_id": state.fault.id})
 
-    def _agents_dying_with(self, fault: PlannedFault) -> list[TrackedProcess]:
-        """A host dying takes its torchrun agent too: SIGKILL on a node (or all) also kills every agent
-        whose ranks are all in the target."""
-        if self.config.launcher != "torchrun" or fault.action.signal != "SIGKILL" or \
-                fault.target.kind not in ("node", "all"):
+    def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
+        """A host dying or stalling takes its torchrun agent too: SIGKILL or a pause on a node (or all) also
+        hits every agent whose ranks are all in the target."""
+        host_wide = fault.action.signal == "SIGKILL" or fault.action.kind == "pause"
+        if self.config.launcher != "torchrun" or not host_wide or fault.target.kind not in ("node", "all"):
             return []
         # Which ranks an agent runs is what their hellos proved (rendezvous may give agent n any group
         # rank), not n * ranks_per_node onwards. An agent is taken only when all of its ranks are known
@@ -729,6 +761,7 @@ class _Attempt:
                 if pending:
                     self._land(state, pending)
         self._fire_wall_clock(now)
+        self._end_pauses(now)
         if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
             self.last_progress = now  # time a rank spends held by us is not a hang
         self._refill_spares()

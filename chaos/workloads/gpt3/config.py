@@ -31,6 +31,8 @@ BUGS = (
     "crash_on_resume",       # loading a checkpoint raises: no restart ever resumes
     "detached_helper",       # rank 0 starts a helper that double-forks, setsid()s, ignores SIGTERM and
                              # leaves the attempt's cgroup: it would outlive the job under any launcher
+    "stall_watchdog",        # a heartbeat watchdog set tighter than a plausible stall: a rank exits 1 when
+                             # no step completed for 4 s (after its first step)
 )
 
 

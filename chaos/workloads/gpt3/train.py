@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -45,6 +46,27 @@ time.sleep(float(sys.argv[1]))  # bounded: a test that fails to kill it does not
 """
 
 
+STALL_WATCHDOG_S = 4.0
+
+
+def _start_stall_watchdog(trainer: "Trainer") -> None:
+    """Bug `stall_watchdog`: a heartbeat watchdog of the kind jobs add against hangs, set tighter than the
+    stalls a job meets (a paused host, a slow filesystem): once a step has completed, a rank that sees no
+    step end for STALL_WATCHDOG_S seconds gives up and exits 1."""
+    import threading
+
+    def watch() -> None:
+        while not trainer.finished:
+            time.sleep(0.2)
+            last = trainer.last_step_end
+            if last is not None and not trainer.finished and time.monotonic() - last > STALL_WATCHDOG_S:
+                print(f"stall watchdog: no step completed for {STALL_WATCHDOG_S:g} s, giving up", file=sys.stderr,
+                      flush=True)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="stall-watchdog", daemon=True).start()
+
+
 def _start_detached_helper() -> None:
     """Bug `detached_helper`: a background helper (an uploader, a log shipper) that detaches itself the
     way daemons do. Only the run token in its environment still ties it to the job."""
@@ -59,6 +81,8 @@ class Trainer:
         self.config = config
         self.probe = probe
         self.exit_requested = False
+        self.last_step_end: float | None = None  # monotonic; read by the stall_watchdog bug
+        self.finished = False
         if config.device == "cpu":
             from chaos.workloads.gpt3 import cpu_compat
 
@@ -84,6 +108,8 @@ class Trainer:
         self._install_signal_handlers()
         if config.has_bug("detached_helper") and self.dims.rank == 0:
             _start_detached_helper()
+        if config.has_bug("stall_watchdog"):
+            _start_stall_watchdog(self)
 
     def _build_scheduler(self):
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -192,6 +218,7 @@ class Trainer:
             probe.metrics(step, **metrics)
             self.log_iteration(step, metrics)
             probe.step_end(step)
+            self.last_step_end = time.monotonic()
             self.checkpointer.finalize_async(wait=False)
             if step % config.save_interval == 0 or step == config.train_iters:
                 self.save(step)
@@ -202,8 +229,10 @@ class Trainer:
                 if last_saved != step:
                     self.save(step)
                 self.checkpointer.finalize_async(wait=True)
+                self.finished = True
                 probe.train_end(step, "preempted")
                 return 0
+        self.finished = True
         self.checkpointer.finalize_async(wait=True)
         probe.busy("final state hash")
         state_hash = self.state_hash()
