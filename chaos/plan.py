@@ -37,25 +37,36 @@ class Target:
     node: int | None = None
 
 
-MAX_PAUSE_S = 3600.0
-"""The longest pause a scenario may ask for (an hour): beyond it a paused job is a stopped one."""
+MAX_STALL_S = 3600.0
+"""The longest pause or straggle a scenario may ask for (an hour): beyond it a stalled job is a stopped one."""
+
+
+MIN_STRAGGLER_CPUS = 0.01
+"""The smallest CPU share a straggler may get: a quota of 1 ms per 100 ms period, the kernel's floor."""
 
 
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["signal", "corrupt", "pause"]
+    kind: Literal["signal", "corrupt", "pause", "straggler", "partition"]
     signal: str | None = None
     """One of SIGNALS when kind == signal."""
     corrupt: Literal["truncate", "flip"] | None = None
     """When kind == corrupt: how to damage a file of the newest committed checkpoint."""
     duration_s: float | None = None
-    """When kind == pause: seconds between the SIGSTOP and the SIGCONT (Jepsen's pause nemesis)."""
+    """When kind == pause: seconds between the SIGSTOP and the SIGCONT (Jepsen's pause nemesis); straggler:
+    how long the CPU quota holds; partition: how long the node's link stays cut."""
+    cpus: float | None = None
+    """When kind == straggler: the CPUs the target's processes get together meanwhile (0.25 = a quarter)."""
 
     def describe(self) -> str:
         if self.kind == "corrupt":
             return f"corrupt:{self.corrupt}"
         if self.kind == "pause":
             return f"pause {self.duration_s:g}s"
+        if self.kind == "partition":
+            return f"partition {self.duration_s:g}s"
+        if self.kind == "straggler":
+            return f"straggler {self.cpus:g} CPU for {self.duration_s:g}s"
         return str(self.signal)
 
 

@@ -52,6 +52,17 @@ def visible_gpus() -> int:
         return 0
 
 
+def check_hosts(hosts: str, source: str) -> None:
+    """Simulated hosts (hosts: netns) need root and the namespace tools; say so before anything starts."""
+    if hosts != "netns":
+        return
+    from chaos.supervisor.hosts import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is not None:
+        raise InputError(source, "hosts", reason)
+
+
 def check_machine(facts: WorkloadFacts, source: str) -> None:
     """A CUDA workload needs one GPU per rank on this host (NCCL refuses two ranks on one GPU)."""
     if facts.device != "cuda":

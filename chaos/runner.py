@@ -200,6 +200,7 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     preflight.check_run_dir(run_dir)
     preflight.check_golden_cache(golden_cache)
     preflight.check_machine(scenario.facts, scenario.source)
+    preflight.check_hosts(scenario.hosts, scenario.source)
     move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:
@@ -213,7 +214,8 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
         golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say)
         launch = scenario.workload.launch(run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
-                                             launcher=scenario.launcher, run_dir=run_dir), on_progress)
+                                             launcher=scenario.launcher, run_dir=run_dir, hosts=scenario.hosts),
+                            on_progress)
         if outcome.outcome == "interrupted":
             infrastructure_error = "interrupted (Ctrl-C or SIGTERM to chaos): partial report"
     except InfrastructureError as error:

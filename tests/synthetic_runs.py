@@ -73,9 +73,12 @@ class SyntheticRun:
     # ---- faults -------------------------------------------------------------------------------------
     def fault(self, fault_id: str, step: int | None, phase: str | None, ranks: tuple[int, ...] = (0,),
               attempt: int = 1, signal: str | None = "SIGKILL", index: int | None = None,
-              corrupt: str | None = None, pause_s: float | None = None) -> PlannedFault:
+              corrupt: str | None = None, pause_s: float | None = None,
+              straggler: tuple[float, float] | None = None) -> PlannedFault:
         if pause_s is not None:
             action = Action(kind="pause", duration_s=pause_s)
+        elif straggler is not None:
+            action = Action(kind="straggler", cpus=straggler[0], duration_s=straggler[1])
         else:
             action = Action(kind="corrupt", corrupt=corrupt) if corrupt else Action(kind="signal", signal=signal)
         kind = "all" if len(ranks) == self.world_size and len(ranks) > 1 else ("rank" if len(ranks) == 1 else "ranks")
@@ -94,7 +97,7 @@ class SyntheticRun:
                                     phase=place["phase"], index=place["index"])
             self.sup(h.FAULT_LANDED, fault_id=fault.id, attempt=override.get("attempt", attempt), rank=rank,
                      pid=self.pid(attempt, rank), step=place["step"], phase=place["phase"], index=place["index"],
-                     action=fault.action.kind, signal="SIGSTOP" if fault.action.kind == "pause" else fault.action.signal,
+                     action=fault.action.kind, signal={"pause": "SIGSTOP", "straggler": None}.get(fault.action.kind, fault.action.signal),
                      held=True)
 
     def corrupt(self, fault: PlannedFault, iteration: int, attempt: int = 1) -> Path:

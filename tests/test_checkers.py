@@ -334,7 +334,7 @@ def test_stalls_passes_when_the_job_rides_out_a_short_pause(tmp_path):
     result = one(paused_run(tmp_path, pause_s=3.0, ridden_out=True), "stalls")
     assert result.status == "pass", result.detail
     row = result.evidence["stalls"][0]
-    assert row["ended_by"] == "sigcont" and row["progress_after_pause"] is True and row["ranks"] == [1]
+    assert row["ended_by"] == "sigcont" and row["progress_after_stall"] is True and row["ranks"] == [1]
 
 
 def test_stalls_fails_when_the_job_dies_during_a_pause_shorter_than_the_hang_timeout(tmp_path):
@@ -346,8 +346,54 @@ def test_stalls_fails_when_the_job_dies_during_a_pause_shorter_than_the_hang_tim
 
 def test_stalls_leaves_a_pause_longer_than_the_hang_timeout_to_hang_detection(tmp_path):
     result = one(paused_run(tmp_path, pause_s=30.0, ridden_out=False), "stalls")
-    assert result.status == "pass" and "1 longer left to hang detection" in result.detail
+    assert result.status == "pass" and "1 pause(s) or partition(s) longer than the hang timeout left to hang detection" in result.detail
     assert "hang detection" in result.evidence["stalls"][0]["expected"]
+
+
+def straggled_run(tmp_path, survived: bool) -> SyntheticRun:
+    """Rank 1 gets 0.1 CPU for 20 s from step 5: the job goes on at its pace (steps take 2 s instead of 0.1),
+    or, with a watchdog tighter than the slowed steps, rank 0 gives up while it holds."""
+    run = SyntheticRun(tmp_path)
+    slow = run.fault("f1", step=5, phase="forward", ranks=(1,), straggler=(0.1, 20.0))
+    if survived:
+        def go_on():
+            for step in (5, 6):
+                for rank in (0, 1):
+                    path = h.rank_history_path(run.run_dir, 1, rank)
+                    with open(path, "a") as handle:
+                        begin = run.tick(0.0)
+                        handle.write(json.dumps({"t": begin, "mono": begin, "event": h.STEP_BEGIN, "rank": rank,
+                                                 "attempt": 1, "step": step}) + "\n")
+                        end = run.tick(2.0)
+                        handle.write(json.dumps({"t": end, "mono": end, "event": h.STEP_END, "rank": rank,
+                                                 "attempt": 1, "step": step}) + "\n")
+            run.sup(h.STRAGGLER_ENDED, fault_id="f1", attempt=1, ranks=[1], released=[run.pid(1, 1)], slowed_s=20.0,
+                    by="elapsed")
+        run.attempt(1, resume_from=0, last_step=4, end="complete", fault=slow, after_land=go_on)
+    else:
+        def gave_up():
+            run.sup(h.RANK_EXIT, attempt=1, rank=0, pid=run.pid(1, 0), returncode=1, signal=None)
+            run.sup(h.STRAGGLER_ENDED, fault_id="f1", attempt=1, ranks=[1], released=[], slowed_s=4.1, by="attempt_end")
+        run.attempt(1, resume_from=0, last_step=4, end="killed", fault=slow, after_land=gave_up)
+        run.attempt(2, resume_from=4, last_step=12, end="complete")
+    run.finish()
+    return run
+
+
+def test_stalls_passes_a_straggler_ridden_out_and_shows_its_step_time(tmp_path):
+    result = one(straggled_run(tmp_path, survived=True), "stalls")
+    assert result.status == "pass", result.detail
+    row = result.evidence["stalls"][0]
+    assert row["kind"] == "straggler" and row["ended_by"] == "elapsed" and row["progress_after_stall"] is True
+    assert row["step_time_during_s"] == 2.0 and row["step_time_before_s"] < row["step_time_during_s"]
+    assert "f1 step time" in result.detail
+
+
+def test_stalls_fails_when_the_job_gives_up_on_a_straggler(tmp_path):
+    result = one(straggled_run(tmp_path, survived=False), "stalls")
+    assert result.status == "fail"
+    assert "attempt ended during a straggler (0.1 CPU for 20s) on rank(s) [1] in attempt 1" in result.detail
+    assert "rank 0 exited 1" in result.detail
 
 
 def test_stalls_skips_without_a_pause(tmp_path):

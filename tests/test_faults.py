@@ -1,15 +1,21 @@
-"""The nemesis' file faults and registry, on a fake committed checkpoint (no processes needed)."""
+"""The nemesis: file faults and the registry on a fake committed checkpoint; pauses and stragglers on a real
+spinning process."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from chaos import faults
-from chaos.faults import corrupt
+from chaos.faults import corrupt, pause, straggler
 from chaos.plan import Action
+from chaos.supervisor.processes import TrackedProcess
 
 
 def committed_checkpoint(root: Path, iterations=(3, 6), tracker=6) -> Path:
@@ -58,7 +64,7 @@ def test_no_committed_checkpoint_is_an_error_not_a_silent_no_op(tmp_path):
 
 
 def test_registry_routes_by_kind_and_refuses_a_second_claim():
-    assert set(faults.ACTIONS) == {"signal", "corrupt", "pause"}
+    assert set(faults.ACTIONS) == {"signal", "corrupt", "pause", "straggler", "partition"}
     with pytest.raises(ValueError, match="already registered"):
         faults.register("signal", lambda action, context: {})
     with pytest.raises(ValueError, match="unknown fault action"):
@@ -78,3 +84,66 @@ def test_corrupt_through_the_supervisor_on_the_fake_trainer(tmp_path):
     [record] = events(run, "corrupted")
     assert (record["fault_id"], record["iteration"], record["mode"]) == ("rot", 3, "flip")
     assert {r["fault_id"] for r in outcome.landed} == {"rot", "kill"}
+
+
+# ---- stalls on a real process -----------------------------------------------------------------------------
+BUSY = "import time\nwhile True:\n    pass\n"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(straggler.unavailable_reason() is not None, reason=str(straggler.unavailable_reason()))
+def test_a_straggler_holds_a_busy_process_to_its_cpu_share_then_lets_it_go(tmp_path):
+    """A spinning process gets about 0.1 CPU while throttled (a CPU quota on a cgroup of its own), is moved
+    back to its own cpu cgroup when released, and the throttle's cgroup is gone."""
+    process = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        tracked = TrackedProcess.from_popen(process, role="rank", rank=0)
+        root = straggler.cpu_hierarchy()
+        before_cgroup = straggler._cpu_cgroup_of(process.pid, root)
+        context = faults.FaultContext(targets=[tracked], cgroup_name=f"chaos-test-{os.getpid()}")
+        result = faults.execute(Action("straggler", cpus=0.1, duration_s=5), context)
+        throttle = result.pop("throttle")
+        assert result["delivered"] == [process.pid] and Path(result["cgroup"]).is_dir()
+        start = cpu_seconds(process.pid)
+        time.sleep(1.5)
+        share = (cpu_seconds(process.pid) - start) / 1.5
+        assert share < 0.2, f"throttled to 0.1 CPU but used {share:.2f}"
+        assert throttle.release() == [process.pid]
+        assert straggler._cpu_cgroup_of(process.pid, root) == before_cgroup
+        assert not Path(result["cgroup"]).exists()
+        time.sleep(0.5)  # measured: a task leaving a throttled group may sit out the rest of its period(s)
+        start = cpu_seconds(process.pid)
+        time.sleep(1.0)
+        assert (cpu_seconds(process.pid) - start) > 0.5  # free again: most of a core
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_pause_stops_a_process_until_it_is_continued():
+    process = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        tracked = TrackedProcess.from_popen(process, role="rank", rank=0)
+        result = faults.execute(Action("pause", duration_s=1.0), faults.FaultContext(targets=[tracked]))
+        assert result == {"signal": "SIGSTOP", "delivered": [process.pid], "duration_s": 1.0}
+        time.sleep(0.2)
+        assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        assert pause.resume([tracked]) == [process.pid]
+        time.sleep(0.2)
+        assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("R", "S")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_straggler_where_no_cpu_controller_is_mounted_says_why(tmp_path):
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("31 23 0:28 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n")
+    assert straggler.cpu_hierarchy(str(mountinfo)) is None
+    mountinfo.write_text("32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct\n")
+    assert straggler.cpu_hierarchy(str(mountinfo)) == Path("/sys/fs/cgroup/cpu,cpuacct")
+

@@ -38,7 +38,8 @@ def test_scenarios_are_shipped():
     names = {path.name for path in SHIPPED}
     assert {"gpt3_mcore_tp2_zero3_resume_fsdp_dtensor.yaml", "kill_during_tracker_update.yaml", "hang_sigstop.yaml",
             "node_kill.yaml", "corrupt_checkpoint.yaml", "random_seeded.yaml",
-            "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml"} <= names
+            "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml", "pause_ranks.yaml", "straggler_node.yaml",
+            "multihost_partition.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
@@ -293,11 +294,26 @@ def test_round_trip_of_every_form():
                     " signal: SIGABRT}\n"
                     "  - {at: {phase: checkpoint.load}, target: {random: 2}, signal: SIGKILL}\n"
                     "  - {at: {after_s: 2.5, attempt: 3}, target: {rank: 0}, corrupt: truncate}\n"
+                    "  - {at: {step: 3, phase: forward}, target: {rank: 1}, pause: 4.5}\n"
+                    "  - {at: {step: 5, phase: backward}, target: {rank: 2}, straggler: {cpus: 0.25, duration_s: 8}}\n"
                     "  - random: {count: 2, steps: [2, 30], phases: [data], ranks: [3], signals: SIGINT, attempt: 2}\n"
                     "  - random: {mtbf_s: 12.5, until_s: 100, count: 2}\n"
                     "tolerance: {lm loss: 0.01, grad norm: 0.1}\nchecks: [trajectory, no_survivors]\n")
     mapping = scenario_to_mapping(scenario)
     assert load_scenario_mapping(yaml.safe_load(yaml.safe_dump(mapping)), "copy.yaml") == scenario
+
+
+@pytest.mark.parametrize("action, field, expected", [
+    ("pause: 0", "faults[0].pause", "expected a number > 0, got 0"),
+    ("pause: 4000", "faults[0].pause", "expected seconds <= 3600"),
+    ("straggler: {cpus: 0.001, duration_s: 5}", "faults[0].straggler.cpus", "expected at least 0.01"),
+    ("straggler: {cpus: 0.5}", "faults[0].straggler.duration_s", "missing; expected e.g. straggler:"),
+    ("straggler: 2", "faults[0].straggler", "expected a mapping"),
+    ("pause: 2\n    signal: SIGKILL", "faults[0].signal", "expected exactly one action"),
+])
+def test_stall_actions_are_validated_naming_the_field(action, field, expected):
+    error = error_of("faults:\n  - at: {step: 3, phase: forward}\n    target: {rank: 1}\n    " + action + "\n")
+    assert f"{field}: {expected}" in str(error)
 
 
 def test_scenario_modules_do_not_import_torch():

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from chaos.faults import straggler
 from chaos.runner import run_scenario
+from chaos.supervisor import hosts
 from chaos.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -17,6 +19,10 @@ CPU_SCENARIOS = sorted(p.name for p in SCENARIOS.glob("*.yaml"))
 @pytest.mark.parametrize("name", CPU_SCENARIOS)
 def test_shipped_scenario_passes(name, tmp_path, golden_cache):
     scenario = load_scenario(SCENARIOS / name)
+    if any(fault.action.kind == "straggler" for fault in scenario.faults) and straggler.unavailable_reason():
+        pytest.skip(f"{name}: {straggler.unavailable_reason()}")
+    if scenario.hosts == "netns" and hosts.unavailable_reason():
+        pytest.skip(f"{name}: {hosts.unavailable_reason()}")
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=golden_cache, say=lambda text: None)
     assert result.verdict == "pass", result.summary
     report = result.report

@@ -13,8 +13,8 @@ next one, so k is the newest save begun, and a trainer that never finalizes stil
 predecessor was never committed either). Measured on one H200: a kill at the metadata write of the
 iteration-30 async save landed after step 31 and lost 11 steps at save_interval 10.
 
-A pause that outlasts its attempt (longer than hang_timeout_s: torn down as a hang) counts like a kill; a
-pause the job rode out loses nothing and is the `stalls` check's.
+A pause or straggler that outlasts its attempt (torn down as a hang, or the job gave up) counts like a
+kill; one the job rode out loses nothing and is the `stalls` check's.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ def check(ctx: CheckContext) -> CheckResult:
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []
-    pauses_that_ended_attempts = {str(r.get("fault_id")) for r in history.supervisor_events(h.PAUSE_ENDED)
-                                  if r.get("by") == "attempt_end"}
+    stalls_that_ended_attempts = {str(r.get("fault_id"))
+                                  for event in (h.PAUSE_ENDED, h.STRAGGLER_ENDED, h.PARTITION_ENDED)
+                                  for r in history.supervisor_events(event) if r.get("by") == "attempt_end"}
     for fault in ctx.plan:
         records = landed.get(fault.id)
-        # a pause that outlasted its attempt (hang detection tore it down) loses steps like a kill does
-        counts = fault.action.kind == "signal" or (fault.action.kind == "pause" and fault.id in pauses_that_ended_attempts)
+        # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does
+        counts = fault.action.kind == "signal" or fault.id in stalls_that_ended_attempts
         if not counts or not records:
             continue
         attempt_index = int(records[0]["attempt"])
@@ -105,6 +106,6 @@ def check(ctx: CheckContext) -> CheckResult:
     if failures:
         return CheckResult(NAME, "fail", "; ".join(failures), evidence)
     if not rows:
-        return CheckResult(NAME, "skip", "no signal fault landed (nor a pause that ended its attempt)", evidence)
+        return CheckResult(NAME, "skip", "no signal fault landed (nor a stall that ended its attempt)", evidence)
     lost = ", ".join(f"{r['fault_id']}: {r['steps_lost']}" for r in rows)
     return CheckResult(NAME, "pass", f"steps lost per fault within bounds ({lost})", evidence)

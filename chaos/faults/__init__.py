@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from chaos.faults import corrupt, pause, signals
+from chaos.faults import corrupt, partition, pause, signals, straggler
 from chaos.plan import Action
 
 
@@ -21,6 +21,12 @@ class FaultContext:
     targets: list = field(default_factory=list)
     """chaos.supervisor.processes.TrackedProcess of the target ranks (verified, alive when planned)."""
     checkpoint_dir: Path | None = None
+    cgroup_name: str | None = None
+    """A name of this run's own for a cgroup the action makes (a straggler's): chaos-<run token>-..."""
+    hosts: object | None = None
+    """chaos.supervisor.hosts.SimulatedHosts, where the scenario has them (a partition cuts a node's link)."""
+    node: int | None = None
+    """The target node, for a fault that acts on a whole node (a partition)."""
 
 
 ActionFunction = Callable[[Action, FaultContext], dict]
@@ -45,3 +51,5 @@ def execute(action: Action, context: FaultContext) -> dict:
 register("signal", signals.execute)
 register("corrupt", corrupt.execute)
 register("pause", pause.execute)
+register("straggler", straggler.execute)
+register("partition", partition.execute)

@@ -20,18 +20,20 @@ import yaml
 
 from chaos.errors import InputError, did_you_mean, show
 from chaos.golden import KNOWN_METRICS
-from chaos.plan import CORRUPT_MODES, MAX_PAUSE_S, SIGNALS, Action, RestartPolicy, Trigger
+from chaos.plan import CORRUPT_MODES, MAX_STALL_S, MIN_STRAGGLER_CPUS, SIGNALS, Action, RestartPolicy, Trigger
 from chaos.scenario.model import (
-    CHECK_NAMES, GOLDEN_MODES, LAUNCHERS, FaultSpec, GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec,
+    CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, FaultSpec, GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec,
 )
 from chaos.workloads import Workload, workload_from_mapping
 
-TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "faults", "restart", "golden", "tolerance",
-            "checks")
+TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "faults", "restart", "golden",
+            "tolerance", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
-ACTION_KEYS = ("signal", "corrupt", "pause")
-"""What a scripted fault does: a signal, damage to the newest checkpoint, or a pause (SIGSTOP, SIGCONT later)."""
+ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition")
+"""What a scripted fault does: a signal, damage to the newest checkpoint, a pause (SIGSTOP, SIGCONT later) or
+a straggler (a CPU quota for a while)."""
+STRAGGLER_KEYS = ("cpus", "duration_s")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
 GOLDEN_KEYS = ("path", "mode")
@@ -234,6 +236,7 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     description = read.string(top.get("description", "") or "", "description").strip()
     seed = read.integer(top.get("seed", 0), "seed")
     launcher = read.choice(top.get("launcher", "direct"), "launcher", LAUNCHERS)
+    hosts = read.choice(top.get("hosts", "local"), "hosts", HOSTS)
 
     if "workload" not in top:
         raise read.error("workload", "missing; expected the system under test, e.g. workload: {preset: tiny_cpu} "
@@ -244,14 +247,19 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     # `restart:` with nothing after it is YAML's null and means the defaults; any other empty or false value
     # (faults: {}, golden: 0) is a mistake the sections' readers report
     restart = _restart(read, _section(top, "restart", {}))
+    if hosts == "netns" and (launcher != "torchrun" or workload.facts.nodes < 2):
+        raise read.error("hosts", f"hosts: netns puts each node in a network namespace of its own and needs "
+                                  f"launcher: torchrun with workload nodes >= 2; got launcher: {launcher}, "
+                                  f"nodes: {workload.facts.nodes}")
     faults = _faults(read, _section(top, "faults", []), workload, restart)
+    _check_partitions(read, faults, hosts)
     golden = _golden(read, _section(top, "golden", {}), base_dir)
     tolerance = _tolerance(read, _section(top, "tolerance", {}))
     checks = _checks(read, top.get("checks", "all"))
 
     return Scenario(
         name=name, workload=workload, workload_mapping=copy.deepcopy(dict(workload_mapping)),
-        description=description, seed=seed, launcher=launcher, faults=faults, restart=restart, golden=golden,
+        description=description, seed=seed, launcher=launcher, hosts=hosts, faults=faults, restart=restart, golden=golden,
         tolerance=tolerance, checks=checks, source=source, base_dir=base_dir,
     )
 
@@ -330,14 +338,51 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
     elif "pause" in action_raw:
         pause_where = _join(action_where, "pause")
         seconds = read.number(action_raw["pause"], pause_where, strict=True)
-        if seconds > MAX_PAUSE_S:
-            raise read.error(pause_where, f"expected seconds <= {MAX_PAUSE_S:g} (SIGSTOP, then SIGCONT that many "
+        if seconds > MAX_STALL_S:
+            raise read.error(pause_where, f"expected seconds <= {MAX_STALL_S:g} (SIGSTOP, then SIGCONT that many "
                                           f"seconds later), got {seconds:g}")
         action = Action(kind="pause", duration_s=seconds)
+    elif "straggler" in action_raw:
+        action = _straggler(read, action_raw["straggler"], _join(action_where, "straggler"))
+    elif "partition" in action_raw:
+        partition_where = _join(action_where, "partition")
+        seconds = read.number(action_raw["partition"], partition_where, strict=True)
+        if seconds > MAX_STALL_S:
+            raise read.error(partition_where, f"expected seconds <= {MAX_STALL_S:g}, got {seconds:g}")
+        action = Action(kind="partition", duration_s=seconds)
     else:
         action = Action(kind="corrupt",
                         corrupt=read.choice(action_raw["corrupt"], _join(action_where, "corrupt"), CORRUPT_MODES))
     return ScriptedFault(trigger=trigger, target=target, action=action)
+
+
+def _check_partitions(read: _Fields, faults: tuple, hosts: str) -> None:
+    """A partition cuts a node's network link: there must be links (hosts: netns) and a node to cut."""
+    for i, fault in enumerate(faults):
+        if not isinstance(fault, ScriptedFault) or fault.action.kind != "partition":
+            continue
+        if hosts != "netns":
+            raise read.error(f"faults[{i}].partition", "a partition cuts a node's network link, and only "
+                                                       "hosts: netns gives each node one; add hosts: netns")
+        if fault.target.kind != "node":
+            raise read.error(f"faults[{i}].target", f"a partition cuts a whole node off: expected {{node: N}}, got "
+                                                    f"{fault.target.kind}")
+
+
+def _straggler(read: _Fields, value: Any, where: str) -> Action:
+    raw = read.mapping(value, where, STRAGGLER_KEYS)
+    for key in STRAGGLER_KEYS:
+        if key not in raw:
+            raise read.error(f"{where}.{key}", "missing; expected e.g. straggler: {cpus: 0.25, duration_s: 8} (the "
+                                               "target's processes share 0.25 CPU for 8 s)")
+    cpus = read.number(raw["cpus"], f"{where}.cpus", strict=True)
+    if cpus < MIN_STRAGGLER_CPUS:
+        raise read.error(f"{where}.cpus", f"expected at least {MIN_STRAGGLER_CPUS:g} (1 ms per 100 ms, the kernel's "
+                                          f"smallest quota), got {cpus:g}")
+    seconds = read.number(raw["duration_s"], f"{where}.duration_s", strict=True)
+    if seconds > MAX_STALL_S:
+        raise read.error(f"{where}.duration_s", f"expected seconds <= {MAX_STALL_S:g}, got {seconds:g}")
+    return Action(kind="straggler", cpus=cpus, duration_s=seconds)
 
 
 def _trigger(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> Trigger:
@@ -535,6 +580,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     out["seed"] = scenario.seed
     out["workload"] = _plain(scenario.workload.scenario_mapping(scenario.workload_mapping))
     out["launcher"] = scenario.launcher
+    if scenario.hosts != "local":
+        out["hosts"] = scenario.hosts
     out["restart"] = {**asdict(scenario.restart), "warm": "auto" if scenario.restart.warm is None
                       else scenario.restart.warm}
     out["faults"] = [_fault_to_mapping(fault) for fault in scenario.faults]
@@ -595,6 +642,10 @@ def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
         out["signal"] = fault.action.signal
     elif fault.action.kind == "pause":
         out["pause"] = fault.action.duration_s
+    elif fault.action.kind == "partition":
+        out["partition"] = fault.action.duration_s
+    elif fault.action.kind == "straggler":
+        out["straggler"] = {"cpus": fault.action.cpus, "duration_s": fault.action.duration_s}
     else:
         out["corrupt"] = fault.action.corrupt
     return out

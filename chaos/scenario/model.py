@@ -29,6 +29,9 @@ CHECK_NAMES = (
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 
 LAUNCHERS = ("direct", "torchrun")
+HOSTS = ("local", "netns")
+"""Where a scenario's nodes live: `local` (every node on this host's loopback) or `netns` (one network
+namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""
 GOLDEN_MODES = ("exact", "megatron")
 
 @dataclass(frozen=True)
@@ -120,6 +123,7 @@ class Scenario:
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
     launcher: Literal["direct", "torchrun"] = "direct"
+    hosts: Literal["local", "netns"] = "local"
     faults: tuple[FaultSpec, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     golden: GoldenSpec = field(default_factory=GoldenSpec)

@@ -21,6 +21,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 
 from chaos import control
 from chaos.errors import InfrastructureError
+from chaos.supervisor import hosts as hosts_module
+from chaos.supervisor.hosts import SimulatedHosts
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
 from chaos.supervisor.spares import SparePool, send_order
@@ -130,16 +132,25 @@ def is_python(executable: str) -> bool:
     return os.path.realpath(executable) == os.path.realpath(sys.executable) or Path(executable).name.startswith("python")
 
 
-def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: str) -> list[str]:
+def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: str,
+                  hosts: SimulatedHosts | None = None) -> list[str]:
+    """One node's torchrun agent; with simulated hosts it runs in the node's namespaces, meets the others at
+    node 0's address and tells its workers its own (--local-addr: the hostname resolves nowhere)."""
     argv = list(spec.argv)
     if argv and is_python(argv[0]):
         entry = argv[1:]  # torchrun runs the entry with its own interpreter; it accepts `-m module`
     else:
         entry = ["--no-python", *argv]
+    endpoint = hosts.address(0) if hosts is not None else MASTER_ADDR
+    where = [*hosts.enter(node)] if hosts is not None else []
+    # torchrun decides who hosts the rendezvous store by resolving hostnames; a simulated host's name
+    # resolves nowhere, so say it: node 0 hosts it
+    local = ([f"--local-addr={hosts.address(node)}", f"--rdzv-conf=is_host={1 if node == 0 else 0}"]
+             if hosts is not None else [])
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        *where, sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.ranks_per_node}",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint={MASTER_ADDR}:{launch.port}",
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}:{launch.port}", *local,
         f"--rdzv-id=chaos-{launch.attempt}-{run_id}",
         "--max-restarts=0", "--monitor-interval=0.1",
         # torchrun would otherwise make a log directory under /tmp; keep everything in the run dir
@@ -148,7 +159,7 @@ def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: st
     ]
 
 
-def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProcess]:
+def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch, hosts: SimulatedHosts | None = None) -> list[TrackedProcess]:
     """`nodes` torchrun agents meeting over c10d rendezvous on 127.0.0.1: several simulated hosts. The
     agents set the ranks' environment themselves; the rank pids come later from the probes' hellos."""
     env = base_env(spec, launch)
@@ -156,12 +167,14 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
     # torchrun (chaos run inside a torchrun job) must not leak in.
     for name in [n for n in env if n.startswith("TORCHELASTIC_")]:
         del env[name]
+    if hosts is not None:
+        env["GLOO_SOCKET_IFNAME"] = hosts_module.INTERFACE  # collectives over the node's link, not loopback
     run_id = uuid.uuid4().hex[:12]
     processes: list[TrackedProcess] = []
     started: list[subprocess.Popen] = []
     try:
         for node in range(spec.nodes):
-            argv = torchrun_argv(spec, launch, node, run_id)
+            argv = torchrun_argv(spec, launch, node, run_id, hosts)
             started.append(_spawn(argv, env, launch.directory / f"agent-{node}.out", spec.cwd, launch.cgroup_procs))
             processes.append(TrackedProcess.from_popen(started[-1], role="agent", node=node))
     except BaseException:
@@ -171,9 +184,9 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch) -> list[TrackedProc
 
 
 def launch(kind: Literal["direct", "torchrun"], spec: LaunchSpec, attempt: AttemptLaunch,
-           spares: SparePool | None = None) -> list[TrackedProcess]:
+           spares: SparePool | None = None, hosts: SimulatedHosts | None = None) -> list[TrackedProcess]:
     if kind == "direct":
         return launch_direct(spec, attempt, spares)
     if kind == "torchrun":
-        return launch_torchrun(spec, attempt)
+        return launch_torchrun(spec, attempt, hosts)
     raise ValueError(f"unknown launcher {kind!r}; expected 'direct' or 'torchrun'")

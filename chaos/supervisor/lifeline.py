@@ -154,8 +154,10 @@ class Watchdog:
         except (OSError, ValueError):
             pass  # a dead watchdog: the other layers still hold
 
-    def guard_cgroup(self, cgroup: AttemptCgroup) -> None:
-        self._say(f"cgroup {cgroup.path}")
+    def guard_cgroup(self, cgroup: AttemptCgroup | Path) -> None:
+        """An attempt's cgroup, or a straggler's (cgroup v1 cpu): on the supervisor's death its processes are
+        killed and the cgroup removed."""
+        self._say(f"cgroup {cgroup.path if isinstance(cgroup, AttemptCgroup) else cgroup}")
 
     def guard_group(self, pgid: int, leader_create_time: float) -> None:
         self._say(f"group {pgid} {leader_create_time!r}")

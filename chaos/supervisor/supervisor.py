@@ -25,6 +25,9 @@ from typing import BinaryIO, Callable, Literal
 from chaos import control
 from chaos import faults as nemesis
 from chaos.faults import pause as pause_fault
+from chaos.faults import straggler as straggler_fault
+from chaos.supervisor import hosts as hosts_module
+from chaos.supervisor.hosts import HostsError, SimulatedHosts
 from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
@@ -39,6 +42,7 @@ from chaos.workloads.base import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
 CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, ...
+HOSTS = "hosts"                    # kind (netns), interface, addresses: [node 0's, ...]
 OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
                                    # seen by the black-box follower (log-observed workloads)
 OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
@@ -60,6 +64,8 @@ class SupervisorConfig:
     restart: RestartPolicy
     launcher: Literal["direct", "torchrun"]
     run_dir: Path
+    hosts: Literal["local", "netns"] = "local"
+    """netns: each node in a network namespace of its own (chaos.supervisor.hosts), for partitions."""
 
 
 @dataclass
@@ -153,6 +159,26 @@ class _Pause:
 
 
 @dataclass
+class _Straggle:
+    """A straggler fault in progress: its throttle is released at `until_mono`."""
+    fault_id: str
+    ranks: list[int]
+    throttle: straggler_fault.Throttle
+    since_mono: float
+    until_mono: float
+
+
+@dataclass
+class _Partition:
+    """A partition in progress: node `node`'s link is healed at `until_mono`."""
+    fault_id: str
+    node: int
+    ranks: list[int]
+    since_mono: float
+    until_mono: float
+
+
+@dataclass
 class _FaultState:
     fault: PlannedFault
     held: dict[int, dict] = field(default_factory=dict)     # rank -> hold message
@@ -216,6 +242,7 @@ class _Supervisor:
         self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reserve = disk.DiskReserve(self.run_dir)
         self.spares: SparePool | None = None
+        self.hosts: SimulatedHosts | None = None
         """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
         self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
@@ -278,6 +305,13 @@ class _Supervisor:
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
         try:
+            if config.hosts == "netns":
+                try:
+                    self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_token}")
+                except HostsError as failure:
+                    raise InfrastructureError(str(failure)) from failure
+                self.record(HOSTS, kind="netns", interface=hosts_module.INTERFACE,
+                            addresses=[self.hosts.address(n) for n in range(config.launch.nodes)])
             for number in range(1, config.restart.max_restarts + 2):
                 if self.interrupt.requested:
                     outcome = "interrupted"
@@ -292,6 +326,8 @@ class _Supervisor:
             outcome, error = "error", exception
         finally:
             self.interrupt.restore()
+            if self.hosts is not None:
+                self.hosts.close()
             if self.spares is not None:
                 self.spares.close()
             self.server.close()
@@ -340,6 +376,8 @@ class _Attempt:
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
         self.cgroup: lifeline.AttemptCgroup | None = None
         self.pauses: list[_Pause] = []
+        self.stragglers: list[_Straggle] = []
+        self.partitions: list[_Partition] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -358,6 +396,8 @@ class _Attempt:
             self._end_pauses(None)  # an attempt that ends mid-pause: its stopped ranks die in the teardown
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
             result = teardown(self.table, self.config.restart.teardown_grace_s)
+            self._end_stragglers(None)  # the ranks are gone: each throttle's cgroup is empty, removed
+            self._end_partitions(None)
             survivors, escaped = result.survivors, []
             if self.cgroup is not None:
                 # whatever left the process tree (a double fork, a setsid grandchild) is still in the cgroup
@@ -398,7 +438,7 @@ class _Attempt:
                                       self.cgroup.procs_file if self.cgroup else None,
                                       run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
         self.launch_mono = time.monotonic()
-        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares)
+        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares, self.sup.hosts)
         for process in self.table.launched:  # each leads its own session: its group is its pid
             self.sup.watchdog.guard_group(process.pid, process.create_time)
         for process in self.table.launched:
@@ -583,7 +623,9 @@ class _Attempt:
         fault = state.fault
         targets = [self.ranks[r].process for r in ranks]
         extra = self._agents_taken_with(fault)
-        context = nemesis.FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir)
+        context = nemesis.FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir,
+                                       cgroup_name=f"chaos-{self.sup.run_token}-a{self.number:02d}-{fault.id}",
+                                       hosts=self.sup.hosts, node=fault.target.node)
         try:
             result = nemesis.execute(fault.action, context)
         except Exception as error:  # noqa: BLE001 - a fault that cannot be done is recorded as missed
@@ -593,10 +635,11 @@ class _Attempt:
             return
         if fault.action.kind == "corrupt":
             self.sup.record(CORRUPTED, fault_id=fault.id, attempt=self.number, **result)
+        throttle = result.pop("throttle", None)
         delivered = result.get("delivered", [])
         for r in ranks:
             process = self.ranks[r].process
-            if fault.action.kind in ("signal", "pause") and process.pid not in delivered:
+            if fault.action.kind in ("signal", "pause", "straggler", "partition") and process.pid not in delivered:
                 state.missed_ranks[r] = "the rank was already gone when the signal was sent"
                 continue
             hold = state.held.get(r)
@@ -610,12 +653,22 @@ class _Attempt:
                 step, phase, index = tail.step, tail.phase, None
             state.landed_ranks.add(r)
             extra = {"observed": observed} if observed is not None else {}
+            extra.update({key: result[key] for key in ("duration_s", "cpus", "cgroup") if key in result})
             self.sup.landed.append(self.sup.record(
                 history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
                 phase=phase, index=index, action=fault.action.kind, signal=result.get("signal", fault.action.signal),
                 held=held, node=process.node, **extra))
             if fault.action.signal in FATAL_BY_DEFAULT:
                 self.ranks[r].awaiting_death = True
+        if fault.action.kind == "partition":
+            now = time.monotonic()
+            self.partitions.append(_Partition(fault.id, int(result["node"]), sorted(state.landed_ranks & set(ranks)),
+                                              now, now + float(fault.action.duration_s)))
+        if throttle is not None:
+            self.sup.watchdog.guard_cgroup(throttle.path)  # removed (its ranks killed) if we die meanwhile
+            now = time.monotonic()
+            self.stragglers.append(_Straggle(fault.id, sorted(state.landed_ranks & set(ranks)), throttle, now,
+                                             now + float(fault.action.duration_s)))
         if fault.action.kind == "pause":
             paused = [p for p in context.targets if p.pid in delivered]
             if paused:
@@ -644,10 +697,35 @@ class _Attempt:
             if rank.held.pop(state.fault.id, None) is not None:
                 rank.connection.send({"type": "release", "fault_id": state.fault.id})
 
+    def _end_partitions(self, now: float | None) -> None:
+        """Heals each partition whose duration is over; now=None: the attempt is ending, heal them all (the
+        hosts outlive the attempt, and the next one must find the network whole)."""
+        for cut in list(self.partitions):
+            if now is not None and now < cut.until_mono:
+                continue
+            self.partitions.remove(cut)
+            assert self.sup.hosts is not None
+            self.sup.hosts.heal(cut.node)
+            self.sup.record(history.PARTITION_ENDED, fault_id=cut.fault_id, attempt=self.number, node=cut.node,
+                            ranks=cut.ranks, cut_s=round(time.monotonic() - cut.since_mono, 3),
+                            by="healed" if now is not None else "attempt_end")
+
+    def _end_stragglers(self, now: float | None) -> None:
+        """Releases each straggler whose duration is over (now=None: the attempt ended; its cgroup is removed)."""
+        for straggle in list(self.stragglers):
+            if now is not None and now < straggle.until_mono:
+                continue
+            self.stragglers.remove(straggle)
+            released = straggle.throttle.release()
+            self.sup.record(history.STRAGGLER_ENDED, fault_id=straggle.fault_id, attempt=self.number,
+                            ranks=straggle.ranks, released=released,
+                            slowed_s=round(time.monotonic() - straggle.since_mono, 3),
+                            by="elapsed" if now is not None else "attempt_end")
+
     def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
         """A host dying or stalling takes its torchrun agent too: SIGKILL or a pause on a node (or all) also
         hits every agent whose ranks are all in the target."""
-        host_wide = fault.action.signal == "SIGKILL" or fault.action.kind == "pause"
+        host_wide = fault.action.signal == "SIGKILL" or fault.action.kind in ("pause", "straggler", "partition")
         if self.config.launcher != "torchrun" or not host_wide or fault.target.kind not in ("node", "all"):
             return []
         # Which ranks an agent runs is what their hellos proved (rendezvous may give agent n any group
@@ -762,6 +840,8 @@ class _Attempt:
                     self._land(state, pending)
         self._fire_wall_clock(now)
         self._end_pauses(now)
+        self._end_stragglers(now)
+        self._end_partitions(now)
         if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
             self.last_progress = now  # time a rank spends held by us is not a hang
         self._refill_spares()
