@@ -311,6 +311,15 @@ def test_steps_lost_fails_when_steps_are_skipped(tmp_path):
 
 
 # ---- 10. stalls -------------------------------------------------------------------------------------------
+def rank0_gives_up(run: SyntheticRun, ended: str, **fields):
+    """While rank 1 is stalled, rank 0 exits 1 (a watchdog or timeout of the job's) and the stall ends with the
+    attempt."""
+    def gave_up():
+        run.sup(h.RANK_EXIT, attempt=1, rank=0, pid=run.pid(1, 0), returncode=1, signal=None)
+        run.sup(ended, fault_id="f1", attempt=1, ranks=[1], by="attempt_end", **fields)
+    return gave_up
+
+
 def paused_run(tmp_path, pause_s: float, ridden_out: bool) -> SyntheticRun:
     """Rank 1 paused for pause_s after step 5; ridden out (SIGCONT, then the job goes on to complete) or not
     (rank 0 gives up during the pause and the attempt is torn down as hung; attempt 2 resumes)."""
@@ -321,9 +330,7 @@ def paused_run(tmp_path, pause_s: float, ridden_out: bool) -> SyntheticRun:
                                 paused_s=pause_s, by="sigcont")
         run.attempt(1, resume_from=0, last_step=12, end="complete", fault=pause, after_land=ended)
     else:
-        def gave_up():
-            run.sup(h.RANK_EXIT, attempt=1, rank=0, pid=run.pid(1, 0), returncode=1, signal=None)
-            run.sup(h.PAUSE_ENDED, fault_id="f1", attempt=1, ranks=[1], resumed=[], paused_s=2.5, by="attempt_end")
+        gave_up = rank0_gives_up(run, h.PAUSE_ENDED, resumed=[], paused_s=2.5)
         run.attempt(1, resume_from=0, last_step=4, end="hung", fault=pause, after_land=gave_up)
         run.attempt(2, resume_from=4, last_step=12, end="complete")
     run.finish()
@@ -371,9 +378,7 @@ def straggled_run(tmp_path, survived: bool) -> SyntheticRun:
                     by="elapsed")
         run.attempt(1, resume_from=0, last_step=4, end="complete", fault=slow, after_land=go_on)
     else:
-        def gave_up():
-            run.sup(h.RANK_EXIT, attempt=1, rank=0, pid=run.pid(1, 0), returncode=1, signal=None)
-            run.sup(h.STRAGGLER_ENDED, fault_id="f1", attempt=1, ranks=[1], released=[], slowed_s=4.1, by="attempt_end")
+        gave_up = rank0_gives_up(run, h.STRAGGLER_ENDED, released=[], slowed_s=4.1)
         run.attempt(1, resume_from=0, last_step=4, end="killed", fault=slow, after_land=gave_up)
         run.attempt(2, resume_from=4, last_step=12, end="complete")
     run.finish()

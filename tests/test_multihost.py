@@ -1,6 +1,6 @@
 """Simulated hosts (`hosts: netns`): network namespaces on a bridge, one per node, and the partition fault
 that cuts a node's link. The end-to-end multi-host run (torchrun over the links, a partition ridden out and
-one torn down as a hang, resumed bitwise) is the shipped scenario multihost_partition.yaml
+one torn down as a hang, a straggler and a kill, resumed bitwise) is the shipped scenario multihost_faults.yaml
 (tests/test_scenarios_cpu.py; `pytest -k multihost` selects both)."""
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ def test_scenarios_are_shipped():
     assert {"gpt3_mcore_tp2_zero3_resume_fsdp_dtensor.yaml", "kill_during_tracker_update.yaml", "hang_sigstop.yaml",
             "node_kill.yaml", "corrupt_checkpoint.yaml", "random_seeded.yaml",
             "gpt3_mcore_te_tp2_zp_z3_resume_fsdp_dtensor.yaml", "pause_ranks.yaml", "straggler_node.yaml",
-            "multihost_partition.yaml"} <= names
+            "multihost_faults.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
