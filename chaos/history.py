@@ -51,9 +51,8 @@ RUN_START = "run_start"            # scenario, seed, run_dir
 ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
 RANK_HELLO = "rank_hello"          # attempt, rank, pid
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)
-PAUSE_ENDED = "pause_ended"        # fault_id, attempt, ranks, resumed: [pid], paused_s, by: sigcont|attempt_end
-STRAGGLER_ENDED = "straggler_ended"  # fault_id, attempt, ranks, released: [pid], slowed_s, by: elapsed|attempt_end
-PARTITION_ENDED = "partition_ended"  # fault_id, attempt, node, ranks, cut_s, by: healed|attempt_end
+STALL_ENDED = "stall_ended"        # fault_id, attempt, kind (pause|straggler|partition), ranks, stalled_s,
+                                   # by: elapsed|attempt_end, and resumed: [pid] | released: [pid] | node
 FAULT_MISSED = "fault_missed"      # fault_id, reason
 RANK_EXIT = "rank_exit"            # attempt, rank, pid, returncode, signal (name or None)
 DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s

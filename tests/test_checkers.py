@@ -311,12 +311,12 @@ def test_steps_lost_fails_when_steps_are_skipped(tmp_path):
 
 
 # ---- 10. stalls -------------------------------------------------------------------------------------------
-def rank0_gives_up(run: SyntheticRun, ended: str, **fields):
+def rank0_gives_up(run: SyntheticRun, **fields):
     """While rank 1 is stalled, rank 0 exits 1 (a watchdog or timeout of the job's) and the stall ends with the
     attempt."""
     def gave_up():
         run.sup(h.RANK_EXIT, attempt=1, rank=0, pid=run.pid(1, 0), returncode=1, signal=None)
-        run.sup(ended, fault_id="f1", attempt=1, ranks=[1], by="attempt_end", **fields)
+        run.sup(h.STALL_ENDED, fault_id="f1", attempt=1, ranks=[1], by="attempt_end", **fields)
     return gave_up
 
 
@@ -326,11 +326,11 @@ def paused_run(tmp_path, pause_s: float, ridden_out: bool) -> SyntheticRun:
     run = SyntheticRun(tmp_path)
     pause = run.fault("f1", step=5, phase="forward", ranks=(1,), pause_s=pause_s)
     if ridden_out:
-        ended = lambda: run.sup(h.PAUSE_ENDED, fault_id="f1", attempt=1, ranks=[1], resumed=[run.pid(1, 1)],
-                                paused_s=pause_s, by="sigcont")
+        ended = lambda: run.sup(h.STALL_ENDED, fault_id="f1", attempt=1, kind="pause", ranks=[1],
+                                resumed=[run.pid(1, 1)], stalled_s=pause_s, by="elapsed")
         run.attempt(1, resume_from=0, last_step=12, end="complete", fault=pause, after_land=ended)
     else:
-        gave_up = rank0_gives_up(run, h.PAUSE_ENDED, resumed=[], paused_s=2.5)
+        gave_up = rank0_gives_up(run, kind="pause", resumed=[], stalled_s=2.5)
         run.attempt(1, resume_from=0, last_step=4, end="hung", fault=pause, after_land=gave_up)
         run.attempt(2, resume_from=4, last_step=12, end="complete")
     run.finish()
@@ -341,7 +341,7 @@ def test_stalls_passes_when_the_job_rides_out_a_short_pause(tmp_path):
     result = one(paused_run(tmp_path, pause_s=3.0, ridden_out=True), "stalls")
     assert result.status == "pass", result.detail
     row = result.evidence["stalls"][0]
-    assert row["ended_by"] == "sigcont" and row["progress_after_stall"] is True and row["ranks"] == [1]
+    assert row["ended_by"] == "elapsed" and row["progress_after_stall"] is True and row["ranks"] == [1]
 
 
 def test_stalls_fails_when_the_job_dies_during_a_pause_shorter_than_the_hang_timeout(tmp_path):
@@ -374,11 +374,11 @@ def straggled_run(tmp_path, survived: bool) -> SyntheticRun:
                         end = run.tick(2.0)
                         handle.write(json.dumps({"t": end, "mono": end, "event": h.STEP_END, "rank": rank,
                                                  "attempt": 1, "step": step}) + "\n")
-            run.sup(h.STRAGGLER_ENDED, fault_id="f1", attempt=1, ranks=[1], released=[run.pid(1, 1)], slowed_s=20.0,
-                    by="elapsed")
+            run.sup(h.STALL_ENDED, fault_id="f1", attempt=1, kind="straggler", ranks=[1], released=[run.pid(1, 1)],
+                    stalled_s=20.0, by="elapsed")
         run.attempt(1, resume_from=0, last_step=4, end="complete", fault=slow, after_land=go_on)
     else:
-        gave_up = rank0_gives_up(run, h.STRAGGLER_ENDED, released=[], slowed_s=4.1)
+        gave_up = rank0_gives_up(run, kind="straggler", released=[], stalled_s=4.1)
         run.attempt(1, resume_from=0, last_step=4, end="killed", fault=slow, after_land=gave_up)
         run.attempt(2, resume_from=4, last_step=12, end="complete")
     run.finish()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chaos import faults
-from chaos.faults import corrupt, pause, straggler
+from chaos.faults import corrupt, straggler
 from chaos.plan import Action
 from chaos.supervisor.processes import TrackedProcess
 
@@ -106,19 +106,21 @@ def test_a_straggler_holds_a_busy_process_to_its_cpu_share_then_lets_it_go(tmp_p
         before_cgroup = straggler._cpu_cgroup_of(process.pid, root)
         context = faults.FaultContext(targets=[tracked], cgroup_name=f"chaos-test-{os.getpid()}")
         result = faults.execute(Action("straggler", cpus=0.1, duration_s=5), context)
-        throttle = result.pop("throttle")
+        undo = result.pop("undo")
         assert result["delivered"] == [process.pid] and Path(result["cgroup"]).is_dir()
         start = cpu_seconds(process.pid)
         time.sleep(1.5)
         share = (cpu_seconds(process.pid) - start) / 1.5
         assert share < 0.2, f"throttled to 0.1 CPU but used {share:.2f}"
-        assert throttle.release() == [process.pid]
+        assert undo(True) == {"released": [process.pid]}
         assert straggler._cpu_cgroup_of(process.pid, root) == before_cgroup
         assert not Path(result["cgroup"]).exists()
         time.sleep(0.5)  # measured: a task leaving a throttled group may sit out the rest of its period(s)
         start = cpu_seconds(process.pid)
         time.sleep(1.0)
-        assert (cpu_seconds(process.pid) - start) > 0.5  # free again: most of a core
+        free = cpu_seconds(process.pid) - start
+        # free again: several times its throttled share (not a fixed figure: other load on the machine counts)
+        assert free > 0.3 and free > 2.5 * share, f"released, it used {free:.2f} CPU-s/s (throttled: {share:.2f})"
     finally:
         process.kill()
         process.wait()
@@ -129,10 +131,11 @@ def test_a_pause_stops_a_process_until_it_is_continued():
     try:
         tracked = TrackedProcess.from_popen(process, role="rank", rank=0)
         result = faults.execute(Action("pause", duration_s=1.0), faults.FaultContext(targets=[tracked]))
+        undo = result.pop("undo")
         assert result == {"signal": "SIGSTOP", "delivered": [process.pid], "duration_s": 1.0}
         time.sleep(0.2)
         assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-        assert pause.resume([tracked]) == [process.pid]
+        assert undo(True) == {"resumed": [process.pid]}
         time.sleep(0.2)
         assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("R", "S")
     finally:

@@ -24,13 +24,11 @@ from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
 
 NAME = "stalls"
-ENDED = {"pause": (h.PAUSE_ENDED, "sigcont"), "straggler": (h.STRAGGLER_ENDED, "elapsed"),
-         "partition": (h.PARTITION_ENDED, "healed")}
-"""Per stall kind: the supervisor's record of its end, and how it says the stall ran its course."""
+KINDS = ("pause", "straggler", "partition")
 
 
 def check(ctx: CheckContext) -> CheckResult:
-    planned = [fault for fault in ctx.plan if fault.action.kind in ENDED]
+    planned = [fault for fault in ctx.plan if fault.action.kind in KINDS]
     if not planned:
         return CheckResult(NAME, "skip", "no pause or straggler was planned")
     landed = views.landings(ctx.history)
@@ -50,12 +48,10 @@ def check(ctx: CheckContext) -> CheckResult:
         ranks = sorted({int(r["rank"]) for r in records})
         outcome = outcomes.get(index)
         row.update(attempt=index, ranks=ranks, attempt_outcome=outcome)
-        event, ran_its_course = ENDED[kind]
-        end = next((r for r in ctx.history.supervisor_events(event)
+        end = next((r for r in ctx.history.supervisor_events(h.STALL_ENDED)
                     if str(r.get("fault_id")) == fault.id and int(r["attempt"]) == index), None)
         if end is not None:
-            row.update(ended_by=end.get("by"),
-                       stalled_s=end.get("paused_s", end.get("slowed_s", end.get("cut_s"))))
+            row.update(ended_by=end.get("by"), stalled_s=end.get("stalled_s"))
         attempt = views.attempt_by_index(ctx.history, index)
         if kind == "straggler" and attempt is not None:
             row.update(_step_times(attempt, since, float(end["mono"]) if end is not None else None))
@@ -66,10 +62,11 @@ def check(ctx: CheckContext) -> CheckResult:
         what = (f"a straggler ({action.cpus:g} CPU for {action.duration_s:g}s) on" if kind == "straggler"
                 else f"a {action.duration_s:g}s {kind} of")
         who = f"{what} rank(s) {ranks} in attempt {index} (hang_timeout_s={hang_timeout:g})"
-        if outcome in ("complete", "preempted") and (end is None or end.get("by") != ran_its_course):
+        ran_its_course = end is not None and end.get("by") == "elapsed"
+        if outcome in ("complete", "preempted") and not ran_its_course:
             row["progress_after_stall"] = True  # training reached its end before the stall did
             continue
-        if end is None or end.get("by") != ran_its_course:
+        if not ran_its_course:
             failures.append(f"{fault.id}: the attempt ended during {who}{_how(ctx, index, since)}{_slowed(row)}")
             continue
         after = float(end["mono"])

@@ -33,9 +33,8 @@ def check(ctx: CheckContext) -> CheckResult:
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []
-    stalls_that_ended_attempts = {str(r.get("fault_id"))
-                                  for event in (h.PAUSE_ENDED, h.STRAGGLER_ENDED, h.PARTITION_ENDED)
-                                  for r in history.supervisor_events(event) if r.get("by") == "attempt_end"}
+    stalls_that_ended_attempts = {str(r.get("fault_id")) for r in history.supervisor_events(h.STALL_ENDED)
+                                  if r.get("by") == "attempt_end"}
     for fault in ctx.plan:
         records = landed.get(fault.id)
         # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does

@@ -9,8 +9,8 @@ process is in one cgroup, and the attempt's cannot both hold processes and give 
 controller), and the fault is recorded as missed, saying so. Either way a straggler is no hang: its
 ranks keep writing history, so hang detection stays quiet unless one step outlasts hang_timeout_s.
 
-The supervisor keeps the returned `Throttle` and releases it when the duration is over (each process back
-to the cpu cgroup it came from, the throttle's cgroup removed) or, emptied, when the attempt ends.
+The returned `undo` releases the throttle (each process back to the cpu cgroup it came from, the
+throttle's cgroup removed); the supervisor calls it when the duration is over, or when the attempt ends.
 """
 
 from __future__ import annotations
@@ -120,4 +120,4 @@ def execute(action: Action, context) -> dict:
         throttle.release()
         raise
     return {"delivered": delivered, "cgroup": str(path), "cpus": action.cpus, "duration_s": action.duration_s,
-            "throttle": throttle}
+            "undo": lambda ran_its_course: {"released": throttle.release()}}

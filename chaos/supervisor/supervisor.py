@@ -24,8 +24,6 @@ from typing import BinaryIO, Callable, Literal
 
 from chaos import control
 from chaos import faults as nemesis
-from chaos.faults import pause as pause_fault
-from chaos.faults import straggler as straggler_fault
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import HostsError, SimulatedHosts
 from chaos import history
@@ -149,33 +147,15 @@ class _Rank:
 
 
 @dataclass
-class _Pause:
-    """A pause fault in progress: SIGCONT goes to `processes` at `until_mono`."""
+class _Stall:
+    """A pause, straggler or partition in progress: `undo` (from the fault's action) ends it at `until_mono`,
+    or with the attempt."""
     fault_id: str
-    ranks: list[int]
-    processes: list[TrackedProcess]
-    since_mono: float
-    until_mono: float
-
-
-@dataclass
-class _Straggle:
-    """A straggler fault in progress: its throttle is released at `until_mono`."""
-    fault_id: str
-    ranks: list[int]
-    throttle: straggler_fault.Throttle
-    since_mono: float
-    until_mono: float
-
-
-@dataclass
-class _Partition:
-    """A partition in progress: node `node`'s link is healed at `until_mono`."""
-    fault_id: str
-    node: int
+    kind: str
     ranks: list[int]
     since_mono: float
     until_mono: float
+    undo: Callable[[bool], dict]
 
 
 @dataclass
@@ -242,8 +222,9 @@ class _Supervisor:
         self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reserve = disk.DiskReserve(self.run_dir)
         self.spares: SparePool | None = None
-        self.hosts: SimulatedHosts | None = None
         """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
+        self.hosts: SimulatedHosts | None = None
+        """hosts: netns: the run's simulated hosts (they outlive attempts)."""
         self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
         """False once a cgroup could not be made: said once, then the process-group fallback only."""
@@ -375,9 +356,7 @@ class _Attempt:
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
         self.cgroup: lifeline.AttemptCgroup | None = None
-        self.pauses: list[_Pause] = []
-        self.stragglers: list[_Straggle] = []
-        self.partitions: list[_Partition] = []
+        self.stalls: list[_Stall] = []
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -393,11 +372,9 @@ class _Attempt:
             self._launch()
             self._watch()
         finally:
-            self._end_pauses(None)  # an attempt that ends mid-pause: its stopped ranks die in the teardown
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
             result = teardown(self.table, self.config.restart.teardown_grace_s)
-            self._end_stragglers(None)  # the ranks are gone: each throttle's cgroup is empty, removed
-            self._end_partitions(None)
+            self._end_stalls(None)  # after the teardown: a straggler's cgroup is empty now, a cut link is healed
             survivors, escaped = result.survivors, []
             if self.cgroup is not None:
                 # whatever left the process tree (a double fork, a setsid grandchild) is still in the cgroup
@@ -635,7 +612,7 @@ class _Attempt:
             return
         if fault.action.kind == "corrupt":
             self.sup.record(CORRUPTED, fault_id=fault.id, attempt=self.number, **result)
-        throttle = result.pop("throttle", None)
+        undo = result.pop("undo", None)
         delivered = result.get("delivered", [])
         for r in ranks:
             process = self.ranks[r].process
@@ -660,67 +637,32 @@ class _Attempt:
                 held=held, node=process.node, **extra))
             if fault.action.signal in FATAL_BY_DEFAULT:
                 self.ranks[r].awaiting_death = True
-        if fault.action.kind == "partition":
+        if undo is not None:  # a stall: it ends after its duration
+            if "cgroup" in result:
+                self.sup.watchdog.guard_cgroup(Path(result["cgroup"]))  # removed (its ranks killed) if we die
             now = time.monotonic()
-            self.partitions.append(_Partition(fault.id, int(result["node"]), sorted(state.landed_ranks & set(ranks)),
-                                              now, now + float(fault.action.duration_s)))
-        if throttle is not None:
-            self.sup.watchdog.guard_cgroup(throttle.path)  # removed (its ranks killed) if we die meanwhile
-            now = time.monotonic()
-            self.stragglers.append(_Straggle(fault.id, sorted(state.landed_ranks & set(ranks)), throttle, now,
-                                             now + float(fault.action.duration_s)))
-        if fault.action.kind == "pause":
-            paused = [p for p in context.targets if p.pid in delivered]
-            if paused:
-                now = time.monotonic()
-                self.pauses.append(_Pause(fault.id, sorted(r for r in ranks if r in state.landed_ranks), paused,
-                                          now, now + float(fault.action.duration_s)))
+            self.stalls.append(_Stall(fault.id, fault.action.kind, sorted(state.landed_ranks & set(ranks)), now,
+                                      now + float(fault.action.duration_s), undo))
         if fault.action.signal not in FATAL_BY_DEFAULT:
             self._release(state, ranks)  # a paused rank reads its release once it is continued
 
-    def _end_pauses(self, now: float | None) -> None:
-        """SIGCONT to each pause whose duration is over (now=None: the attempt is ending; nothing is continued,
-        the teardown kills the stopped ranks)."""
-        for pause in list(self.pauses):
-            if now is not None and now < pause.until_mono:
+    def _end_stalls(self, now: float | None) -> None:
+        """Ends each stall whose duration is over (SIGCONT, quota released, link healed); now=None: the attempt
+        has ended, end them all (the hosts outlive the attempt: the next one must find the network whole)."""
+        for stall in list(self.stalls):
+            if now is not None and now < stall.until_mono:
                 continue
-            self.pauses.remove(pause)
-            resumed = pause_fault.resume(pause.processes) if now is not None else []
-            ended = time.monotonic()
-            self.sup.record(history.PAUSE_ENDED, fault_id=pause.fault_id, attempt=self.number, ranks=pause.ranks,
-                            resumed=resumed, paused_s=round(ended - pause.since_mono, 3),
-                            by="sigcont" if now is not None else "attempt_end")
+            self.stalls.remove(stall)
+            fields = stall.undo(now is not None)
+            self.sup.record(history.STALL_ENDED, fault_id=stall.fault_id, attempt=self.number, kind=stall.kind,
+                            ranks=stall.ranks, stalled_s=round(time.monotonic() - stall.since_mono, 3),
+                            by="elapsed" if now is not None else "attempt_end", **fields)
 
     def _release(self, state: _FaultState, ranks: list[int]) -> None:
         for r in ranks:
             rank = self.ranks[r]
             if rank.held.pop(state.fault.id, None) is not None:
                 rank.connection.send({"type": "release", "fault_id": state.fault.id})
-
-    def _end_partitions(self, now: float | None) -> None:
-        """Heals each partition whose duration is over; now=None: the attempt is ending, heal them all (the
-        hosts outlive the attempt, and the next one must find the network whole)."""
-        for cut in list(self.partitions):
-            if now is not None and now < cut.until_mono:
-                continue
-            self.partitions.remove(cut)
-            assert self.sup.hosts is not None
-            self.sup.hosts.heal(cut.node)
-            self.sup.record(history.PARTITION_ENDED, fault_id=cut.fault_id, attempt=self.number, node=cut.node,
-                            ranks=cut.ranks, cut_s=round(time.monotonic() - cut.since_mono, 3),
-                            by="healed" if now is not None else "attempt_end")
-
-    def _end_stragglers(self, now: float | None) -> None:
-        """Releases each straggler whose duration is over (now=None: the attempt ended; its cgroup is removed)."""
-        for straggle in list(self.stragglers):
-            if now is not None and now < straggle.until_mono:
-                continue
-            self.stragglers.remove(straggle)
-            released = straggle.throttle.release()
-            self.sup.record(history.STRAGGLER_ENDED, fault_id=straggle.fault_id, attempt=self.number,
-                            ranks=straggle.ranks, released=released,
-                            slowed_s=round(time.monotonic() - straggle.since_mono, 3),
-                            by="elapsed" if now is not None else "attempt_end")
 
     def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
         """A host dying or stalling takes its torchrun agent too: SIGKILL or a pause on a node (or all) also
@@ -839,9 +781,7 @@ class _Attempt:
                 if pending:
                     self._land(state, pending)
         self._fire_wall_clock(now)
-        self._end_pauses(now)
-        self._end_stragglers(now)
-        self._end_partitions(now)
+        self._end_stalls(now)
         if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
             self.last_progress = now  # time a rank spends held by us is not a hang
         self._refill_spares()
