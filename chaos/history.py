@@ -53,6 +53,8 @@ RANK_HELLO = "rank_hello"          # attempt, rank, pid
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)
 STALL_ENDED = "stall_ended"        # fault_id, attempt, kind (pause|straggler|partition), ranks, stalled_s,
                                    # by: elapsed|attempt_end, and resumed: [pid] | released: [pid] | node
+NODE_LOST = "node_lost"            # fault_id, attempt, node, delivered, killed, survivors, files, bytes, listed,
+                                   # iterations (of checkpoint directories with files on the lost disk)
 FAULT_MISSED = "fault_missed"      # fault_id, reason
 RANK_EXIT = "rank_exit"            # attempt, rank, pid, returncode, signal (name or None)
 DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s

@@ -47,7 +47,7 @@ MIN_STRAGGLER_CPUS = 0.01
 
 @dataclass(frozen=True)
 class Action:
-    kind: Literal["signal", "corrupt", "pause", "straggler", "partition"]
+    kind: Literal["signal", "corrupt", "pause", "straggler", "partition", "node_loss"]
     signal: str | None = None
     """One of SIGNALS when kind == signal."""
     corrupt: Literal["truncate", "flip"] | None = None
@@ -65,6 +65,8 @@ class Action:
             return f"pause {self.duration_s:g}s"
         if self.kind == "partition":
             return f"partition {self.duration_s:g}s"
+        if self.kind == "node_loss":
+            return "node_loss"
         if self.kind == "straggler":
             return f"straggler {self.cpus:g} CPU for {self.duration_s:g}s"
         return str(self.signal)

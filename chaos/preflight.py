@@ -52,15 +52,19 @@ def visible_gpus() -> int:
         return 0
 
 
-def check_hosts(hosts: str, source: str) -> None:
-    """Simulated hosts (hosts: netns) need root and the namespace tools; say so before anything starts."""
+def check_hosts(hosts: str, launcher: str, source: str) -> None:
+    """Simulated hosts (hosts: netns) need root and the namespace tools, a private Slurm cluster its daemons;
+    say so before anything starts."""
     if hosts != "netns":
         return
-    from chaos.supervisor.hosts import unavailable_reason
+    from chaos.supervisor import hosts as hosts_module, slurm
 
-    reason = unavailable_reason()
+    reason = hosts_module.unavailable_reason()
     if reason is not None:
         raise InputError(source, "hosts", reason)
+    reason = slurm.unavailable_reason() if launcher == "slurm" else None
+    if reason is not None:
+        raise InputError(source, "launcher", reason)
 
 
 def check_machine(facts: WorkloadFacts, source: str) -> None:

@@ -200,7 +200,7 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     preflight.check_run_dir(run_dir)
     preflight.check_golden_cache(golden_cache)
     preflight.check_machine(scenario.facts, scenario.source)
-    preflight.check_hosts(scenario.hosts, scenario.source)
+    preflight.check_hosts(scenario.hosts, scenario.launcher, scenario.source)
     move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if plan is None:

@@ -74,8 +74,11 @@ class SyntheticRun:
     def fault(self, fault_id: str, step: int | None, phase: str | None, ranks: tuple[int, ...] = (0,),
               attempt: int = 1, signal: str | None = "SIGKILL", index: int | None = None,
               corrupt: str | None = None, pause_s: float | None = None,
-              straggler: tuple[float, float] | None = None) -> PlannedFault:
-        if pause_s is not None:
+              straggler: tuple[float, float] | None = None, node: int | None = None) -> PlannedFault:
+        """A planned fault; `node`: a node loss of that node (its ranks are `ranks`)."""
+        if node is not None:
+            action = Action(kind="node_loss")
+        elif pause_s is not None:
             action = Action(kind="pause", duration_s=pause_s)
         elif straggler is not None:
             action = Action(kind="straggler", cpus=straggler[0], duration_s=straggler[1])
@@ -83,7 +86,7 @@ class SyntheticRun:
             action = Action(kind="corrupt", corrupt=corrupt) if corrupt else Action(kind="signal", signal=signal)
         kind = "all" if len(ranks) == self.world_size and len(ranks) > 1 else ("rank" if len(ranks) == 1 else "ranks")
         planned = PlannedFault(fault_id, Trigger(step=step, phase=phase, index=index, attempt=attempt),
-                               Target(kind=kind, ranks=tuple(ranks)), action)
+                               Target(kind="node" if node is not None else kind, ranks=tuple(ranks), node=node), action)
         self.plan.append(planned)
         return planned
 
@@ -97,7 +100,8 @@ class SyntheticRun:
                                     phase=place["phase"], index=place["index"])
             self.sup(h.FAULT_LANDED, fault_id=fault.id, attempt=override.get("attempt", attempt), rank=rank,
                      pid=self.pid(attempt, rank), step=place["step"], phase=place["phase"], index=place["index"],
-                     action=fault.action.kind, signal={"pause": "SIGSTOP", "straggler": None}.get(fault.action.kind, fault.action.signal),
+                     action=fault.action.kind, signal={"pause": "SIGSTOP", "straggler": None, "node_loss": "SIGKILL"}.get(fault.action.kind,
+                                                                                         fault.action.signal),
                      held=True)
 
     def corrupt(self, fault: PlannedFault, iteration: int, attempt: int = 1) -> Path:

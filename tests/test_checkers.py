@@ -38,7 +38,7 @@ def test_registry_names_match_the_scenario_check_names():
 def test_a_correct_run_passes_every_check(tmp_path):
     results = run_checks(standard_run(tmp_path).context())
     assert [r.name for r in results] == list(CHECK_NAMES)
-    no_pause = {"stalls": "skip"}  # the standard run pauses no rank
+    no_pause = {"stalls": "skip", "node_loss": "skip"}  # the standard run pauses no rank, loses no node
     assert {r.name: r.status for r in results} == {name: no_pause.get(name, "pass") for name in CHECK_NAMES}, \
         [r.detail for r in results]
     assert verdict(results) == "pass"
@@ -204,7 +204,7 @@ def corrupt_run(tmp_path, saves=None, resume_from: int = 4) -> SyntheticRun:
 def test_resume_point_and_friends_accept_falling_back_past_a_corrupted_checkpoint(tmp_path):
     run = corrupt_run(tmp_path, saves={8, 10, 12})
     results = {r.name: r for r in run_checks(run.context())}
-    assert {n: r.status for n, r in results.items()} == {n: "skip" if n == "stalls" else "pass" for n in CHECK_NAMES}, \
+    assert {n: r.status for n, r in results.items()} == {n: "skip" if n in ("stalls", "node_loss") else "pass" for n in CHECK_NAMES}, \
         {n: r.detail for n, r in results.items()}
     assert results["resume_point"].evidence["attempts"][0]["excluded_corrupted"] == [6]
     assert "expected-damaged" in results["checkpoints_load"].detail
@@ -604,3 +604,49 @@ def test_the_default_comparison_is_the_bitwise_rule_production_uses(tmp_path):
     golden["lm loss"][5] = 0.0
     result = one(run, "trajectory", golden_metrics=golden)
     assert result.status == "fail" and result.evidence["first_divergence"]["step"] == 5, result.detail
+
+
+# ---- 11. node_loss ----------------------------------------------------------------------------------------
+def node_lost_run(tmp_path, lost_iterations=(), resume_from=8, survivors=()) -> SyntheticRun:
+    """Two nodes of one rank each; node 1 is lost in step 10 of attempt 1 (its disk held files of
+    `lost_iterations`); attempt 2 resumes from `resume_from` and completes."""
+    run = SyntheticRun(tmp_path)
+    loss = run.fault("f1", step=10, phase="forward", ranks=(1,), node=1)
+    lost = lambda: run.sup(h.NODE_LOST, fault_id="f1", attempt=1, node=1, delivered=[run.pid(1, 1)],
+                           killed=[run.pid(1, 1), 4242], survivors=list(survivors), files=3 * len(lost_iterations),
+                           bytes=100 * len(lost_iterations), listed=[], iterations=list(lost_iterations))
+    run.attempt(1, resume_from=0, last_step=9, end="killed", fault=loss, after_land=lost)
+    run.attempt(2, resume_from=resume_from, last_step=12, end="complete")
+    run.finish()
+    return run
+
+
+def test_node_loss_passes_when_the_job_resumes_from_storage_that_survived_the_node(tmp_path):
+    result = one(node_lost_run(tmp_path), "node_loss")
+    assert result.status == "pass", result.detail
+    row = result.evidence["losses"][0]
+    assert row["resumed_attempt"] == 2 and row["resumed_from"] == {0: 8, 1: 8} and 4242 in row["killed"]
+
+
+def test_node_loss_fails_when_checkpoints_were_on_the_lost_disk_only(tmp_path):
+    run = node_lost_run(tmp_path, lost_iterations=(4, 8), resume_from=8)
+    result = one(run, "node_loss")
+    assert result.status == "fail"
+    assert "committed checkpoint(s) [4, 8] had files on node 1's local disk only" in result.detail
+    assert "attempt 2 resumed from [8], whose files on node 1's disk were lost" in result.detail
+    resume = one(run, "resume_point")  # a checkpoint with lost files is no longer the one to resume from
+    assert resume.status == "fail" and "had files on node 1's local disk, lost with the node (f1)" in resume.detail
+    assert resume.evidence["attempts"][0]["excluded_lost"] == [4, 8]
+
+
+def test_node_loss_fails_when_a_process_of_the_node_outlived_it(tmp_path):
+    result = one(node_lost_run(tmp_path, survivors=(4243,)), "node_loss")
+    assert result.status == "fail" and "processes [4243] of node 1 outlived the node loss" in result.detail
+
+
+def test_resume_point_expects_the_older_checkpoint_when_the_newest_was_lost_with_a_node(tmp_path):
+    """A job that falls back past the lost checkpoint resumed where it should (node_loss still reports the
+    loss of a committed checkpoint as a finding about the job)."""
+    run = node_lost_run(tmp_path, lost_iterations=(8,), resume_from=4)
+    assert one(run, "resume_point").status == "pass"
+    assert "[8] had files on node 1's local disk only" in one(run, "node_loss").detail

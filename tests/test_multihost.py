@@ -1,10 +1,13 @@
-"""Simulated hosts (`hosts: netns`): network namespaces on a bridge, one per node, and the partition fault
-that cuts a node's link. The end-to-end multi-host run (torchrun over the links, a partition ridden out and
-one torn down as a hang, a straggler and a kill, resumed bitwise) is the shipped scenario multihost_faults.yaml
-(tests/test_scenarios_cpu.py; `pytest -k multihost` selects both)."""
+"""Simulated hosts (`hosts: netns`): network namespaces on a bridge, one per node, each with its node-local
+disk; the partition fault that cuts a node's link and the node loss that takes its processes and disk. The
+end-to-end multi-host run (torchrun over the links, a straggler, a partition ridden out, a kill, a partition
+torn down as a hang and a node loss, resumed bitwise) is the shipped scenario multihost_faults.yaml
+(tests/test_scenarios_cpu.py); a job keeping its checkpoints on node-local disks is caught here.
+`pytest -k multihost` selects them all."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -12,9 +15,10 @@ import pytest
 
 from chaos.errors import InputError
 from chaos.scenario import load_scenario_text
-from chaos.supervisor import hosts
+from chaos.supervisor import hosts, slurm, slurm_task
 
 NETNS = hosts.unavailable_reason()
+SLURM = NETNS or slurm.unavailable_reason()
 
 SERVER = """
 import socket, sys
@@ -34,8 +38,8 @@ except OSError as error:
 
 
 @pytest.mark.skipif(NETNS is not None, reason=str(NETNS))
-def test_multihost_simulated_hosts_talk_over_their_links_and_a_cut_drops_them():
-    made = hosts.SimulatedHosts.create(2, "chaos-test")
+def test_multihost_simulated_hosts_talk_over_their_links_and_a_cut_drops_them(tmp_path):
+    made = hosts.SimulatedHosts.create(2, "chaos-test", tmp_path)
     try:
         server = subprocess.Popen([*made.enter(0), sys.executable, "-c", SERVER, made.address(0)],
                                   stdout=subprocess.PIPE, text=True)
@@ -64,12 +68,19 @@ WORKLOAD = "workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, node
 
 
 @pytest.mark.parametrize("body, field, expected", [
-    ("launcher: direct\nhosts: netns\n", "hosts", "needs launcher: torchrun with workload nodes >= 2"),
+    ("launcher: direct\nhosts: netns\n", "hosts", "needs launcher: torchrun or slurm with workload nodes >= 2"),
     ("launcher: torchrun\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, partition: 3}\n",
-     "faults[0].partition", "only hosts: netns gives each node one"),
+     "faults[0].partition", "only hosts: netns gives each node a network link"),
     ("launcher: torchrun\nhosts: netns\nfaults:\n  - {at: {step: 3, phase: forward}, target: {rank: 1}, partition: 3}\n",
-     "faults[0].target", "a partition cuts a whole node off"),
+     "faults[0].target", "a partition acts on a whole node"),
+    ("launcher: torchrun\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, node_loss: true}\n",
+     "faults[0].node_loss", "only hosts: netns gives each node a local disk"),
+    ("launcher: torchrun\nhosts: netns\nfaults:\n  - {at: {step: 3, phase: forward}, target: all, node_loss: true}\n",
+     "faults[0].target", "a node_loss acts on a whole node: expected {node: N}, got all"),
+    ("launcher: torchrun\nhosts: netns\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, node_loss: 1}\n",
+     "faults[0].node_loss", "expected true"),
     ("launcher: torchrun\nhosts: cloud\n", "hosts", "expected one of ['local', 'netns']"),
+    ("launcher: slurm\n", "launcher", "runs chaos's own Slurm cluster (slurmctld, slurmd, munge) on simulated hosts"),
 ])
 def test_multihost_settings_are_validated_naming_the_field(body, field, expected):
     with pytest.raises(InputError) as raised:
@@ -88,3 +99,115 @@ def test_multihost_scenario_round_trips_with_its_hosts_and_partitions():
     mapping = scenario_to_mapping(scenario)
     assert mapping["hosts"] == "netns" and mapping["faults"][0]["partition"] == 2.5
     assert load_scenario_mapping(yaml.safe_load(yaml.safe_dump(mapping)), "copy.yaml") == scenario
+
+
+def test_multihost_node_local_checkpoints_need_simulated_hosts():
+    body = WORKLOAD.replace("}", ", checkpoint_storage: node_local}") + "launcher: torchrun\n"
+    with pytest.raises(InputError) as raised:
+        load_scenario_text(body, "local.yaml")
+    assert "local.yaml: workload.checkpoint_storage: node-local storage needs a disk per node" in str(raised.value)
+
+
+SLEEPER = """
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # a process it started
+open("node_local/state.bin", "wb").write(b"x" * 1000)
+os.makedirs("node_local/checkpoints/.tmp_iter_0000008", exist_ok=True)
+open("node_local/checkpoints/.tmp_iter_0000008/__2_0.distcp", "wb").write(b"y" * 24)
+print(os.getcwd(), child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(NETNS is not None, reason=str(NETNS))
+def test_multihost_node_loss_takes_every_process_of_the_node_and_its_disk_only(tmp_path):
+    made = hosts.SimulatedHosts.create(2, "chaos-test", tmp_path)
+    started = []
+    try:
+        for node in (0, 1):
+            started.append(subprocess.Popen([*made.enter(node, tmp_path), sys.executable, "-c", SLEEPER],
+                                            stdout=subprocess.PIPE, text=True))
+        lines = [p.stdout.readline().split() for p in started]
+        assert [line[0] for line in lines] == [str(tmp_path)] * 2  # each started in its directory
+        # each wrote under the same path, each onto its own node's disk; the machine's mount point stays empty
+        assert (made.disk(0) / "state.bin").is_file() and (made.disk(1) / "state.bin").is_file()
+        assert list(made.mountpoint.iterdir()) == []
+        node1 = made.processes(1)
+        # nsenter exec()s env exec()s python: one pid, in the node; with it the process it started
+        assert node1 == sorted([started[1].pid, int(lines[1][1])])
+
+        lost = made.lose(1)
+        assert sorted(lost.killed) == sorted(node1) and lost.survivors == []
+        assert lost.files == ["checkpoints/.tmp_iter_0000008/__2_0.distcp", "state.bin"] and lost.bytes == 1024
+        assert list(made.disk(1).iterdir()) == [] and (made.disk(0) / "state.bin").is_file()
+        assert started[1].wait(timeout=5) == -9 and started[0].poll() is None  # node 0 untouched
+        assert made.processes(1) == [] and len(made.processes(0)) == 2
+    finally:
+        for process in started:
+            process.kill()
+            process.wait()
+        for pid in made.processes(0):
+            os.kill(pid, 9)
+        made.close()
+
+
+@pytest.mark.skipif(NETNS is not None, reason=str(NETNS))
+def test_multihost_node_loss_catches_checkpoints_kept_on_node_local_disks(tmp_path, golden_cache):
+    """The job writes its checkpoint shards to each node's local disk, with no copy elsewhere: node 1's loss
+    after iteration 4 was committed takes its shards, and the check names what was lost."""
+    from chaos.runner import run_scenario
+
+    text = (WORKLOAD.replace("}", ", checkpoint_storage: node_local}") +
+            "launcher: torchrun\nhosts: netns\nrestart: {max_restarts: 1, hang_timeout_s: 10}\n"
+            "faults:\n  - {at: {step: 6, phase: forward}, target: {node: 1}, node_loss: true}\n")
+    result = run_scenario(load_scenario_text(text, "node_local.yaml"), out_dir=tmp_path / "run",
+                          golden_cache=golden_cache, say=lambda text: None)
+    checks = {c["name"]: c for c in result.checks}
+    assert result.verdict == "fail", result.summary
+    node_loss = checks["node_loss"]
+    assert node_loss["status"] == "fail", node_loss
+    assert "committed checkpoint(s) [4] had files on node 1's local disk only" in node_loss["detail"], node_loss
+    loss = node_loss["evidence"]["losses"][0]
+    assert loss["lost_iterations"] == [4] and loss["lost_files"] >= 2 and loss["survivors"] == []
+    assert any(name.startswith("checkpoints/iter_0000004/") or "iter_0000004/" in name for name in loss["lost_listed"])
+    assert checks["faults_landed"]["status"] == "pass", checks["faults_landed"]
+
+
+def test_multihost_slurm_task_gives_each_rank_torchruns_environment():
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_NNODES": "2"}
+    assert slurm_task.torchrun_env(env) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1",
+                                            "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1"}
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(tmp_path):
+    """The real daemons on the simulated hosts: a job step spans both nodes; a node loss takes the node's
+    slurmd too, and once it is started again the node is back in service for the next job."""
+    made = hosts.SimulatedHosts.create(2, "chaos-test", tmp_path)
+    cluster = None
+    try:
+        cluster = slurm.PrivateSlurm.start(made, tmp_path / "slurm")
+        assert set(cluster.states().values()) == {"idle"}
+
+        def srun() -> subprocess.CompletedProcess:
+            return subprocess.run([*made.enter_head(tmp_path), "srun", "--nodes=2", "--ntasks=4",
+                                   "--ntasks-per-node=2", "--overcommit", "sh", "-c", "echo $(hostname) $SLURM_PROCID"],
+                                  env={**os.environ, **cluster.env()}, capture_output=True, text=True, timeout=60)
+
+        first = srun()
+        assert first.returncode == 0, first.stderr
+        assert sorted(first.stdout.split("\n")[:-1]) == ["chaos-test-0 0", "chaos-test-0 1", "chaos-test-1 2",
+                                                         "chaos-test-1 3"]
+        slurmd = cluster.daemons["slurmd-1"].pid
+        lost = made.lose(1)
+        assert slurmd in lost.killed  # the node's slurmd went with it
+        assert cluster.revive() == [1] and cluster.revive() == []
+        cluster.wait_idle()
+        again = srun()
+        assert again.returncode == 0 and again.stdout.count("chaos-test-1") == 2, again.stderr
+    finally:
+        if cluster is not None:
+            cluster.close()
+        made.close()
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "slurm")], capture_output=True, text=True).stdout
+    assert leftovers == "", f"daemons left running: {leftovers}"

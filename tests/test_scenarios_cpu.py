@@ -9,7 +9,7 @@ import pytest
 
 from chaos.faults import straggler
 from chaos.runner import run_scenario
-from chaos.supervisor import hosts
+from chaos.supervisor import hosts, slurm
 from chaos.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
@@ -24,6 +24,8 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
         pytest.skip(f"{name}: {straggler.unavailable_reason()}")
     if scenario.hosts == "netns" and hosts.unavailable_reason():
         pytest.skip(f"{name}: {hosts.unavailable_reason()}")
+    if scenario.launcher == "slurm" and slurm.unavailable_reason():
+        pytest.skip(f"{name}: {slurm.unavailable_reason()}")
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=golden_cache, say=lambda text: None)
     assert result.verdict == "pass", result.summary
     report = result.report

@@ -19,6 +19,7 @@ from chaos.checkers import (
     faults_landed,
     final_state,
     no_survivors,
+    node_loss,
     stalls,
     restart_budget,
     resume_point,
@@ -38,6 +39,7 @@ CHECKS: dict[str, Check] = {
     "no_survivors": no_survivors.check,
     "restart_budget": restart_budget.check,
     "stalls": stalls.check,
+    "node_loss": node_loss.check,
 }
 """Every checker by name, in report order."""
 

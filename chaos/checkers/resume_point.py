@@ -1,8 +1,9 @@
 """Oracle 2: every restart resumed from the newest checkpoint fully committed before it started.
 
 Committed = a `checkpoint_committed` record (written only after the tracker names the directory) in an
-earlier attempt. Excluded: checkpoints the tester corrupted before the attempt started and ones a rank
-rejected; everything else must be the one loaded. Loading a directory nobody committed (a partial or
+earlier attempt. Excluded: checkpoints the tester corrupted before the attempt started, ones that had
+files on the local disk of a node lost before it (node_loss: they cannot be whole any more) and ones a
+rank rejected; everything else must be the one loaded. Loading a directory nobody committed (a partial or
 untracked one) or an older checkpoint fails, and so does loading the right directory but resuming at
 another iteration (a skipped or repeated step).
 """
@@ -26,13 +27,16 @@ def check(ctx: CheckContext) -> CheckResult:
     for attempt in attempts[1:]:
         index = attempt.index
         committed = views.committed_checkpoints(history, before_attempt=index)
-        corrupted = views.corrupted_iterations(history, views.attempt_start_mono(history, index))
+        started = views.attempt_start_mono(history, index)
+        corrupted = views.corrupted_iterations(history, started)
+        lost = views.lost_iterations(history, started)
         rejected = views.rejected_checkpoints(history, up_to_attempt=index)
-        usable = [i for i in committed if i not in corrupted and i not in rejected]
+        usable = [i for i in committed if i not in corrupted and i not in lost and i not in rejected]
         expected = max(usable, default=0)
         record = views.loaded_record(attempt)
         row = {"attempt": index, "expected_iteration": expected, "loaded_iteration": None, "loaded_path": None,
                "committed_before": sorted(committed), "excluded_corrupted": sorted(corrupted & set(committed)),
+               "excluded_lost": sorted(set(lost) & set(committed)),
                "excluded_rejected": sorted(set(rejected) & set(committed))}
         rows.append(row)
         first_step, _ = views.step_range(attempt)
@@ -56,6 +60,11 @@ def check(ctx: CheckContext) -> CheckResult:
             continue
         if path_iteration is not None and path_iteration in corrupted:
             failures.append(f"attempt {index} loaded iteration {path_iteration}, which the tester corrupted")
+            continue
+        if path_iteration is not None and path_iteration in lost:
+            node = lost[path_iteration].get("node")
+            failures.append(f"attempt {index} loaded iteration {path_iteration}, which had files on node {node}'s "
+                            f"local disk, lost with the node ({lost[path_iteration].get('fault_id')})")
             continue
         if path_iteration is not None and path_iteration != loaded:
             failures.append(f"attempt {index} loaded {Path(str(path)).name} but resumed at iteration {loaded}")

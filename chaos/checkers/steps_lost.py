@@ -38,7 +38,7 @@ def check(ctx: CheckContext) -> CheckResult:
     for fault in ctx.plan:
         records = landed.get(fault.id)
         # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does
-        counts = fault.action.kind == "signal" or fault.id in stalls_that_ended_attempts
+        counts = fault.action.kind in ("signal", "node_loss") or fault.id in stalls_that_ended_attempts
         if not counts or not records:
             continue
         attempt_index = int(records[0]["attempt"])

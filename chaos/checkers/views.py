@@ -203,6 +203,29 @@ def corrupted_iterations(history: RunHistory, before_mono: float | None = None) 
     return out
 
 
+def _recommitted(history: RunHistory, iteration: int, after: float, before: float | None) -> bool:
+    """Whether any attempt committed `iteration` again between `after` and `before` (a new directory replacing
+    a lost one)."""
+    return any(int(r["iteration"]) == iteration and r.get("mono") is not None and r["mono"] > after
+               and (before is None or r["mono"] < before)
+               for attempt in history.attempts for r in attempt.events(h.CHECKPOINT_COMMITTED))
+
+
+def lost_iterations(history: RunHistory, before_mono: float | None = None) -> dict[int, dict]:
+    """iteration -> the node_lost record of a node loss (before `before_mono`) that took files of that
+    checkpoint with its disk, unless the iteration was committed again since."""
+    out: dict[int, dict] = {}
+    for record in history.supervisor_events(h.NODE_LOST):
+        mono = record.get("mono")
+        if before_mono is not None and mono is not None and mono >= before_mono:
+            continue
+        for iteration in record.get("iterations") or []:
+            if mono is not None and _recommitted(history, int(iteration), float(mono), before_mono):
+                continue
+            out[int(iteration)] = record
+    return out
+
+
 def rejected_checkpoints(history: RunHistory, up_to_attempt: int | None = None) -> dict[int, dict]:
     """iteration -> {attempt, rank, reason} of checkpoint_rejected records."""
     out: dict[int, dict] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from chaos.faults import corrupt, partition, pause, signals, straggler
+from chaos.faults import corrupt, node_loss, partition, pause, signals, straggler
 from chaos.plan import Action
 
 
@@ -26,7 +26,7 @@ class FaultContext:
     hosts: object | None = None
     """chaos.supervisor.hosts.SimulatedHosts, where the scenario has them (a partition cuts a node's link)."""
     node: int | None = None
-    """The target node, for a fault that acts on a whole node (a partition)."""
+    """The target node, for a fault that acts on a whole node (a partition, a node loss)."""
 
 
 ActionFunction = Callable[[Action, FaultContext], dict]
@@ -53,3 +53,4 @@ register("corrupt", corrupt.execute)
 register("pause", pause.execute)
 register("straggler", straggler.execute)
 register("partition", partition.execute)
+register("node_loss", node_loss.execute)

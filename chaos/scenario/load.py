@@ -30,9 +30,12 @@ TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "fau
             "tolerance", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
-ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition")
-"""What a scripted fault does: a signal, damage to the newest checkpoint, a pause (SIGSTOP, SIGCONT later) or
-a straggler (a CPU quota for a while)."""
+ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition", "node_loss")
+"""What a scripted fault does: a signal, damage to the newest checkpoint, a pause (SIGSTOP, SIGCONT later),
+a straggler (a CPU quota for a while), a partition (a node's link cut for a while) or a node loss (a node's
+processes and its local disk gone at once)."""
+NODE_FAULTS = ("partition", "node_loss")
+"""Faults that act on a simulated host (hosts: netns), so on a whole node."""
 STRAGGLER_KEYS = ("cpus", "duration_s")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
@@ -247,12 +250,19 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     # `restart:` with nothing after it is YAML's null and means the defaults; any other empty or false value
     # (faults: {}, golden: 0) is a mistake the sections' readers report
     restart = _restart(read, _section(top, "restart", {}))
-    if hosts == "netns" and (launcher != "torchrun" or workload.facts.nodes < 2):
+    if hosts == "netns" and (launcher not in ("torchrun", "slurm") or workload.facts.nodes < 2):
         raise read.error("hosts", f"hosts: netns puts each node in a network namespace of its own and needs "
-                                  f"launcher: torchrun with workload nodes >= 2; got launcher: {launcher}, "
+                                  f"launcher: torchrun or slurm with workload nodes >= 2; got launcher: {launcher}, "
                                   f"nodes: {workload.facts.nodes}")
+    if launcher == "slurm" and hosts != "netns":
+        raise read.error("launcher", "launcher: slurm runs chaos's own Slurm cluster (slurmctld, slurmd, munge) on "
+                                     "simulated hosts: add hosts: netns. An existing cluster needs an agent per "
+                                     "host, which chaos does not have yet")
+    if workload.facts.node_local is not None and hosts != "netns":
+        raise read.error(f"workload.{workload.facts.node_local}", "node-local storage needs a disk per node, and "
+                                                                  "only hosts: netns gives each node one; add hosts: netns")
     faults = _faults(read, _section(top, "faults", []), workload, restart)
-    _check_partitions(read, faults, hosts)
+    _check_node_faults(read, faults, hosts)
     golden = _golden(read, _section(top, "golden", {}), base_dir)
     tolerance = _tolerance(read, _section(top, "tolerance", {}))
     checks = _checks(read, top.get("checks", "all"))
@@ -344,6 +354,11 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
         action = Action(kind="pause", duration_s=seconds)
     elif "straggler" in action_raw:
         action = _straggler(read, action_raw["straggler"], _join(action_where, "straggler"))
+    elif "node_loss" in action_raw:
+        if action_raw["node_loss"] is not True:
+            raise read.error(_join(action_where, "node_loss"), f"expected true (the target node's processes and "
+                                                               f"its local disk are lost), got {action_raw['node_loss']!r}")
+        action = Action(kind="node_loss")
     elif "partition" in action_raw:
         partition_where = _join(action_where, "partition")
         seconds = read.number(action_raw["partition"], partition_where, strict=True)
@@ -356,16 +371,19 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
     return ScriptedFault(trigger=trigger, target=target, action=action)
 
 
-def _check_partitions(read: _Fields, faults: tuple, hosts: str) -> None:
-    """A partition cuts a node's network link: there must be links (hosts: netns) and a node to cut."""
+def _check_node_faults(read: _Fields, faults: tuple, hosts: str) -> None:
+    """A partition cuts a node's network link, a node loss takes its processes and disk: there must be
+    simulated hosts (hosts: netns) and a node to act on."""
     for i, fault in enumerate(faults):
-        if not isinstance(fault, ScriptedFault) or fault.action.kind != "partition":
+        if not isinstance(fault, ScriptedFault) or fault.action.kind not in NODE_FAULTS:
             continue
+        kind = fault.action.kind
         if hosts != "netns":
-            raise read.error(f"faults[{i}].partition", "a partition cuts a node's network link, and only "
-                                                       "hosts: netns gives each node one; add hosts: netns")
+            what = "a network link" if kind == "partition" else "a local disk and processes of its own"
+            raise read.error(f"faults[{i}].{kind}", f"a {kind} acts on a host, and only hosts: netns gives each "
+                                                    f"node {what}; add hosts: netns")
         if fault.target.kind != "node":
-            raise read.error(f"faults[{i}].target", f"a partition cuts a whole node off: expected {{node: N}}, got "
+            raise read.error(f"faults[{i}].target", f"a {kind} acts on a whole node: expected {{node: N}}, got "
                                                     f"{fault.target.kind}")
 
 
@@ -644,6 +662,8 @@ def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
         out["pause"] = fault.action.duration_s
     elif fault.action.kind == "partition":
         out["partition"] = fault.action.duration_s
+    elif fault.action.kind == "node_loss":
+        out["node_loss"] = True
     elif fault.action.kind == "straggler":
         out["straggler"] = {"cpus": fault.action.cpus, "duration_s": fault.action.duration_s}
     else:

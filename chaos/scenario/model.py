@@ -25,10 +25,11 @@ CHECK_NAMES = (
     "no_survivors",
     "restart_budget",
     "stalls",
+    "node_loss",
 )
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 
-LAUNCHERS = ("direct", "torchrun")
+LAUNCHERS = ("direct", "torchrun", "slurm")
 HOSTS = ("local", "netns")
 """Where a scenario's nodes live: `local` (every node on this host's loopback) or `netns` (one network
 namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""
@@ -122,7 +123,7 @@ class Scenario:
     description: str = ""
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
-    launcher: Literal["direct", "torchrun"] = "direct"
+    launcher: Literal["direct", "torchrun", "slurm"] = "direct"
     hosts: Literal["local", "netns"] = "local"
     faults: tuple[FaultSpec, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)

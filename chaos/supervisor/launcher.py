@@ -23,6 +23,8 @@ from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import SimulatedHosts
+from chaos.supervisor import slurm as slurm_module
+from chaos.supervisor.slurm import PrivateSlurm
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
 from chaos.supervisor.spares import SparePool, send_order
@@ -142,7 +144,7 @@ def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: st
     else:
         entry = ["--no-python", *argv]
     endpoint = hosts.address(0) if hosts is not None else MASTER_ADDR
-    where = [*hosts.enter(node)] if hosts is not None else []
+    where = [*hosts.enter(node, spec.cwd)] if hosts is not None else []
     # torchrun decides who hosts the rendezvous store by resolving hostnames; a simulated host's name
     # resolves nowhere, so say it: node 0 hosts it
     local = ([f"--local-addr={hosts.address(node)}", f"--rdzv-conf=is_host={1 if node == 0 else 0}"]
@@ -169,6 +171,7 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch, hosts: SimulatedHos
         del env[name]
     if hosts is not None:
         env["GLOO_SOCKET_IFNAME"] = hosts_module.INTERFACE  # collectives over the node's link, not loopback
+        env[hosts_module.ENV_NODE_LOCAL] = str(hosts.mountpoint)
     run_id = uuid.uuid4().hex[:12]
     processes: list[TrackedProcess] = []
     started: list[subprocess.Popen] = []
@@ -183,10 +186,35 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch, hosts: SimulatedHos
     return processes
 
 
-def launch(kind: Literal["direct", "torchrun"], spec: LaunchSpec, attempt: AttemptLaunch,
-           spares: SparePool | None = None, hosts: SimulatedHosts | None = None) -> list[TrackedProcess]:
+def launch_slurm(spec: LaunchSpec, launch: AttemptLaunch, cluster: PrivateSlurm) -> list[TrackedProcess]:
+    """One job per attempt: `srun` on the head runs every rank as a Slurm task on the simulated nodes. The
+    rank pids come later from the probes' hellos (a task is slurmstepd's child, not ours)."""
+    env = {name: value for name, value in base_env(spec, launch).items()
+           # an outer Slurm job's variables (chaos run inside an allocation) must not steer this cluster's srun
+           if not name.startswith(("TORCHELASTIC_", "SLURM_"))}
+    env.update(cluster.env())
+    env.update({"MASTER_ADDR": cluster.hosts.address(0), "MASTER_PORT": str(launch.port),
+                "GLOO_SOCKET_IFNAME": hosts_module.INTERFACE,
+                hosts_module.ENV_NODE_LOCAL: str(cluster.hosts.mountpoint)})
+    argv = slurm_module.srun_argv(cluster, list(spec.argv), spec.world_size, spec.nodes,
+                                  job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                  output=launch.directory / "rank-%t.out", cwd=spec.cwd)
+    popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
+    try:
+        return [TrackedProcess.from_popen(popen, role="agent")]
+    except BaseException:
+        _kill_started([popen], [])
+        raise
+
+
+def launch(kind: Literal["direct", "torchrun", "slurm"], spec: LaunchSpec, attempt: AttemptLaunch,
+           spares: SparePool | None = None, hosts: SimulatedHosts | None = None,
+           slurm: PrivateSlurm | None = None) -> list[TrackedProcess]:
     if kind == "direct":
         return launch_direct(spec, attempt, spares)
     if kind == "torchrun":
         return launch_torchrun(spec, attempt, hosts)
-    raise ValueError(f"unknown launcher {kind!r}; expected 'direct' or 'torchrun'")
+    if kind == "slurm" and slurm is not None:
+        return launch_slurm(spec, attempt, slurm)
+    raise ValueError(f"unknown launcher {kind!r} (or slurm without its cluster); expected 'direct', 'torchrun' "
+                     f"or 'slurm'")

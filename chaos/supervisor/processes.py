@@ -385,6 +385,16 @@ class Leaked:
     alive_after_sigkill: bool
 
 
+def environ_has(pid: int, *env_lines: str) -> bool:
+    """Whether process `pid`'s environment holds every NAME=value line (False when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            entries = set(handle.read().split(b"\0"))
+    except OSError:
+        return False
+    return all(line.encode() in entries for line in env_lines)
+
+
 def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0) -> list[Leaked]:
     """Finds and SIGKILLs every live process whose environment carries `env_line` (the run's token,
     `CHAOS_RUN_TOKEN=...`): only the run's own processes and what they started carry it, so these are ours
@@ -392,15 +402,13 @@ def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0
     groups, cgroup): whatever escaped all three (a helper that double-forked, setsid()ed and left the cgroup)
     still carries the token. `exclude`: the supervisor's own token holders that are not the attempt's (warm
     spares waiting in the pool). A process that exec()s with an emptied environment escapes this too."""
-    needle = env_line.encode()
     found: list[tuple[int, float, str]] = []
     for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
         if pid in exclude or pid == os.getpid():
             continue
+        if not environ_has(pid, env_line):
+            continue
         try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                if needle not in handle.read().split(b"\0"):
-                    continue
             process = psutil.Process(pid)
             if process.status() != psutil.STATUS_ZOMBIE:
                 found.append((pid, process.create_time(), " ".join(process.cmdline())[:200]))

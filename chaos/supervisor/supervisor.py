@@ -26,6 +26,8 @@ from chaos import control
 from chaos import faults as nemesis
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import HostsError, SimulatedHosts
+from chaos.supervisor import slurm as slurm_module
+from chaos.supervisor.slurm import PrivateSlurm, SlurmError
 from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
@@ -34,13 +36,15 @@ from chaos.supervisor import lifeline
 from chaos.supervisor.control_server import Connection, ControlServer
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.spares import SparePool
-from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
+from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time, environ_has,
                                         returncode_signal, still_running, sweep_token_holders, teardown)
 from chaos.workloads.base import LaunchSpec
 
 # Supervisor records beyond chaos.history's list (same file, same shape).
 CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, ...
 HOSTS = "hosts"                    # kind (netns), interface, addresses: [node 0's, ...]
+SLURM = "slurm"                    # conf, nodes: the private Slurm cluster (launcher: slurm)
+SLURMD_RESTARTED = "slurmd_restarted"  # attempt, nodes: lost nodes' slurmd started again before the attempt
 OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
                                    # seen by the black-box follower (log-observed workloads)
 OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
@@ -60,7 +64,7 @@ class SupervisorConfig:
     launch: LaunchSpec
     faults: tuple[PlannedFault, ...]
     restart: RestartPolicy
-    launcher: Literal["direct", "torchrun"]
+    launcher: Literal["direct", "torchrun", "slurm"]
     run_dir: Path
     hosts: Literal["local", "netns"] = "local"
     """netns: each node in a network namespace of its own (chaos.supervisor.hosts), for partitions."""
@@ -225,6 +229,8 @@ class _Supervisor:
         """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
         self.hosts: SimulatedHosts | None = None
         """hosts: netns: the run's simulated hosts (they outlive attempts)."""
+        self.slurm: PrivateSlurm | None = None
+        """launcher: slurm: the private cluster on the simulated hosts."""
         self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
         """False once a cgroup could not be made: said once, then the process-group fallback only."""
@@ -288,11 +294,22 @@ class _Supervisor:
         try:
             if config.hosts == "netns":
                 try:
-                    self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_token}")
+                    self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_token}", self.run_dir)
                 except HostsError as failure:
                     raise InfrastructureError(str(failure)) from failure
                 self.record(HOSTS, kind="netns", interface=hosts_module.INTERFACE,
-                            addresses=[self.hosts.address(n) for n in range(config.launch.nodes)])
+                            addresses=[self.hosts.address(n) for n in range(config.launch.nodes)],
+                            node_local=str(self.hosts.mountpoint),
+                            disks=[str(self.hosts.disk(n)) for n in range(config.launch.nodes)])
+            if config.launcher == "slurm":
+                if self.hosts is None:
+                    raise InfrastructureError("launcher: slurm runs a private cluster on simulated hosts: hosts: netns")
+                try:
+                    self.slurm = PrivateSlurm.start(self.hosts, self.run_dir / "slurm")
+                except SlurmError as failure:
+                    raise InfrastructureError(str(failure)) from failure
+                self.record(SLURM, conf=str(self.slurm.conf), nodes=[slurm_module.node_name(n) for n in
+                                                                      range(config.launch.nodes)])
             for number in range(1, config.restart.max_restarts + 2):
                 if self.interrupt.requested:
                     outcome = "interrupted"
@@ -307,6 +324,8 @@ class _Supervisor:
             outcome, error = "error", exception
         finally:
             self.interrupt.restore()
+            if self.slurm is not None:
+                self.slurm.close()
             if self.hosts is not None:
                 self.hosts.close()
             if self.spares is not None:
@@ -415,7 +434,14 @@ class _Attempt:
                                       self.cgroup.procs_file if self.cgroup else None,
                                       run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
         self.launch_mono = time.monotonic()
-        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares, self.sup.hosts)
+        if self.sup.slurm is not None:
+            # a node lost in the last attempt boots again: its slurmd starts and registers
+            revived = self.sup.slurm.revive()
+            if revived:
+                self.sup.record(SLURMD_RESTARTED, attempt=self.number, nodes=revived)
+            self.sup.slurm.wait_idle()
+        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares, self.sup.hosts,
+                                              self.sup.slurm)
         for process in self.table.launched:  # each leads its own session: its group is its pid
             self.sup.watchdog.guard_group(process.pid, process.create_time)
         for process in self.table.launched:
@@ -507,6 +533,13 @@ class _Attempt:
             if self.table.launched_ancestor(pid) is not launched:
                 return None
             node = launched.node
+        elif self.config.launcher == "slurm":
+            # a Slurm task's parent is the node's slurmstepd, not a process of ours: it is ours when it carries
+            # this run's token and attempt (only what we started through srun does), on one of our hosts
+            if not environ_has(pid, f"{control.ENV_RUN_TOKEN}={self.sup.run_token}",
+                               f"{control.ENV_ATTEMPT}={self.number}"):
+                return None
+            node = self.sup.hosts.node_of(pid) if self.sup.hosts is not None else None
         else:
             agent = self.table.launched_ancestor(pid)
             if agent is None:
@@ -612,11 +645,14 @@ class _Attempt:
             return
         if fault.action.kind == "corrupt":
             self.sup.record(CORRUPTED, fault_id=fault.id, attempt=self.number, **result)
+        if fault.action.kind == "node_loss":
+            self.sup.record(history.NODE_LOST, fault_id=fault.id, attempt=self.number, node=result["node"],
+                            delivered=result["delivered"], **result["lost"])
         undo = result.pop("undo", None)
         delivered = result.get("delivered", [])
         for r in ranks:
             process = self.ranks[r].process
-            if fault.action.kind in ("signal", "pause", "straggler", "partition") and process.pid not in delivered:
+            if fault.action.kind != "corrupt" and process.pid not in delivered:
                 state.missed_ranks[r] = "the rank was already gone when the signal was sent"
                 continue
             hold = state.held.get(r)
@@ -635,7 +671,7 @@ class _Attempt:
                 history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
                 phase=phase, index=index, action=fault.action.kind, signal=result.get("signal", fault.action.signal),
                 held=held, node=process.node, **extra))
-            if fault.action.signal in FATAL_BY_DEFAULT:
+            if fault.action.signal in FATAL_BY_DEFAULT or fault.action.kind == "node_loss":
                 self.ranks[r].awaiting_death = True
         if undo is not None:  # a stall: it ends after its duration
             if "cgroup" in result:
@@ -643,7 +679,7 @@ class _Attempt:
             now = time.monotonic()
             self.stalls.append(_Stall(fault.id, fault.action.kind, sorted(state.landed_ranks & set(ranks)), now,
                                       now + float(fault.action.duration_s), undo))
-        if fault.action.signal not in FATAL_BY_DEFAULT:
+        if fault.action.signal not in FATAL_BY_DEFAULT and fault.action.kind != "node_loss":
             self._release(state, ranks)  # a paused rank reads its release once it is continued
 
     def _end_stalls(self, now: float | None) -> None:
@@ -665,9 +701,10 @@ class _Attempt:
                 rank.connection.send({"type": "release", "fault_id": state.fault.id})
 
     def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
-        """A host dying or stalling takes its torchrun agent too: SIGKILL or a pause on a node (or all) also
-        hits every agent whose ranks are all in the target."""
-        host_wide = fault.action.signal == "SIGKILL" or fault.action.kind in ("pause", "straggler", "partition")
+        """A host dying or stalling takes its torchrun agent too: SIGKILL, a pause or a node loss on a node (or
+        all) also hits every agent whose ranks are all in the target."""
+        host_wide = fault.action.signal == "SIGKILL" or fault.action.kind in ("pause", "straggler", "partition",
+                                                                              "node_loss")
         if self.config.launcher != "torchrun" or not host_wide or fault.target.kind not in ("node", "all"):
             return []
         # Which ranks an agent runs is what their hellos proved (rendezvous may give agent n any group

@@ -36,6 +36,8 @@ class WorkloadFacts:
     """cpu | cuda: decides the default golden comparison (bitwise on cpu, Megatron's tolerances on cuda)."""
     keep_last: int = 0
     """Retention: only the newest k committed checkpoints stay on disk (0 = all)."""
+    node_local: str | None = None
+    """The workload field that puts its checkpoints on node-local disks (they need hosts: netns), when set."""
     cpu_pins: Mapping[str, str] = field(default_factory=dict)
     """Environment the ranks get to fix their CPU kernels (ATEN_CPU_CAPABILITY, MKL_CBWR), so that CPU goldens
     hold on any CPU able to honour it; part of the golden's environment fingerprint. Empty: not pinned."""

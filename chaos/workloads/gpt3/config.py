@@ -95,7 +95,13 @@ class GPT3Config:
     """Megatron's --exit-signal-handler: on SIGTERM finish the step, save, exit 0 (no step lost)."""
     shard_files_per_rank: int = 2
     """DCP shard files each rank writes (probe point checkpoint.shard after each)."""
+    checkpoint_storage: Literal["shared", "node_local"] = "shared"
+    """shared: checkpoints in the run directory, seen by every node. node_local: each rank writes its shards
+    to its own node's local disk (hosts: netns), with nothing copied elsewhere: what a node loss takes."""
     save_dir: str = "checkpoints"
+    data_cache_dir: str | None = None
+    """Where the dataset's index files are cached (None: beside the checkpoint directory). A run uses the run
+    directory's, seen by every node: Megatron builds them on rank 0 and the others read them."""
     load_dir: str | None = None
     """Resume from here (defaults to save_dir)."""
     exit_at_iter: int | None = None
@@ -214,8 +220,13 @@ class GPT3Config:
 
     def with_run_dir(self, run_dir: Path) -> "GPT3Config":
         """Checkpoints always live inside the run directory: the tool never writes outside it."""
-        save_dir = Path(run_dir) / "checkpoints"
-        return dataclasses.replace(self, save_dir=str(save_dir), load_dir=str(save_dir))
+        if self.checkpoint_storage == "node_local":
+            # the node-local disk's mount point (chaos.supervisor.hosts.NODE_LOCAL): each node sees its own
+            save_dir = Path(run_dir) / "node_local" / "checkpoints"
+        else:
+            save_dir = Path(run_dir) / "checkpoints"
+        return dataclasses.replace(self, save_dir=str(save_dir), load_dir=str(save_dir),
+                                   data_cache_dir=str(Path(run_dir) / "data_cache"))
 
     def to_mapping(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -227,7 +238,7 @@ class GPT3Config:
         (Saving never draws from an RNG or touches the math, so one golden serves every save setting.)"""
         out = self.to_mapping()
         out["numerics_version"] = NUMERICS_VERSION
-        for key in ("save_dir", "load_dir", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter",
+        for key in ("save_dir", "load_dir", "data_cache_dir", "checkpoint_storage", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter",
                     "save_interval", "shard_files_per_rank", "exit_on_sigterm"):
             out.pop(key, None)
         return out

@@ -96,8 +96,8 @@ class Trainer:
         self.model, self.optimizer = model_module.build_optimizer(model, config, self.dims)
         self.scheduler = self._build_scheduler()
         probe.event("startup_phase", phase="model")
-        cache = Path(config.save_dir).parent / "data_cache"
-        self.data = TrainData(config, self.dims, str(cache))
+        cache = config.data_cache_dir or str(Path(config.save_dir).parent / "data_cache")
+        self.data = TrainData(config, self.dims, cache)
         probe.event("startup_phase", phase="data")
         self.checkpointer = Checkpointer(config, self.dims, probe)
         self.progress = TrainProgress()

@@ -42,7 +42,8 @@ class GPT3Workload:
         c = self.config
         return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
                              save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device,
-                             keep_last=c.keep_last, cpu_pins=CPU_PINS if c.device == "cpu" else {})
+                             keep_last=c.keep_last, cpu_pins=CPU_PINS if c.device == "cpu" else {},
+                             node_local="checkpoint_storage" if c.checkpoint_storage == "node_local" else None)
 
     @property
     def phases(self) -> PhaseRules:

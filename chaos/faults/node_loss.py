@@ -1,0 +1,47 @@
+"""Node loss: a host dies at once (power, kernel panic, a preempted VM) and comes back blank. Every process in
+the node's namespaces gets SIGKILL at the same moment (its ranks, its torchrun agent, whatever they
+started), and once they are gone its node-local disk is emptied (chaos.supervisor.hosts): whatever the job
+kept only there is lost with it.
+
+The check that judges it is `node_loss` (with `resume_point`): no later attempt may resume from a
+checkpoint that had files on the lost disk, the ranks must agree on where they resume, and the job must
+come back. A job that saves checkpoints to node-local storage without replicating them is caught there.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+
+from chaos.plan import Action
+
+ITERATION_PART = re.compile(r"(?:^|[._-])iter_(\d+)$")
+"""A checkpoint directory, committed (iter_0000008) or still a temporary one (.tmp_iter_0000008): a save
+cut short by the loss lost its files too."""
+LISTED_FILES = 50
+"""The lost disk's files named in the history (their count and bytes are always complete)."""
+
+
+def execute(action: Action, context) -> dict:
+    if context.hosts is None or context.node is None:
+        raise ValueError("a node loss needs simulated hosts (hosts: netns) and a target node")
+    # the tracked processes first, through their pidfds (so the supervisor knows what it sent them), then
+    # every other process of the node; the disk goes only once they are all gone
+    delivered = [p.pid for p in context.targets if p.send("SIGKILL")]
+    lost = context.hosts.lose(context.node)
+    facts = asdict(lost)
+    files = facts.pop("files")
+    return {"signal": "SIGKILL", "delivered": delivered, "node": context.node,
+            "lost": {**facts, "files": len(files), "listed": files[:LISTED_FILES],
+                     "iterations": _iterations(files)}}
+
+
+def _iterations(files: list[str]) -> list[int]:
+    """The checkpoint iterations (Megatron's iter_NNNNNNN directories) the lost files belonged to."""
+    found = set()
+    for name in files:
+        for part in name.split("/"):
+            match = ITERATION_PART.search(part)
+            if match:
+                found.add(int(match.group(1)))
+    return sorted(found)

@@ -1,0 +1,36 @@
+"""What `srun` runs for each rank (chaos.supervisor.slurm): torchrun's environment from Slurm's, then the
+workload's command in this process (exec), so the rank is the Slurm task itself.
+
+    python -m chaos.supervisor.slurm_task COMMAND...
+
+Imports nothing but the standard library: it must cost nothing before the workload starts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def torchrun_env(env: dict[str, str]) -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK from SLURM_PROCID, SLURM_NTASKS,
+    SLURM_LOCALID, the tasks per node and SLURM_NODEID (MASTER_ADDR and MASTER_PORT come from chaos)."""
+    world = int(env["SLURM_NTASKS"])
+    nodes = int(env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(world), "LOCAL_RANK": env["SLURM_LOCALID"],
+            "LOCAL_WORLD_SIZE": str(world // nodes), "GROUP_RANK": env["SLURM_NODEID"]}
+
+
+def main(argv: list[str]) -> None:
+    if not argv:
+        sys.exit("usage: python -m chaos.supervisor.slurm_task COMMAND...")
+    missing = [name for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID")
+               if name not in os.environ]
+    if missing:
+        sys.exit(f"chaos.supervisor.slurm_task runs under srun; {', '.join(missing)} not set")
+    os.environ.update(torchrun_env(dict(os.environ)))
+    os.execvp(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
