@@ -182,11 +182,14 @@ def test_multihost_slurm_task_gives_each_rank_torchruns_environment():
 @pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
 def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(tmp_path):
     """The real daemons on the simulated hosts: a job step spans both nodes; a node loss takes the node's
-    slurmd too, and once it is started again the node is back in service for the next job."""
-    made = hosts.SimulatedHosts.create(2, "chaos-test", tmp_path)
+    slurmd too, and once it is started again the node is back in service for the next job. The run directory
+    is deep, as a pytest one is: the daemons' Unix sockets under it must still fit."""
+    run_dir = tmp_path / ("deep-" * 16) / "run"
+    run_dir.mkdir(parents=True)
+    made = hosts.SimulatedHosts.create(2, "chaos-test", run_dir)
     cluster = None
     try:
-        cluster = slurm.PrivateSlurm.start(made, tmp_path / "slurm")
+        cluster = slurm.PrivateSlurm.start(made, run_dir / "slurm")
         assert set(cluster.states().values()) == {"idle"}
 
         def srun() -> subprocess.CompletedProcess:
@@ -209,5 +212,5 @@ def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(t
         if cluster is not None:
             cluster.close()
         made.close()
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "slurm")], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(["pgrep", "-f", str(run_dir / "slurm")], capture_output=True, text=True).stdout
     assert leftovers == "", f"daemons left running: {leftovers}"

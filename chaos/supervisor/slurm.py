@@ -31,7 +31,9 @@ from chaos.supervisor.hosts import HEAD_ADDRESS, SimulatedHosts
 TOOLS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "scontrol")
 READY_TIMEOUT_S = 30.0
 """How long the daemons may take to come up and every node to register as idle."""
-MAX_SOCKET_PATH = 100
+MAX_BASE_PATH = 48
+"""The daemons make Unix sockets under the directory (munge's, slurmstepd's in the spool: NAME_JOB.STEP) and a
+socket path must fit in 108 bytes: past this length the directory is reached by a short path instead."""
 TASK_MODULE = "chaos.supervisor.slurm_task"
 
 
@@ -54,7 +56,7 @@ def node_name(node: int) -> str:
     return f"node{node}"
 
 
-def _conf(directory: Path, hosts: SimulatedHosts, cpus: int, munge_socket: str) -> str:
+def _conf(directory: str, hosts: SimulatedHosts, cpus: int, munge_socket: str) -> str:
     nodes = "\n".join(f"NodeName={node_name(n)} NodeAddr={hosts.address(n)} CPUs={cpus} State=UNKNOWN"
                       for n in range(hosts.nodes))
     return f"""# written by chaos for one run: a private cluster on its simulated hosts
@@ -107,12 +109,14 @@ class PrivateSlurm:
         key = directory / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o600)
-        socket_path, dir_fd = str(directory / "munge.sock"), None
-        if len(socket_path) >= MAX_SOCKET_PATH:  # too long for a Unix socket: reach the same file by a short path
+        base, dir_fd = str(directory), None
+        if len(base) > MAX_BASE_PATH:
+            # the same directory through our open descriptor: valid exactly as long as we (and the daemons) live
             dir_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
-            socket_path = f"/proc/{os.getpid()}/fd/{dir_fd}/munge.sock"
+            base = f"/proc/{os.getpid()}/fd/{dir_fd}"
+        socket_path = f"{base}/munge.sock"
         conf = directory / "slurm.conf"
-        conf.write_text(_conf(directory, hosts, os.cpu_count() or 1, socket_path))
+        conf.write_text(_conf(base, hosts, os.cpu_count() or 1, socket_path))
         cluster = cls(hosts, directory, conf, socket_path, _dir_fd=dir_fd)
         try:
             cluster._spawn("munged", hosts.enter_head(directory) + [
