@@ -78,6 +78,7 @@ def test_megatron_lm_unmodified_trainer_killed_four_ways_passes(tmp_path, megatr
     statuses = {c["name"]: c["status"] for c in result.checks}
     assert statuses.pop("final_state") == "skip"  # the trainer prints no state hash
     assert statuses.pop("stalls") == "skip"  # no pause, straggler or partition planned
+    assert statuses.pop("node_loss") == "skip"  # no node loss planned
     assert set(statuses.values()) == {"pass"}, statuses
     assert "Megatron-LM prints no hash" in check(result, "final_state")["detail"]
     landed = [f["landed"] for f in result.faults]
