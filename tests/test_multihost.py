@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from chaos.errors import InputError
 from chaos.scenario import load_scenario_text
-from chaos.supervisor import hosts, slurm, slurm_task
+from chaos.supervisor import hosts, lifeline, slurm, slurm_task
 
 NETNS = hosts.unavailable_reason()
 SLURM = NETNS or slurm.unavailable_reason()
@@ -187,9 +188,10 @@ def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(t
     run_dir = tmp_path / ("deep-" * 16) / "run"
     run_dir.mkdir(parents=True)
     made = hosts.SimulatedHosts.create(2, "chaos-test", run_dir)
-    cluster = None
+    cluster, stepds = None, []
     try:
-        cluster = slurm.PrivateSlurm.start(made, run_dir / "slurm")
+        slurm_cgroup, _ = lifeline.create_cgroup("chaos-multihost-test-slurm")
+        cluster = slurm.PrivateSlurm.start(made, run_dir / "slurm", slurm_cgroup)
         assert set(cluster.states().values()) == {"idle"}
 
         def srun() -> subprocess.CompletedProcess:
@@ -201,6 +203,24 @@ def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(t
         assert first.returncode == 0, first.stderr
         assert sorted(first.stdout.split("\n")[:-1]) == ["chaos-test-0 0", "chaos-test-0 1", "chaos-test-1 2",
                                                          "chaos-test-1 3"]
+        # through chaos's task shim: torchrun's environment from Slurm's, and the task in the attempt's cgroup
+        cgroup, why_not = lifeline.create_attempt_cgroup("multihost-test", 99)
+        if cgroup is not None:
+            try:
+                shim = subprocess.run(
+                    [*made.enter_head(tmp_path), "srun", "--nodes=2", "--ntasks=4", "--ntasks-per-node=2",
+                     "--overcommit", sys.executable, "-m", "chaos.supervisor.slurm_task", "sh", "-c",
+                     'echo "$RANK/$WORLD_SIZE $LOCAL_RANK/$LOCAL_WORLD_SIZE $GROUP_RANK $(grep ^0:: /proc/self/cgroup)"'],
+                    env={**os.environ, **cluster.env(), slurm_task.ENV_CGROUP_PROCS: cgroup.procs_file},
+                    capture_output=True, text=True, timeout=60)
+            finally:
+                cgroup.kill()
+                cgroup.remove()
+            assert shim.returncode == 0, shim.stderr
+            lines = sorted(shim.stdout.split("\n")[:-1])
+            assert [line.split()[:3] for line in lines] == [["0/4", "0/2", "0"], ["1/4", "1/2", "0"],
+                                                           ["2/4", "0/2", "1"], ["3/4", "1/2", "1"]]
+            assert all(line.endswith(cgroup.path.name) for line in lines), lines
         slurmd = cluster.daemons["slurmd-1"].pid
         lost = made.lose(1)
         assert slurmd in lost.killed  # the node's slurmd went with it
@@ -208,9 +228,40 @@ def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(t
         cluster.wait_idle()
         again = srun()
         assert again.returncode == 0 and again.stdout.count("chaos-test-1") == 2, again.stderr
+
+        # a step whose srun is killed (chaos interrupted mid-attempt): its step daemons must not outlive the run
+        step = subprocess.Popen([*made.enter_head(tmp_path), "srun", "--nodes=2", "--ntasks=2", "sleep", "600"],
+                                env={**os.environ, **cluster.env()}, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while len(stepds := step_daemons(made)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(stepds) == 2
+        os.killpg(step.pid, 9)
+        step.wait()
     finally:
         if cluster is not None:
             cluster.close()
         made.close()
     leftovers = subprocess.run(["pgrep", "-f", str(run_dir / "slurm")], capture_output=True, text=True).stdout
     assert leftovers == "", f"daemons left running: {leftovers}"
+    assert not [pid for pid in stepds if os.path.exists(f"/proc/{pid}") and _state(pid) != "Z"], "step daemons left"
+
+
+def step_daemons(made) -> list[int]:
+    return [pid for node in range(made.nodes) for pid in made.processes(node) if _comm(pid) == "slurmstepd"]
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

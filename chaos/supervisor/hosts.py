@@ -227,6 +227,22 @@ class SimulatedHosts:
         """The node dies at once: SIGKILL to every process in it, then (once they are gone, so nothing
         writes on) its disk is emptied, as a replaced machine comes back blank. The namespaces stay: the next
         attempt's processes on this node start on an empty disk."""
+        killed, survivors = self._kill_all(node)
+        files, size = [], 0
+        disk = self.disk(node)
+        for path in sorted(disk.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                files.append(str(path.relative_to(disk)))
+                size += path.stat().st_size
+        for child in list(disk.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        return LostNode(killed=killed, survivors=survivors, files=files, bytes=size)
+
+    def _kill_all(self, node: int) -> tuple[list[int], list[int]]:
+        """SIGKILL to every process in the node's namespaces; (killed, still there after LOSS_WAIT_S)."""
         holder = self._pid(node)
         namespace = os.readlink(f"/proc/{holder}/ns/net")
         pidfds: dict[int, int] = {}
@@ -257,18 +273,7 @@ class SimulatedHosts:
         finally:
             for pidfd in pidfds.values():
                 os.close(pidfd)
-        files, size = [], 0
-        disk = self.disk(node)
-        for path in sorted(disk.rglob("*")):
-            if path.is_file() and not path.is_symlink():
-                files.append(str(path.relative_to(disk)))
-                size += path.stat().st_size
-        for child in list(disk.iterdir()):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        return LostNode(killed=sorted(pidfds), survivors=sorted(waiting), files=files, bytes=size)
+        return sorted(pidfds), sorted(waiting)
 
     def cut(self, node: int) -> None:
         """Partition `node` from the others: its link's switch side goes down."""
@@ -280,7 +285,12 @@ class SimulatedHosts:
         self.cut_nodes.discard(node)
 
     def close(self) -> None:
-        """The holders go, and with the last process in each namespace the namespace (veths, bridge) too."""
+        """Whatever still runs on a node goes (it can only be the run's: a Slurm step daemon waiting on a
+        slurmd that is gone, say), then the holders, and with the last process in each namespace the
+        namespace (veths, bridge) too."""
+        for node, holder in enumerate(self.holders):
+            if holder.poll() is None:
+                self._kill_all(node)
         for holder in [*self.holders, self.switch]:
             if holder is None or holder.poll() is not None:
                 continue

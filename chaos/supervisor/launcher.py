@@ -23,7 +23,7 @@ from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import SimulatedHosts
-from chaos.supervisor import slurm as slurm_module
+from chaos.supervisor import slurm as slurm_module, slurm_task
 from chaos.supervisor.slurm import PrivateSlurm
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
@@ -196,6 +196,8 @@ def launch_slurm(spec: LaunchSpec, launch: AttemptLaunch, cluster: PrivateSlurm)
     env.update({"MASTER_ADDR": cluster.hosts.address(0), "MASTER_PORT": str(launch.port),
                 "GLOO_SOCKET_IFNAME": hosts_module.INTERFACE,
                 hosts_module.ENV_NODE_LOCAL: str(cluster.hosts.mountpoint)})
+    if launch.cgroup_procs:  # each task joins it before exec (slurmstepd, not we, is its parent)
+        env[slurm_task.ENV_CGROUP_PROCS] = launch.cgroup_procs
     argv = slurm_module.srun_argv(cluster, list(spec.argv), spec.world_size, spec.nodes,
                                   job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                   output=launch.directory / "rank-%t.out", cwd=spec.cwd)

@@ -122,10 +122,15 @@ class AttemptCgroup:
 
 def create_attempt_cgroup(run_token: str, attempt: int) -> tuple[AttemptCgroup | None, str | None]:
     """(the attempt's cgroup, None) or (None, why not)."""
+    return create_cgroup(f"chaos-{run_token}-attempt-{attempt:02d}")
+
+
+def create_cgroup(name: str) -> tuple[AttemptCgroup | None, str | None]:
+    """(a cgroup v2 NAME beside ours, None) or (None, why not)."""
     mount, own = _cgroup2_mount(), _own_cgroup2_path()
     if mount is None or own is None:
         return None, "no cgroup v2 hierarchy is mounted"
-    path = mount / own.lstrip("/") / f"chaos-{run_token}-attempt-{attempt:02d}"
+    path = mount / own.lstrip("/") / name
     try:
         path.mkdir()
         probe_file = path / "cgroup.procs"

@@ -35,6 +35,8 @@ MAX_BASE_PATH = 48
 """The daemons make Unix sockets under the directory (munge's, slurmstepd's in the spool: NAME_JOB.STEP) and a
 socket path must fit in 108 bytes: past this length the directory is reached by a short path instead."""
 TASK_MODULE = "chaos.supervisor.slurm_task"
+USABLE = ("idle", "mixed", "allocated", "completing")
+"""Node states (sinfo %T) in which a node takes jobs: in service, perhaps still finishing an earlier one."""
 
 
 def unavailable_reason() -> str | None:
@@ -97,18 +99,23 @@ class PrivateSlurm:
     directory: Path
     conf: Path
     munge_socket: str
+    cgroup: lifeline.AttemptCgroup | None = None
+    """Where the daemons run, and so every slurmstepd they fork: killed whole at the end, and by the watchdog
+    if chaos is killed (a step daemon outlives its slurmd otherwise, waiting on it forever)."""
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict)
     _dir_fd: int | None = None
 
     @classmethod
-    def start(cls, hosts: SimulatedHosts, directory: Path) -> "PrivateSlurm":
-        """munged and slurmctld on the head, slurmd on every node; returns once every node is idle. Raises
-        SlurmError (after stopping what it started)."""
+    def start(cls, hosts: SimulatedHosts, directory: Path,
+              cgroup: lifeline.AttemptCgroup | None = None) -> "PrivateSlurm":
+        """munged and slurmctld on the head, slurmd on every node (all in `cgroup`, where given); returns once
+        every node is idle. Raises SlurmError (after stopping what it started)."""
         directory = Path(directory).resolve()
         (directory / "state").mkdir(parents=True, exist_ok=True)
         key = directory / "munge.key"
-        key.write_bytes(os.urandom(1024))
-        key.chmod(0o600)
+        descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(os.urandom(1024))
         base, dir_fd = str(directory), None
         if len(base) > MAX_BASE_PATH:
             # the same directory through our open descriptor: valid exactly as long as we (and the daemons) live
@@ -117,7 +124,7 @@ class PrivateSlurm:
         socket_path = f"{base}/munge.sock"
         conf = directory / "slurm.conf"
         conf.write_text(_conf(base, hosts, os.cpu_count() or 1, socket_path))
-        cluster = cls(hosts, directory, conf, socket_path, _dir_fd=dir_fd)
+        cluster = cls(hosts, directory, conf, socket_path, cgroup=cgroup, _dir_fd=dir_fd)
         try:
             cluster._spawn("munged", hosts.enter_head(directory) + [
                 "munged", "--foreground", "--force", f"--key-file={key}", f"--socket={socket_path}",
@@ -149,7 +156,8 @@ class PrivateSlurm:
         try:
             self.daemons[name] = subprocess.Popen(argv, env=self._daemon_env(), stdin=subprocess.DEVNULL,
                                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                                  preexec_fn=lifeline.child_setup(os.getpid(), None))
+                                                  preexec_fn=lifeline.child_setup(
+                                                      os.getpid(), self.cgroup.procs_file if self.cgroup else None))
         except OSError as error:
             raise SlurmError(f"cannot start {argv[0]}: {error}") from error
         finally:
@@ -172,19 +180,21 @@ class PrivateSlurm:
             # it stayed down)
             self._scontrol("update", f"NodeName={node_name(node)}", "State=DOWN", "Reason=chaos node_loss")
             self.start_node(node)
-            self._wait_for(lambda: self._registered(node), f"{node_name(node)}'s slurmd to register")
-            if self.states().get(node_name(node), "").startswith("down"):
-                self._scontrol("update", f"NodeName={node_name(node)}", "State=RESUME")
+            self._wait_for(lambda: self._in_service(node), f"{node_name(node)} to return to service")
         return dead
 
-    def _registered(self, node: int) -> bool:
+    def _in_service(self, node: int) -> bool:
+        """Whether the node is usable again; asks for RESUME while it is down and responding (its slurmd
+        registered but ReturnToService did not bring it back, or not yet: then RESUME is refused, harmlessly)."""
         state = self.states().get(node_name(node), "")
-        return not state.endswith("*")  # '*': not responding
+        if state.startswith("down") and not state.endswith("*"):  # '*': not responding
+            self._scontrol("update", f"NodeName={node_name(node)}", "State=RESUME", check=False)
+        return state in USABLE
 
-    def _scontrol(self, *args: str) -> None:
+    def _scontrol(self, *args: str, check: bool = True) -> None:
         result = subprocess.run(self.hosts.enter_head(self.directory) + ["scontrol", *args], env=self._daemon_env(),
                                 capture_output=True, text=True, timeout=10)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise SlurmError(f"scontrol {' '.join(args)} failed: {result.stderr.strip() or result.returncode}")
 
     def _stop(self, name: str) -> None:
@@ -209,9 +219,8 @@ class PrivateSlurm:
         return states
 
     def wait_idle(self, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Until every node is in service (idle, or still finishing an earlier job: mixed, allocated)."""
-        usable = ("idle", "mixed", "allocated", "completing")
-        self._wait_for(lambda: (lambda s: len(s) == self.hosts.nodes and all(v in usable for v in s.values()))(
+        """Until every node is in service (idle, or still finishing an earlier job)."""
+        self._wait_for(lambda: (lambda s: len(s) == self.hosts.nodes and all(v in USABLE for v in s.values()))(
             self.states()), "every node to register with slurmctld", timeout_s)
 
     def _wait_for(self, condition, what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -228,6 +237,9 @@ class PrivateSlurm:
     def close(self) -> None:
         for name in [n for n in self.daemons if n.startswith("slurmd")] + ["slurmctld", "munged"]:
             self._stop(name)
+        if self.cgroup is not None:
+            self.cgroup.kill()  # the step daemons the slurmds left
+            self.cgroup.remove()
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None

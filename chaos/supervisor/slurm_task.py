@@ -1,6 +1,10 @@
 """What `srun` runs for each rank (chaos.supervisor.slurm): torchrun's environment from Slurm's, then the
 workload's command in this process (exec), so the rank is the Slurm task itself.
 
+First the task joins the attempt's cgroup, as every rank chaos launches does before exec: a task is the
+child of the node's slurmstepd, not of chaos, and in that cgroup teardown's `cgroup.kill`, the watchdog that
+outlives a killed supervisor and the survivor checks reach it like any other rank.
+
     python -m chaos.supervisor.slurm_task COMMAND...
 
 Imports nothing but the standard library: it must cost nothing before the workload starts.
@@ -10,6 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+
+ENV_CGROUP_PROCS = "CHAOS_ATTEMPT_CGROUP_PROCS"
+"""The attempt cgroup's cgroup.procs file (unset where the machine gave the attempt no cgroup)."""
 
 
 def torchrun_env(env: dict[str, str]) -> dict[str, str]:
@@ -28,6 +35,14 @@ def main(argv: list[str]) -> None:
                if name not in os.environ]
     if missing:
         sys.exit(f"chaos.supervisor.slurm_task runs under srun; {', '.join(missing)} not set")
+    procs = os.environ.pop(ENV_CGROUP_PROCS, None)
+    if procs:
+        try:
+            with open(procs, "w") as handle:
+                handle.write(str(os.getpid()))
+        except OSError as error:  # the token sweep still finds it; say why teardown's cgroup will not
+            print(f"chaos.supervisor.slurm_task: could not join the attempt's cgroup {procs}: {error}",
+                  file=sys.stderr, flush=True)
     os.environ.update(torchrun_env(dict(os.environ)))
     os.execvp(argv[0], argv)
 

@@ -304,8 +304,9 @@ class _Supervisor:
             if config.launcher == "slurm":
                 if self.hosts is None:
                     raise InfrastructureError("launcher: slurm runs a private cluster on simulated hosts: hosts: netns")
+                cgroup, _ = lifeline.create_cgroup(f"chaos-{self.run_token}-slurm")  # None: hosts.close() still kills
                 try:
-                    self.slurm = PrivateSlurm.start(self.hosts, self.run_dir / "slurm")
+                    self.slurm = PrivateSlurm.start(self.hosts, self.run_dir / "slurm", cgroup)
                 except SlurmError as failure:
                     raise InfrastructureError(str(failure)) from failure
                 self.record(SLURM, conf=str(self.slurm.conf), nodes=[slurm_module.node_name(n) for n in
@@ -435,6 +436,8 @@ class _Attempt:
                                       run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
         self.launch_mono = time.monotonic()
         if self.sup.slurm is not None:
+            if self.sup.slurm.cgroup is not None:  # guarded again: the last attempt's end released every guard
+                self.sup.watchdog.guard_cgroup(self.sup.slurm.cgroup)
             # a node lost in the last attempt boots again: its slurmd starts and registers
             revived = self.sup.slurm.revive()
             if revived:
