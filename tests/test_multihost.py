@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -265,3 +266,40 @@ def _state(pid: int) -> str:
             return handle.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_slurm_killed_chaos_leaves_no_daemon_step_or_rank(tmp_path):
+    """SIGKILL to chaos while a Slurm job step runs: the daemons die with it (PR_SET_PDEATHSIG), and the
+    watchdog kills the run's Slurm cgroup (the step daemons) and the attempt's (the ranks, which joined it)."""
+    import signal as signals
+
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "multihost_slurm.yaml"
+    chaos = subprocess.Popen([sys.executable, "-m", "chaos.cli", "run", str(scenario), "--out", str(tmp_path / "run"),
+                              "--golden-cache", str(Path(__file__).resolve().parents[1] / "goldens")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    history = tmp_path / "run" / "supervisor.jsonl"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (history.exists() and '"rank_hello"' in history.read_text()):
+            time.sleep(0.2)
+        assert history.exists() and '"rank_hello"' in history.read_text(), "no rank said hello within 120 s"
+        ours = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                if str(tmp_path) in _cmdline(pid) or _comm(pid) == "slurmstepd"]
+        assert any(_comm(pid) == "slurmstepd" for pid in ours)
+    finally:
+        chaos.send_signal(signals.SIGKILL)
+        chaos.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and [pid for pid in ours if _state(pid) not in ("gone", "Z")]:
+        time.sleep(0.2)
+    left = {pid: _cmdline(pid)[:120] for pid in ours if _state(pid) not in ("gone", "Z")}
+    assert not left, f"outlived a killed chaos: {left}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
