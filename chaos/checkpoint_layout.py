@@ -13,6 +13,7 @@ from pathlib import Path
 MANIFEST = "chaos_manifest.json"
 TRACKER = "latest_checkpointed_iteration.txt"
 ITERATION_DIR = re.compile(r"^iter_(\d+)$")
+_ANY_ITERATION_DIR = re.compile(r"(?:^|[._-])iter_(\d+)$")
 
 
 def iteration_dir_name(iteration: int) -> str:
@@ -25,6 +26,18 @@ def iteration_of(path: str | Path | None) -> int | None:
         return None
     match = ITERATION_DIR.match(Path(str(path)).name)
     return int(match.group(1)) if match else None
+
+
+def iterations_in(relative_paths: list[str]) -> list[int]:
+    """The checkpoint iterations the files at these paths belong to: under an iter_0000008 directory, committed,
+    or a temporary one a save left (.tmp.iter_0000008, as a save cut short leaves it)."""
+    found = set()
+    for name in relative_paths:
+        for part in Path(name).parts:
+            match = _ANY_ITERATION_DIR.search(part)
+            if match:
+                found.add(int(match.group(1)))
+    return sorted(found)
 
 
 def read_tracker(checkpoint_dir: Path) -> int | None:

@@ -10,14 +10,11 @@ come back. A job that saves checkpoints to node-local storage without replicatin
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 
+from chaos.checkpoint_layout import iterations_in
 from chaos.plan import Action
 
-ITERATION_PART = re.compile(r"(?:^|[._-])iter_(\d+)$")
-"""A checkpoint directory, committed (iter_0000008) or still a temporary one (.tmp_iter_0000008): a save
-cut short by the loss lost its files too."""
 LISTED_FILES = 50
 """The lost disk's files named in the history (their count and bytes are always complete)."""
 
@@ -33,15 +30,5 @@ def execute(action: Action, context) -> dict:
     files = facts.pop("files")
     return {"signal": "SIGKILL", "delivered": delivered, "node": context.node,
             "lost": {**facts, "files": len(files), "listed": files[:LISTED_FILES],
-                     "iterations": _iterations(files)}}
+                     "iterations": iterations_in(files)}}
 
-
-def _iterations(files: list[str]) -> list[int]:
-    """The checkpoint iterations (Megatron's iter_NNNNNNN directories) the lost files belonged to."""
-    found = set()
-    for name in files:
-        for part in name.split("/"):
-            match = ITERATION_PART.search(part)
-            if match:
-                found.add(int(match.group(1)))
-    return sorted(found)

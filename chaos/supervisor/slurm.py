@@ -220,8 +220,11 @@ class PrivateSlurm:
 
     def wait_idle(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Until every node is in service (idle, or still finishing an earlier job)."""
-        self._wait_for(lambda: (lambda s: len(s) == self.hosts.nodes and all(v in USABLE for v in s.values()))(
-            self.states()), "every node to register with slurmctld", timeout_s)
+        self._wait_for(self._all_in_service, "every node to register with slurmctld", timeout_s)
+
+    def _all_in_service(self) -> bool:
+        states = self.states()
+        return len(states) == self.hosts.nodes and all(state in USABLE for state in states.values())
 
     def _wait_for(self, condition, what: str, timeout_s: float = READY_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
