@@ -1,8 +1,9 @@
 """The control channel between the supervisor and the probe inside each rank.
 
-One Unix stream socket per run (path in ``CHAOS_CONTROL_SOCKET``); newline-delimited JSON messages.
+One Unix stream socket per run (path in ``CHAOS_CONTROL_SOCKET``), or a TCP one where ranks run on other
+hosts (``tcp://ADDRESS:PORT``); newline-delimited JSON messages.
 
-    rank -> supervisor   {"type": "hello", "rank": r, "pid": p, "attempt": a}
+    rank -> supervisor   {"type": "hello", "rank": r, "pid": p, "attempt": a, "token": run token, "host": h}
     supervisor -> rank   {"type": "plan", "holds": [{"fault_id", "step", "phase", "index"}, ...]}
     rank -> supervisor   {"type": "held", "fault_id", "step", "phase", "index"}
     supervisor -> rank   {"type": "release", "fault_id"}
@@ -23,9 +24,23 @@ ENV_HISTORY_DIR = "CHAOS_HISTORY_DIR"
 ENV_ATTEMPT = "CHAOS_ATTEMPT"
 ENV_RUN_DIR = "CHAOS_RUN_DIR"
 ENV_RUN_TOKEN = "CHAOS_RUN_TOKEN"
+TCP_PREFIX = "tcp://"
 RUN_TOKEN_FILE = ".chaos-run-token"
 """The supervisor writes its run's token here at the start; a rank commits a checkpoint only while the run
 directory still holds its token (a rank of an earlier run at the same --out never commits into a new one)."""
+
+
+def connect(address: str) -> socket.socket:
+    """A connected stream socket to the supervisor: a Unix socket path, or tcp://ADDRESS:PORT."""
+    if address.startswith(TCP_PREFIX):
+        host, _, port = address[len(TCP_PREFIX):].rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=30)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)
+    return sock
 
 
 def send(sock: socket.socket, message: dict) -> None:

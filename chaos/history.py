@@ -7,7 +7,10 @@ Layout of a run directory (all paths relative to it):
     attempts/<NN>/rank-<r>.out          the rank's stdout+stderr (direct launcher) / agent-<n>.out (torchrun)
 
 Each line is one JSON object with at least ``t`` (wall time, seconds since the epoch), ``mono``
-(CLOCK_MONOTONIC seconds: system-wide, so comparable between the supervisor and the ranks) and ``event``.
+(CLOCK_MONOTONIC seconds: system-wide, so comparable between the supervisor and the ranks on its host) and
+``event``. Ranks on other hosts (hosts: cluster) write their own host's clock; `load_run_history` puts it on
+the supervisor's with the offset measured for that host (`agent_hello`), keeping the raw value as
+``host_mono``, so that a check never compares two hosts' raw clocks.
 Rank records also carry ``rank`` and ``attempt``. Event names are the constants below; the fields each
 carries are listed beside it. Each line reaches the kernel in one write(2) (no fsync): a SIGKILLed process
 keeps everything it wrote, since the data is already in the kernel.
@@ -62,6 +65,9 @@ HANG_DETECTED = "hang_detected"    # attempt, idle_s
 TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]
 ATTEMPT_END = "attempt_end"        # attempt, outcome: complete|crashed|hung|preempted|error
 RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error
+AGENT_HELLO = "agent_hello"        # attempt, node, host, pid, address, interface, port, mono_offset_s,
+                                   # wall_offset_s, rtt_s: a host's agent joined (hosts: cluster), its clocks
+                                   # measured against the supervisor's (offset = agent - supervisor)
 
 
 class HistoryWriter:
@@ -182,4 +188,24 @@ def load_run_history(run_dir: Path) -> RunHistory:
     attempts.sort(key=lambda a: a.index)
     supervisor, bad = read_jsonl_checked(supervisor_history_path(run_dir))
     damaged += [f"supervisor.jsonl line {n}" for n in bad]
+    _onto_supervisor_clock(attempts, supervisor)
     return RunHistory(run_dir=run_dir, supervisor=supervisor, attempts=attempts, damaged=sorted(damaged))
+
+
+def _onto_supervisor_clock(attempts: list[AttemptHistory], supervisor: list[dict]) -> None:
+    """Rank records written on another host: `mono` on the supervisor's clock (mono - that host's offset in
+    that attempt), the host's own value kept as `host_mono`. A rank's host is the one its `start` names."""
+    offsets = {(record.get("attempt"), record.get("host")): float(record["mono_offset_s"])
+               for record in supervisor if record.get("event") == AGENT_HELLO and "mono_offset_s" in record}
+    if not offsets:
+        return
+    for attempt in attempts:
+        for records in attempt.ranks.values():
+            host = next((r.get("host") for r in records if r.get("event") == START), None)
+            offset = offsets.get((attempt.index, host))
+            if offset is None:
+                continue
+            for record in records:
+                if isinstance(record.get("mono"), (int, float)) and "host_mono" not in record:
+                    record["host_mono"] = record["mono"]
+                    record["mono"] = record["mono"] - offset

@@ -53,8 +53,15 @@ def visible_gpus() -> int:
 
 
 def check_hosts(hosts: str, launcher: str, source: str) -> None:
-    """Simulated hosts (hosts: netns) need root and the namespace tools, a private Slurm cluster its daemons;
-    say so before anything starts."""
+    """Simulated hosts (hosts: netns) need root and the namespace tools, a private Slurm cluster its daemons,
+    an existing cluster (hosts: cluster) srun and scontrol; say so before anything starts."""
+    if hosts == "cluster":
+        from chaos.supervisor import slurm_cluster
+
+        reason = slurm_cluster.unavailable_reason()
+        if reason is not None:
+            raise InputError(source, "hosts", reason)
+        return
     if hosts != "netns":
         return
     from chaos.supervisor import hosts as hosts_module, slurm

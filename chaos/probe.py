@@ -90,11 +90,11 @@ class Probe:
 
     # ---- control channel ----------------------------------------------------------------------
     def _connect(self, path: str) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.connect(path)
+        sock = control.connect(path)
         self._sock = sock
         self._reader = control.LineReader(sock)
-        control.send(sock, {"type": "hello", "rank": self.rank, "pid": os.getpid(), "attempt": self.attempt})
+        control.send(sock, {"type": "hello", "rank": self.rank, "pid": os.getpid(), "attempt": self.attempt,
+                            "token": os.environ.get(control.ENV_RUN_TOKEN), "host": socket.gethostname()})
         plan = self._reader.read_message()
         if plan is None or plan.get("type") != "plan":
             raise RuntimeError(f"chaos probe: expected a plan from the supervisor, got {plan!r}")

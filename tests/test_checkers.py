@@ -545,6 +545,32 @@ def test_no_survivors_fails_on_a_survivor(tmp_path):
     assert result.status == "fail" and "4242" in result.detail
 
 
+def lost_host_run(tmp_path, later_agent_swept: list[dict] | None) -> SyntheticRun:
+    """hosts: cluster: node 1's agent lost at attempt 1's teardown; None: no later agent ran on its host."""
+    run = SyntheticRun(tmp_path)
+    run.attempt(1, resume_from=0, last_step=12, end="complete")
+    run.sup(h.TEARDOWN, attempt=1, duration_s=0.1, sigterm=[], sigkill=[], survivors=[], leaked=[],
+            hosts=[{"node": 0, "host": "n0", "survivors": []}, {"node": 1, "host": "n1", "lost": "no answer in 30 s"}])
+    if later_agent_swept is not None:
+        run.sup(h.AGENT_HELLO, attempt=2, node=1, host="n1", mono_offset_s=0.0, swept=later_agent_swept)
+    run.finish()
+    return run
+
+
+def test_no_survivors_judges_a_host_whose_agent_was_lost_by_the_next_agent_there(tmp_path):
+    """hosts: cluster: each agent tears its own host down. One lost at teardown leaves its host unverified
+    (unknown, not pass) until a later attempt's agent there sweeps it: clean passes, a find fails."""
+    unknown = one(lost_host_run(tmp_path / "unknown", None), "no_survivors")
+    assert unknown.status == "error"
+    assert ("node 1's agent (n1) was lost at teardown (no answer in 30 s) and no later agent ran there: nothing on "
+            "that host could be verified gone") in unknown.detail
+    assert one(lost_host_run(tmp_path / "clean", []), "no_survivors").status == "pass"
+    found = one(lost_host_run(tmp_path / "found", [{"pid": 99, "command": "python train.py"}]), "no_survivors")
+    assert found.status == "fail"
+    assert ("attempt 2: the agent on n1 found process 99 (python train.py) of an earlier attempt still running there "
+            "before it started anything (killed)") in found.detail
+
+
 def test_no_survivors_fails_on_a_process_never_seen_to_exit(tmp_path):
     run = SyntheticRun(tmp_path)
     run.attempt(1, resume_from=0, last_step=12, end="complete")

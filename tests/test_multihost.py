@@ -7,6 +7,7 @@ torn down as a hang and a node loss, resumed bitwise) is the shipped scenario mu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -81,8 +82,13 @@ WORKLOAD = "workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, node
      "faults[0].target", "a node_loss acts on a whole node: expected {node: N}, got all"),
     ("launcher: torchrun\nhosts: netns\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, node_loss: 1}\n",
      "faults[0].node_loss", "expected true"),
-    ("launcher: torchrun\nhosts: cloud\n", "hosts", "expected one of ['local', 'netns']"),
-    ("launcher: slurm\n", "launcher", "runs chaos's own Slurm cluster (slurmctld, slurmd, munge) on simulated hosts"),
+    ("launcher: torchrun\nhosts: cloud\n", "hosts", "expected one of ['local', 'netns', 'cluster']"),
+    ("launcher: slurm\n", "hosts", "runs either on the Slurm cluster this machine submits to (hosts: cluster)"),
+    ("launcher: direct\nhosts: cluster\n", "hosts", "needs launcher: slurm or torchrun with workload nodes >= 2"),
+    ("launcher: slurm\nhosts: cluster\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, partition: 3}\n",
+     "faults[0].partition", "never to a real cluster's nodes"),
+    ("launcher: slurm\nhosts: cluster\nfaults:\n  - {at: {step: 3, phase: forward}, target: {node: 1}, "
+     "straggler: {cpus: 0.5, duration_s: 2}}\n", "faults[0].straggler", "only to simulated hosts (hosts: netns)"),
 ])
 def test_multihost_settings_are_validated_naming_the_field(body, field, expected):
     with pytest.raises(InputError) as raised:
@@ -303,3 +309,110 @@ def _cmdline(pid: int) -> str:
             return handle.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def existing_cluster(tmp_path: Path):
+    """A Slurm cluster chaos did not start: the private one on simulated hosts, started here. chaos runs on
+    its login node (the head namespace) and knows only what srun and scontrol tell it."""
+    made = hosts.SimulatedHosts.create(2, "chaos-cl", tmp_path / "cluster")
+    cluster = None
+    try:
+        cluster = slurm.PrivateSlurm.start(made, tmp_path / "cluster" / "slurm")
+        yield made, cluster
+    finally:
+        if cluster is not None:
+            cluster.close()
+        made.close()
+
+
+def chaos_on_login_node(made, cluster, *args: str, run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([*made.enter_head(REPO), sys.executable, "-m", "chaos.cli", "run", *args, "--out",
+                             str(run_dir), "--golden-cache", str(REPO / "goldens")],
+                            env={**os.environ, **cluster.env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def supervisor_records(run_dir: Path) -> list[dict]:
+    import json
+
+    path = run_dir / "supervisor.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_existing_slurm_cluster_runs_the_scenario_through_agents(tmp_path):
+    """scenarios/slurm_cluster.yaml as a user runs it on their cluster: chaos on the login node finds the
+    cluster through srun and scontrol alone; every attempt an agent per node dials back over TCP, starts that
+    node's ranks and owns them; the ranks' probes reach chaos over TCP with the run token. A pause, SIGKILL
+    mid-backward and a node's ranks killed, each checked."""
+    import json
+
+    run_dir = tmp_path / "run"
+    with existing_cluster(tmp_path) as (made, cluster):
+        chaos = chaos_on_login_node(made, cluster, str(REPO / "scenarios" / "slurm_cluster.yaml"), run_dir=run_dir)
+        output, _ = chaos.communicate(timeout=400)
+    assert chaos.returncode == 0, output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["restarts"] == 2
+    records = supervisor_records(run_dir)
+    (where,) = [r for r in records if r["event"] == "cluster"]
+    assert where["controller"] == hosts.HEAD_ADDRESS and where["control"].startswith(f"tcp://{hosts.HEAD_ADDRESS}:")
+    for attempt in (1, 2, 3):
+        agents = sorted((r["node"], r["host"], r["address"]) for r in records
+                        if r["event"] == "agent_hello" and r["attempt"] == attempt)
+        assert agents == [(0, "chaos-cl-0", made.address(0)), (1, "chaos-cl-1", made.address(1))]
+        for rank in range(4):
+            start = json.loads((run_dir / "attempts" / f"{attempt:02d}" / f"rank-{rank}.jsonl").read_text()
+                               .splitlines()[0])
+            assert start["event"] == "start" and start["host"] == f"chaos-cl-{rank // 2}"
+    teardowns = [r for r in records if r["event"] == "teardown"]
+    assert len(teardowns) == 3 and all(len(r["hosts"]) == 2 for r in teardowns)
+    assert not [r for r in records if r["event"] in ("agent_refused", "agent_lost", "rank_rejected")]
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_existing_slurm_cluster_torchrun_rides_out_a_lost_agent(tmp_path):
+    """torchrun launched by srun (one per node, started by chaos's agent there, its workers adopted at their
+    hello) and node 1's chaos agent SIGKILLed mid-training, as when its host stops answering: the attempt
+    ends, nothing of it is left on node 1 (verified by the next agent there, which sweeps its host before
+    starting anything; that the agent's watchdog kills what its ranks started is proven in
+    test_multihost_agents.py, here the workers' broken collectives may end them first), and the run resumes
+    bitwise."""
+    import json
+
+    scenario = tmp_path / "lost_agent.yaml"
+    scenario.write_text("workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 12, "
+                        "save_interval: 4}\nlauncher: torchrun\nhosts: cluster\n"
+                        "restart: {max_restarts: 1, hang_timeout_s: 15}\n")
+    run_dir = tmp_path / "run"
+    with existing_cluster(tmp_path) as (made, cluster):
+        chaos = chaos_on_login_node(made, cluster, str(scenario), run_dir=run_dir)
+        try:
+            rank2 = run_dir / "attempts" / "01" / "rank-2.jsonl"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not (rank2.exists() and '"step": 5' in rank2.read_text()):
+                time.sleep(0.1)
+            assert rank2.exists() and '"step": 5' in rank2.read_text(), "rank 2 never reached step 5"
+            (agent,) = [r for r in supervisor_records(run_dir)
+                        if r["event"] == "agent_hello" and r["attempt"] == 1 and r["node"] == 1]
+            os.kill(agent["pid"], 9)
+            output, _ = chaos.communicate(timeout=300)
+        finally:
+            chaos.kill()
+            chaos.wait()
+    assert chaos.returncode == 0, output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["restarts"] == 1
+    records = supervisor_records(run_dir)
+    (lost,) = [r for r in records if r["event"] == "agent_lost"]
+    assert lost["attempt"] == 1 and lost["node"] == 1 and lost["host"] == "chaos-cl-1"
+    first = next(r for r in records if r["event"] == "teardown" and r["attempt"] == 1)
+    assert [h.get("lost") is not None for h in first["hosts"]] == [False, True]
+    (again,) = [r for r in records if r["event"] == "agent_hello" and r["attempt"] == 2 and r["node"] == 1]
+    assert again["host"] == "chaos-cl-1" and again["swept"] == []
+    no_survivors = next(c for c in report["checks"] if c["name"] == "no_survivors")
+    assert no_survivors["status"] == "pass"

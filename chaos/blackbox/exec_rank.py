@@ -30,10 +30,9 @@ def _hello(path: str, rank: int, attempt: int) -> bool:
     """True once the supervisor answered the hello (it verified this pid as rank `rank`); False when it
     refused (closed the connection) or is not there."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.connect(path)
+        with control.connect(path) as sock:
             control.send(sock, {"type": "hello", "rank": rank, "pid": os.getpid(), "attempt": attempt,
-                                "observation": "log"})
+                                "observation": "log", "token": os.environ.get(control.ENV_RUN_TOKEN), "host": socket.gethostname()})
             return control.LineReader(sock).read_message() is not None
     except OSError:
         return False

@@ -1,6 +1,7 @@
 """Oracle 8: no process of any attempt outlives it, and hung attempts are noticed in time.
 
-Every teardown must leave no survivors, and nothing the job started may have escaped the attempt (the run
+Every teardown must leave no survivors (on a cluster, each host's agent answers for its host; a host whose
+agent cannot answer leaves the check undecided), and nothing the job started may have escaped the attempt (the run
 token sweep after teardown, chaos.supervisor.processes.sweep_token_holders, finds what did); every process
 the supervisor launched must have been seen to exit (rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
 (+ slack) of the last progress any rank recorded, and a SIGSTOP fault (which never exits) must end in a
@@ -21,11 +22,29 @@ HANG_SLACK_S = 5.0
 def check(ctx: CheckContext) -> CheckResult:
     history = ctx.history
     failures: list[str] = []
+    unverified: list[str] = []
+    """Hosts whose agent could not answer at teardown (its host crashed or is cut off): unknown, not false."""
     teardowns = history.supervisor_events(h.TEARDOWN)
+    hellos = history.supervisor_events(h.AGENT_HELLO)
+    for hello in hellos:
+        for item in hello.get("swept") or []:
+            failures.append(
+                f"attempt {hello.get('attempt')}: the agent on {hello.get('host')} found process {item.get('pid')} "
+                f"({item.get('command')}) of an earlier attempt still running there before it started anything "
+                f"(killed{'; it survived SIGKILL' if item.get('alive_after_sigkill') else ''})")
     torn_down = {int(r["attempt"]) for r in teardowns if r.get("attempt") is not None}
     for record in teardowns:
         if record.get("survivors"):
             failures.append(f"attempt {record.get('attempt')}: teardown left survivors {record['survivors']}")
+        for host in record.get("hosts") or []:  # hosts: cluster, each host's agent answered for its own
+            if not host.get("lost"):
+                continue
+            # a later attempt's agent on that host swept it before starting anything (its finds fail below)
+            if not [hello for hello in hellos if hello.get("host") == host.get("host")
+                    and int(hello.get("attempt", 0)) > int(record.get("attempt", 0))]:
+                unverified.append(f"attempt {record.get('attempt')}: node {host.get('node')}'s agent "
+                                  f"({host.get('host')}) was lost at teardown ({host['lost']}) and no later agent "
+                                  "ran there: nothing on that host could be verified gone")
         for item in record.get("leaked") or []:
             failures.append(
                 f"attempt {record.get('attempt')}: process {item.get('pid')} ({item.get('command')}) escaped the "
@@ -68,11 +87,13 @@ def check(ctx: CheckContext) -> CheckResult:
             if attempt not in hung_attempts and outcomes.get(attempt) != "complete":
                 failures.append(f"{fault.id}: SIGSTOP in attempt {attempt} but no hang was detected")
     evidence = {"teardowns": [{k: r.get(k) for k in ("attempt", "duration_s", "survivors", "sigterm", "sigkill",
-                                                      "leaked")}
+                                                      "leaked", "hosts") if k in r}
                               for r in teardowns],
                 "unaccounted": unaccounted, "hangs": hangs}
     if failures:
-        return CheckResult(NAME, "fail", "; ".join(failures), evidence)
+        return CheckResult(NAME, "fail", "; ".join(failures + unverified), evidence)
+    if unverified:
+        return CheckResult(NAME, "error", "; ".join(unverified), evidence)
     return CheckResult(NAME, "pass", f"no survivors after {len(teardowns)} teardown(s); "
                                      f"{len(hangs)} hang(s) detected in time", evidence)
 

@@ -35,7 +35,8 @@ ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition", "node_los
 a straggler (a CPU quota for a while), a partition (a node's link cut for a while) or a node loss (a node's
 processes and its local disk gone at once)."""
 NODE_FAULTS = ("partition", "node_loss")
-"""Faults that act on a simulated host (hosts: netns), so on a whole node."""
+"""Faults that act on a simulated host (hosts: netns), so on a whole node. They and stragglers (a CPU quota
+on a host's cgroup) are never done to a real cluster's nodes (hosts: cluster)."""
 STRAGGLER_KEYS = ("cpus", "duration_s")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
@@ -254,10 +255,15 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
         raise read.error("hosts", f"hosts: netns puts each node in a network namespace of its own and needs "
                                   f"launcher: torchrun or slurm with workload nodes >= 2; got launcher: {launcher}, "
                                   f"nodes: {workload.facts.nodes}")
-    if launcher == "slurm" and hosts != "netns":
-        raise read.error("launcher", "launcher: slurm runs chaos's own Slurm cluster (slurmctld, slurmd, munge) on "
-                                     "simulated hosts: add hosts: netns. An existing cluster needs an agent per "
-                                     "host, which chaos does not have yet")
+    if launcher == "slurm" and hosts not in ("netns", "cluster"):
+        raise read.error("hosts", f"launcher: slurm runs either on the Slurm cluster this machine submits to "
+                                  f"(hosts: cluster) or on chaos's own cluster of simulated hosts (hosts: netns); "
+                                  f"got hosts: {hosts}")
+    if hosts == "cluster" and (launcher not in ("slurm", "torchrun") or workload.facts.nodes < 2):
+        raise read.error("hosts", f"hosts: cluster runs the job on the nodes of an existing Slurm cluster (ranks as "
+                                  f"agents' children, or a torchrun per node) and needs launcher: slurm or torchrun "
+                                  f"with workload nodes >= 2; got launcher: {launcher}, "
+                                  f"nodes: {workload.facts.nodes}")
     if workload.facts.node_local is not None and hosts != "netns":
         raise read.error(f"workload.{workload.facts.node_local}", "node-local storage needs a disk per node, and "
                                                                   "only hosts: netns gives each node one; add hosts: netns")
@@ -375,9 +381,16 @@ def _check_node_faults(read: _Fields, faults: tuple, hosts: str) -> None:
     """A partition cuts a node's network link, a node loss takes its processes and disk: there must be
     simulated hosts (hosts: netns) and a node to act on."""
     for i, fault in enumerate(faults):
-        if not isinstance(fault, ScriptedFault) or fault.action.kind not in NODE_FAULTS:
+        if not isinstance(fault, ScriptedFault):
             continue
         kind = fault.action.kind
+        if hosts == "cluster" and kind in (*NODE_FAULTS, "straggler"):
+            raise read.error(f"faults[{i}].{kind}", f"a {kind} changes a host itself (its network, its CPU quota or "
+                                                    f"its disk), which chaos does only to simulated hosts "
+                                                    f"(hosts: netns), never to a real cluster's nodes; signals, "
+                                                    f"pauses and checkpoint corruption work on hosts: cluster")
+        if kind not in NODE_FAULTS:
+            continue
         if hosts != "netns":
             what = "a network link" if kind == "partition" else "a local disk and processes of its own"
             raise read.error(f"faults[{i}].{kind}", f"a {kind} acts on a host, and only hosts: netns gives each "

@@ -30,7 +30,7 @@ CHECK_NAMES = (
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 
 LAUNCHERS = ("direct", "torchrun", "slurm")
-HOSTS = ("local", "netns")
+HOSTS = ("local", "netns", "cluster")
 """Where a scenario's nodes live: `local` (every node on this host's loopback) or `netns` (one network
 namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""
 GOLDEN_MODES = ("exact", "megatron")
@@ -124,7 +124,7 @@ class Scenario:
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
     launcher: Literal["direct", "torchrun", "slurm"] = "direct"
-    hosts: Literal["local", "netns"] = "local"
+    hosts: Literal["local", "netns", "cluster"] = "local"
     faults: tuple[FaultSpec, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     golden: GoldenSpec = field(default_factory=GoldenSpec)

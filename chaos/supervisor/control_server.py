@@ -5,6 +5,9 @@ The socket file always lives inside the run directory. A Unix socket path must f
 `/proc/<supervisor pid>/fd/<fd of the run dir>/control.sock`: the same file in the same directory, reached
 by a path of ~40 characters that stays valid exactly as long as the supervisor lives (which is as long as
 ranks may connect).
+
+Ranks on other hosts (hosts: cluster) cannot reach a Unix socket: there the server listens on TCP
+(`tcp://ADDRESS:PORT` in CHAOS_CONTROL_SOCKET) and a hello must carry the run's token.
 """
 
 from __future__ import annotations
@@ -48,6 +51,16 @@ class ControlServer:
     selector: selectors.BaseSelector | None = None
     """Connections are registered here by the supervisor; dropped ones are unregistered before closing."""
     _dir_fd: int | None = None
+    tcp: bool = False
+    """Listening on TCP: hellos are checked against the run token (anyone on the network may connect)."""
+
+    def start_tcp(self, bind_address: str) -> str:
+        """Listens on TCP at `bind_address` (a port the kernel picks); returns what ranks connect to."""
+        listener = socket.create_server((bind_address, 0), backlog=256)
+        listener.setblocking(False)
+        self.listener, self.tcp = listener, True
+        self.path = f"{control.TCP_PREFIX}{bind_address}:{listener.getsockname()[1]}"
+        return self.path
 
     def start(self) -> str:
         """Binds the socket; returns the path ranks connect to (for CHAOS_CONTROL_SOCKET)."""
@@ -74,6 +87,8 @@ class ControlServer:
         except (BlockingIOError, InterruptedError):
             return None
         sock.setblocking(False)
+        if self.tcp:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a hold's answer must not wait 40 ms
         connection = Connection(sock=sock, reader=control.LineReader(sock))
         self.connections[sock.fileno()] = connection
         return connection

@@ -23,7 +23,9 @@ from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import SimulatedHosts
-from chaos.supervisor import slurm as slurm_module, slurm_task
+from chaos.supervisor import slurm as slurm_module, slurm_cluster, slurm_task
+from chaos.agent import protocol as agent_protocol
+from chaos.supervisor.agents import AgentInfo
 from chaos.supervisor.slurm import PrivateSlurm
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.processes import TrackedProcess
@@ -59,7 +61,13 @@ class AttemptLaunch:
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
-    env = dict(os.environ)
+    return {**os.environ, **chaos_env(spec, launch)}
+
+
+def chaos_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
+    """What chaos sets for every rank (the run's variables, then the workload's own), without this process's
+    environment: an agent on another host adds these to its own."""
+    env = {}
     env.update({
         control.ENV_HISTORY_DIR: str(launch.directory),
         control.ENV_ATTEMPT: str(launch.attempt),
@@ -138,21 +146,28 @@ def torchrun_argv(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: st
                   hosts: SimulatedHosts | None = None) -> list[str]:
     """One node's torchrun agent; with simulated hosts it runs in the node's namespaces, meets the others at
     node 0's address and tells its workers its own (--local-addr: the hostname resolves nowhere)."""
+    if hosts is None:
+        return torchrun_command(spec, launch, node, run_id, f"{MASTER_ADDR}:{launch.port}")
+    return [*hosts.enter(node, spec.cwd),
+            *torchrun_command(spec, launch, node, run_id, f"{hosts.address(0)}:{launch.port}", hosts.address(node))]
+
+
+def torchrun_command(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id: str, endpoint: str,
+                     local_address: str | None = None) -> list[str]:
+    """torchrun for `node`, meeting the others over c10d at `endpoint` (HOST:PORT). `local_address`: this
+    host's address, said outright: torchrun decides who hosts the rendezvous store by resolving hostnames,
+    which a simulated host's name (or a cluster's internal one) may not do, so node 0 is named the host."""
     argv = list(spec.argv)
     if argv and is_python(argv[0]):
         entry = argv[1:]  # torchrun runs the entry with its own interpreter; it accepts `-m module`
     else:
         entry = ["--no-python", *argv]
-    endpoint = hosts.address(0) if hosts is not None else MASTER_ADDR
-    where = [*hosts.enter(node, spec.cwd)] if hosts is not None else []
-    # torchrun decides who hosts the rendezvous store by resolving hostnames; a simulated host's name
-    # resolves nowhere, so say it: node 0 hosts it
-    local = ([f"--local-addr={hosts.address(node)}", f"--rdzv-conf=is_host={1 if node == 0 else 0}"]
-             if hosts is not None else [])
+    local = ([f"--local-addr={local_address}", f"--rdzv-conf=is_host={1 if node == 0 else 0}"]
+             if local_address is not None else [])
     return [
-        *where, sys.executable, "-m", "torch.distributed.run",
+        sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.ranks_per_node}",
-        "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}:{launch.port}", *local,
+        "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", *local,
         f"--rdzv-id=chaos-{launch.attempt}-{run_id}",
         "--max-restarts=0", "--monitor-interval=0.1",
         # torchrun would otherwise make a log directory under /tmp; keep everything in the run dir
@@ -207,6 +222,57 @@ def launch_slurm(spec: LaunchSpec, launch: AttemptLaunch, cluster: PrivateSlurm)
     except BaseException:
         _kill_started([popen], [])
         raise
+
+
+def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> TrackedProcess:
+    """hosts: cluster: one job step of agents, one per node, on the cluster this machine submits to; they dial
+    `controller` and start the ranks when told (chaos.supervisor.agents). Tracked here as the attempt's agent:
+    srun, whose exit ends the step."""
+    env = {name: value for name, value in base_env(spec, launch).items() if not name.startswith("TORCHELASTIC_")}
+    # the agents' token under another name: what carries CHAOS_RUN_TOKEN is swept as the run's, and srun may
+    # run on a node (chaos inside an allocation); each rank gets CHAOS_RUN_TOKEN in its order
+    env[agent_protocol.ENV_AGENT_TOKEN] = env.pop(control.ENV_RUN_TOKEN)
+    argv = slurm_cluster.agents_srun_argv(spec.nodes, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                          output=launch.directory / "agent-%n.out", cwd=spec.cwd)
+    popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
+    try:
+        return TrackedProcess.from_popen(popen, role="agent")
+    except BaseException:
+        _kill_started([popen], [])
+        raise
+
+
+def cluster_orders(kind: Literal["slurm", "torchrun"], spec: LaunchSpec, launch: AttemptLaunch,
+                   agents: Mapping[int, AgentInfo], port: int) -> dict[int, list[dict]]:
+    """What each node's agent starts. launcher slurm: the node's ranks themselves (node * ranks_per_node
+    onwards) with torchrun's environment, meeting at node 0's address; launcher torchrun: one torchrun per
+    node, meeting over c10d at node 0's address (its workers are adopted when they say hello).
+    GLOO_SOCKET_IFNAME (unless set) is the interface each host reached the controller on: the cluster's
+    network, not whatever its hostname resolves to."""
+    common = chaos_env(spec, launch)
+    per_node = spec.ranks_per_node
+    run_id = uuid.uuid4().hex[:12]
+    orders: dict[int, list[dict]] = {}
+    for node, agent in sorted(agents.items()):
+        env = dict(common)
+        if agent.interface and "GLOO_SOCKET_IFNAME" not in spec.env and "GLOO_SOCKET_IFNAME" not in os.environ:
+            env["GLOO_SOCKET_IFNAME"] = agent.interface
+        cwd = str(spec.cwd) if spec.cwd else None
+        if kind == "torchrun":
+            argv = torchrun_command(spec, launch, node, run_id, f"{agents[0].address}:{port}", agent.address)
+            orders[node] = [{"role": "agent", "argv": argv, "env": env, "cwd": cwd,
+                             "output": str(launch.directory / f"torchrun-{node}.out")}]
+            continue
+        orders[node] = []
+        for local in range(per_node):
+            rank = node * per_node + local
+            orders[node].append({
+                "role": "rank", "rank": rank, "argv": list(spec.argv), "cwd": cwd,
+                "env": {**env, "RANK": str(rank), "WORLD_SIZE": str(spec.world_size), "LOCAL_RANK": str(local),
+                        "LOCAL_WORLD_SIZE": str(per_node), "GROUP_RANK": str(node),
+                        "MASTER_ADDR": agents[0].address, "MASTER_PORT": str(port)},
+                "output": str(launch.directory / f"rank-{rank}.out")})
+    return orders
 
 
 def launch(kind: Literal["direct", "torchrun", "slurm"], spec: LaunchSpec, attempt: AttemptLaunch,

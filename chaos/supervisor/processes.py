@@ -395,16 +395,29 @@ def environ_has(pid: int, *env_lines: str) -> bool:
     return all(line.encode() in entries for line in env_lines)
 
 
-def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0) -> list[Leaked]:
+def _net_namespace(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0,
+                        same_host_only: bool = False) -> list[Leaked]:
     """Finds and SIGKILLs every live process whose environment carries `env_line` (the run's token,
     `CHAOS_RUN_TOKEN=...`): only the run's own processes and what they started carry it, so these are ours
     to kill. Run after teardown, it is the witness independent of how teardown found processes (tree,
     groups, cgroup): whatever escaped all three (a helper that double-forked, setsid()ed and left the cgroup)
     still carries the token. `exclude`: the supervisor's own token holders that are not the attempt's (warm
-    spares waiting in the pool). A process that exec()s with an emptied environment escapes this too."""
+    spares waiting in the pool). A process that exec()s with an emptied environment escapes this too.
+    `same_host_only`: an agent's sweep, only processes in its own network namespace (its host: simulated
+    hosts share one process table, and another host's processes are its agent's)."""
     found: list[tuple[int, float, str]] = []
+    own_host = _net_namespace("self") if same_host_only else None
     for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
         if pid in exclude or pid == os.getpid():
+            continue
+        if same_host_only and _net_namespace(pid) != own_host:
             continue
         if not environ_has(pid, env_line):
             continue

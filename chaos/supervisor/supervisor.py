@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import signal
 import threading
@@ -26,7 +27,8 @@ from chaos import control
 from chaos import faults as nemesis
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor.hosts import HostsError, SimulatedHosts
-from chaos.supervisor import slurm as slurm_module
+from chaos.supervisor import slurm as slurm_module, slurm_cluster
+from chaos.supervisor.agents import AgentLink, AgentLost, AgentServer, RemoteProcess, teardown_all
 from chaos.supervisor.slurm import PrivateSlurm, SlurmError
 from chaos import history
 from chaos.errors import InfrastructureError
@@ -51,6 +53,9 @@ OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how t
 LIFELINE = "lifeline"              # cgroup (path or None), reason, fallback: how nothing outlives the supervisor
 AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
 RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
+CLUSTER = "cluster"                # controller, agents, control: where an existing cluster's nodes reach chaos
+AGENT_REFUSED = "agent_refused"    # attempt, reason: a connection to the agent listener that was not let in
+AGENT_LOST = "agent_lost"          # attempt, node, host, reason: an agent's link broke during the attempt
 
 TICK_S = 0.05
 """Select timeout: the period of hang checks, wall-clock faults and progress updates."""
@@ -66,8 +71,9 @@ class SupervisorConfig:
     restart: RestartPolicy
     launcher: Literal["direct", "torchrun", "slurm"]
     run_dir: Path
-    hosts: Literal["local", "netns"] = "local"
-    """netns: each node in a network namespace of its own (chaos.supervisor.hosts), for partitions."""
+    hosts: Literal["local", "netns", "cluster"] = "local"
+    """netns: each node in a network namespace of its own (chaos.supervisor.hosts), for partitions;
+    cluster: the nodes of the Slurm cluster this machine submits to, through agents (chaos.agent)."""
 
 
 @dataclass
@@ -231,6 +237,8 @@ class _Supervisor:
         """hosts: netns: the run's simulated hosts (they outlive attempts)."""
         self.slurm: PrivateSlurm | None = None
         """launcher: slurm: the private cluster on the simulated hosts."""
+        self.agent_server: AgentServer | None = None
+        """hosts: cluster: where each attempt's agents dial in."""
         self.disk_failure: InfrastructureError | None = None
         self.cgroups = True
         """False once a cgroup could not be made: said once, then the process-group fallback only."""
@@ -280,7 +288,8 @@ class _Supervisor:
                     world_size=config.launch.world_size, nodes=config.launch.nodes,
                     faults=[f.id for f in config.faults], max_restarts=config.restart.max_restarts)
         self.server = ControlServer(self.run_dir)
-        control_path = self.server.start()
+        # on a cluster the ranks reach it over TCP, once this host's address is known (in the try below)
+        control_path = self.server.start() if config.hosts != "cluster" else ""
         self.watchdog = lifeline.Watchdog()
         if self._warm_restarts():
             self.spares = SparePool(config.launch, self.run_dir / "spares",
@@ -292,6 +301,8 @@ class _Supervisor:
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
         try:
+            if config.hosts == "cluster":
+                control_path = self._start_cluster()
             if config.hosts == "netns":
                 try:
                     self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_token}", self.run_dir)
@@ -301,7 +312,7 @@ class _Supervisor:
                             addresses=[self.hosts.address(n) for n in range(config.launch.nodes)],
                             node_local=str(self.hosts.mountpoint),
                             disks=[str(self.hosts.disk(n)) for n in range(config.launch.nodes)])
-            if config.launcher == "slurm":
+            if config.launcher == "slurm" and config.hosts != "cluster":
                 if self.hosts is None:
                     raise InfrastructureError("launcher: slurm runs a private cluster on simulated hosts: hosts: netns")
                 cgroup, _ = lifeline.create_cgroup(f"chaos-{self.run_token}-slurm")  # None: hosts.close() still kills
@@ -331,6 +342,8 @@ class _Supervisor:
                 self.hosts.close()
             if self.spares is not None:
                 self.spares.close()
+            if self.agent_server is not None:
+                self.agent_server.close()
             self.server.close()
             self.watchdog.close()
         try:
@@ -354,6 +367,24 @@ class _Supervisor:
         return SupervisorOutcome(outcome=outcome, attempts=attempts_run, landed=self.landed, missed=self.missed)
 
 
+    def _start_cluster(self) -> str:
+        """hosts: cluster: this host's address the nodes can reach, the agents' listener and the ranks' TCP
+        control socket on it; returns the control address for the ranks."""
+        try:
+            address = slurm_cluster.controller_address()
+            slurm_cluster.srun_extra_args()  # a bad value is said now, not at the first attempt
+        except slurm_cluster.ClusterError as failure:
+            raise InfrastructureError(str(failure)) from failure
+        try:
+            control_path = self.server.start_tcp(address)
+            self.agent_server = AgentServer(self.run_token, address)
+        except OSError as failure:
+            raise InfrastructureError(f"cannot listen on {address} for the cluster's agents and ranks: "
+                                      f"{failure}") from failure
+        self.record(CLUSTER, controller=address, agents=self.agent_server.address, control=control_path)
+        return control_path
+
+
 class _Attempt:
     def __init__(self, supervisor: _Supervisor, number: int, control_path: str) -> None:
         self.sup = supervisor
@@ -373,10 +404,13 @@ class _Attempt:
         self._last_report = 0.0
         self._reported_step: int | None = None
         self._exit_reported: set[int] = set()
+        """id() of each process whose exit is recorded (not its pid: on a cluster two hosts may share a pid)."""
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
         self.cgroup: lifeline.AttemptCgroup | None = None
         self.stalls: list[_Stall] = []
+        self.links: dict[int, AgentLink] = {}
+        """hosts: cluster: this attempt's agents, by node."""
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -393,6 +427,7 @@ class _Attempt:
             self._watch()
         finally:
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
+            on_hosts = self._teardown_hosts()  # each agent its own host's ranks; then srun here
             result = teardown(self.table, self.config.restart.teardown_grace_s)
             self._end_stalls(None)  # after the teardown: a straggler's cgroup is empty now, a cut link is healed
             survivors, escaped = result.survivors, []
@@ -405,6 +440,10 @@ class _Attempt:
             leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.sup.run_token}",
                                          exclude=set(self.sup.spares.pids()) if self.sup.spares else set())
             survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
+            leaked_fields = [{"pid": item.pid, "command": item.command} for item in leaked]
+            for answer in on_hosts:
+                survivors += answer.get("survivors") or []
+                leaked_fields += [{**item, "node": answer["node"]} for item in answer.get("leaked") or []]
             self.sup.watchdog.release_all()
             if self.observed is not None:
                 self._observe(final=True)  # what the ranks wrote before they died
@@ -412,7 +451,7 @@ class _Attempt:
             self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
                             grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
                             sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
-                            leaked=[{"pid": item.pid, "command": item.command} for item in leaked])
+                            leaked=leaked_fields, **({"hosts": on_hosts} if self.links else {}))
             self._report_late_exits()
             server.drop_all()
             self.selector.unregister(server.listener)
@@ -443,10 +482,15 @@ class _Attempt:
             if revived:
                 self.sup.record(SLURMD_RESTARTED, attempt=self.number, nodes=revived)
             self.sup.slurm.wait_idle()
-        self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares, self.sup.hosts,
-                                              self.sup.slurm)
+        if self.sup.agent_server is not None:
+            self.table.launched = [launcher.launch_agents(self.spec, plan, self.sup.agent_server.address)]
+        else:
+            self.table.launched = launcher.launch(self.config.launcher, self.spec, plan, self.sup.spares,
+                                                  self.sup.hosts, self.sup.slurm)
         for process in self.table.launched:  # each leads its own session: its group is its pid
             self.sup.watchdog.guard_group(process.pid, process.create_time)
+        if self.sup.agent_server is not None:
+            port = self._start_ranks_on_agents(plan)
         for process in self.table.launched:
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
             if process.role == "rank":
@@ -456,6 +500,91 @@ class _Attempt:
                         processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm}
                                    for p in self.table.launched])
         self.sup.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
+
+    # ---- agents (hosts: cluster) ----------------------------------------------------------------------
+    def _start_ranks_on_agents(self, plan: launcher.AttemptLaunch) -> int:
+        """Waits for one agent per node (srun is starting them), records each one's clock against ours, and
+        has each start its node's ranks; returns the rendezvous port (node 0's agent picked it on its host).
+        Agents that do not all come within startup_timeout_s end the attempt as hung, like silent ranks."""
+        srun = self.table.launched[0]
+
+        def give_up() -> str | None:
+            if self.sup.interrupt.requested:
+                return "interrupted"
+            return None if srun.alive() else "srun exited"
+
+        links, refused = self.sup.agent_server.gather(self.spec.nodes, self.config.restart.startup_timeout_s,
+                                                      give_up)
+        for reason in refused:
+            self.sup.record(AGENT_REFUSED, attempt=self.number, reason=reason)
+        self.links = links
+        for node, link in sorted(links.items()):
+            info = link.info
+            self.sup.record(history.AGENT_HELLO, attempt=self.number, node=node, host=info.host, pid=info.pid,
+                            address=info.address, interface=info.interface, port=info.port, swept=list(info.swept),
+                            mono_offset_s=round(info.mono_offset_s, 6), wall_offset_s=round(info.wall_offset_s, 6),
+                            rtt_s=round(info.rtt_s, 6))
+            self.selector.register(link.sock, selectors.EVENT_READ, ("agent", link))
+        if len(links) < self.spec.nodes:
+            missing = sorted(set(range(self.spec.nodes)) - set(links))
+            if self.sup.interrupt.requested:
+                self.end = "interrupted"
+            elif srun.alive():
+                self._hang(time.monotonic() - self.launch_mono, f"no agent connected for node(s) {missing}")
+            # else: srun's exit is seen by the loop and ends the attempt (crashed)
+            return plan.port
+        port = links[0].info.port
+        orders = launcher.cluster_orders(self.config.launcher, self.spec, plan, {n: l.info for n, l in links.items()},
+                                         port)
+        requests = {node: link.send({"type": "launch", "attempt": self.number, "ranks": orders[node]})
+                    for node, link in links.items()}
+        for node, request in requests.items():
+            link = links[node]
+            answer = link.wait_reply(request)
+            for started in answer.get("launched") or []:
+                process = RemoteProcess(link, int(started["pid"]), started.get("rank"), node,
+                                        role=started.get("role", "rank"))
+                link.processes[process.pid] = process
+                self.table.launched.append(process)
+            if answer.get("error"):
+                raise InfrastructureError(f"the agent on node {node} ({link.info.host}) could not start its ranks: "
+                                          f"{answer['error']}")
+        return port
+
+    def _on_agent(self, link: AgentLink) -> None:
+        """An agent wrote (a rank's exit, which wakes the loop through that rank's pipe) or its link broke."""
+        link.pump()
+        if link.lost is not None:
+            self.selector.unregister(link.sock)
+            self.sup.record(AGENT_LOST, attempt=self.number, node=link.info.node, host=link.info.host,
+                            reason=link.lost)
+            if self.end is None:
+                self.end = "crashed"
+
+    def _teardown_hosts(self) -> list[dict]:
+        """Each agent tears its host down (at once, all hosts together) and says what it found there."""
+        if not self.links:
+            return []
+        answers = teardown_all(self.links, self.config.restart.teardown_grace_s)
+        result = []
+        for node, link in sorted(self.links.items()):
+            if link.lost is None:
+                try:
+                    self.selector.unregister(link.sock)
+                except (KeyError, ValueError):
+                    pass
+            link.close()
+            answer = {key: value for key, value in answers[node].items() if key not in ("type", "id")}
+            result.append({"node": node, "host": link.info.host, **answer})
+        # the agents exit once they have answered, and so the step ends: srun leaves by itself (a SIGTERM to a
+        # srun whose step is still ending makes Slurm kill the agents mid-exit)
+        srun = self.table.launched[0]
+        if srun.pidfd is not None and not srun.exited:
+            select.select([srun.pidfd], [], [], self.config.restart.teardown_grace_s + 5.0)
+        for process in self.table.launched:
+            if isinstance(process, RemoteProcess) and not process.exited:
+                process.mark_exited(time.monotonic())
+        return result
 
     def _watch(self) -> None:
         while self.end is None:
@@ -474,6 +603,8 @@ class _Attempt:
                     self.sup.interrupt.drain()
                 elif kind == "observe":
                     self._observe()
+                elif kind == "agent":
+                    self._on_agent(subject)
             if self.sup.interrupt.requested and self.end is None:
                 self.end = "interrupted"
             if self.end is None:
@@ -499,13 +630,15 @@ class _Attempt:
     def _on_hello(self, connection: Connection, message: dict) -> None:
         rank, pid, attempt = message.get("rank"), message.get("pid"), message.get("attempt")
         problem = None
-        if attempt != self.number:
+        if self.sup.server.tcp and message.get("token") != self.sup.run_token:
+            problem = "a hello over TCP without this run's token"
+        elif attempt != self.number:
             problem = f"hello for attempt {attempt} during attempt {self.number} (a straggler)"
         elif not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
             problem = f"rank {rank!r} outside 0..{self.spec.world_size - 1}"
         elif rank in self.ranks:
             problem = f"rank {rank} said hello twice"
-        process = None if problem else self._verify_rank(rank, pid)
+        process = None if problem else self._verify_rank(rank, pid, message.get("host"))
         if process is None:
             self.sup.record(RANK_REJECTED, attempt=self.number, rank=rank, pid=pid,
                             reason=problem or "not a process of this attempt (not launched by us, nor a descendant)")
@@ -525,7 +658,7 @@ class _Attempt:
         if len(self.ranks) == self.spec.world_size:
             self.last_progress = time.monotonic()
 
-    def _verify_rank(self, rank: int, pid: object) -> TrackedProcess | None:
+    def _verify_rank(self, rank: int, pid: object, host: object = None) -> TrackedProcess | RemoteProcess | None:
         """The rank process behind a hello, only if it is one we launched or a descendant of one."""
         if not isinstance(pid, int):
             return None
@@ -536,6 +669,8 @@ class _Attempt:
             if self.table.launched_ancestor(pid) is not launched:
                 return None
             node = launched.node
+        elif self.links:
+            return self._verify_remote_rank(rank, pid, host)
         elif self.config.launcher == "slurm":
             # a Slurm task's parent is the node's slurmstepd, not a process of ours: it is ours when it carries
             # this run's token and attempt (only what we started through srun does), on one of our hosts
@@ -553,6 +688,31 @@ class _Attempt:
         if process is not None:
             self.table.ranks[rank] = process
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+        return process
+
+    def _verify_remote_rank(self, rank: int, pid: int, host: object) -> RemoteProcess | None:
+        """On another host the pid means something only to that host's agent: the rank it started there
+        (launcher: slurm), or a worker of the torchrun it started there, which it then adopts."""
+        started = next((p for p in self.table.launched if isinstance(p, RemoteProcess) and p.role == "rank"
+                        and p.rank == rank), None)
+        if started is not None:
+            if started.pid != pid:
+                return None
+            self.table.ranks[rank] = started
+            return started
+        link = next((l for l in self.links.values() if l.info.host == host and l.lost is None), None)
+        if link is None:
+            return None
+        try:
+            answer = link.request({"type": "adopt", "pid": pid, "rank": rank})
+        except AgentLost:
+            return None
+        if not answer.get("adopted"):
+            return None
+        process = RemoteProcess(link, pid, rank, link.info.node)
+        link.processes[pid] = process
+        self.table.ranks[rank] = process
+        self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         return process
 
     def _on_held(self, connection: Connection, message: dict) -> None:
@@ -590,7 +750,7 @@ class _Attempt:
         self.selector.unregister(process.pidfd)
         process.mark_exited(now)
         returncode, signal_name = process.exit_status()
-        self._exit_reported.add(process.pid)
+        self._exit_reported.add(id(process))
         if process.role == "agent":
             self.sup.record(AGENT_EXIT, attempt=self.number, node=process.node, pid=process.pid,
                             returncode=returncode, signal=signal_name)
@@ -620,7 +780,9 @@ class _Attempt:
                                 signal=signal_name)
                 if self.end is None:
                     self.end = "crashed"
-        if self.end is None and all(p.exited for p in self.table.launched):
+        # on a cluster srun ends only after teardown (chaos's agents wait for it): what they started decides
+        deciding = [p for p in self.table.launched if not (self.links and not isinstance(p, RemoteProcess))]
+        if self.end is None and all(p.exited for p in deciding):
             self._decide_clean_end()
 
     def _decide_clean_end(self) -> None:
@@ -869,19 +1031,25 @@ class _Attempt:
     def _report_late_exits(self) -> None:
         """rank_exit for every rank that died during teardown (their pidfds were no longer watched)."""
         for process in self.table.all_tracked():
-            if process.pid in self._exit_reported:
+            if id(process) in self._exit_reported:
                 continue
             if process.role == "agent":
-                returncode = process.popen.returncode if process.popen is not None else None
-                self._exit_reported.add(process.pid)
+                if isinstance(process, RemoteProcess):
+                    returncode, signal_name = process.exit_status()
+                else:
+                    returncode = process.popen.returncode if process.popen is not None else None
+                    signal_name = returncode_signal(returncode)
+                self._exit_reported.add(id(process))
                 self.sup.record(AGENT_EXIT, attempt=self.number, node=process.node, pid=process.pid,
-                                returncode=returncode, signal=returncode_signal(returncode), during_teardown=True)
+                                returncode=returncode, signal=signal_name, during_teardown=True)
                 continue
             if process.popen is not None:
                 returncode = process.popen.returncode
                 signal_name = returncode_signal(returncode)
+            elif isinstance(process, RemoteProcess):
+                returncode, signal_name = process.exit_status()
             else:
                 returncode, signal_name = None, process.last_signal if process.last_signal == "SIGKILL" else None
-            self._exit_reported.add(process.pid)
+            self._exit_reported.add(id(process))
             self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
                             returncode=returncode, signal=signal_name, during_teardown=True)

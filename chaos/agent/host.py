@@ -1,0 +1,277 @@
+"""The agent on one host: it starts that host's ranks on the controller's word, owns them, and is the only
+one that signals them.
+
+Owning means what the supervisor does for ranks on its own machine, done where the ranks are: each rank
+is the agent's child in a session of its own, dies with the agent (PR_SET_PDEATHSIG) and joins a cgroup of
+the agent's where the host allows one, which the agent's own watchdog (chaos.supervisor.watchdog) kills if
+the agent is killed outright (a torchrun's workers do not die with their torchrun); a pidfd per rank tells the agent of its exit at once (reported to
+the controller with its exit code); a signal goes through that pidfd, so it reaches that process and no
+other. At teardown the agent runs the supervisor's own teardown (SIGKILL to stopped ranks, SIGTERM, grace,
+SIGKILL, cgroup.kill) and then the run-token sweep over its own host, and answers with what it found.
+
+The agent exits after a teardown, and also when its controller goes away or it is told to stop (SIGTERM
+from Slurm, a Ctrl-C): then with grace 0, nothing of the run may outlive the controller.
+
+Torch-free: it must start in a fraction of a second on every host, every attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+
+from chaos import control
+from chaos.agent import protocol
+from chaos.supervisor import lifeline
+from chaos.supervisor.processes import (ProcessTable, TrackedProcess, create_time, returncode_signal,
+                                        sweep_token_holders, teardown)
+
+CONNECT_TIMEOUT_S = 60.0
+"""How long an agent keeps trying to reach its controller (it may start before the controller listens)."""
+TICK_S = 0.2
+TASK_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_TASK_PID", "SLURM_NTASKS", "SLURM_NPROCS",
+                  "SLURM_STEP_NUM_TASKS", "SLURM_TASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_CPU_BIND",
+                  "SLURM_CPU_BIND_LIST", "SLURM_CPU_BIND_TYPE", "SLURM_CPU_BIND_VERBOSE")
+"""Slurm's variables describing the agent's own task: a rank is not that task, and a trainer that reads
+SLURM_PROCID (Lightning, some Megatron set-ups) must see RANK instead."""
+
+
+class AgentError(RuntimeError):
+    pass
+
+
+def _interface_of(address: str) -> str | None:
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(entry.address == address for entry in addresses):
+            return name
+    return None
+
+
+def _free_port(address: str) -> int:
+    """A port free on this host now (the kernel's pick): the rendezvous port when this is node 0."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((address, 0))
+        return probe.getsockname()[1]
+
+
+class HostAgent:
+    def __init__(self, controller: tuple[str, int], token: str, node: int) -> None:
+        self.controller = controller
+        self.token = token
+        self.node = node
+        self.sock: socket.socket | None = None
+        self.reader: control.LineReader | None = None
+        self.table = ProcessTable()
+        self.cgroup: lifeline.AttemptCgroup | None = None
+        self.selector = selectors.DefaultSelector()
+        self.stop_requested: str | None = None
+        self.reported: set[int] = set()
+        self.watchdog: lifeline.Watchdog | None = None
+
+    # ---- connection ---------------------------------------------------------------------------------
+    def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sock = socket.create_connection(self.controller, timeout=5.0)
+                break
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise AgentError(f"cannot reach the controller at {self.controller[0]}:{self.controller[1]}: "
+                                     f"{error}") from error
+                time.sleep(0.2)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(None)
+        self.reader = control.LineReader(self.sock)
+        address = self.sock.getsockname()[0]  # the address this host reaches the controller from
+        # before anything of this attempt starts here: what still carries the run's token on this host is
+        # an earlier attempt's, left when that attempt's agent was lost (its host cut off, the agent killed)
+        swept = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
+        self._send({"type": "agent_hello", "token": self.token, "node": self.node, "host": socket.gethostname(),
+                    "pid": os.getpid(), "address": address, "interface": _interface_of(address),
+                    "port": _free_port(address),
+                    "swept": [{"pid": item.pid, "command": item.command, "alive_after_sigkill": item.alive_after_sigkill}
+                              for item in swept]})
+        answer = self.reader.read_message()
+        if answer is None or answer.get("type") != "welcome":
+            reason = answer.get("reason") if answer else "it closed the connection"
+            raise AgentError(f"the controller refused this agent: {reason}")
+
+    def _send(self, message: dict) -> None:
+        assert self.sock is not None
+        try:
+            control.send(self.sock, message)
+        except OSError:
+            self.stop_requested = self.stop_requested or "the controller's connection broke"
+
+    # ---- the loop -----------------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Until a teardown (exit 0) or the controller's loss or a stop signal (exit 1, everything killed)."""
+        assert self.sock is not None
+        self.watchdog = lifeline.Watchdog()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self.selector.register(self.sock, selectors.EVENT_READ, ("controller", None))
+        buffered = self.reader.feed(b"") if self.reader else []
+        for message in buffered:
+            if self._handle(message):
+                return 0
+        while self.stop_requested is None:
+            for key, _ in self.selector.select(TICK_S):
+                kind, subject = key.data
+                if kind == "exit":
+                    self._on_exit(subject)
+                    continue
+                try:
+                    data = self.sock.recv(65536)
+                except (InterruptedError, BlockingIOError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.stop_requested = "the controller went away"
+                    break
+                for message in self.reader.feed(data):
+                    if self._handle(message):
+                        return 0
+        print(f"chaos agent (node {self.node}): {self.stop_requested}; killing what this agent started",
+              file=sys.stderr, flush=True)
+        self._teardown(0.0)
+        return 1
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_requested = f"stopped by {signal.Signals(signum).name}"
+
+    def _handle(self, message: dict) -> bool:
+        """Acts on one order; True once torn down (the agent's work is over)."""
+        kind, request = message.get("type"), message.get("id")
+        if kind == "clock":
+            self._send({"type": "reply", "id": request, "mono": time.monotonic(), "wall": time.time()})
+        elif kind == "launch":
+            self._send({"type": "reply", "id": request, **self._launch(message)})
+        elif kind == "signal":
+            self._send({"type": "reply", "id": request, "delivered": self._signal(message)})
+        elif kind == "adopt":
+            self._send({"type": "reply", "id": request, **self._adopt(message)})
+        elif kind == "teardown":
+            self._send({"type": "reply", "id": request, **self._teardown(float(message.get("grace_s", 0.0)))})
+            return True
+        else:
+            self._send({"type": "reply", "id": request, "error": f"unknown order {kind!r}"})
+        return False
+
+    # ---- orders -------------------------------------------------------------------------------------
+    def _launch(self, message: dict) -> dict:
+        attempt = int(message["attempt"])
+        if self.cgroup is None:
+            self.cgroup, _ = lifeline.create_cgroup(f"chaos-{self.token}-a{attempt:02d}-node{self.node}")
+            if self.cgroup is not None:
+                self.watchdog.guard_cgroup(self.cgroup)
+        procs = self.cgroup.procs_file if self.cgroup is not None else None
+        launched = []
+        try:
+            for entry in message["ranks"]:
+                env = {name: value for name, value in os.environ.items()
+                       if name not in TASK_VARIABLES and name != protocol.ENV_AGENT_TOKEN}
+                env.update(entry["env"])
+                output = open(entry["output"], "ab")
+                try:
+                    popen = subprocess.Popen(entry["argv"], env=env, cwd=entry.get("cwd") or None,
+                                             stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                                             start_new_session=True, close_fds=True,
+                                             preexec_fn=lifeline.child_setup(os.getpid(), procs))
+                finally:
+                    output.close()
+                role = entry.get("role", "rank")
+                rank = int(entry["rank"]) if role == "rank" else None
+                process = TrackedProcess.from_popen(popen, role=role, rank=rank, node=self.node)
+                self.watchdog.guard_group(process.pid, process.create_time)
+                self.table.launched.append(process)
+                if rank is not None:
+                    self.table.ranks[rank] = process
+                self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+                launched.append({"role": role, "rank": rank, "pid": process.pid})
+        except (OSError, KeyError, ValueError, TypeError) as error:
+            return {"launched": launched, "cgroup": procs, "error": f"cannot start a rank: {error}"}
+        return {"launched": launched, "cgroup": procs, "error": None}
+
+    def _adopt(self, message: dict) -> dict:
+        """A torchrun worker that said hello as rank `rank`: ours only if it descends from a torchrun this
+        agent started; then it is owned like a rank started directly (pidfd, exit report, teardown)."""
+        pid, rank = message.get("pid"), message.get("rank")
+        if not isinstance(pid, int) or not isinstance(rank, int):
+            return {"adopted": False, "reason": f"expected a pid and a rank, got {pid!r}, {rank!r}"}
+        ancestor = self.table.launched_ancestor(pid)
+        if ancestor is None or ancestor.role != "agent":
+            return {"adopted": False, "reason": f"pid {pid} is no descendant of a torchrun this agent started"}
+        started = create_time(pid)
+        process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=self.node) if started else None
+        if process is None:
+            return {"adopted": False, "reason": f"pid {pid} is gone"}
+        self.table.ranks[rank] = process
+        self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+        return {"adopted": True, "reason": None}
+
+    def _signal(self, message: dict) -> bool:
+        """Only a process this agent started or adopted, by pidfd: False for any other pid, or one gone."""
+        process = next((p for p in self.table.all_tracked() if p.pid == message.get("pid")), None)
+        name = message.get("signal")
+        if process is None or process.exited or name not in signal.Signals.__members__:
+            return False
+        return process.send(name)
+
+    def _on_exit(self, process: TrackedProcess) -> None:
+        self.selector.unregister(process.pidfd)
+        process.mark_exited(time.monotonic())
+        self._report_exit(process)
+
+    def _report_exit(self, process: TrackedProcess) -> None:
+        if process.pid in self.reported:
+            return
+        self.reported.add(process.pid)
+        if process.popen is not None and process.popen.returncode is not None:  # reaped by teardown
+            returncode, signal_name = process.popen.returncode, returncode_signal(process.popen.returncode)
+        else:
+            returncode, signal_name = process.exit_status()
+        self._send({"type": "exit", "rank": process.rank, "pid": process.pid, "returncode": returncode,
+                    "signal": signal_name})
+
+    def _teardown(self, grace_s: float) -> dict:
+        for process in self.table.all_tracked():
+            if process.pidfd is not None and not process.exited:
+                self.selector.unregister(process.pidfd)
+        # exit statuses are read before teardown reaps (a reaped child's status is gone with its zombie)
+        for process in self.table.all_tracked():
+            if not process.alive():
+                process.mark_exited(time.monotonic())
+                self._report_exit(process)
+        result = teardown(self.table, grace_s)
+        for process in self.table.all_tracked():
+            self._report_exit(process)
+        escaped: list[int] = []
+        if self.cgroup is not None:
+            escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
+            self.cgroup.remove()
+        leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
+        survivors = sorted(set(result.survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
+        if self.watchdog is not None:
+            self.watchdog.release_all()
+        return {"sigterm": result.sigterm, "sigkill": result.sigkill, "survivors": survivors,
+                "cgroup_killed": escaped, "duration_s": round(result.duration_s, 4),
+                "leaked": [{"pid": item.pid, "command": item.command} for item in leaked]}
+
+    def close(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.close()
+        for process in self.table.all_tracked():
+            process.close()
+        self.selector.close()
+        if self.sock is not None:
+            self.sock.close()

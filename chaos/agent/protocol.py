@@ -1,0 +1,82 @@
+"""The wire between the controller (the chaos supervisor) and the agent on each host: newline-delimited JSON
+over one TCP connection per agent, opened by the agent, authenticated by the run token.
+
+    agent -> controller   {"type": "agent_hello", "token", "node", "host", "pid", "address", "interface",
+                           "port", "swept": [{"pid", "command", "alive_after_sigkill"}]}
+                          (swept: what of the run it found on its host before starting anything: a process of an
+                           earlier attempt whose agent was lost; killed)
+    controller -> agent   {"type": "welcome"} or {"type": "refused", "reason"}   (then it closes)
+    controller -> agent   {"type": "clock", "id"}          -> {"type": "reply", "id", "mono", "wall"}
+    controller -> agent   {"type": "launch", "id", "attempt",
+                           "ranks": [{"role": "rank" | "agent", "rank", "argv", "env", "cwd", "output"}]}
+                                                           -> {"type": "reply", "id", "cgroup", "error",
+                                                               "launched": [{"role", "rank", "pid"}]}
+    controller -> agent   {"type": "adopt", "id", "pid", "rank"}      -> {"type": "reply", "id", "adopted", "reason"}
+                           (a torchrun worker that said hello: ours if it descends from a torchrun we started)
+    controller -> agent   {"type": "signal", "id", "pid", "signal"}    -> {"type": "reply", "id", "delivered"}
+    agent -> controller   {"type": "exit", "rank", "pid", "returncode", "signal"}   (whenever a rank exits)
+    controller -> agent   {"type": "teardown", "id", "grace_s"}  -> {"type": "reply", "id", "sigterm", "sigkill",
+                                                                     "survivors", "cgroup_killed", "leaked",
+                                                                     "duration_s"}   (then the agent exits)
+
+A rank's `env` holds only what chaos sets (its RANK, the run's variables, the workload's env): the agent
+starts it with its own environment (Slurm exported the controller's) plus these. An agent whose controller
+goes away (EOF) kills everything it started and exits: nothing outlives the controller on any host.
+
+Clocks: `mono` and `wall` are the agent's CLOCK_MONOTONIC and time.time() when it answered. The controller
+takes several samples and keeps the one with the shortest round trip: offset = agent clock - midpoint of
+the controller's send and receive, known to within +-rtt/2. Nothing assumes two hosts' clocks agree.
+
+Pure standard library: the agent imports this before anything heavy.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+ENV_AGENT_TOKEN = "CHAOS_AGENT_TOKEN"
+"""The run token as the agent gets it. Not CHAOS_RUN_TOKEN: the token sweep kills whatever carries that, and
+srun (which exports its environment to the agents) may run on one of the nodes (chaos inside an sbatch
+allocation), where an agent's sweep must not find it."""
+ENV_CONTROLLER = "CHAOS_CONTROLLER"
+"""host:port of the controller's agent listener, for agents started by hand or by a batch script."""
+CLOCK_SAMPLES = 8
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); ValueError with what was expected."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def token_matches(offered: object, expected: str) -> bool:
+    return isinstance(offered, str) and hmac.compare_digest(offered.encode(), expected.encode())
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    sent: float
+    """controller clock when the request left"""
+    received: float
+    """controller clock when the reply came"""
+    remote: float
+    """agent clock when it answered"""
+
+    @property
+    def rtt_s(self) -> float:
+        return self.received - self.sent
+
+    @property
+    def offset_s(self) -> float:
+        """agent clock - controller clock, assuming the answer was taken halfway through the round trip."""
+        return self.remote - (self.sent + self.received) / 2
+
+
+def best_offset(samples: list[ClockSample]) -> ClockSample:
+    """The sample with the shortest round trip: the tightest bound on the offset (NTP's clock filter)."""
+    if not samples:
+        raise ValueError("no clock samples")
+    return min(samples, key=lambda sample: sample.rtt_s)

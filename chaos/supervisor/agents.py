@@ -1,0 +1,313 @@
+"""The controller's side of chaos.agent: a TCP listener the agents dial (one per host, each attempt), a link
+per agent, and `RemoteProcess`, a rank on another host as the attempt loop sees it.
+
+The attempt loop treats a remote rank like a local one: its `pidfd` is the read end of a pipe that becomes
+readable when the agent reports the rank's exit (so the same selector wakes for it), and `send` asks the
+agent to deliver the signal through its own pidfd. Only the agent ever signals a rank on its host; the
+controller never touches a pid of another host's process table (the same number names nothing, or
+something else, here).
+
+Each agent's clock is measured against the controller's at its hello (chaos.agent.protocol) and recorded
+(`agent_hello`: mono_offset_s, wall_offset_s, rtt_s); the history loader puts ranks' monotonic times on
+the controller's clock with these offsets, so that no check compares two hosts' raw clocks.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from chaos import control
+from chaos.agent import protocol
+
+REQUEST_TIMEOUT_S = 30.0
+"""An agent that does not answer an order in this long is lost (its host hangs, or its link is cut)."""
+
+
+class AgentLost(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    node: int
+    host: str
+    pid: int
+    address: str
+    """The address the agent's host reached the controller from: node 0's is the job's MASTER_ADDR."""
+    interface: str | None
+    port: int
+    """A TCP port that was free on the agent's host at its hello: node 0's is the job's MASTER_PORT."""
+    mono_offset_s: float
+    """agent CLOCK_MONOTONIC - controller CLOCK_MONOTONIC, within +-rtt_s/2"""
+    wall_offset_s: float
+    rtt_s: float
+    swept: tuple[dict, ...] = ()
+    """Processes of the run the agent found (and killed) on its host before starting anything."""
+
+
+class RemoteProcess:
+    """A rank (or a torchrun agent) on another host, owned by chaos's agent there: what the attempt loop
+    uses of a TrackedProcess."""
+
+    remote = True
+    popen = None
+    warm = False
+    create_time = -1.0  # never a local process's: the local /proc scans (descendants, groups) skip it
+
+    def __init__(self, link: "AgentLink", pid: int, rank: int | None, node: int, role: str = "rank") -> None:
+        self.link = link
+        self.role = role
+        """rank, or agent: a torchrun agent on that host (launcher: torchrun), whose workers are adopted"""
+        self.pid = pid
+        self.rank = rank
+        self.node = node
+        self.exited = False
+        self.exit_mono: float | None = None
+        self.last_signal: str | None = None
+        self.last_signal_mono: float | None = None
+        self.returncode: int | None = None
+        self.signal: str | None = None
+        self.reported = False
+        self._read_fd, self._write_fd = os.pipe()
+        self.pidfd: int | None = self._read_fd
+        """Readable once the agent has reported the exit (or the agent is lost): the attempt's selector watches it."""
+
+    def report_exit(self, returncode: int | None, signal_name: str | None) -> None:
+        if self.reported:
+            return
+        self.reported = True
+        self.returncode, self.signal = returncode, signal_name
+        if self._write_fd is not None:
+            os.write(self._write_fd, b"x")
+
+    def alive(self) -> bool:
+        return not self.exited and not self.reported
+
+    def exit_status(self) -> tuple[int | None, str | None]:
+        return self.returncode, self.signal
+
+    def mark_exited(self, now: float) -> None:
+        if not self.exited:
+            self.exited = True
+            self.exit_mono = now
+
+    def send(self, signal_name: str) -> bool:
+        if not self.alive():
+            return False
+        try:
+            delivered = bool(self.link.request({"type": "signal", "pid": self.pid, "signal": signal_name})
+                             .get("delivered"))
+        except AgentLost:
+            return False
+        if delivered:
+            self.last_signal, self.last_signal_mono = signal_name, time.monotonic()
+        return delivered
+
+    def send_group(self, signal_name: str) -> bool:
+        return self.send(signal_name)
+
+    def reap(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for name in ("_read_fd", "_write_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                os.close(fd)
+                setattr(self, name, None)
+        self.pidfd = None
+
+
+@dataclass
+class AgentLink:
+    sock: socket.socket
+    reader: control.LineReader
+    info: AgentInfo | None = None
+    processes: dict[int, RemoteProcess] = field(default_factory=dict)
+    lost: str | None = None
+    _next_id: int = 0
+    _replies: dict[int, dict] = field(default_factory=dict)
+
+    # ---- messages ------------------------------------------------------------------------------------
+    def send(self, message: dict) -> int:
+        if self.lost:
+            raise AgentLost(self.lost)
+        self._next_id += 1
+        try:
+            control.send(self.sock, {**message, "id": self._next_id})
+        except OSError as error:
+            self._lose(f"sending to it failed: {error}")
+            raise AgentLost(self.lost) from error
+        return self._next_id
+
+    def wait_reply(self, request: int, timeout_s: float = REQUEST_TIMEOUT_S) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while request not in self._replies:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self._lose(f"no answer in {timeout_s:.0f} s")
+            if self.lost:
+                raise AgentLost(self.lost)
+            readable, _, _ = select.select([self.sock], [], [], left)
+            if readable:
+                self.pump()
+        return self._replies.pop(request)
+
+    def request(self, message: dict, timeout_s: float = REQUEST_TIMEOUT_S) -> dict:
+        return self.wait_reply(self.send(message), timeout_s)
+
+    def pump(self) -> None:
+        """Reads what has arrived (never blocks): replies are kept for their request, exits reach their rank."""
+        try:
+            data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._lose(f"its connection broke: {error}")
+            return
+        if not data:
+            self._lose("it closed its connection")
+            return
+        try:
+            messages = self.reader.feed(data)
+        except ValueError:
+            self._lose("it sent something that is not JSON")
+            return
+        for message in messages:
+            if message.get("type") == "exit":
+                process = self.processes.get(message.get("pid"))
+                if process is not None:
+                    process.report_exit(message.get("returncode"), message.get("signal"))
+            elif message.get("type") == "reply":
+                self._replies[message.get("id")] = message
+
+    def _lose(self, why: str) -> None:
+        """The agent is gone (its host died, or the link): its ranks count as exited, how is unknown."""
+        if self.lost is None:
+            self.lost = why
+            for process in self.processes.values():
+                process.report_exit(None, None)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def measure_clock(link: AgentLink, samples: int = protocol.CLOCK_SAMPLES) -> tuple[protocol.ClockSample, float]:
+    """(the tightest monotonic-clock sample, the wall-clock offset from the same exchange)."""
+    taken: list[tuple[protocol.ClockSample, float]] = []
+    for _ in range(samples):
+        sent_mono, sent_wall = time.monotonic(), time.time()
+        reply = link.request({"type": "clock"}, timeout_s=10.0)
+        received_mono, received_wall = time.monotonic(), time.time()
+        sample = protocol.ClockSample(sent_mono, received_mono, float(reply["mono"]))
+        taken.append((sample, float(reply["wall"]) - (sent_wall + received_wall) / 2))
+    best = protocol.best_offset([sample for sample, _ in taken])
+    return best, next(wall for sample, wall in taken if sample is best)
+
+
+class AgentServer:
+    """The listener agents dial, for the whole run (agents are new every attempt)."""
+
+    def __init__(self, token: str, bind_address: str) -> None:
+        self.token = token
+        self.listener = socket.create_server((bind_address, 0), backlog=256)
+        self.listener.setblocking(False)
+        self.address = f"{bind_address}:{self.listener.getsockname()[1]}"
+
+    def gather(self, nodes: int, timeout_s: float, give_up: Callable[[], str | None]) -> tuple[dict[int, AgentLink], list[str]]:
+        """Accepts agents until one per node has said hello with the run's token (clocks measured), the
+        timeout passes, or `give_up` says why to stop (srun died, Ctrl-C). Returns (links by node, the
+        reasons connections were refused)."""
+        links: dict[int, AgentLink] = {}
+        refused: list[str] = []
+        pending: list[AgentLink] = []
+        deadline = time.monotonic() + timeout_s
+        while len(links) < nodes and time.monotonic() < deadline and give_up() is None:
+            readable, _, _ = select.select([self.listener, *[p.sock for p in pending]], [], [], 0.05)
+            if self.listener in readable:
+                try:
+                    sock, _ = self.listener.accept()
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    pending.append(AgentLink(sock, control.LineReader(sock)))
+                except (BlockingIOError, InterruptedError):
+                    pass
+            for link in [p for p in pending if p.sock in readable]:
+                pending.remove(link)
+                problem = self._welcome(link, nodes, links)
+                if problem is not None:
+                    refused.append(problem)
+                    link.close()
+                else:
+                    links[link.info.node] = link
+        for link in pending:
+            link.close()
+        return links, refused
+
+    def _welcome(self, link: AgentLink, nodes: int, links: dict[int, AgentLink]) -> str | None:
+        link.sock.settimeout(5.0)
+        try:
+            hello = link.reader.read_message()
+        except (OSError, ValueError) as error:
+            return f"a connection that sent no hello ({error})"
+        finally:
+            link.sock.settimeout(None)
+        if hello is None or hello.get("type") != "agent_hello":
+            return f"a connection that sent no hello ({hello!r:.80})"
+        node = hello.get("node")
+        if not protocol.token_matches(hello.get("token"), self.token):
+            why = "not this run's token"
+        elif not isinstance(node, int) or not 0 <= node < nodes:
+            why = f"node {node!r} outside 0..{nodes - 1}"
+        elif node in links:
+            why = f"node {node} already has an agent"
+        else:
+            why = None
+        try:
+            control.send(link.sock, {"type": "refused", "reason": why} if why else {"type": "welcome"})
+        except OSError as error:
+            return f"agent for node {node} went away at its hello: {error}"
+        if why:
+            return f"refused an agent from {hello.get('host')!r} (pid {hello.get('pid')}): {why}"
+        try:
+            clock, wall_offset = measure_clock(link)
+        except AgentLost as error:
+            return f"agent for node {node} was lost while its clock was measured: {error}"
+        link.info = AgentInfo(node=node, host=str(hello.get("host")), pid=int(hello.get("pid", 0)),
+                              address=str(hello.get("address")), interface=hello.get("interface"),
+                              port=int(hello.get("port") or 0), swept=tuple(hello.get("swept") or ()),
+                              mono_offset_s=clock.offset_s, wall_offset_s=wall_offset, rtt_s=clock.rtt_s)
+        return None
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def teardown_all(links: dict[int, AgentLink], grace_s: float) -> dict[int, dict]:
+    """Every agent tears its host down at once (orders first, then the answers); a lost agent's answer is
+    {"lost": why}: its host is unreachable, what runs there is unknown (the agent kills it when it sees its
+    controller gone)."""
+    requests: dict[int, int] = {}
+    answers: dict[int, dict] = {}
+    for node, link in links.items():
+        try:
+            requests[node] = link.send({"type": "teardown", "grace_s": grace_s})
+        except AgentLost as error:
+            answers[node] = {"lost": str(error)}
+    for node, request in requests.items():
+        try:
+            answers[node] = links[node].wait_reply(request, timeout_s=grace_s + REQUEST_TIMEOUT_S)
+        except AgentLost as error:
+            answers[node] = {"lost": str(error)}
+    for link in links.values():
+        link.pump()  # exits sent just before the answer
+        for process in link.processes.values():
+            process.report_exit(process.returncode, process.signal)  # no-op for those already reported
+    return answers
