@@ -50,7 +50,7 @@ FINAL_STATE = "final_state"        # step, state_hash
 TRAIN_END = "train_end"            # step, reason: "complete" | "preempted"
 
 # ---- supervisor events (written by chaos.supervisor) -------------------------------------------
-RUN_START = "run_start"            # scenario, seed, run_dir
+RUN_START = "run_start"            # run_dir, launcher, host (the supervisor's), world_size, nodes, faults
 ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
 RANK_HELLO = "rank_hello"          # attempt, rank, pid
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)

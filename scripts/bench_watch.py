@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from chaos.blackbox.checkpoint_watch import CheckpointWatcher  # noqa: E402
 
-TICK_S = 0.05  # chaos.supervisor.supervisor.TICK_S (not imported: the benchmark needs only the watcher)
+TICK_S = 0.05  # chaos.supervisor.attempt.TICK_S (not imported: the benchmark needs only the watcher)
 
 
 def writer(directory: str, samples: int, seed: int, times) -> None:

@@ -18,7 +18,7 @@ from chaos import history
 from chaos.history import HistoryWriter, load_run_history, read_jsonl, supervisor_history_path
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
 from chaos.supervisor import SupervisorConfig, supervise
-from chaos.supervisor import supervisor as supervisor_module
+from chaos.supervisor import attempt as attempt_module
 from chaos.supervisor.processes import TrackedProcess, is_same_process
 from chaos.workloads import LaunchSpec
 
@@ -261,7 +261,7 @@ def test_wall_clock_fault_records_where_the_rank_was(tmp_path):
 def test_stragglers_after_the_gather_deadline_are_each_hit_once(tmp_path, monkeypatch):
     """A fault on 3 ranks: rank 0 holds on time, rank 1 after the gather deadline landed the fault on rank 0,
     rank 2 later still. Each is signalled exactly once, and rank 1 is not kept waiting for rank 2."""
-    monkeypatch.setattr(supervisor_module, "HOLD_GATHER_S", 0.3)
+    monkeypatch.setattr(attempt_module, "HOLD_GATHER_S", 0.3)
     run = tmp_path / "run"
     restart = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=10.0, startup_timeout_s=60.0)
     delays = [{"rank": 1, "step": 3, "seconds": 1.0}, {"rank": 2, "step": 3, "seconds": 2.5}]
