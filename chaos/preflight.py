@@ -61,6 +61,10 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
         reason = slurm_cluster.unavailable_reason()
         if reason is not None:
             raise InputError(source, "hosts", reason)
+        try:
+            slurm_cluster.controller_address()  # asks scontrol: is there a cluster, and a way back from it
+        except slurm_cluster.ClusterError as error:
+            raise InputError(source, "hosts", f"hosts: cluster found no Slurm cluster to run on from here: {error}")
         return
     if hosts != "netns":
         return
@@ -74,9 +78,10 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
         raise InputError(source, "launcher", reason)
 
 
-def check_machine(facts: WorkloadFacts, source: str) -> None:
-    """A CUDA workload needs one GPU per rank on this host (NCCL refuses two ranks on one GPU)."""
-    if facts.device != "cuda":
+def check_machine(facts: WorkloadFacts, source: str, hosts: str = "local") -> None:
+    """A CUDA workload needs one GPU per rank on this host (NCCL refuses two ranks on one GPU); on a cluster
+    the GPUs are the nodes' (asked of Slurm in CHAOS_SRUN_ARGS), not this host's."""
+    if facts.device != "cuda" or hosts == "cluster":
         return
     gpus = visible_gpus()
     if gpus < facts.world_size:

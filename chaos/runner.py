@@ -114,13 +114,14 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
     from chaos.supervisor import SupervisorConfig, supervise
 
     preflight.check_run_dir(work_dir)
-    preflight.check_machine(scenario.facts, scenario.source)
+    preflight.check_machine(scenario.facts, scenario.source, scenario.hosts)
     move_aside(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     workload, facts = scenario.workload, scenario.facts
+    launcher, hosts = golden_launch(scenario)
     outcome = supervise(SupervisorConfig(
         launch=workload.launch(work_dir), faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
-        launcher=scenario.launcher, run_dir=work_dir), on_progress)
+        launcher=launcher, run_dir=work_dir, hosts=hosts), on_progress)
     recorded, final_hash = recorded_from_history(work_dir)
     steps = sorted(recorded.metrics.get("lm loss", {}))
     wants_hash = workload.final_state_unavailable is None
@@ -138,6 +139,16 @@ def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
     golden = dataclasses.replace(recorded, meta=meta)
     golden_module.write_golden(golden, out_path)
     return golden
+
+
+def golden_launch(scenario: Scenario) -> tuple[str, str]:
+    """(launcher, hosts) of the uninterrupted run a golden is recorded from. On a cluster: the cluster, where
+    the numbers are made (a login node may have neither the nodes' CPUs nor their GPUs). Simulated hosts:
+    this machine's loopback, since the numbers do not depend on the wire; a private Slurm cluster exists only
+    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way."""
+    if scenario.hosts == "cluster":
+        return scenario.launcher, "cluster"
+    return ("torchrun" if scenario.launcher == "slurm" else scenario.launcher), "local"
 
 
 def golden_file_name(scenario: Scenario) -> str:
@@ -199,7 +210,7 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     run_dir = Path(out_dir) if out_dir else default_run_dir(scenario)
     preflight.check_run_dir(run_dir)
     preflight.check_golden_cache(golden_cache)
-    preflight.check_machine(scenario.facts, scenario.source)
+    preflight.check_machine(scenario.facts, scenario.source, scenario.hosts)
     preflight.check_hosts(scenario.hosts, scenario.launcher, scenario.source)
     move_aside(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -331,7 +331,7 @@ def existing_cluster(tmp_path: Path):
 
 def chaos_on_login_node(made, cluster, *args: str, run_dir: Path) -> subprocess.Popen:
     return subprocess.Popen([*made.enter_head(REPO), sys.executable, "-m", "chaos.cli", "run", *args, "--out",
-                             str(run_dir), "--golden-cache", str(REPO / "goldens")],
+                             str(run_dir)],
                             env={**os.environ, **cluster.env()}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -353,7 +353,8 @@ def test_multihost_existing_slurm_cluster_runs_the_scenario_through_agents(tmp_p
 
     run_dir = tmp_path / "run"
     with existing_cluster(tmp_path) as (made, cluster):
-        chaos = chaos_on_login_node(made, cluster, str(REPO / "scenarios" / "slurm_cluster.yaml"), run_dir=run_dir)
+        chaos = chaos_on_login_node(made, cluster, str(REPO / "scenarios" / "slurm_cluster.yaml"),
+                                    "--golden-cache", str(REPO / "goldens"), run_dir=run_dir)
         output, _ = chaos.communicate(timeout=400)
     assert chaos.returncode == 0, output
     report = json.loads((run_dir / "report.json").read_text())
@@ -381,16 +382,21 @@ def test_multihost_existing_slurm_cluster_torchrun_rides_out_a_lost_agent(tmp_pa
     ends, nothing of it is left on node 1 (verified by the next agent there, which sweeps its host before
     starting anything; that the agent's watchdog kills what its ranks started is proven in
     test_multihost_agents.py, here the workers' broken collectives may end them first), and the run resumes
-    bitwise."""
+    bitwise, against a golden recorded first on the cluster itself (`chaos golden record` on the login node)."""
     import json
 
     scenario = tmp_path / "lost_agent.yaml"
     scenario.write_text("workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 12, "
                         "save_interval: 4}\nlauncher: torchrun\nhosts: cluster\n"
                         "restart: {max_restarts: 1, hang_timeout_s: 15}\n")
-    run_dir = tmp_path / "run"
+    run_dir, golden = tmp_path / "run", tmp_path / "golden.json"
     with existing_cluster(tmp_path) as (made, cluster):
-        chaos = chaos_on_login_node(made, cluster, str(scenario), run_dir=run_dir)
+        record = subprocess.run([*made.enter_head(tmp_path), sys.executable, "-m", "chaos.cli", "golden", "record",
+                                 str(scenario), "--out", str(golden)], env={**os.environ, **cluster.env()},
+                                capture_output=True, text=True, timeout=300)
+        assert record.returncode == 0, record.stdout + record.stderr
+        golden_run = tmp_path / record.stdout.rsplit("run directory ", 1)[1].strip()  # relative to its cwd
+        chaos = chaos_on_login_node(made, cluster, str(scenario), "--golden", str(golden), run_dir=run_dir)
         try:
             rank2 = run_dir / "attempts" / "01" / "rank-2.jsonl"
             deadline = time.monotonic() + 120
@@ -414,5 +420,64 @@ def test_multihost_existing_slurm_cluster_torchrun_rides_out_a_lost_agent(tmp_pa
     assert [h.get("lost") is not None for h in first["hosts"]] == [False, True]
     (again,) = [r for r in records if r["event"] == "agent_hello" and r["attempt"] == 2 and r["node"] == 1]
     assert again["host"] == "chaos-cl-1" and again["swept"] == []
+    recorded = supervisor_records(golden_run)  # on the cluster, through its agents
+    assert {r["host"] for r in recorded if r["event"] == "agent_hello"} == {"chaos-cl-0", "chaos-cl-1"}
+    assert report["golden"]["path"] == str(golden)
     no_survivors = next(c for c in report["checks"] if c["name"] == "no_survivors")
     assert no_survivors["status"] == "pass"
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_existing_slurm_cluster_that_refuses_the_step_is_an_infrastructure_error(tmp_path):
+    """srun fails before any agent connects (here: CHAOS_SRUN_ARGS names no partition of the cluster): the
+    run stops at once saying what srun said, instead of spending restarts on a job the cluster refuses."""
+    scenario = tmp_path / "refused.yaml"
+    scenario.write_text("workload: {preset: tiny_cpu, world_size: 4, tensor_parallel: 2, nodes: 2, train_iters: 12, "
+                        "save_interval: 4}\nlauncher: slurm\nhosts: cluster\nrestart: {max_restarts: 3}\n")
+    with existing_cluster(tmp_path) as (made, cluster):
+        chaos = subprocess.run([*made.enter_head(REPO), sys.executable, "-m", "chaos.cli", "run", str(scenario),
+                                "--out", str(tmp_path / "run"), "--golden-cache", str(REPO / "goldens")],
+                               env={**os.environ, **cluster.env(), "CHAOS_SRUN_ARGS": "--partition=nosuch"},
+                               capture_output=True, text=True, timeout=120)
+    assert chaos.returncode == 3, chaos.stdout + chaos.stderr
+    assert "srun exited before an agent connected for node(s) [0, 1]" in chaos.stdout
+    assert "invalid partition specified: nosuch" in chaos.stdout
+    assert '"attempts": 1' in (tmp_path / "run" / "supervisor.jsonl").read_text()  # no restart was spent
+
+
+def test_multihost_srun_args_that_do_not_parse_are_named(monkeypatch):
+    from chaos.supervisor import slurm_cluster
+
+    monkeypatch.setenv("CHAOS_SRUN_ARGS", "--partition='train")
+    with pytest.raises(slurm_cluster.ClusterError) as raised:
+        slurm_cluster.srun_extra_args()
+    assert "CHAOS_SRUN_ARGS: No closing quotation" in str(raised.value)
+    monkeypatch.setenv("CHAOS_SRUN_ARGS", "--partition='train a' --exclusive")
+    assert slurm_cluster.srun_extra_args() == ["--partition=train a", "--exclusive"]
+
+
+def test_multihost_golden_is_recorded_where_the_numbers_are_made():
+    from chaos.runner import golden_launch
+
+    def scenario(body: str):
+        return load_scenario_text(WORKLOAD + body, "g.yaml")
+
+    assert golden_launch(scenario("launcher: slurm\nhosts: cluster\n")) == ("slurm", "cluster")
+    assert golden_launch(scenario("launcher: torchrun\nhosts: cluster\n")) == ("torchrun", "cluster")
+    # simulated hosts: loopback; a private Slurm cluster only exists on them, so torchrun stands in
+    assert golden_launch(scenario("launcher: slurm\nhosts: netns\n")) == ("torchrun", "local")
+    assert golden_launch(scenario("launcher: torchrun\nhosts: netns\n")) == ("torchrun", "local")
+
+
+def test_multihost_cluster_scenario_without_a_cluster_is_refused_naming_hosts(tmp_path):
+    """Where no Slurm cluster answers (no srun here, or scontrol finds no slurmctld), nothing starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    (tmp_path / "slurm.conf").write_text("")  # a cluster configuration that names no cluster
+    env["SLURM_CONF"] = str(tmp_path / "slurm.conf")
+    result = subprocess.run([sys.executable, "-m", "chaos.cli", "run", str(REPO / "scenarios" / "slurm_cluster.yaml"),
+                             "--out", str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = result.stdout + result.stderr
+    assert "slurm_cluster.yaml: hosts: " in said
+    assert "hosts: cluster found no Slurm cluster to run on from here" in said or "needs srun" in said
+    assert not (tmp_path / "run").exists()

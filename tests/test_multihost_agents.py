@@ -23,8 +23,9 @@ TOKEN = "test-token-1234"
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
-def start_agent(server: AgentServer, node: int = 0, token: str = TOKEN) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "chaos.agent", f"--controller={server.address}", f"--node={node}"],
+def start_agent(server: AgentServer, node: int = 0, token: str = TOKEN, attempt: int = 1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "chaos.agent", f"--controller={server.address}", f"--node={node}",
+                             f"--attempt={attempt}"],
                             env={**os.environ, "CHAOS_AGENT_TOKEN": token}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -64,7 +65,7 @@ def test_multihost_agent_starts_its_ranks_signals_only_them_and_tears_them_down(
     agent = start_agent(server)
     bystander = subprocess.Popen(SLEEPER)  # a process the agent did not start, on its host
     try:
-        links, refused = server.gather(1, 30.0, lambda: None if agent.poll() is None else "agent exited")
+        links, refused = server.gather(1, 1, 30.0, lambda: None if agent.poll() is None else "agent exited")
         assert refused == [] and set(links) == {0}
         link = links[0]
         assert link.info.pid == agent.pid and link.info.address == "127.0.0.1" and link.info.port > 0
@@ -101,7 +102,7 @@ def test_multihost_agent_sweeps_what_an_earlier_attempt_left_on_its_host_before_
     server = AgentServer(TOKEN, "127.0.0.1")
     agent = start_agent(server)
     try:
-        links, _ = server.gather(1, 30.0, lambda: None)
+        links, _ = server.gather(1, 1, 30.0, lambda: None)
         assert [item["pid"] for item in links[0].info.swept] == [leftover.pid]
         assert leftover.wait(timeout=10) == -9 and unrelated.poll() is None
         teardown_all(links, grace_s=1.0)
@@ -113,14 +114,18 @@ def test_multihost_agent_sweeps_what_an_earlier_attempt_left_on_its_host_before_
         server.close()
 
 
-def test_multihost_agent_with_another_runs_token_is_refused(tmp_path):
+@pytest.mark.parametrize("token, attempt, why", [
+    ("another-run", 1, "not this run's token"),
+    (TOKEN, 2, "an agent of attempt 2 during attempt 1"),  # a late agent of another step
+])
+def test_multihost_agent_of_another_run_or_attempt_is_refused(tmp_path, token, attempt, why):
     server = AgentServer(TOKEN, "127.0.0.1")
-    agent = start_agent(server, token="another-run")
+    agent = start_agent(server, token=token, attempt=attempt)
     try:
-        links, refused = server.gather(1, 3.0, lambda: None)
-        assert links == {} and len(refused) == 1 and "not this run's token" in refused[0]
+        links, refused = server.gather(1, 1, 3.0, lambda: None)
+        assert links == {} and len(refused) == 1 and why in refused[0]
         assert agent.wait(timeout=10) == 1
-        assert "the controller refused this agent: not this run's token" in agent.stdout.read()
+        assert f"the controller refused this agent: {why}" in agent.stdout.read()
     finally:
         agent.kill()
         agent.wait()
@@ -140,7 +145,7 @@ def test_multihost_agent_leaves_nothing_when_its_controller_goes_or_it_is_stoppe
     server = AgentServer(TOKEN, "127.0.0.1")
     agent = start_agent(server)
     try:
-        links, _ = server.gather(1, 30.0, lambda: None)
+        links, _ = server.gather(1, 1, 30.0, lambda: None)
         orders = [{"rank": r, "argv": [sys.executable, "-c", WITH_GRANDCHILD, str(tmp_path / f"child-{r}")],
                    "env": {"CHAOS_RUN_TOKEN": TOKEN}, "cwd": None, "output": str(tmp_path / f"rank-{r}.out")}
                   for r in (0, 1)]
@@ -165,7 +170,7 @@ def test_multihost_agent_leaves_nothing_when_its_controller_goes_or_it_is_stoppe
 
 
 def test_multihost_agent_refuses_bad_use_saying_what_is_missing():
-    result = subprocess.run([sys.executable, "-m", "chaos.agent", "--controller=nohost"],
+    result = subprocess.run([sys.executable, "-m", "chaos.agent", "--controller=nohost", "--attempt=1"],
                             env={k: v for k, v in os.environ.items() if k not in ("CHAOS_AGENT_TOKEN", "SLURM_NODEID")},
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

@@ -1,4 +1,4 @@
-"""python -m chaos.agent --controller HOST:PORT [--node N]
+"""python -m chaos.agent --controller HOST:PORT --attempt A [--node N]
 
 The run token comes from CHAOS_AGENT_TOKEN (the environment, not the command line, which every user of the
 host can read); the node from --node or Slurm's SLURM_NODEID. Started by the controller through srun, one
@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos.agent", description=__doc__.splitlines()[0])
     parser.add_argument("--controller", default=os.environ.get(protocol.ENV_CONTROLLER),
                         help=f"HOST:PORT of the controller (default: ${protocol.ENV_CONTROLLER})")
+    parser.add_argument("--attempt", type=int, required=True, help="the attempt this agent serves")
     parser.add_argument("--node", type=int, default=None, help="this host's node index (default: $SLURM_NODEID)")
     args = parser.parse_args(argv)
     token = os.environ.get(protocol.ENV_AGENT_TOKEN)
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("chaos agent: " + "; ".join(problems), file=sys.stderr)
         return 2
-    agent = HostAgent(controller, token, int(node))
+    agent = HostAgent(controller, token, int(node), args.attempt)
     try:
         agent.connect()
         return agent.serve()

@@ -62,8 +62,9 @@ def _free_port(address: str) -> int:
 
 
 class HostAgent:
-    def __init__(self, controller: tuple[str, int], token: str, node: int) -> None:
+    def __init__(self, controller: tuple[str, int], token: str, node: int, attempt: int) -> None:
         self.controller = controller
+        self.attempt = attempt
         self.token = token
         self.node = node
         self.sock: socket.socket | None = None
@@ -94,7 +95,8 @@ class HostAgent:
         # before anything of this attempt starts here: what still carries the run's token on this host is
         # an earlier attempt's, left when that attempt's agent was lost (its host cut off, the agent killed)
         swept = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
-        self._send({"type": "agent_hello", "token": self.token, "node": self.node, "host": socket.gethostname(),
+        self._send({"type": "agent_hello", "token": self.token, "node": self.node, "attempt": self.attempt,
+                    "host": socket.gethostname(),
                     "pid": os.getpid(), "address": address, "interface": _interface_of(address),
                     "port": _free_port(address),
                     "swept": [{"pid": item.pid, "command": item.command, "alive_after_sigkill": item.alive_after_sigkill}

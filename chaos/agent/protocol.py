@@ -1,7 +1,7 @@
 """The wire between the controller (the chaos supervisor) and the agent on each host: newline-delimited JSON
 over one TCP connection per agent, opened by the agent, authenticated by the run token.
 
-    agent -> controller   {"type": "agent_hello", "token", "node", "host", "pid", "address", "interface",
+    agent -> controller   {"type": "agent_hello", "token", "node", "attempt", "host", "pid", "address", "interface",
                            "port", "swept": [{"pid", "command", "alive_after_sigkill"}]}
                           (swept: what of the run it found on its host before starting anything: a process of an
                            earlier attempt whose agent was lost; killed)

@@ -222,8 +222,9 @@ class AgentServer:
         self.listener.setblocking(False)
         self.address = f"{bind_address}:{self.listener.getsockname()[1]}"
 
-    def gather(self, nodes: int, timeout_s: float, give_up: Callable[[], str | None]) -> tuple[dict[int, AgentLink], list[str]]:
-        """Accepts agents until one per node has said hello with the run's token (clocks measured), the
+    def gather(self, nodes: int, attempt: int, timeout_s: float,
+               give_up: Callable[[], str | None]) -> tuple[dict[int, AgentLink], list[str]]:
+        """Accepts agents until one per node of `attempt` has said hello with the run's token (clocks measured), the
         timeout passes, or `give_up` says why to stop (srun died, Ctrl-C). Returns (links by node, the
         reasons connections were refused)."""
         links: dict[int, AgentLink] = {}
@@ -241,7 +242,7 @@ class AgentServer:
                     pass
             for link in [p for p in pending if p.sock in readable]:
                 pending.remove(link)
-                problem = self._welcome(link, nodes, links)
+                problem = self._welcome(link, nodes, attempt, links)
                 if problem is not None:
                     refused.append(problem)
                     link.close()
@@ -251,7 +252,7 @@ class AgentServer:
             link.close()
         return links, refused
 
-    def _welcome(self, link: AgentLink, nodes: int, links: dict[int, AgentLink]) -> str | None:
+    def _welcome(self, link: AgentLink, nodes: int, attempt: int, links: dict[int, AgentLink]) -> str | None:
         link.sock.settimeout(5.0)
         try:
             hello = link.reader.read_message()
@@ -264,6 +265,8 @@ class AgentServer:
         node = hello.get("node")
         if not protocol.token_matches(hello.get("token"), self.token):
             why = "not this run's token"
+        elif hello.get("attempt") != attempt:  # a late agent of an earlier step
+            why = f"an agent of attempt {hello.get('attempt')!r} during attempt {attempt}"
         elif not isinstance(node, int) or not 0 <= node < nodes:
             why = f"node {node!r} outside 0..{nodes - 1}"
         elif node in links:

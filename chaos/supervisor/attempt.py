@@ -256,8 +256,8 @@ class Attempt:
                 return "interrupted"
             return None if srun.alive() else "srun exited"
 
-        links, refused = self.sup.agent_server.gather(self.spec.nodes, self.config.restart.startup_timeout_s,
-                                                      give_up)
+        links, refused = self.sup.agent_server.gather(self.spec.nodes, self.number,
+                                                      self.config.restart.startup_timeout_s, give_up)
         for reason in refused:
             self.sup.record(AGENT_REFUSED, attempt=self.number, reason=reason)
         self.links = links
@@ -274,16 +274,19 @@ class Attempt:
                 self.end = "interrupted"
             elif srun.alive():
                 self._hang(time.monotonic() - self.launch_mono, f"no agent connected for node(s) {missing}")
-            # else: srun's exit is seen by the loop and ends the attempt (crashed)
+            else:  # the cluster refused the step (no such partition, no allocation): no restart will do better
+                raise InfrastructureError(f"srun exited before an agent connected for node(s) {missing}: "
+                                          f"{_last_lines(self.directory / 'srun.out')}")
             return plan.port
         port = links[0].info.port
         orders = launcher.cluster_orders(self.config.launcher, self.spec, plan, {n: l.info for n, l in links.items()},
                                          port)
-        requests = {node: link.send({"type": "launch", "attempt": self.number, "ranks": orders[node]})
-                    for node, link in links.items()}
-        for node, request in requests.items():
-            link = links[node]
-            answer = link.wait_reply(request)
+        for node, link in sorted(links.items()):
+            try:
+                answer = link.request({"type": "launch", "attempt": self.number, "ranks": orders[node]})
+            except AgentLost:
+                self._agent_lost(link)
+                continue
             for started in answer.get("launched") or []:
                 process = RemoteProcess(link, int(started["pid"]), started.get("rank"), node,
                                         role=started.get("role", "rank"))
@@ -298,11 +301,18 @@ class Attempt:
         """An agent wrote (a rank's exit, which wakes the loop through that rank's pipe) or its link broke."""
         link.pump()
         if link.lost is not None:
+            self._agent_lost(link)
+
+    def _agent_lost(self, link: AgentLink) -> None:
+        """Its host is unreachable (crashed, cut off, the agent killed): the attempt ends like a crash; its
+        ranks count as exited (how is unknown), and the next agent there sweeps what they may have left."""
+        try:
             self.selector.unregister(link.sock)
-            self.sup.record(AGENT_LOST, attempt=self.number, node=link.info.node, host=link.info.host,
-                            reason=link.lost)
-            if self.end is None:
-                self.end = "crashed"
+        except (KeyError, ValueError):
+            return  # already recorded
+        self.sup.record(AGENT_LOST, attempt=self.number, node=link.info.node, host=link.info.host, reason=link.lost)
+        if self.end is None:
+            self.end = "crashed"
 
     def _teardown_hosts(self) -> list[dict]:
         """Each agent tears its host down (at once, all hosts together) and says what it found there."""
@@ -796,3 +806,12 @@ class Attempt:
             self._exit_reported.add(id(process))
             self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
                             returncode=returncode, signal=signal_name, during_teardown=True)
+
+
+def _last_lines(path: Path, count: int = 5) -> str:
+    """The end of a log, for an error message (srun says there why the cluster refused a step)."""
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"(no {path.name})"
+    return " | ".join(lines[-count:]) or f"({path.name} is empty)"

@@ -232,7 +232,7 @@ def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> T
     # the agents' token under another name: what carries CHAOS_RUN_TOKEN is swept as the run's, and srun may
     # run on a node (chaos inside an allocation); each rank gets CHAOS_RUN_TOKEN in its order
     env[agent_protocol.ENV_AGENT_TOKEN] = env.pop(control.ENV_RUN_TOKEN)
-    argv = slurm_cluster.agents_srun_argv(spec.nodes, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+    argv = slurm_cluster.agents_srun_argv(spec.nodes, launch.attempt, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                           output=launch.directory / "agent-%n.out", cwd=spec.cwd)
     popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
     try:

@@ -92,9 +92,11 @@ def srun_extra_args() -> list[str]:
                            f"'--partition=gpu --exclusive')") from error
 
 
-def agents_srun_argv(nodes: int, controller: str, job_name: str, output: Path, cwd: Path | None) -> list[str]:
+def agents_srun_argv(nodes: int, attempt: int, controller: str, job_name: str, output: Path,
+                     cwd: Path | None) -> list[str]:
     """One job step: an agent on each of `nodes` nodes. The ranks are the agents' children, not Slurm tasks:
     `--cpu-bind=none` so that an agent's one-task binding does not confine every rank of its node."""
     return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=0",
             "--cpu-bind=none", f"--job-name={job_name}", "--export=ALL", f"--output={output}",
-            f"--chdir={cwd or os.getcwd()}", *srun_extra_args(), sys.executable, "-m", AGENT_MODULE, f"--controller={controller}"]
+            f"--chdir={cwd or os.getcwd()}", *srun_extra_args(), sys.executable, "-m", AGENT_MODULE, f"--controller={controller}",
+            f"--attempt={attempt}"]
