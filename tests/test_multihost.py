@@ -346,9 +346,10 @@ def supervisor_records(run_dir: Path) -> list[dict]:
 @pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
 def test_multihost_existing_slurm_cluster_runs_the_scenario_through_agents(tmp_path):
     """scenarios/slurm_cluster.yaml as a user runs it on their cluster: chaos on the login node finds the
-    cluster through srun and scontrol alone; every attempt an agent per node dials back over TCP, starts that
-    node's ranks and owns them; the ranks' probes reach chaos over TCP with the run token. A pause, SIGKILL
-    mid-backward and a node's ranks killed, each checked."""
+    cluster through srun and scontrol alone; every attempt an agent per node dials back over TCP, the ranks
+    start as Slurm tasks of a second step of the same job and each node's agent adopts and owns them; the
+    ranks' probes reach chaos over TCP with the run token. A pause, SIGKILL mid-backward and a node's ranks
+    killed, each checked."""
     import json
 
     run_dir = tmp_path / "run"
@@ -370,6 +371,8 @@ def test_multihost_existing_slurm_cluster_runs_the_scenario_through_agents(tmp_p
             start = json.loads((run_dir / "attempts" / f"{attempt:02d}" / f"rank-{rank}.jsonl").read_text()
                                .splitlines()[0])
             assert start["event"] == "start" and start["host"] == f"chaos-cl-{rank // 2}"
+        # every rank a Slurm task of a second step of the agents' job
+        assert (run_dir / "attempts" / f"{attempt:02d}" / "srun-ranks.out").is_file()
     teardowns = [r for r in records if r["event"] == "teardown"]
     assert len(teardowns) == 3 and all(len(r["hosts"]) == 2 for r in teardowns)
     assert not [r for r in records if r["event"] in ("agent_refused", "agent_lost", "rank_rejected")]

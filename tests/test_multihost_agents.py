@@ -122,13 +122,47 @@ def test_multihost_agent_of_another_run_or_attempt_is_refused(tmp_path, token, a
     server = AgentServer(TOKEN, "127.0.0.1")
     agent = start_agent(server, token=token, attempt=attempt)
     try:
-        links, refused = server.gather(1, 1, 3.0, lambda: None)
+        links, refused = server.gather(1, 1, 1.5, lambda: None)
         assert links == {} and len(refused) == 1 and why in refused[0]
         assert agent.wait(timeout=10) == 1
         assert f"the controller refused this agent: {why}" in agent.stdout.read()
     finally:
         agent.kill()
         agent.wait()
+        server.close()
+
+
+def test_multihost_agent_adopts_only_this_attempts_slurm_tasks_on_its_host(tmp_path):
+    """launcher: slurm on a cluster: a rank is a Slurm task (slurmstepd's child, not the agent's). The agent
+    takes it as its own only when its environment carries the run's token and this attempt; then it owns
+    it: signals reach it, its exit is reported, teardown ends it."""
+    server = AgentServer(TOKEN, "127.0.0.1")
+    agent = start_agent(server)
+    task = earlier = None
+    try:
+        links, _ = server.gather(1, 1, 30.0, lambda: None)
+        link = links[0]
+        # started after the agent's hello, as the ranks' step is (before it, the agent's sweep takes them)
+        task = subprocess.Popen(SLEEPER, env={**os.environ, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "1"})
+        earlier = subprocess.Popen(SLEEPER, env={**os.environ, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "0"})
+        refused = link.request({"type": "adopt", "pid": earlier.pid, "rank": 1})
+        assert refused["adopted"] is False and "nor a task of attempt 1 on this host" in refused["reason"]
+        assert link.request({"type": "signal", "pid": earlier.pid, "signal": "SIGKILL"})["delivered"] is False
+        adopted = link.request({"type": "adopt", "pid": task.pid, "rank": 0})
+        assert adopted["adopted"] is True and adopted["reason"] is None
+        rank = RemoteProcess(link, task.pid, 0, 0)
+        link.processes[task.pid] = rank
+        assert rank.send("SIGKILL") and task.wait(timeout=10) == -9
+        assert wait_for(lambda: (link.pump(), rank.reported)[1])
+        teardown_all(links, grace_s=1.0)
+        assert earlier.wait(timeout=10) == -9  # not this attempt's: never adopted, but the teardown's sweep of
+        # the host takes whatever carries the run's token
+        assert agent.wait(timeout=10) == 0
+    finally:
+        for process in (task, earlier, agent):
+            if process is not None:
+                process.kill()
+                process.wait()
         server.close()
 
 
@@ -204,3 +238,34 @@ def test_multihost_rank_records_are_put_on_the_supervisors_clock(tmp_path):
     assert [r["mono"] for r in loaded[2]] == pytest.approx([r["mono"] - 1000.0 for r in raw])
     assert [r["host_mono"] for r in loaded[2]] == [r["mono"] for r in raw]
     assert "host_mono" not in loaded[0][0]
+
+
+def test_multihost_ranks_reach_the_supervisor_over_tcp_with_the_run_token(tmp_path):
+    """On a cluster the control channel is TCP: an unmodified trainer's exec shim (and the probe, through the
+    same chaos.control.connect) says hello with the run token and its host, and runs once answered."""
+    import json
+    import socket
+
+    from chaos.supervisor.control_server import ControlServer
+
+    server = ControlServer(tmp_path)
+    address = server.start_tcp("127.0.0.1")
+    assert address.startswith("tcp://127.0.0.1:") and server.tcp
+    env = {**os.environ, "CHAOS_CONTROL_SOCKET": address, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "3",
+           "RANK": "1"}
+    shim = subprocess.Popen([sys.executable, "-m", "chaos.blackbox.exec_rank", "--", sys.executable, "-c",
+                             "print('trainer ran')"], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        server.listener.setblocking(True)
+        server.listener.settimeout(30)
+        connection, _ = server.listener.accept()
+        hello = json.loads(connection.makefile().readline())
+        assert hello == {"type": "hello", "rank": 1, "pid": shim.pid, "attempt": 3, "observation": "log",
+                         "token": TOKEN, "host": socket.gethostname()}
+        connection.sendall(b'{"type": "plan", "holds": []}\n')
+        assert shim.wait(timeout=30) == 0 and shim.stdout.read() == "trainer ran\n"
+        connection.close()
+    finally:
+        shim.kill()
+        shim.wait()
+        server.close()

@@ -24,14 +24,15 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
 from chaos import control
 from chaos.agent import protocol
 from chaos.supervisor import lifeline
-from chaos.supervisor.processes import (ProcessTable, TrackedProcess, create_time, returncode_signal,
-                                        sweep_token_holders, teardown)
+from chaos.supervisor.processes import (ProcessTable, TrackedProcess, create_time, environ_has, returncode_signal,
+                                        same_host, sweep_token_holders, teardown)
 
 CONNECT_TIMEOUT_S = 60.0
 """How long an agent keeps trying to reach its controller (it may start before the controller listens)."""
@@ -98,7 +99,7 @@ class HostAgent:
         self._send({"type": "agent_hello", "token": self.token, "node": self.node, "attempt": self.attempt,
                     "host": socket.gethostname(),
                     "pid": os.getpid(), "address": address, "interface": _interface_of(address),
-                    "port": _free_port(address),
+                    "port": _free_port(address), "job_id": os.environ.get("SLURM_JOB_ID"),
                     "swept": [{"pid": item.pid, "command": item.command, "alive_after_sigkill": item.alive_after_sigkill}
                               for item in swept]})
         answer = self.reader.read_message()
@@ -118,6 +119,9 @@ class HostAgent:
         """Until a teardown (exit 0) or the controller's loss or a stop signal (exit 1, everything killed)."""
         assert self.sock is not None
         self.watchdog = lifeline.Watchdog()
+        self.cgroup, _ = lifeline.create_cgroup(f"chaos-{self.token}-a{self.attempt:02d}-node{self.node}")
+        if self.cgroup is not None:
+            self.watchdog.guard_cgroup(self.cgroup)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
         self.selector.register(self.sock, selectors.EVENT_READ, ("controller", None))
@@ -171,11 +175,6 @@ class HostAgent:
 
     # ---- orders -------------------------------------------------------------------------------------
     def _launch(self, message: dict) -> dict:
-        attempt = int(message["attempt"])
-        if self.cgroup is None:
-            self.cgroup, _ = lifeline.create_cgroup(f"chaos-{self.token}-a{attempt:02d}-node{self.node}")
-            if self.cgroup is not None:
-                self.watchdog.guard_cgroup(self.cgroup)
         procs = self.cgroup.procs_file if self.cgroup is not None else None
         launched = []
         try:
@@ -205,18 +204,28 @@ class HostAgent:
         return {"launched": launched, "cgroup": procs, "error": None}
 
     def _adopt(self, message: dict) -> dict:
-        """A torchrun worker that said hello as rank `rank`: ours only if it descends from a torchrun this
-        agent started; then it is owned like a rank started directly (pidfd, exit report, teardown)."""
+        """A process that said hello as rank `rank`, owned from now on like a rank this agent started (pidfd,
+        exit report, teardown, its cgroup) if it is this attempt's: a worker of a torchrun this agent
+        started, or a Slurm task of the attempt's ranks step on this host (slurmstepd's child, not ours:
+        only what chaos started through srun carries the run's token and this attempt in its environment)."""
         pid, rank = message.get("pid"), message.get("rank")
         if not isinstance(pid, int) or not isinstance(rank, int):
             return {"adopted": False, "reason": f"expected a pid and a rank, got {pid!r}, {rank!r}"}
         ancestor = self.table.launched_ancestor(pid)
-        if ancestor is None or ancestor.role != "agent":
-            return {"adopted": False, "reason": f"pid {pid} is no descendant of a torchrun this agent started"}
+        task = environ_has(pid, f"{control.ENV_RUN_TOKEN}={self.token}", f"{control.ENV_ATTEMPT}={self.attempt}") \
+            and same_host(pid)
+        if (ancestor is None or ancestor.role != "agent") and not task:
+            return {"adopted": False, "reason": f"pid {pid} is neither a worker of a torchrun this agent started "
+                                                f"nor a task of attempt {self.attempt} on this host"}
         started = create_time(pid)
         process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=self.node) if started else None
         if process is None:
             return {"adopted": False, "reason": f"pid {pid} is gone"}
+        if task and self.cgroup is not None:
+            try:  # into this agent's cgroup: its teardown's cgroup.kill and its watchdog reach what the task starts
+                Path(self.cgroup.procs_file).write_text(str(pid))
+            except OSError:
+                pass  # the pidfd, the process group and the token sweep still hold
         self.table.ranks[rank] = process
         self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         return {"adopted": True, "reason": None}

@@ -2,7 +2,7 @@
 over one TCP connection per agent, opened by the agent, authenticated by the run token.
 
     agent -> controller   {"type": "agent_hello", "token", "node", "attempt", "host", "pid", "address", "interface",
-                           "port", "swept": [{"pid", "command", "alive_after_sigkill"}]}
+                           "port", "job_id", "swept": [{"pid", "command", "alive_after_sigkill"}]}
                           (swept: what of the run it found on its host before starting anything: a process of an
                            earlier attempt whose agent was lost; killed)
     controller -> agent   {"type": "welcome"} or {"type": "refused", "reason"}   (then it closes)
@@ -12,7 +12,8 @@ over one TCP connection per agent, opened by the agent, authenticated by the run
                                                            -> {"type": "reply", "id", "cgroup", "error",
                                                                "launched": [{"role", "rank", "pid"}]}
     controller -> agent   {"type": "adopt", "id", "pid", "rank"}      -> {"type": "reply", "id", "adopted", "reason"}
-                           (a torchrun worker that said hello: ours if it descends from a torchrun we started)
+                           (a rank that said hello: a worker of a torchrun the agent started, or a Slurm task
+                            carrying the run's token and this attempt, on this host)
     controller -> agent   {"type": "signal", "id", "pid", "signal"}    -> {"type": "reply", "id", "delivered"}
     agent -> controller   {"type": "exit", "rank", "pid", "returncode", "signal"}   (whenever a rank exits)
     controller -> agent   {"type": "teardown", "id", "grace_s"}  -> {"type": "reply", "id", "sigterm", "sigkill",

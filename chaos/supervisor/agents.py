@@ -46,6 +46,8 @@ class AgentInfo:
     """agent CLOCK_MONOTONIC - controller CLOCK_MONOTONIC, within +-rtt_s/2"""
     wall_offset_s: float
     rtt_s: float
+    job_id: str | None = None
+    """The Slurm job the agent runs in: the attempt's ranks step joins it (srun --jobid --overlap)."""
     swept: tuple[dict, ...] = ()
     """Processes of the run the agent found (and killed) on its host before starting anything."""
 
@@ -286,6 +288,7 @@ class AgentServer:
         link.info = AgentInfo(node=node, host=str(hello.get("host")), pid=int(hello.get("pid", 0)),
                               address=str(hello.get("address")), interface=hello.get("interface"),
                               port=int(hello.get("port") or 0), swept=tuple(hello.get("swept") or ()),
+                              job_id=hello.get("job_id"),
                               mono_offset_s=clock.offset_s, wall_offset_s=wall_offset, rtt_s=clock.rtt_s)
         return None
 

@@ -170,8 +170,10 @@ class Attempt:
             self._watch()
         finally:
             # Whatever happened (an exception in here included), nothing of this attempt may survive.
+            teardown_started = time.monotonic()
             on_hosts = self._teardown_hosts()  # each agent its own host's ranks; then srun here
             result = teardown(self.table, self.config.restart.teardown_grace_s)
+            teardown_s = time.monotonic() - teardown_started  # on a cluster, the hosts' teardowns included
             self._end_stalls(None)  # after the teardown: a straggler's cgroup is empty now, a cut link is healed
             survivors, escaped = result.survivors, []
             if self.cgroup is not None:
@@ -191,7 +193,7 @@ class Attempt:
             if self.observed is not None:
                 self._observe(final=True)  # what the ranks wrote before they died
                 self.observed.close()
-            self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(result.duration_s, 4),
+            self.sup.record(history.TEARDOWN, attempt=self.number, duration_s=round(teardown_s, 4),
                             grace_s=self.config.restart.teardown_grace_s, sigterm=result.sigterm,
                             sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
                             leaked=leaked_fields, **({"hosts": on_hosts} if self.links else {}))
@@ -246,9 +248,11 @@ class Attempt:
 
     # ---- agents (hosts: cluster) ----------------------------------------------------------------------
     def _start_ranks_on_agents(self, plan: launcher.AttemptLaunch) -> int:
-        """Waits for one agent per node (srun is starting them), records each one's clock against ours, and
-        has each start its node's ranks; returns the rendezvous port (node 0's agent picked it on its host).
-        Agents that do not all come within startup_timeout_s end the attempt as hung, like silent ranks."""
+        """Waits for one agent per node (srun is starting them) and records each one's clock against ours;
+        then the ranks start: launcher slurm, as a second step of the agents' job (the agents adopt each task
+        at its hello); launcher torchrun, a torchrun per node started by its agent. Returns the rendezvous
+        port (node 0's agent picked it on its host). Agents that do not all come within startup_timeout_s end
+        the attempt as hung, like silent ranks."""
         srun = self.table.launched[0]
 
         def give_up() -> str | None:
@@ -279,8 +283,13 @@ class Attempt:
                                           f"{_last_lines(self.directory / 'srun.out')}")
             return plan.port
         port = links[0].info.port
-        orders = launcher.cluster_orders(self.config.launcher, self.spec, plan, {n: l.info for n, l in links.items()},
-                                         port)
+        agents = {node: link.info for node, link in links.items()}
+        if self.config.launcher == "slurm":
+            tasks = launcher.launch_cluster_tasks(self.spec, plan, agents, port)
+            self.sup.watchdog.guard_group(tasks.pid, tasks.create_time)
+            self.table.launched.append(tasks)
+            return port
+        orders = launcher.torchrun_orders(self.spec, plan, agents, port)
         for node, link in sorted(links.items()):
             try:
                 answer = link.request({"type": "launch", "attempt": self.number, "ranks": orders[node]})
@@ -329,11 +338,12 @@ class Attempt:
             link.close()
             answer = {key: value for key, value in answers[node].items() if key not in ("type", "id")}
             result.append({"node": node, "host": link.info.host, **answer})
-        # the agents exit once they have answered, and so the step ends: srun leaves by itself (a SIGTERM to a
-        # srun whose step is still ending makes Slurm kill the agents mid-exit)
-        srun = self.table.launched[0]
-        if srun.pidfd is not None and not srun.exited:
-            select.select([srun.pidfd], [], [], self.config.restart.teardown_grace_s + 5.0)
+        # the agents exit once they have answered and the ranks are gone, and so the steps end: each srun leaves
+        # by itself (a SIGTERM to a srun whose step is still ending makes Slurm kill the agents mid-exit)
+        deadline = time.monotonic() + self.config.restart.teardown_grace_s + 5.0
+        for srun in [p for p in self.table.launched if not isinstance(p, RemoteProcess)]:
+            if srun.pidfd is not None and not srun.exited:
+                select.select([srun.pidfd], [], [], max(0.0, deadline - time.monotonic()))
         for process in self.table.launched:
             if isinstance(process, RemoteProcess) and not process.exited:
                 process.mark_exited(time.monotonic())
@@ -533,10 +543,16 @@ class Attempt:
                                 signal=signal_name)
                 if self.end is None:
                     self.end = "crashed"
-        # on a cluster srun ends only after teardown (chaos's agents wait for it): what they started decides
-        deciding = [p for p in self.table.launched if not (self.links and not isinstance(p, RemoteProcess))]
-        if self.end is None and all(p.exited for p in deciding):
+        if self.end is None and self._all_ended():
             self._decide_clean_end()
+
+    def _all_ended(self) -> bool:
+        """Everything launched has exited. On a cluster the agents' srun ends only after teardown (they wait
+        for it): there every rank (Slurm tasks known by their hellos) and every torchrun decide."""
+        if not self.links:
+            return all(p.exited for p in self.table.launched)
+        remote = [p for p in self.table.all_tracked() if isinstance(p, RemoteProcess)]
+        return len(self.table.ranks) == self.spec.world_size and all(p.exited for p in remote)
 
     def _decide_clean_end(self) -> None:
         rank0 = self.ranks.get(0)

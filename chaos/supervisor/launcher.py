@@ -232,7 +232,7 @@ def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> T
     # the agents' token under another name: what carries CHAOS_RUN_TOKEN is swept as the run's, and srun may
     # run on a node (chaos inside an allocation); each rank gets CHAOS_RUN_TOKEN in its order
     env[agent_protocol.ENV_AGENT_TOKEN] = env.pop(control.ENV_RUN_TOKEN)
-    argv = slurm_cluster.agents_srun_argv(spec.nodes, launch.attempt, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+    argv = slurm_cluster.agents_srun_argv(spec.nodes, spec.ranks_per_node, launch.attempt, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                           output=launch.directory / "agent-%n.out", cwd=spec.cwd)
     popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
     try:
@@ -242,36 +242,44 @@ def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> T
         raise
 
 
-def cluster_orders(kind: Literal["slurm", "torchrun"], spec: LaunchSpec, launch: AttemptLaunch,
-                   agents: Mapping[int, AgentInfo], port: int) -> dict[int, list[dict]]:
-    """What each node's agent starts. launcher slurm: the node's ranks themselves (node * ranks_per_node
-    onwards) with torchrun's environment, meeting at node 0's address; launcher torchrun: one torchrun per
-    node, meeting over c10d at node 0's address (its workers are adopted when they say hello).
+def _gloo_interface_unset(spec: LaunchSpec) -> bool:
+    return "GLOO_SOCKET_IFNAME" not in spec.env and "GLOO_SOCKET_IFNAME" not in os.environ
+
+
+def launch_cluster_tasks(spec: LaunchSpec, launch: AttemptLaunch, agents: Mapping[int, AgentInfo],
+                         port: int) -> TrackedProcess:
+    """launcher: slurm on a cluster: the ranks as a second step of the agents' job (every rank a Slurm task,
+    torchrun's environment from Slurm's, meeting at node 0's address); the agents adopt them at their hello.
     GLOO_SOCKET_IFNAME (unless set) is the interface each host reached the controller on: the cluster's
     network, not whatever its hostname resolves to."""
-    common = chaos_env(spec, launch)
-    per_node = spec.ranks_per_node
+    env = {name: value for name, value in base_env(spec, launch).items() if not name.startswith("TORCHELASTIC_")}
+    env.update({"MASTER_ADDR": agents[0].address, "MASTER_PORT": str(port)})
+    if _gloo_interface_unset(spec):
+        env[slurm_task.ENV_IFNAMES] = ",".join(f"{a.host}={a.interface}" for a in agents.values() if a.interface)
+    argv = slurm_cluster.tasks_srun_argv(list(spec.argv), spec.world_size, spec.nodes, str(agents[0].job_id),
+                                         job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                         output=launch.directory / "rank-%t.out", cwd=spec.cwd)
+    popen = _spawn(argv, env, launch.directory / "srun-ranks.out", spec.cwd, launch.cgroup_procs)
+    try:
+        return TrackedProcess.from_popen(popen, role="agent")
+    except BaseException:
+        _kill_started([popen], [])
+        raise
+
+
+def torchrun_orders(spec: LaunchSpec, launch: AttemptLaunch, agents: Mapping[int, AgentInfo],
+                    port: int) -> dict[int, list[dict]]:
+    """launcher: torchrun on a cluster: what each node's agent starts, one torchrun meeting the others over
+    c10d at node 0's address (its workers are adopted when they say hello); GLOO_SOCKET_IFNAME as above."""
     run_id = uuid.uuid4().hex[:12]
     orders: dict[int, list[dict]] = {}
     for node, agent in sorted(agents.items()):
-        env = dict(common)
-        if agent.interface and "GLOO_SOCKET_IFNAME" not in spec.env and "GLOO_SOCKET_IFNAME" not in os.environ:
+        env = chaos_env(spec, launch)
+        if agent.interface and _gloo_interface_unset(spec):
             env["GLOO_SOCKET_IFNAME"] = agent.interface
-        cwd = str(spec.cwd) if spec.cwd else None
-        if kind == "torchrun":
-            argv = torchrun_command(spec, launch, node, run_id, f"{agents[0].address}:{port}", agent.address)
-            orders[node] = [{"role": "agent", "argv": argv, "env": env, "cwd": cwd,
-                             "output": str(launch.directory / f"torchrun-{node}.out")}]
-            continue
-        orders[node] = []
-        for local in range(per_node):
-            rank = node * per_node + local
-            orders[node].append({
-                "role": "rank", "rank": rank, "argv": list(spec.argv), "cwd": cwd,
-                "env": {**env, "RANK": str(rank), "WORLD_SIZE": str(spec.world_size), "LOCAL_RANK": str(local),
-                        "LOCAL_WORLD_SIZE": str(per_node), "GROUP_RANK": str(node),
-                        "MASTER_ADDR": agents[0].address, "MASTER_PORT": str(port)},
-                "output": str(launch.directory / f"rank-{rank}.out")})
+        argv = torchrun_command(spec, launch, node, run_id, f"{agents[0].address}:{port}", agent.address)
+        orders[node] = [{"role": "agent", "argv": argv, "env": env, "cwd": str(spec.cwd) if spec.cwd else None,
+                         "output": str(launch.directory / f"torchrun-{node}.out")}]
     return orders
 
 

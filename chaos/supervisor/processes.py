@@ -402,6 +402,12 @@ def _net_namespace(pid: int | str) -> str | None:
         return None
 
 
+def same_host(pid: int) -> bool:
+    """`pid` is in this process's network namespace: on this host (simulated hosts share one process table)."""
+    own = _net_namespace("self")
+    return own is not None and _net_namespace(pid) == own
+
+
 def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0,
                         same_host_only: bool = False) -> list[Leaked]:
     """Finds and SIGKILLs every live process whose environment carries `env_line` (the run's token,
@@ -413,11 +419,10 @@ def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0
     `same_host_only`: an agent's sweep, only processes in its own network namespace (its host: simulated
     hosts share one process table, and another host's processes are its agent's)."""
     found: list[tuple[int, float, str]] = []
-    own_host = _net_namespace("self") if same_host_only else None
     for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
         if pid in exclude or pid == os.getpid():
             continue
-        if same_host_only and _net_namespace(pid) != own_host:
+        if same_host_only and not same_host(pid):
             continue
         if not environ_has(pid, env_line):
             continue

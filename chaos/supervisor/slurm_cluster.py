@@ -1,6 +1,8 @@
-"""An existing Slurm cluster (`launcher: slurm` with `hosts: cluster`): chaos runs where `srun` works (a
-login node, or inside an allocation from salloc/sbatch) and starts, every attempt, one job step of agents,
-one per node (`python -m chaos.agent`); the agents dial back, and start and own the ranks of their host.
+"""An existing Slurm cluster (`hosts: cluster`): chaos runs where `srun` works (a login node, or inside an
+allocation from salloc/sbatch) and starts, every attempt, one job step of agents, one per node
+(`python -m chaos.agent`); the agents dial back. Then `launcher: slurm` starts the ranks as a second step of
+the same job (`srun --jobid --overlap`, every rank a Slurm task), which the agents adopt and own;
+`launcher: torchrun` has each agent start its node's torchrun.
 
 Nothing is installed or configured on the cluster: the nodes need the same Python environment as the
 controller (chaos importable, the workload's packages) and the run directory on a filesystem every node
@@ -25,10 +27,13 @@ from pathlib import Path
 ENV_CONTROLLER_ADDRESS = "CHAOS_CONTROLLER_ADDRESS"
 """Override: the address of this host that agents and ranks on the nodes can reach."""
 ENV_SRUN_ARGS = "CHAOS_SRUN_ARGS"
-"""Extra srun options for the agents' step, as the cluster needs them: `--partition=...`, `--exclusive`,
-`--gpus-per-node=8`, `--account=...` (the agents' step holds the resources their ranks use)."""
+"""Extra srun options for the agents' step, which makes (or joins) the job and so sizes it: `--partition=...`,
+`--account=...`, `--exclusive`, `--gpus-per-node=8`, `--time=...`."""
+ENV_SRUN_TASK_ARGS = "CHAOS_SRUN_TASK_ARGS"
+"""Extra srun options for the ranks' step (launcher: slurm), e.g. `--gpus-per-task=1 --cpus-per-task=8`."""
 TOOLS = ("srun", "scontrol")
 AGENT_MODULE = "chaos.agent"
+TASK_MODULE = "chaos.supervisor.slurm_task"
 
 
 class ClusterError(RuntimeError):
@@ -83,20 +88,32 @@ def controller_address() -> str:
     return address
 
 
-def srun_extra_args() -> list[str]:
-    """$CHAOS_SRUN_ARGS split as a shell would; ClusterError naming it when it does not parse."""
+def srun_extra_args(name: str = ENV_SRUN_ARGS) -> list[str]:
+    """$CHAOS_SRUN_ARGS (or `name`) split as a shell would; ClusterError naming it when it does not parse."""
     try:
-        return shlex.split(os.environ.get(ENV_SRUN_ARGS, ""))
+        return shlex.split(os.environ.get(name, ""))
     except ValueError as error:
-        raise ClusterError(f"{ENV_SRUN_ARGS}: {error} (expected srun options as in a shell, e.g. "
+        raise ClusterError(f"{name}: {error} (expected srun options as in a shell, e.g. "
                            f"'--partition=gpu --exclusive')") from error
 
 
-def agents_srun_argv(nodes: int, attempt: int, controller: str, job_name: str, output: Path,
+def tasks_srun_argv(argv: list[str], world_size: int, nodes: int, job_id: str, job_name: str, output: Path,
+                    cwd: Path | None) -> list[str]:
+    """The attempt's ranks as one step of the agents' job, `world_size / nodes` tasks a node, alongside the
+    agents (--overlap); chaos.supervisor.slurm_task gives each torchrun's environment."""
+    return ["srun", f"--jobid={job_id}", "--overlap", f"--nodes={nodes}", f"--ntasks={world_size}",
+            f"--ntasks-per-node={world_size // nodes}", "--kill-on-bad-exit=0", f"--job-name={job_name}",
+            "--export=ALL", f"--output={output}", f"--chdir={cwd or os.getcwd()}", *srun_extra_args(ENV_SRUN_TASK_ARGS),
+            sys.executable, "-m", TASK_MODULE, *argv]
+
+
+def agents_srun_argv(nodes: int, ranks_per_node: int, attempt: int, controller: str, job_name: str, output: Path,
                      cwd: Path | None) -> list[str]:
-    """One job step: an agent on each of `nodes` nodes. The ranks are the agents' children, not Slurm tasks:
-    `--cpu-bind=none` so that an agent's one-task binding does not confine every rank of its node."""
-    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=0",
-            "--cpu-bind=none", f"--job-name={job_name}", "--export=ALL", f"--output={output}",
+    """One job step: an agent on each of `nodes` nodes. Outside an allocation it makes the job, so it asks
+    for a CPU per rank of its node (the ranks' step, or a torchrun's workers, run within it); `--overlap`
+    leaves those CPUs to the ranks' step; `--cpu-bind=none`: an agent's binding must not confine the ranks
+    a torchrun it starts forks."""
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            f"--cpus-per-task={ranks_per_node}", "--overlap", "--kill-on-bad-exit=0", "--cpu-bind=none", f"--job-name={job_name}", "--export=ALL", f"--output={output}",
             f"--chdir={cwd or os.getcwd()}", *srun_extra_args(), sys.executable, "-m", AGENT_MODULE, f"--controller={controller}",
             f"--attempt={attempt}"]

@@ -13,10 +13,14 @@ Imports nothing but the standard library: it must cost nothing before the worklo
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 ENV_CGROUP_PROCS = "CHAOS_ATTEMPT_CGROUP_PROCS"
 """The attempt cgroup's cgroup.procs file (unset where the machine gave the attempt no cgroup)."""
+ENV_IFNAMES = "CHAOS_GLOO_IFNAMES"
+"""HOST=INTERFACE,...: on a cluster, the interface each host reached chaos on, for GLOO_SOCKET_IFNAME where
+the job does not set it (a task learns its host only once it runs)."""
 
 
 def torchrun_env(env: dict[str, str]) -> dict[str, str]:
@@ -44,6 +48,9 @@ def main(argv: list[str]) -> None:
             print(f"chaos.supervisor.slurm_task: could not join the attempt's cgroup {procs}: {error}",
                   file=sys.stderr, flush=True)
     os.environ.update(torchrun_env(dict(os.environ)))
+    interfaces = dict(item.split("=", 1) for item in os.environ.pop(ENV_IFNAMES, "").split(",") if "=" in item)
+    if "GLOO_SOCKET_IFNAME" not in os.environ and socket.gethostname() in interfaces:
+        os.environ["GLOO_SOCKET_IFNAME"] = interfaces[socket.gethostname()]
     os.execvp(argv[0], argv)
 
 

@@ -257,7 +257,8 @@ class _Supervisor:
         control socket on it; returns the control address for the ranks."""
         try:
             address = slurm_cluster.controller_address()
-            slurm_cluster.srun_extra_args()  # a bad value is said now, not at the first attempt
+            for name in (slurm_cluster.ENV_SRUN_ARGS, slurm_cluster.ENV_SRUN_TASK_ARGS):
+                slurm_cluster.srun_extra_args(name)  # a bad value is said now, not at the first attempt
         except slurm_cluster.ClusterError as failure:
             raise InfrastructureError(str(failure)) from failure
         try:
