@@ -484,3 +484,49 @@ def test_multihost_cluster_scenario_without_a_cluster_is_refused_naming_hosts(tm
     assert "slurm_cluster.yaml: hosts: " in said
     assert "hosts: cluster found no Slurm cluster to run on from here" in said or "needs srun" in said
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(SLURM is not None, reason=str(SLURM))
+def test_multihost_existing_slurm_cluster_runs_an_unmodified_trainer(tmp_path):
+    """Your own job on your cluster: a trainer that knows nothing of chaos (kind: megatron_lm, the CPU
+    stand-in of the Megatron-LM tests) as Slurm tasks on 2 nodes, started by the exec shim (its hello over
+    TCP), followed from its output, SIGKILLed once it logged iteration 3, resumed; its golden recorded on the
+    cluster first, by the same run."""
+    import json
+
+    standin = REPO / "tests" / "trainers" / "megatron_like.py"
+    scenario = tmp_path / "my_job.yaml"
+    scenario.write_text(f"""
+name: my_job_on_the_cluster
+workload:
+  kind: megatron_lm
+  script: {standin}
+  nproc_per_node: 2
+  nodes: 2
+  device: cpu
+  env: {{OMP_NUM_THREADS: "1"}}
+  args: [--tensor-model-parallel-size, 2, --num-layers, 4, --hidden-size, 128, --num-attention-heads, 4,
+         --seq-length, 128, --micro-batch-size, 2, --global-batch-size, 8, --ckpt-format, fsdp_dtensor, --mock-data]
+  train_iters: 8
+  save_interval: 2
+launcher: slurm
+hosts: cluster
+restart: {{max_restarts: 1}}
+faults:
+  - at: {{step: 3}}
+    target: {{rank: 2}}
+    signal: SIGKILL
+""")
+    run_dir = tmp_path / "run"
+    with existing_cluster(tmp_path) as (made, cluster):
+        chaos = chaos_on_login_node(made, cluster, str(scenario), "--golden-cache", str(tmp_path / "goldens"),
+                                    run_dir=run_dir)
+        output, _ = chaos.communicate(timeout=400)
+    assert chaos.returncode == 0, output
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["verdict"] == "pass" and report["restarts"] == 1 and report["golden"]["recorded_here"]
+    records = supervisor_records(run_dir)
+    hellos = [r for r in records if r["event"] == "rank_hello" and r["attempt"] == 1]
+    assert sorted((r["rank"], r["node"]) for r in hellos) == [(0, 0), (1, 0), (2, 1), (3, 1)]
+    (landed,) = [r for r in records if r["event"] == "fault_landed"]
+    assert landed["rank"] == 2 and landed["step"] == 3 and landed["node"] == 1

@@ -269,3 +269,31 @@ def test_multihost_ranks_reach_the_supervisor_over_tcp_with_the_run_token(tmp_pa
         shim.kill()
         shim.wait()
         server.close()
+
+
+def test_multihost_slurm_task_shim_records_how_its_rank_ended_and_passes_slurms_signals_on(tmp_path):
+    """A Slurm task's rank is reaped by the task's shim, not by chaos: the shim writes how it ended (exit
+    code, or the signal) beside its history, and passes the signals Slurm sends the task on to the rank."""
+    import json
+
+    slurm = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_NNODES": "2"}
+    env = {**os.environ, **slurm, "CHAOS_HISTORY_DIR": str(tmp_path)}
+    shim = [sys.executable, "-m", "chaos.supervisor.slurm_task"]
+    assert subprocess.run([*shim, "sh", "-c", "exit 3"], env=env, timeout=30).returncode == 3
+    ended = json.loads((tmp_path / "rank-2.exit").read_text())
+    assert ended["returncode"] == 3 and ended["signal"] is None
+
+    task = subprocess.Popen([*shim, sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+    assert wait_for(lambda: any(p for p in os.listdir("/proc") if p.isdigit()
+                                and Path(f"/proc/{p}/stat").exists() and _parent(int(p)) == task.pid))
+    task.send_signal(signal.SIGTERM)  # as scancel does: the rank gets it and dies of it; the task ends alike
+    assert task.wait(timeout=30) == -signal.SIGTERM
+    ended = json.loads((tmp_path / "rank-2.exit").read_text())
+    assert ended["returncode"] == -signal.SIGTERM and ended["signal"] == "SIGTERM" and ended["pid"] != task.pid
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None

@@ -11,7 +11,8 @@ over one TCP connection per agent, opened by the agent, authenticated by the run
                            "ranks": [{"role": "rank" | "agent", "rank", "argv", "env", "cwd", "output"}]}
                                                            -> {"type": "reply", "id", "cgroup", "error",
                                                                "launched": [{"role", "rank", "pid"}]}
-    controller -> agent   {"type": "adopt", "id", "pid", "rank"}      -> {"type": "reply", "id", "adopted", "reason"}
+    controller -> agent   {"type": "adopt", "id", "pid", "rank", "exit_file"}
+                                                                  -> {"type": "reply", "id", "adopted", "reason"}
                            (a rank that said hello: a worker of a torchrun the agent started, or a Slurm task
                             carrying the run's token and this attempt, on this host)
     controller -> agent   {"type": "signal", "id", "pid", "signal"}    -> {"type": "reply", "id", "delivered"}

@@ -22,7 +22,7 @@ from chaos import faults as nemesis
 from chaos import history
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, cores_for_warm_spares
-from chaos.supervisor import launcher, lifeline
+from chaos.supervisor import launcher, lifeline, slurm_task
 from chaos.supervisor.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
 from chaos.supervisor.control_server import Connection
 from chaos.supervisor.observed import ObservedTriggers
@@ -449,6 +449,10 @@ class Attempt:
         started = create_time(pid)
         process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=node) if started else None
         if process is not None:
+            if self.config.launcher == "slurm":  # a Slurm task: its shim reaps it and writes how it ended
+                process.expect_status_file(slurm_task.exit_status_path(self.directory, rank))
+                if process.status_writer is not None:  # the shim is the run's too: teardown ends it with its rank
+                    self.table.descendants.setdefault(*process.status_writer)
             self.table.ranks[rank] = process
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         return process
@@ -467,7 +471,9 @@ class Attempt:
         if link is None:
             return None
         try:
-            answer = link.request({"type": "adopt", "pid": pid, "rank": rank})
+            exit_file = slurm_task.exit_status_path(self.directory, rank) if self.config.launcher == "slurm" else None
+            answer = link.request({"type": "adopt", "pid": pid, "rank": rank,
+                                   "exit_file": str(exit_file) if exit_file else None})
         except AgentLost:
             return None
         if not answer.get("adopted"):

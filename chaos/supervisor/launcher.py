@@ -216,30 +216,38 @@ def launch_slurm(spec: LaunchSpec, launch: AttemptLaunch, cluster: PrivateSlurm)
     argv = slurm_module.srun_argv(cluster, list(spec.argv), spec.world_size, spec.nodes,
                                   job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                   output=launch.directory / "rank-%t.out", cwd=spec.cwd)
-    popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
+    return [_spawn_srun(argv, env, launch.directory / "srun.out", spec, launch)]
+
+
+def _spawn_srun(argv: list[str], env: Mapping[str, str], log_path: Path, spec: LaunchSpec,
+                launch: AttemptLaunch) -> TrackedProcess:
+    """An srun of the attempt, tracked as its agent: its exit ends the step it runs."""
+    popen = _spawn(argv, env, log_path, spec.cwd, launch.cgroup_procs)
     try:
-        return [TrackedProcess.from_popen(popen, role="agent")]
+        return TrackedProcess.from_popen(popen, role="agent")
     except BaseException:
         _kill_started([popen], [])
         raise
+
+
+def _cluster_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
+    # a stale TORCHELASTIC_* from an outer torchrun must not reach the ranks; SLURM_* stays: inside an
+    # allocation, srun finds its job through them
+    return {name: value for name, value in base_env(spec, launch).items() if not name.startswith("TORCHELASTIC_")}
 
 
 def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> TrackedProcess:
     """hosts: cluster: one job step of agents, one per node, on the cluster this machine submits to; they dial
     `controller` and start the ranks when told (chaos.supervisor.agents). Tracked here as the attempt's agent:
     srun, whose exit ends the step."""
-    env = {name: value for name, value in base_env(spec, launch).items() if not name.startswith("TORCHELASTIC_")}
+    env = _cluster_env(spec, launch)
     # the agents' token under another name: what carries CHAOS_RUN_TOKEN is swept as the run's, and srun may
-    # run on a node (chaos inside an allocation); each rank gets CHAOS_RUN_TOKEN in its order
+    # run on a node (chaos inside an allocation); the ranks get CHAOS_RUN_TOKEN from their own step or order
     env[agent_protocol.ENV_AGENT_TOKEN] = env.pop(control.ENV_RUN_TOKEN)
-    argv = slurm_cluster.agents_srun_argv(spec.nodes, spec.ranks_per_node, launch.attempt, controller, job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+    argv = slurm_cluster.agents_srun_argv(spec.nodes, spec.ranks_per_node, launch.attempt, controller,
+                                          job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                           output=launch.directory / "agent-%n.out", cwd=spec.cwd)
-    popen = _spawn(argv, env, launch.directory / "srun.out", spec.cwd, launch.cgroup_procs)
-    try:
-        return TrackedProcess.from_popen(popen, role="agent")
-    except BaseException:
-        _kill_started([popen], [])
-        raise
+    return _spawn_srun(argv, env, launch.directory / "srun.out", spec, launch)
 
 
 def _gloo_interface_unset(spec: LaunchSpec) -> bool:
@@ -252,19 +260,14 @@ def launch_cluster_tasks(spec: LaunchSpec, launch: AttemptLaunch, agents: Mappin
     torchrun's environment from Slurm's, meeting at node 0's address); the agents adopt them at their hello.
     GLOO_SOCKET_IFNAME (unless set) is the interface each host reached the controller on: the cluster's
     network, not whatever its hostname resolves to."""
-    env = {name: value for name, value in base_env(spec, launch).items() if not name.startswith("TORCHELASTIC_")}
+    env = _cluster_env(spec, launch)
     env.update({"MASTER_ADDR": agents[0].address, "MASTER_PORT": str(port)})
     if _gloo_interface_unset(spec):
         env[slurm_task.ENV_IFNAMES] = ",".join(f"{a.host}={a.interface}" for a in agents.values() if a.interface)
     argv = slurm_cluster.tasks_srun_argv(list(spec.argv), spec.world_size, spec.nodes, str(agents[0].job_id),
                                          job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
                                          output=launch.directory / "rank-%t.out", cwd=spec.cwd)
-    popen = _spawn(argv, env, launch.directory / "srun-ranks.out", spec.cwd, launch.cgroup_procs)
-    try:
-        return TrackedProcess.from_popen(popen, role="agent")
-    except BaseException:
-        _kill_started([popen], [])
-        raise
+    return _spawn_srun(argv, env, launch.directory / "srun-ranks.out", spec, launch)
 
 
 def torchrun_orders(spec: LaunchSpec, launch: AttemptLaunch, agents: Mapping[int, AgentInfo],

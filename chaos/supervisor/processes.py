@@ -10,18 +10,22 @@ Process-group signals (`killpg`) are sent only while the group leader is alive o
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
 #: Signals whose default action ends the process: after delivering one the supervisor waits for the death
 #: instead of releasing the held rank.
 FATAL_BY_DEFAULT = frozenset({"SIGKILL", "SIGSEGV", "SIGABRT"})
+STATUS_FILE_WAIT_S = 2.0
+"""How long a reaping parent may take to write down how its child ended (it does so at once)."""
 
 
 def create_time(pid: int) -> float | None:
@@ -55,6 +59,20 @@ class TrackedProcess:
     last_signal_mono: float | None = None
     warm: bool = False
     """Started from a warm spare (chaos.supervisor.spares) rather than a fresh interpreter."""
+    status_file: Path | None = None
+    """Where the process's parent writes how it ended (a Slurm task's shim, chaos.supervisor.slurm_task):
+    read when the exit code could not be (its parent reaped it before we looked)."""
+    status_writer: tuple[int, float] | None = None
+    """(pid, create_time) of that parent: while it lives, the file is coming."""
+
+    def expect_status_file(self, path: Path) -> None:
+        """The parent (now) writes how this process ended to `path`."""
+        self.status_file = path
+        try:
+            parent = psutil.Process(self.pid).parent()
+            self.status_writer = (parent.pid, parent.create_time()) if parent is not None else None
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            self.status_writer = None
 
     @classmethod
     def from_popen(cls, popen: subprocess.Popen, role: str, rank: int | None = None,
@@ -106,11 +124,27 @@ class TrackedProcess:
             return code, returncode_signal(code)
         wait_status = _zombie_wait_status(self.pid)
         if wait_status is None:
-            return None, None
+            return self._recorded_status()
         if os.WIFSIGNALED(wait_status):
             signum = os.WTERMSIG(wait_status)
             return -signum, _signal_name(signum)
         return os.WEXITSTATUS(wait_status), None
+
+    def _recorded_status(self, wait_s: float = STATUS_FILE_WAIT_S) -> tuple[int | None, str | None]:
+        """(returncode, signal) from `status_file`, once its writer (the reaping parent) has written it; it
+        is waited for only while the writer lives (a shim killed with its rank writes nothing)."""
+        if self.status_file is None:
+            return None, None
+        deadline = time.monotonic() + wait_s
+        while True:
+            writer_alive = self.status_writer is not None and _alive_not_zombie(*self.status_writer)
+            try:
+                ended = json.loads(self.status_file.read_text())
+                return (ended.get("returncode"), ended.get("signal")) if ended.get("pid") == self.pid else (None, None)
+            except (OSError, ValueError):
+                if not writer_alive or time.monotonic() >= deadline:
+                    return None, None
+                time.sleep(0.01)
 
     def mark_exited(self, now: float) -> None:
         if not self.exited:
