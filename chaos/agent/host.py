@@ -221,10 +221,8 @@ class HostAgent:
         process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=self.node) if started else None
         if process is None:
             return {"adopted": False, "reason": f"pid {pid} is gone"}
-        if task and message.get("exit_file"):  # a task's shim writes how it ended there (it reaps it, not us)
-            process.expect_status_file(Path(message["exit_file"]))
-            if process.status_writer is not None:  # the shim is the run's too: teardown ends it with its rank
-                self.table.descendants.setdefault(*process.status_writer)
+        if task and message.get("exit_file"):
+            self.table.adopt_slurm_task(process, Path(message["exit_file"]))
         if task and self.cgroup is not None:
             for member in [pid] + ([process.status_writer[0]] if process.status_writer else []):
                 try:  # into this agent's cgroup: its teardown's cgroup.kill and its watchdog reach them

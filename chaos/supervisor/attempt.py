@@ -449,10 +449,8 @@ class Attempt:
         started = create_time(pid)
         process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=node) if started else None
         if process is not None:
-            if self.config.launcher == "slurm":  # a Slurm task: its shim reaps it and writes how it ended
-                process.expect_status_file(slurm_task.exit_status_path(self.directory, rank))
-                if process.status_writer is not None:  # the shim is the run's too: teardown ends it with its rank
-                    self.table.descendants.setdefault(*process.status_writer)
+            if self.config.launcher == "slurm":
+                self.table.adopt_slurm_task(process, slurm_task.exit_status_path(self.directory, rank))
             self.table.ranks[rank] = process
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         return process

@@ -283,6 +283,13 @@ class ProcessTable:
                 if started is not None and started >= leaders[group]:
                     self.descendants.setdefault(pid, started)
 
+    def adopt_slurm_task(self, process: TrackedProcess, status_file: Path) -> None:
+        """A rank that is a Slurm task's child (chaos.supervisor.slurm_task): its shim reaps it and writes
+        how it ended to `status_file`; the shim is the run's too, so teardown ends it with its rank."""
+        process.expect_status_file(status_file)
+        if process.status_writer is not None:
+            self.descendants.setdefault(*process.status_writer)
+
     def launched_ancestor(self, pid: int) -> TrackedProcess | None:
         """The launched process (agent or direct rank) that `pid` is, or descends from; None if none is."""
         by_pid = {p.pid: p for p in self.launched}
