@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--golden", type=Path, help="golden file to compare against (Megatron format)")
     run.add_argument("--golden-cache", type=Path, help="directory where recorded goldens are kept and looked up")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key (dotted)")
+    run.add_argument("--repeats", type=_repeats, metavar="R",
+                     help="uninterrupted runs a golden recorded first is made of (default: 1 where the numerics are "
+                          "pinned bitwise, else 2)")
 
     validate = commands.add_parser("validate", help="check scenario files without running anything")
     validate.add_argument("scenarios", type=Path, nargs="+")
@@ -35,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("scenario", type=Path)
     record.add_argument("--out", type=Path, help="golden file (default: goldens/<preset>-<fingerprint>.json)")
     record.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    record.add_argument("--repeats", type=_repeats, metavar="R",
+                        help="run the job R times uninterrupted and keep the spread between them (default: 1 where "
+                             "the numerics are pinned bitwise, e.g. chaos's CPU trainer; else 2)")
 
     report = commands.add_parser("report", help="re-check a stored run and re-render its reports")
     report.add_argument("run_dir", type=Path)
@@ -48,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
 
     soak_module.add_arguments(soak)
     return parser
+
+
+def _repeats(text: str) -> int:
+    from chaos.scenario.model import MAX_GOLDEN_REPEATS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of runs, got {text!r}") from None
+    if not 1 <= value <= MAX_GOLDEN_REPEATS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_GOLDEN_REPEATS} runs, got {value}")
+    return value
 
 
 def _print_result(result) -> int:
@@ -130,7 +148,7 @@ def _dispatch(args) -> int:
         progress = ProgressLine()
         try:
             result = runner.run_scenario(scenario, out_dir=args.out, seed=args.seed, golden_path=args.golden,
-                                         golden_cache=args.golden_cache, on_progress=progress)
+                                         golden_cache=args.golden_cache, on_progress=progress, repeats=args.repeats)
         finally:
             progress.close()
         return _print_result(result)
@@ -141,8 +159,11 @@ def _dispatch(args) -> int:
         out = args.out or (runner.REPO_ROOT / "goldens" / runner.golden_file_name(scenario))
         # timestamped like a run directory: a reused one would resume from the old run's checkpoints
         work_dir = runner.default_run_dir(scenario, prefix="golden-")
-        runner.record_golden(scenario, out, work_dir)
+        golden = runner.record_golden(scenario, out, work_dir, repeats=args.repeats, say=print)
+        rule = runner.rule_for(scenario, golden)
         print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
+        print(f"comparison rule for runs against it: {rule.why}")
+        print(f"checkpoint state: {runner.state_rule_note(golden)}")
         return 0
     if args.command == "report":
         for name in ("scenario.yaml", "plan.json"):

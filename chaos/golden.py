@@ -7,7 +7,8 @@ The metrics file is Megatron-LM's own golden format, so Megatron's tools read ou
 Unlike Megatron we keep every float at full precision (Python's json writes the shortest repr that reads
 back to the same double): the CPU oracle is bitwise, and Megatron's 5 rounded digits would hide a drift.
 What Megatron's format has no room for (the environment the numbers came from, the final state hash, the
-workload fingerprint) goes in a sidecar `<stem>.meta.json`.
+workload fingerprint, how reproducible the job measured itself to be, and fingerprints of the uninterrupted
+run's checkpoints) goes in a sidecar `<stem>.meta.json`.
 
 Pure Python; never imports torch (versions come from importlib.metadata).
 """
@@ -27,6 +28,7 @@ from functools import reduce
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from chaos.calibration import Calibration
 from chaos.errors import InputError
 
 METRIC_KEYS = {"lm_loss": "lm loss", "grad_norm": "grad norm", "lr": "learning rate",
@@ -59,6 +61,17 @@ DATA_HASHES_KEY = "data_hashes"
 LOSS_WINDOWS_KEY = "loss_windows"
 """GoldenMeta.extra key of the steps whose lm loss is a mean over several iterations ({"step": [steps]}): how
 Megatron-LM prints the second iteration each process logs (see chaos.checkers.trajectory)."""
+
+CALIBRATION_KEY = "calibration"
+"""GoldenMeta.extra key of the spread measured between repeated uninterrupted runs (chaos.calibration)."""
+
+CHECKPOINTS_KEY = "checkpoints"
+"""GoldenMeta.extra key of the uninterrupted run's checkpoints: iteration -> {entries: key -> fingerprint,
+spread: key -> distance measured between repeats} (chaos.state)."""
+
+CHECKPOINT_FILES_KEY = "checkpoint_files"
+"""GoldenMeta.extra key of the files a complete checkpoint of the job has: name pattern -> count
+(chaos.state.layout)."""
 
 ENVIRONMENT_MATCH_KEYS = ("torch", "megatron-core", "python", "machine", "cpu_numerics", "device")
 """What must agree for a committed golden to be valid here (bitwise numbers change with any of these).
@@ -94,6 +107,12 @@ class Golden:
     loss_windows: dict[int, tuple[int, ...]] = field(default_factory=dict)
     """step -> the steps its lm loss is the mean of, where that is not just the step itself (Megatron-LM's
     printed loss of the second iteration a process logs). Stored in the sidecar's extra (LOSS_WINDOWS_KEY)."""
+    calibration: Calibration | None = None
+    """How far repeated uninterrupted runs landed from this one (None: recorded without repeats, or Megatron's)."""
+    checkpoints: dict[int, "GoldenCheckpoint"] = field(default_factory=dict)
+    """iteration -> what the uninterrupted run saved there (empty: no fingerprints recorded)."""
+    checkpoint_files: dict[str, int] = field(default_factory=dict)
+    """name pattern -> count: the files every committed checkpoint of the uninterrupted run had."""
 
     @classmethod
     def from_records(cls, records: list[Mapping[str, Any]], meta: GoldenMeta | None = None) -> "Golden":
@@ -114,6 +133,20 @@ class Golden:
             else:
                 loss_windows.pop(step, None)  # a later attempt logged this step plainly
         return cls(metrics=metrics, meta=meta, data_hashes=data_hashes, loss_windows=loss_windows)
+
+
+@dataclass
+class GoldenCheckpoint:
+    """The uninterrupted run's checkpoint at one iteration, as fingerprints (chaos.state.fingerprint.Entry
+    as dicts; the `configuration` category is not kept) and the distance each entry showed between repeats
+    (absent = identical)."""
+
+    entries: dict[str, dict[str, Any]]
+    spread: dict[str, float | str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        spread = {k: (v if not isinstance(v, float) or math.isfinite(v) else repr(v)) for k, v in self.spread.items()}
+        return {"entries": self.entries, "spread": spread}
 
 
 def meta_path(path: str | Path) -> Path:
@@ -144,6 +177,9 @@ def read_golden(path: str | Path) -> Golden:
     meta = None
     data_hashes: dict[int, str] = {}
     loss_windows: dict[int, tuple[int, ...]] = {}
+    calibration: Calibration | None = None
+    checkpoints: dict[int, GoldenCheckpoint] = {}
+    checkpoint_files: dict[str, int] = {}
     sidecar = meta_path(path)
     if sidecar.is_file():
         meta = read_meta(sidecar)
@@ -153,8 +189,60 @@ def read_golden(path: str | Path) -> Golden:
             data_hashes = _data_hashes(extra.pop(DATA_HASHES_KEY), str(sidecar))
         if LOSS_WINDOWS_KEY in extra:
             loss_windows = _loss_windows(extra.pop(LOSS_WINDOWS_KEY), str(sidecar))
+        if CALIBRATION_KEY in extra:
+            calibration = _calibration(extra.pop(CALIBRATION_KEY), str(sidecar))
+        if CHECKPOINTS_KEY in extra:
+            checkpoints = _checkpoints(extra.pop(CHECKPOINTS_KEY), str(sidecar))
+        if CHECKPOINT_FILES_KEY in extra:
+            checkpoint_files = _checkpoint_files(extra.pop(CHECKPOINT_FILES_KEY), str(sidecar))
         meta = replace(meta, extra=extra)
-    return Golden(metrics=metrics, meta=meta, data_hashes=data_hashes, loss_windows=loss_windows)
+    return Golden(metrics=metrics, meta=meta, data_hashes=data_hashes, loss_windows=loss_windows,
+                  calibration=calibration, checkpoints=checkpoints, checkpoint_files=checkpoint_files)
+
+
+def _calibration(value: Any, source: str) -> Calibration:
+    try:
+        return Calibration.from_dict(value)
+    except (ValueError, TypeError, KeyError) as error:
+        raise InputError(source, f"extra.{CALIBRATION_KEY}", f"not a calibration ({error})") from None
+
+
+def _checkpoints(value: Any, source: str) -> dict[int, GoldenCheckpoint]:
+    where = f"extra.{CHECKPOINTS_KEY}"
+    if not isinstance(value, dict):
+        raise InputError(source, where, "expected a mapping of iteration -> {entries, spread}")
+    out: dict[int, GoldenCheckpoint] = {}
+    for iteration, body in value.items():
+        try:
+            number = int(iteration)
+        except (TypeError, ValueError):
+            raise InputError(source, f"{where}.{iteration}", "expected an integer iteration as key") from None
+        if not isinstance(body, dict) or not isinstance(body.get("entries"), dict) or \
+                not isinstance(body.get("spread", {}), dict):
+            raise InputError(source, f"{where}.{iteration}", "expected {entries: {key: fingerprint}, spread: {...}}")
+        for key, entry in body["entries"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise InputError(source, f"{where}.{iteration}.entries.{key}", "expected a fingerprint with a sha256")
+        spread = {str(k): _spread_value(v, source, f"{where}.{iteration}.spread.{k}")
+                  for k, v in body.get("spread", {}).items()}
+        out[number] = GoldenCheckpoint(entries=dict(body["entries"]), spread=spread)
+    return dict(sorted(out.items()))
+
+
+def _spread_value(value: Any, source: str, where: str) -> float | str:
+    if isinstance(value, str) and value in ("inf", "differs", "missing"):
+        return float("inf") if value == "inf" else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(source, where, f"expected a distance or 'differs', got {value!r:.40}")
+    return float(value)
+
+
+def _checkpoint_files(value: Any, source: str) -> dict[str, int]:
+    where = f"extra.{CHECKPOINT_FILES_KEY}"
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                              and v >= 1 for k, v in value.items()):
+        raise InputError(source, where, "expected a mapping of file name pattern -> count (>= 1)")
+    return dict(value)
 
 
 def _loss_windows(value: Any, source: str) -> dict[int, tuple[int, ...]]:
@@ -229,8 +317,19 @@ def write_golden(golden: Golden, path: str | Path) -> Path:
         meta = meta or GoldenMeta()
         windows = {str(step): list(golden.loss_windows[step]) for step in sorted(golden.loss_windows)}
         meta = replace(meta, extra={**meta.extra, LOSS_WINDOWS_KEY: windows})
+    if golden.calibration is not None:
+        meta = meta or GoldenMeta()
+        meta = replace(meta, extra={**meta.extra, CALIBRATION_KEY: golden.calibration.to_dict()})
+    if golden.checkpoint_files:
+        meta = meta or GoldenMeta()
+        meta = replace(meta, extra={**meta.extra, CHECKPOINT_FILES_KEY: dict(golden.checkpoint_files)})
+    if golden.checkpoints:
+        meta = meta or GoldenMeta()
+        checkpoints = {str(i): golden.checkpoints[i].to_dict() for i in sorted(golden.checkpoints)}
+        meta = replace(meta, extra={**meta.extra, CHECKPOINTS_KEY: checkpoints})
     if meta is not None:
-        _write_json(meta_path(path), asdict(meta))
+        # One line per checkpoint entry rather than per field: a sidecar holds hundreds of fingerprints.
+        _write_json(meta_path(path), asdict(meta), indent=1 if golden.checkpoints else 4)
     return path
 
 
@@ -267,10 +366,10 @@ def _read_json(path: Path) -> Any:
         raise InputError(str(path), f"line {error.lineno}, column {error.colno}", f"invalid JSON: {error.msg}") from None
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _write_json(path: Path, data: Any, indent: int = 4) -> None:
     # temp + rename: a golden is committed to the repo; a half-written one must never be left behind.
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=4) + "\n", encoding="utf-8")
+    temp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
     temp.replace(path)
 
 
@@ -390,9 +489,9 @@ class MetricComparison:
     missing_steps: tuple[int, ...]
     """Golden steps the actual run has no value for."""
     allowed_failures: int
-    """0 in exact mode; Megatron's min(max(n // 100, 1), 50) in megatron mode."""
+    """0 in exact and calibrated mode; Megatron's min(max(n // 100, 1), 50) in megatron mode."""
     tolerance: float | None
-    """Relative tolerance (megatron mode); None = bitwise."""
+    """Relative tolerance (megatron mode, calibrated mode for a metric that varied); None = bitwise."""
     first_failure: tuple[int, float, float | None] | None = None
     """(step, golden, actual) of the first failing step."""
     note: str = ""
@@ -400,7 +499,7 @@ class MetricComparison:
 
 @dataclass(frozen=True)
 class Comparison:
-    mode: Literal["exact", "megatron"]
+    mode: Literal["exact", "calibrated", "megatron"]
     passed: bool
     metrics: tuple[MetricComparison, ...]
     first_divergence: tuple[str, int, float, float | None] | None
@@ -408,7 +507,8 @@ class Comparison:
     allowance of failing steps (megatron mode) lets the comparison pass."""
 
     def summary(self) -> str:
-        rule = "bitwise" if self.mode == "exact" else "Megatron relative tolerance"
+        rule = {"exact": "bitwise", "calibrated": "calibrated from repeated runs"}.get(self.mode,
+                                                                                    "Megatron relative tolerance")
         if self.first_divergence is None:
             compared = ", ".join(f"{m.metric} ({m.compared_steps} steps)" for m in self.metrics)
             return f"matches the golden ({rule}): {compared}"
@@ -421,28 +521,32 @@ class Comparison:
 
 def compare(golden: Golden, actual: Mapping[str, Mapping[int, float]], mode: str,
             tolerance: Mapping[str, float] | None = None, metrics: tuple[str, ...] | None = None,
-            printed_formats: Mapping[str, str] | None = None) -> Comparison:
+            printed_formats: Mapping[str, str] | None = None, skip: tuple[str, ...] = ()) -> Comparison:
     """Compares an actual run with a golden over the steps the golden has (at its step_interval).
 
     exact: every compared value bitwise equal (default metrics: all of the golden's but timing and memory);
     a metric in `printed_formats` (read from a trainer's log, e.g. Megatron's `%.6E` lm loss) is equal when
     both sides print the same: a full-precision golden (Megatron's own files) is compared as printed.
+    calibrated (chaos.calibration): the same metrics; each with its own relative tolerance from `tolerance`
+    (the measured spread times a factor), exact as above where that is 0 or the metric is not named.
     megatron: relative tolerance, atol 0, min(max(n // 100, 1), 50) failing steps allowed per metric
     (default metrics: lm loss, num-zeros if both sides have it, plus any metric named in `tolerance`).
-    A metric the golden lacks cannot be compared: that is a failure, not a skip.
+    A metric the golden lacks cannot be compared: that is a failure, not a skip. `skip`: metrics left out of
+    the defaults (a calibrated rule's metrics that no relative tolerance fits).
     """
-    if mode not in ("exact", "megatron"):
-        raise ValueError(f"unknown comparison mode {mode!r}; expected exact or megatron")
-    tolerance = {**DEFAULT_TOLERANCE, **(tolerance or {})}
+    if mode not in ("exact", "calibrated", "megatron"):
+        raise ValueError(f"unknown comparison mode {mode!r}; expected exact, calibrated or megatron")
     if metrics is None:
-        metrics = _default_metrics(golden, actual, mode, tolerance)
+        defaults = {**DEFAULT_TOLERANCE, **(tolerance or {})} if mode == "megatron" else dict(tolerance or {})
+        metrics = tuple(m for m in _default_metrics(golden, actual, mode, defaults) if m not in skip)
     printed_formats = printed_formats or {}
     results = []
     for metric in metrics:
         expected, got = golden.metrics.get(metric), actual.get(metric)
-        if mode == "exact" and metric in printed_formats:
+        rtol = tolerance_for(metric, tolerance, mode)
+        if _is_exact(mode, rtol) and metric in printed_formats:
             expected, got = as_printed(expected, printed_formats[metric]), as_printed(got, printed_formats[metric])
-        results.append(_compare_metric(metric, expected, got, mode, tolerance_for(metric, tolerance)))
+        results.append(_compare_metric(metric, expected, got, mode, rtol))
     first = None
     for result in results:
         if result.first_failure is not None:
@@ -461,24 +565,35 @@ def as_printed(values: Mapping[int, float] | None, fmt: str) -> dict[int, float]
     return {step: float(fmt % value) for step, value in values.items()}
 
 
-def tolerance_for(metric: str, tolerance: Mapping[str, float] | None = None) -> float:
-    """The relative tolerance megatron mode uses for `metric`: the scenario's override, Megatron's default,
-    else FALLBACK_TOLERANCE."""
+def tolerance_for(metric: str, tolerance: Mapping[str, float] | None = None, mode: str = "megatron") -> float:
+    """The relative tolerance for `metric`. megatron: the scenario's override, Megatron's default, else
+    FALLBACK_TOLERANCE. calibrated: the rule's tolerance for it (0 = exact). exact: 0."""
+    if mode == "calibrated":
+        return float((tolerance or {}).get(metric, 0.0))
+    if mode == "exact":
+        return 0.0
     return {**DEFAULT_TOLERANCE, **(tolerance or {})}.get(metric, FALLBACK_TOLERANCE)
 
 
+def _is_exact(mode: str, rtol: float) -> bool:
+    return mode == "exact" or (mode == "calibrated" and rtol == 0.0)
+
+
 def value_matches(expected: float, actual: float | None, mode: str, rtol: float) -> bool:
-    """One step's rule: bitwise equal (exact) or within relative tolerance `rtol`, atol 0 (megatron).
-    Shared with the HTML report, so its marked points are the ones the comparison counts as failing."""
+    """One step's rule: bitwise equal (exact, or calibrated with tolerance 0) or within relative tolerance
+    `rtol`, atol 0. Shared with the HTML report, so its marked points are the ones the comparison counts as
+    failing."""
     if actual is None:
         return False
-    if mode == "exact":
+    if _is_exact(mode, rtol):
+        return _bitwise_equal(expected, actual)
+    if not (_finite(expected) and _finite(actual)):
         return _bitwise_equal(expected, actual)
     return abs(actual - expected) <= rtol * abs(expected)
 
 
 def _default_metrics(golden: Golden, actual: Mapping[str, Any], mode: str, tolerance: Mapping[str, float]) -> tuple:
-    if mode == "exact":
+    if mode in ("exact", "calibrated"):
         return tuple(m for m in golden.metrics if m not in NONDETERMINISTIC_METRICS)
     chosen = ["lm loss"]
     if "num-zeros" in golden.metrics and "num-zeros" in actual:
@@ -489,12 +604,12 @@ def _default_metrics(golden: Golden, actual: Mapping[str, Any], mode: str, toler
 
 def _compare_metric(metric: str, expected: Mapping[int, float] | None, got: Mapping[int, float] | None, mode: str,
                     rtol: float) -> MetricComparison:
-    exact = mode == "exact"
+    exact = _is_exact(mode, rtol)
     if not expected:
         return MetricComparison(metric, False, 0, (), (), 0, None if exact else rtol,
                                 note="the golden has no values for this metric")
     got = got or {}
-    if metric == "iteration-time" and not exact:
+    if metric == "iteration-time" and mode == "megatron":
         return _compare_median(metric, expected, got, rtol)
     steps = sorted(expected)
     missing = tuple(step for step in steps if step not in got)
@@ -502,7 +617,7 @@ def _compare_metric(metric: str, expected: Mapping[int, float] | None, got: Mapp
     for step in steps:
         if not value_matches(expected[step], got.get(step), mode, rtol):
             failing.append(step)
-    allowed = 0 if exact else min(max(len(steps) // 100, 1), 50)
+    allowed = min(max(len(steps) // 100, 1), 50) if mode == "megatron" else 0
     # Megatron's allowance is for noise: a step the run never reported, or a NaN / inf where the golden is
     # finite, is never noise, and fails whatever the allowance.
     hard = [s for s in failing if s in missing or not _finite(got[s]) and _finite(expected[s])]

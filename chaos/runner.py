@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import signal
 import sys
@@ -22,20 +21,15 @@ from typing import Any, Callable
 
 from chaos import golden as golden_module
 from chaos import preflight
+from chaos.calibration import decide_rule
 from chaos.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, InfrastructureError, InputError
+from chaos.golden_runs import (  # noqa: F401  (re-exported: the CLI, the plugin and the tests use them here)
+    REPO_ROOT, GoldenChoice, choose_golden, golden_file_name, golden_launch, golden_search_dirs, move_aside,
+    record_golden, recorded_from_history, rule_for, state_rule_note,
+)
 from chaos.plan import PlannedFault
 from chaos.scenario import Scenario, dump_scenario, load_scenario
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class GoldenChoice:
-    golden: golden_module.Golden
-    path: Path
-    mode: str
-    recorded_here: bool
 
 
 @dataclass
@@ -66,143 +60,16 @@ def default_run_dir(scenario: Scenario, root: Path = Path("runs"), prefix: str =
     return root / f"{stamp}-{prefix}{scenario.name}"
 
 
-def move_aside(run_dir: Path) -> None:
-    """Renames an existing, non-empty run directory to <name>.previous-N. A run directory is not reusable:
-    the workload resumes from its checkpoints/ and histories are appended to, so a second run there would
-    continue the first; renamed, the old run stays as evidence and the new one starts clean. An empty
-    directory (pytest's tmp dirs, one made by the caller) holds nothing and is used as is."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
-        return
-    n = 1
-    while run_dir.with_name(f"{run_dir.name}.previous-{n}").exists():
-        n += 1
-    run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{n}"))
-
-
-def golden_search_dirs(scenario: Scenario) -> list[Path]:
-    """Where committed goldens live: goldens/ beside the scenarios folder, in the repo, and in the cwd."""
-    candidates = [Path(scenario.base_dir).parent / "goldens", REPO_ROOT / "goldens", Path.cwd() / "goldens"]
-    seen, out = set(), []
-    for directory in candidates:
-        resolved = directory.resolve()
-        if resolved not in seen and resolved.is_dir():
-            seen.add(resolved)
-            out.append(resolved)
-    return out
-
-
-# ---- goldens --------------------------------------------------------------------------------------------
-def recorded_from_history(run_dir: Path) -> tuple[golden_module.Golden, str | None]:
-    """The effective metrics and data hashes (latest attempt wins per step) and the final state hash of a run."""
-    from chaos.checkers import views
-    from chaos.history import load_run_history
-
-    history = load_run_history(run_dir)
-    records = [record for _, (_, record) in views.effective_metrics(history).items()]
-    recorded = golden_module.Golden.from_records(records)
-    final_hash = None
-    for attempt in history.attempts:
-        for event in attempt.events("final_state", rank=0):
-            final_hash = event["state_hash"]
-    return recorded, final_hash
-
-
-def record_golden(scenario: Scenario, out_path: Path, work_dir: Path,
-                  on_progress: Callable[[dict], None] | None = None) -> golden_module.Golden:
-    """Runs the workload uninterrupted (no faults, no restarts) and writes a Megatron-format golden."""
-    from chaos.supervisor import SupervisorConfig, supervise
-
-    preflight.check_run_dir(work_dir)
-    preflight.check_machine(scenario.facts, scenario.source, scenario.hosts)
-    move_aside(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    workload, facts = scenario.workload, scenario.facts
-    launcher, hosts = golden_launch(scenario)
-    outcome = supervise(SupervisorConfig(
-        launch=workload.launch(work_dir), faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
-        launcher=launcher, run_dir=work_dir, hosts=hosts), on_progress)
-    recorded, final_hash = recorded_from_history(work_dir)
-    steps = sorted(recorded.metrics.get("lm loss", {}))
-    wants_hash = workload.final_state_unavailable is None
-    if outcome.outcome != "complete" or steps != list(range(1, facts.train_iters + 1)) or \
-            (wants_hash and final_hash is None):
-        output = sorted((work_dir / "attempts" / "01").glob("*.out"))
-        tail = output[0].read_text(errors="replace")[-1500:] if output else ""
-        raise InfrastructureError(
-            f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
-            f"{steps[:3]}..{steps[-3:] if steps else []}; see {work_dir}/attempts/01/\n{tail}")
-    meta = golden_module.new_meta(
-        golden_module.environment_fingerprint(facts.device, facts.cpu_pins), golden_module.workload_fingerprint(workload),
-        final_state_hash=final_hash, scenario=scenario.name, train_iters=facts.train_iters,
-    )
-    golden = dataclasses.replace(recorded, meta=meta)
-    golden_module.write_golden(golden, out_path)
-    return golden
-
-
-def golden_launch(scenario: Scenario) -> tuple[str, str]:
-    """(launcher, hosts) of the uninterrupted run a golden is recorded from. On a cluster: the cluster, where
-    the numbers are made (a login node may have neither the nodes' CPUs nor their GPUs). Simulated hosts:
-    this machine's loopback, since the numbers do not depend on the wire; a private Slurm cluster exists only
-    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way."""
-    if scenario.hosts == "cluster":
-        return scenario.launcher, "cluster"
-    return ("torchrun" if scenario.launcher == "slurm" else scenario.launcher), "local"
-
-
-def golden_file_name(scenario: Scenario) -> str:
-    workload = scenario.workload
-    env = golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins)
-    env_key = json.dumps({k: env.get(k) for k in golden_module.ENVIRONMENT_MATCH_KEYS}, sort_keys=True, default=str)
-    env_hash = hashlib.sha256(env_key.encode()).hexdigest()
-    return f"{workload.golden_prefix}-{golden_module.workload_fingerprint(workload)[:10]}-{env_hash[:8]}.json"
-
-
-def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, golden_cache: Path | None,
-                  on_progress=None, say: Callable[[str], None] = print) -> GoldenChoice:
-    mode = scenario.golden_mode
-    env = golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins)
-    workload_fp = golden_module.workload_fingerprint(scenario.workload)
-    explicit = golden_path or scenario.golden.path
-    if explicit is not None:
-        explicit = Path(explicit)
-        golden = golden_module.read_golden(explicit)
-        if golden.meta is None or not golden.meta.environment:
-            return GoldenChoice(golden, explicit, mode, False)  # no environment recorded: used as is
-        mismatches = golden_module.environment_mismatches(golden.meta.environment, env)
-        if golden.meta.workload_fingerprint not in (None, workload_fp):
-            # Asked for by name: "does my changed job still match the golden of the old one?" is the point
-            # of naming one, so it is used; only another machine's bitwise numbers are not comparable.
-            say(f"chaos: golden {explicit} was recorded for another workload (fingerprint "
-                f"{golden.meta.workload_fingerprint[:12]}, this one {workload_fp[:12]}); comparing against it as asked")
-        if not mismatches or mode != "exact":
-            return GoldenChoice(golden, explicit, mode, False)
-        reason = ", ".join(f"{k}: {a} != {b}" for k, (a, b) in mismatches.items())
-        say(f"chaos: golden {explicit} was recorded elsewhere ({reason}); recording one here first")
-    else:
-        for directory in ([golden_cache] if golden_cache else []) + golden_search_dirs(scenario):
-            found = golden_module.find_golden(directory, workload_fp, env)  # None for a missing directory
-            if found is not None:
-                return GoldenChoice(golden_module.read_golden(found), found, mode, False)
-        say("chaos: no committed golden matches this workload and environment; recording one here first "
-            "(uninterrupted run)")
-    target_dir = golden_cache if golden_cache else run_dir / "golden"
-    target = target_dir / golden_file_name(scenario)
-    golden = record_golden(scenario, target, run_dir / "golden_run", on_progress)
-    say(f"chaos: recorded golden {target}")
-    return GoldenChoice(golden, target, mode, True)
-
-
 # ---- the run ----------------------------------------------------------------------------------------------
 def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | None = None,
                  golden_path: Path | None = None, golden_cache: Path | None = None,
                  plan: tuple[PlannedFault, ...] | None = None, on_progress: Callable[[dict], None] | None = None,
-                 say: Callable[[str], None] = print) -> RunResult:
+                 say: Callable[[str], None] = print, repeats: int | None = None) -> RunResult:
     """Runs one scenario and returns its verdict. Raises InputError for bad input; infrastructure
     failures come back as verdict 'error' with exit code 3 and a report saying why.
 
-    `seed` replaces the scenario's seed, so scenario.yaml and the report record the seed actually used."""
+    `seed` replaces the scenario's seed, so scenario.yaml and the report record the seed actually used;
+    `repeats`: uninterrupted runs a golden recorded here is made of (default: the scenario's)."""
     from chaos.supervisor import SupervisorConfig, supervise
 
     if seed is not None:
@@ -222,7 +89,7 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     golden_choice = None
     infrastructure_error = None
     try:
-        golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say)
+        golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say, repeats)
         launch = scenario.workload.launch(run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
                                              launcher=scenario.launcher, run_dir=run_dir, hosts=scenario.hosts),
@@ -293,14 +160,15 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
             infrastructure_error = (f"the golden this run was checked against ({lost_golden}) is gone: the run "
                                     "cannot be re-checked")
     golden = golden_choice.golden if golden_choice else None
-    comparison_mode = golden_choice.mode if golden_choice else scenario.golden_mode
+    rule = golden_choice.rule if golden_choice else decide_rule(scenario.golden.mode, None, scenario.device,
+                                                               scenario.tolerance or None)
 
     workload = scenario.workload
     printed = dict(workload.printed_formats)
 
     def compare(expected: dict, actual: dict):
-        return golden_module.compare(golden_module.Golden(metrics=expected), actual, comparison_mode,
-                                     scenario.tolerance or None, printed_formats=printed)
+        return golden_module.compare(golden_module.Golden(metrics=expected), actual, rule.mode, rule.tolerances,
+                                     printed_formats=printed, skip=tuple(rule.not_compared))
 
     history = load_run_history(run_dir)
     if history.damaged and not infrastructure_error:
@@ -325,15 +193,24 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
         final_state_unavailable=workload.final_state_unavailable,
         golden_loss_windows=golden.loss_windows if golden else {},
         printed_formats=printed,
-        comparison_mode=comparison_mode,
-        tolerance=dict(scenario.tolerance or {}),
+        comparison_mode=rule.mode,
+        tolerance=dict(rule.tolerances),
+        golden_checkpoints=golden.checkpoints if golden else {},
+        golden_checkpoint_files=golden.checkpoint_files if golden else {},
+        golden_repeats=golden.calibration.repeats if golden and golden.calibration else None,
+        accepted_state_differences=dict(scenario.accepted_state_differences),
     )
     results = run_checks(context, list(scenario.checks))
     # tolerance: the report's plot marks off-golden points by the same rule as the comparison.
     golden_info = {"path": str(Path(golden_choice.path).resolve()) if golden_choice else lost_golden,
-                   "mode": comparison_mode,
+                   "mode": rule.mode,
+                   "rule": rule.why,
+                   "not_compared": dict(rule.not_compared),
+                   "state_rule": state_rule_note(golden) if golden else None,
+                   "calibration": golden.calibration.to_dict() if golden and golden.calibration else None,
+                   "loss_windows": {str(k): list(v) for k, v in golden.loss_windows.items()} if golden else {},
                    "recorded_here": golden_choice.recorded_here if golden_choice else False,
-                   "tolerance": dict(scenario.tolerance or {})}
+                   "tolerance": dict(rule.tolerances)}
     extra = {"infrastructure_error": infrastructure_error, "elapsed_s": elapsed_s, "seed": scenario.seed}
     report = build_report(context, results, scenario.name, golden_info, extra)
     if infrastructure_error:
@@ -382,8 +259,8 @@ def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
         raise InputError(str(info_path), "", "expected an object with the golden's path")
     if not info.get("path") or not Path(info["path"]).is_file():
         return None
-    return GoldenChoice(golden_module.read_golden(info["path"]), Path(info["path"]), info.get("mode") or scenario.golden_mode,
-                        bool(info.get("recorded_here")))
+    golden = golden_module.read_golden(info["path"])
+    return GoldenChoice(golden, Path(info["path"]), rule_for(scenario, golden), bool(info.get("recorded_here")))
 
 
 def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:

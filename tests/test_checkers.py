@@ -38,7 +38,8 @@ def test_registry_names_match_the_scenario_check_names():
 def test_a_correct_run_passes_every_check(tmp_path):
     results = run_checks(standard_run(tmp_path).context())
     assert [r.name for r in results] == list(CHECK_NAMES)
-    no_pause = {"stalls": "skip", "node_loss": "skip"}  # the standard run pauses no rank, loses no node
+    # the standard run pauses no rank, loses no node; its synthetic golden keeps no checkpoint fingerprints
+    no_pause = {"stalls": "skip", "node_loss": "skip", "checkpoint_state": "skip"}
     assert {r.name: r.status for r in results} == {name: no_pause.get(name, "pass") for name in CHECK_NAMES}, \
         [r.detail for r in results]
     assert verdict(results) == "pass"
@@ -204,7 +205,8 @@ def corrupt_run(tmp_path, saves=None, resume_from: int = 4) -> SyntheticRun:
 def test_resume_point_and_friends_accept_falling_back_past_a_corrupted_checkpoint(tmp_path):
     run = corrupt_run(tmp_path, saves={8, 10, 12})
     results = {r.name: r for r in run_checks(run.context())}
-    assert {n: r.status for n, r in results.items()} == {n: "skip" if n in ("stalls", "node_loss") else "pass" for n in CHECK_NAMES}, \
+    assert {n: r.status for n, r in results.items()} == \
+        {n: "skip" if n in ("stalls", "node_loss", "checkpoint_state") else "pass" for n in CHECK_NAMES}, \
         {n: r.detail for n, r in results.items()}
     assert results["resume_point"].evidence["attempts"][0]["excluded_corrupted"] == [6]
     assert "expected-damaged" in results["checkpoints_load"].detail

@@ -163,3 +163,30 @@ def test_a_watchdog_tighter_than_a_short_pause_fails_stalls(tmp_path, golden_cac
     assert status(result, "trajectory")["status"] == "pass"  # the resume itself is right
     assert status(result, "faults_landed")["status"] == "pass"
 
+
+
+@pytest.mark.parametrize("bug, named", [
+    ("no_rng_restore", "RNG state rng/rank_0.torch_cpu differs"),
+    ("zero_moments_on_load", "optimizer exp_avg of "),
+    ("no_scheduler_restore", "scheduler train.scheduler.num_steps differs (golden 4, actual 2)"),
+])
+def test_state_not_restored_fails_checkpoint_state_where_megatrons_tolerance_passes_the_loss(
+        tmp_path, golden_cache, bug, named):
+    """With Megatron's 5 % on the loss (golden.mode: megatron) the loss check passes a resume that lost its RNG,
+    its Adam moments or its scheduler; checkpoint_state compares every checkpoint's state with the golden's,
+    bitwise here (one run of pinned CPU numerics), and names what differs, where and since when."""
+    text = f"""
+name: broken-{bug}
+workload: {small_workload(f', bugs: [{bug}]')}
+restart: {{max_restarts: 3}}
+golden: {{mode: megatron}}
+faults:
+{KILL_RANK1_STEP3_BACKWARD}
+"""
+    result = run_scenario(load_scenario_text(text, "test"), out_dir=tmp_path / "run", golden_cache=golden_cache,
+                          say=lambda text: None)
+    assert status(result, "trajectory")["status"] == "pass", status(result, "trajectory")
+    state = status(result, "checkpoint_state")
+    assert state["status"] == "fail" and named in state["detail"], state["detail"]
+    assert "from iteration 4 on (the first checkpoint of attempt 2)" in state["detail"]
+    assert state["evidence"]["first_divergence"]["iteration"] == 4

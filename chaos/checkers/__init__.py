@@ -14,6 +14,7 @@ import traceback
 from typing import Iterable
 
 from chaos.checkers import (
+    checkpoint_state,
     checkpoints_load,
     data_order,
     faults_landed,
@@ -34,6 +35,7 @@ CHECKS: dict[str, Check] = {
     "steps_lost": steps_lost.check,
     "data_order": data_order.check,
     "final_state": final_state.check,
+    "checkpoint_state": checkpoint_state.check,
     "checkpoints_load": checkpoints_load.check,
     "faults_landed": faults_landed.check,
     "no_survivors": no_survivors.check,

@@ -57,7 +57,19 @@ class CheckContext:
     printed_formats: Mapping[str, str] = field(default_factory=dict)
     """metric -> the format the trainer prints it with (values read from logs): exact = equal as printed."""
     comparison_mode: str = "exact"
+    """exact | calibrated | megatron: the rule the logged metrics are compared by (chaos.calibration)."""
     tolerance: Mapping[str, float] = field(default_factory=dict)
+    """metric -> relative tolerance under that rule (calibrated: 0 = exact; megatron: overrides)."""
+    golden_checkpoints: Mapping[int, Any] = field(default_factory=dict)
+    """iteration -> chaos.golden.GoldenCheckpoint: the uninterrupted run's saved state, as fingerprints."""
+    golden_checkpoint_files: Mapping[str, int] = field(default_factory=dict)
+    """File name pattern -> count every committed checkpoint of the uninterrupted run had (chaos.state.layout)."""
+    accepted_state_differences: Mapping[str, str] = field(default_factory=dict)
+    """Checkpoint entry pattern -> why the scenario accepts that it differs (reported, never failing)."""
+    golden_repeats: int | None = None
+    """How many uninterrupted runs the golden's spread was measured from (None: not calibrated)."""
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Work the checks share within one analysis (a checkpoint read once serves checkpoint_state and final_state)."""
 
     @property
     def exit_on_sigterm(self) -> bool:
@@ -68,10 +80,12 @@ class CheckContext:
         return self.facts.keep_last if self.facts is not None else 0
 
     def checkpoint_problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
+        """What is wrong with a committed checkpoint directory: judged by the files the golden's uninterrupted
+        run had in every checkpoint where the golden learned them, else by the workload's own list."""
         if self.layout is None:
             raise ValueError("no checkpoint layout: the workload's (CheckContext.layout) is needed to judge a "
                              "checkpoint on disk")
-        return self.layout.problems(directory, committed)
+        return self.layout.problems(directory, committed, dict(self.golden_checkpoint_files) or None)
 
     def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
         if self.compare is not None:

@@ -13,6 +13,7 @@ from chaos import history as h
 from chaos.checkers import views
 from chaos.golden import tolerance_for, value_matches
 from chaos.plan import Action
+from chaos.report.divergence import difference_svg, state_table
 from chaos.history import RunHistory, load_run_history
 
 HTML_FILE = "report.html"
@@ -42,7 +43,7 @@ def loss_svg(report: dict[str, Any], golden_metrics: dict | None, history: RunHi
     # A point is marked off by the rule the golden comparison used: bitwise (exact) or Megatron's tolerance.
     golden_info = report.get("golden") or {}
     mode = golden_info.get("mode") or "exact"
-    rtol = tolerance_for("lm loss", golden_info.get("tolerance"))
+    rtol = tolerance_for("lm loss", golden_info.get("tolerance"), mode)
     series: list[tuple[str, dict[int, float]]] = []
     if history is not None:
         for attempt in history.attempts:
@@ -218,8 +219,17 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
     infra = (report.get("extra") or {}).get("infrastructure_error")
     if infra:
         out.append(f"<p><b>infrastructure error:</b> {_e(infra)}</p>")
+    golden_info = report.get("golden") or {}
+    if golden_info.get("rule"):
+        out.append(f"<p><b>comparison rule:</b> {_e(golden_info['rule'])}<br><b>checkpoint state:</b> "
+                   f"{_e(golden_info.get('state_rule'))}</p>")
     out.append("<h2>Loss: golden vs every attempt</h2>")
     out.append(loss_svg(report, golden_metrics, history))
+    differences = difference_svg(report, golden_metrics, history)
+    if differences:
+        out.append("<h2>Distance from the golden per step (lm loss, relative, log scale)</h2>")
+        out.append(differences)
+    out.append(state_table(report))
     out.append("<h2>Checks</h2><table class=\"checks\"><tr><th>check</th><th>status</th><th>detail</th>"
                "<th>evidence</th></tr>")
     for check in report.get("checks", []):

@@ -41,6 +41,8 @@ def format_summary(report: dict[str, Any]) -> str:
     golden = report.get("golden") or {}
     if golden.get("path"):
         lines.append(f"  golden: {golden['path']} ({golden.get('mode', 'exact')})")
+    if golden.get("rule"):
+        lines.append(f"  rule: {golden['rule']}")
     for check in checks:
         if check["status"] in ("fail", "error"):
             lines.append(f"  {MARK[check['status']]} {check['name']}: {check['detail']}")

@@ -22,12 +22,13 @@ from chaos.errors import InputError, did_you_mean, show
 from chaos.golden import KNOWN_METRICS
 from chaos.plan import CORRUPT_MODES, MAX_STALL_S, MIN_STRAGGLER_CPUS, SIGNALS, Action, RestartPolicy, Trigger
 from chaos.scenario.model import (
-    CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, FaultSpec, GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec,
+    CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, FaultSpec, GoldenSpec, RandomFaults, Scenario,
+    ScriptedFault, TargetSpec,
 )
 from chaos.workloads import Workload, workload_from_mapping
 
 TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "faults", "restart", "golden",
-            "tolerance", "checks")
+            "tolerance", "accept_state_differences", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
 ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition", "node_loss")
@@ -40,7 +41,7 @@ on a host's cgroup) are never done to a real cluster's nodes (hosts: cluster).""
 STRAGGLER_KEYS = ("cpus", "duration_s")
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
-GOLDEN_KEYS = ("path", "mode")
+GOLDEN_KEYS = ("path", "mode", "repeats")
 NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
 MAX_RESTARTS = 1000
 """Each restart is a new attempt of the whole job; more than this is a typo, and an MTBF plan expands to one
@@ -271,12 +272,13 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     _check_node_faults(read, faults, hosts)
     golden = _golden(read, _section(top, "golden", {}), base_dir)
     tolerance = _tolerance(read, _section(top, "tolerance", {}))
+    accepted = _accepted(read, _section(top, "accept_state_differences", {}))
     checks = _checks(read, top.get("checks", "all"))
 
     return Scenario(
         name=name, workload=workload, workload_mapping=copy.deepcopy(dict(workload_mapping)),
         description=description, seed=seed, launcher=launcher, hosts=hosts, faults=faults, restart=restart, golden=golden,
-        tolerance=tolerance, checks=checks, source=source, base_dir=base_dir,
+        tolerance=tolerance, accepted_state_differences=accepted, checks=checks, source=source, base_dir=base_dir,
     )
 
 
@@ -558,7 +560,10 @@ def _golden(read: _Fields, value: Any, base_dir: Path) -> GoldenSpec:
     path = raw.get("path")
     if path is not None:
         path = _resolve_golden(read, read.string(path, "golden.path"), base_dir)
-    return GoldenSpec(path=path, mode=mode)
+    repeats = raw.get("repeats")
+    if repeats is not None:
+        repeats = read.integer(repeats, "golden.repeats", 1, MAX_GOLDEN_REPEATS)
+    return GoldenSpec(path=path, mode=mode, repeats=repeats)
 
 
 def _resolve_golden(read: _Fields, text: str, base_dir: Path) -> Path:
@@ -584,6 +589,24 @@ def _tolerance(read: _Fields, value: Any) -> dict[str, float]:
             raise read.error(where, "an infinite tolerance accepts any value: the comparison would check nothing; "
                                     "give a relative tolerance such as 0.05")
         out[metric] = read.number(raw[metric], where)
+    return out
+
+
+def _accepted(read: _Fields, value: Any) -> dict[str, str]:
+    where = "accept_state_differences"
+    if not isinstance(value, Mapping):
+        raise read.error(where, f"expected a mapping of checkpoint entry pattern -> the reason it may differ "
+                                f"(e.g. '*.torch_rng_state': 'upstream finding ...'), got {show(value)}")
+    out = {}
+    for pattern, reason in value.items():
+        if not isinstance(pattern, str) or not pattern.strip() or pattern.strip("*?") == "":
+            raise read.error(where, f"expected a pattern naming checkpoint entries (fnmatch, e.g. "
+                                    f"'*.torch_rng_state'), got {show(pattern)}: one that matches everything would "
+                                    f"accept every difference")
+        if not isinstance(reason, str) or not reason.strip():
+            raise read.error(f"{where}.{pattern}", "expected the reason this difference is accepted (a finding, an "
+                                                   "issue link): an accepted difference is reported with it")
+        out[pattern] = reason.strip()
     return out
 
 
@@ -621,10 +644,14 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
         golden["path"] = str(scenario.golden.path)
     if scenario.golden.mode is not None:
         golden["mode"] = scenario.golden.mode
+    if scenario.golden.repeats is not None:
+        golden["repeats"] = scenario.golden.repeats
     if golden:
         out["golden"] = golden
     if scenario.tolerance:
         out["tolerance"] = dict(scenario.tolerance)
+    if scenario.accepted_state_differences:
+        out["accept_state_differences"] = dict(scenario.accepted_state_differences)
     out["checks"] = "all" if set(scenario.checks) == set(CHECK_NAMES) else list(scenario.checks)
     return out
 

@@ -20,6 +20,7 @@ CHECK_NAMES = (
     "steps_lost",
     "data_order",
     "final_state",
+    "checkpoint_state",
     "checkpoints_load",
     "faults_landed",
     "no_survivors",
@@ -33,7 +34,8 @@ LAUNCHERS = ("direct", "torchrun", "slurm")
 HOSTS = ("local", "netns", "cluster")
 """Where a scenario's nodes live: `local` (every node on this host's loopback) or `netns` (one network
 namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""
-GOLDEN_MODES = ("exact", "megatron")
+GOLDEN_MODES = ("exact", "calibrated", "megatron")
+MAX_GOLDEN_REPEATS = 20
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -109,8 +111,11 @@ FaultSpec = ScriptedFault | RandomFaults
 class GoldenSpec:
     path: Path | None = None
     """Resolved (absolute) path of the golden file; None = find or record one (chaos.golden.find_golden)."""
-    mode: Literal["exact", "megatron"] | None = None
-    """As written; None = exact on cpu, megatron on cuda (Scenario.golden_mode resolves it)."""
+    mode: Literal["exact", "calibrated", "megatron"] | None = None
+    """As written; None = follow the golden's measured reproducibility (chaos.calibration.decide_rule)."""
+    repeats: int | None = None
+    """Uninterrupted runs a golden recorded here is made of; None = 1 where the numerics are pinned bitwise
+    (chaos's CPU trainer), else 2 (Scenario.golden_repeats resolves it)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,11 @@ class Scenario:
     restart: RestartPolicy = field(default_factory=RestartPolicy)
     golden: GoldenSpec = field(default_factory=GoldenSpec)
     tolerance: dict[str, float] = field(default_factory=dict)
-    """Relative tolerances overriding chaos.golden's Megatron defaults (megatron mode only)."""
+    """Relative tolerances per metric: overriding Megatron's defaults (megatron mode) or the measured ones
+    (calibrated mode); an explicit setting wins (chaos.calibration)."""
+    accepted_state_differences: dict[str, str] = field(default_factory=dict)
+    """Checkpoint entry pattern (fnmatch) -> why it may differ from the golden (a known upstream finding):
+    checkpoint_state and final_state report such a difference with its reason and do not fail on it."""
     checks: tuple[str, ...] = CHECK_NAMES
     source: str = field(default="<scenario>", compare=False)
     """Where it was read from, for error messages."""
@@ -158,10 +167,26 @@ class Scenario:
 
     @property
     def golden_mode(self) -> str:
-        """exact (bitwise) on CPU, Megatron's tolerances on CUDA, unless the scenario says otherwise."""
+        """The mode without a calibrated golden: exact (bitwise) on CPU, Megatron's tolerances on CUDA, unless
+        the scenario says otherwise (chaos.calibration.decide_rule decides with the golden in hand)."""
         if self.golden.mode is not None:
             return self.golden.mode
         return "exact" if self.device == "cpu" else "megatron"
+
+    @property
+    def numerics_pinned(self) -> str | None:
+        """Why one uninterrupted run is a bitwise reference (the CPU kernels pinned), or None."""
+        pins = self.facts.cpu_pins
+        if self.device == "cpu" and pins:
+            return "CPU numerics pinned: " + " ".join(f"{k}={v}" for k, v in sorted(pins.items()))
+        return None
+
+    @property
+    def golden_repeats(self) -> int:
+        """How many uninterrupted runs a golden recorded for this scenario is made of."""
+        if self.golden.repeats is not None:
+            return self.golden.repeats
+        return 1 if self.numerics_pinned else 2
 
     def node_ranks(self, node: int) -> tuple[int, ...]:
         return self.facts.node_ranks(node)

@@ -82,9 +82,12 @@ class CheckpointLayout(Protocol):
     tracker_name: str
     """The file that names the latest committed iteration, inside the checkpoint directory."""
 
-    def problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
+    def problems(self, directory: Path, committed: Mapping[str, Any] | None = None,
+                 learned: Mapping[str, int] | None = None) -> list[str]:
         """Everything wrong with a committed iteration directory (empty = intact). `committed` is what the
-        commit record said about it (e.g. the file sizes the tester saw when the tracker named it)."""
+        commit record said about it (e.g. the file sizes the tester saw when the tracker named it); `learned`
+        the file patterns every checkpoint of the job's uninterrupted run had (chaos.state.layout), which
+        replace the layout's own list of required files where given."""
         ...
 
 

@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--attention-dropout", type=float, default=None)
     add("--mock-data", action="store_true", help="accepted (the data is always megatron-core's MockGPTDataset)")
     add("--chaos-bugs", default="", help=f"comma-separated GPT3Config bug switches: {', '.join(BUGS)}")
+    add("--chaos-noise", type=float, default=0.0,
+        help="relative gradient noise, drawn afresh every launch: a job that is not reproducible run to run "
+             "(as atomics make a GPU job), for the calibrated golden's tests")
+    add("--chaos-noise-seed", type=int, default=None,
+        help="seed of that noise (default: the rendezvous port, new at every launch and shared by its ranks)")
     return parser
 
 
@@ -282,6 +287,8 @@ class MegatronLog:
 
 # ---- the trainer ------------------------------------------------------------------------------------------
 def make_trainer(args: argparse.Namespace, config: GPT3Config, log: MegatronLog):
+    import torch
+
     from chaos.workloads.gpt3.train import Trainer
 
     class MegatronLikeTrainer(Trainer):
@@ -289,6 +296,22 @@ def make_trainer(args: argparse.Namespace, config: GPT3Config, log: MegatronLog)
             super().__init__(config, log)
             if args.load is None:
                 self.checkpointer.candidates = lambda: []  # no --load: start from random, whatever --save holds
+            if args.chaos_noise:
+                seed = args.chaos_noise_seed if args.chaos_noise_seed is not None else int(os.environ["MASTER_PORT"])
+                log.print_rank_0(f"gradient noise {args.chaos_noise:g} (relative), seed {seed}")
+                # Its own generator: the trainer's RNG streams (and so its checkpoints' RNG states) stay as
+                # they are; only the arithmetic is perturbed, as nondeterministic kernels would.
+                self._noise = torch.Generator().manual_seed(seed)
+
+        def _clip_gradients(self) -> float:
+            if args.chaos_noise:
+                with torch.no_grad():
+                    for param in self.model.parameters():
+                        grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+                        if grad is not None and grad.numel():
+                            noise = torch.randn(grad.shape, generator=self._noise, dtype=grad.dtype)
+                            grad.add_(grad * noise * args.chaos_noise)
+            return super()._clip_gradients()
 
         def log_iteration(self, step: int, metrics: dict) -> None:
             log.iteration(step, metrics)

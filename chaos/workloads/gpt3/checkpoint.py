@@ -426,7 +426,13 @@ class Checkpointer:
                 del state[rng_key]
             dcp.load(state, checkpoint_id=str(path))
             train = pickle.loads(state["train"])
-            scheduler.load_state_dict(train["scheduler"])
+            if not self.config.has_bug("no_scheduler_restore"):
+                scheduler.load_state_dict(train["scheduler"])
+            if self.config.has_bug("zero_moments_on_load"):
+                for moments in optimizer.state.values():
+                    for name in ("exp_avg", "exp_avg_sq"):
+                        if name in moments:
+                            moments[name].zero_()
             if rng_key in state and not self.config.has_bug("no_rng_restore"):
                 rng.restore(pickle.loads(state[rng_key]))
             resumed = TrainProgress(iteration=train["iteration"], consumed_samples=train["consumed_samples"])

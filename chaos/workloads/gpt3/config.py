@@ -33,6 +33,8 @@ BUGS = (
                              # leaves the attempt's cgroup: it would outlive the job under any launcher
     "stall_watchdog",        # a heartbeat watchdog set tighter than a plausible stall: a rank exits 1 when
                              # no step completed for 4 s (after its first step)
+    "zero_moments_on_load",  # Adam's moments are zeroed after a load (their step counts kept)
+    "no_scheduler_restore",  # the learning-rate scheduler's state is saved but not restored on load
 )
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from chaos.checkpoint_layout import MANIFEST, TRACKER, sha256_file
+from chaos.state import layout as state_layout
 
 
 class ManifestLayout:
@@ -19,13 +20,15 @@ class ManifestLayout:
 
     tracker_name = TRACKER
 
-    def problems(self, directory: Path, committed: Mapping[str, Any] | None = None) -> list[str]:
+    def problems(self, directory: Path, committed: Mapping[str, Any] | None = None,
+                 learned: Mapping[str, int] | None = None) -> list[str]:
         directory = Path(directory)
         if not directory.is_dir():
             return [f"{directory.name} does not exist"]
-        problems = []
-        if not (directory / ".metadata").is_file():
-            problems.append(".metadata is missing")
+        if learned:  # the files every checkpoint of the uninterrupted run had; the manifest is checked below
+            problems = state_layout.problems(directory, learned)[0]
+        else:
+            problems = [] if (directory / ".metadata").is_file() else [".metadata is missing"]
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
             return problems + [f"no {MANIFEST} (never committed)"]
