@@ -1,4 +1,4 @@
-"""`chaos`: run, validate, golden record, report, replay (and soak, see chaos.soak).
+"""`chaos`: run, validate, golden record, report, replay, state (and soak, see chaos.soak).
 
 Exit codes: 0 pass, 1 a check failed, 2 bad input, 3 infrastructure error (or a fault that did not land, or
 a run stopped by Ctrl-C: its partial report is written), 130 a second Ctrl-C abandoned the report.
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     record.add_argument("--repeats", type=_repeats, metavar="R",
                         help="run the job R times uninterrupted and keep the spread between them (default: 1 where "
                              "the numerics are pinned bitwise, e.g. chaos's CPU trainer; else 2)")
+
+    state = commands.add_parser("state", help="read a checkpoint's state from outside (and compare it with another)")
+    state.add_argument("checkpoint", type=Path, help="a checkpoint directory (iter_0000008/): DCP or Megatron's torch")
+    state.add_argument("--against", type=Path, help="another checkpoint of the same job: list the entries that differ")
+    state.add_argument("--limit", type=int, default=40, help="differing entries to list (default 40)")
 
     report = commands.add_parser("report", help="re-check a stored run and re-render its reports")
     report.add_argument("run_dir", type=Path)
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     from chaos.scenario import load_scenario, parse_overrides
 
+    if args.command == "state":
+        return _state(args)
     if args.command == "validate":
         from chaos.schedule import plan_faults
 
@@ -161,9 +168,9 @@ def _dispatch(args) -> int:
         work_dir = runner.default_run_dir(scenario, prefix="golden-")
         golden = runner.record_golden(scenario, out, work_dir, repeats=args.repeats, say=print)
         rule = runner.rule_for(scenario, golden)
-        print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
         print(f"comparison rule for runs against it: {rule.why}")
         print(f"checkpoint state: {runner.state_rule_note(golden)}")
+        print(f"golden written: {out} (+ {out.with_suffix('').name}.meta.json); run directory {work_dir}")
         return 0
     if args.command == "report":
         for name in ("scenario.yaml", "plan.json"):
@@ -177,6 +184,39 @@ def _dispatch(args) -> int:
 
         return soak_module.main(args)
     raise AssertionError(args.command)
+
+
+def _state(args) -> int:
+    """`chaos state DIR [--against OTHER]`: what chaos.state reads in a checkpoint; exit 1 when OTHER differs."""
+    from chaos.state.checkpoint import UnsupportedCheckpoint
+    from chaos.state.entries import CATEGORIES, describe
+    from chaos.state.files import CheckpointDamage
+    from chaos.state.fingerprint import read_state
+
+    try:
+        result = read_state(args.checkpoint, [args.against] if args.against else [])
+    except (CheckpointDamage, UnsupportedCheckpoint) as error:
+        print(f"chaos: {args.checkpoint}: {error}", file=sys.stderr)
+        return EXIT_INFRA
+    fingerprint = result.fingerprint
+    counts: dict[str, int] = {}
+    for entry in fingerprint.entries.values():
+        counts[entry.category] = counts.get(entry.category, 0) + 1
+    print(f"{args.checkpoint}: {fingerprint.form}, {len(fingerprint.entries)} entries ("
+          + ", ".join(f"{c} {counts[c]}" for c in CATEGORIES if c in counts) + f"), {fingerprint.bytes_read / 1e6:.1f} MB "
+          f"read in {fingerprint.seconds:.2f} s")
+    if not args.against:
+        return 0
+    differing = [(key, d[0]) for key, d in result.spreads.items() if d[0] != 0.0]
+    for key, distance in differing[:args.limit]:
+        entry = fingerprint.entries.get(key)
+        kind = entry.kind if entry else "value"
+        how = distance if isinstance(distance, str) else f"relative L2 distance {distance:.3g}"
+        print(f"  {entry.category if entry else '?':13s} {describe(key, kind)}: {how}")
+    if len(differing) > args.limit:
+        print(f"  ... and {len(differing) - args.limit} more")
+    print(f"{len(differing)} of {len(result.spreads)} entries differ from {args.against}")
+    return 1 if differing else 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import math
 import pytest
 
 from chaos import golden as golden_module
-from chaos.calibration import SPREAD_FACTOR, Calibration, decide_rule, measure
+from chaos.calibration import SPREAD_FACTOR, decide_rule, measure
 from chaos.golden import Golden, GoldenCheckpoint, compare, read_golden, write_golden
 from chaos.state import layout
-from chaos.state.compare import compare_state, estimated_distance
+from chaos.state.compare import compare_state
+from chaos.state.fingerprint import estimated_distance
 from chaos.state.fingerprint import Entry
 
 LOSS = {s: 10.0 - 0.1 * s for s in range(1, 11)}

@@ -73,3 +73,26 @@ def test_golden_record_then_run_report_and_replay(tmp_path):
     replayed = chaos("replay", str(run_dir), "--out", str(tmp_path / "replay"), cwd=tmp_path)
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr[-2000:]
     assert json.loads((tmp_path / "replay" / "plan.json").read_text()) == json.loads((run_dir / "plan.json").read_text())
+
+
+def test_chaos_state_reads_a_checkpoint_and_names_what_differs_from_another(tmp_path):
+    """`chaos state DIR [--against OTHER]`: the checkpoint's entries by category; the entries that differ and
+    exit 1 when they do; a damaged one is answered with what is wrong (exit 3), never a traceback."""
+    import shutil
+
+    source = ROOT / "tests" / "fixtures" / "megatron_lm" / "checkpoints" / "torch_dist" / "iter_0000004"
+    read = chaos("state", str(source))
+    assert read.returncode == 0 and "progress 5" in read.stdout and "optimizer 85" in read.stdout, read.stdout
+    same = chaos("state", str(source), "--against", str(source))
+    assert same.returncode == 0 and "0 of 1002 entries differ" in same.stdout, same.stdout
+    damaged = tmp_path / "iter_0000004"
+    shutil.copytree(source, damaged)
+    (damaged / "__0_0.distcp").write_bytes(b"truncated")
+    broken = chaos("state", str(source), "--against", str(damaged))
+    assert broken.returncode == 3 and "__0_0.distcp" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_repeats_must_be_a_small_whole_number():
+    for bad in ("0", "two", "1000"):
+        result = chaos("golden", "record", "scenarios/random_seeded.yaml", "--repeats", bad)
+        assert result.returncode == 2 and "--repeats" in result.stderr and "Traceback" not in result.stderr

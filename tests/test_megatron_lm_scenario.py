@@ -37,8 +37,11 @@ def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
     assert again.workload == scenario.workload and again.faults == scenario.faults
     assert dataclasses.replace(again, workload_mapping=scenario.workload_mapping, base_dir=scenario.base_dir) == scenario
     plan = plan_faults(scenario)
-    assert [f.trigger.phase for f in plan] == ["iteration", "checkpoint.shard", "iteration", "checkpoint.load"]
-    assert plan[0].trigger.delay_s == 0.5
+    if "nondeterministic" in path.stem:  # a SIGKILL mid-iteration, then a graceful SIGTERM
+        assert [f.trigger.phase for f in plan] == ["iteration", "iteration"] and plan[0].trigger.delay_s == 0.3
+    else:  # the four faults of the upstream test's one- and two-GPU forms
+        assert [f.trigger.phase for f in plan] == ["iteration", "checkpoint.shard", "iteration", "checkpoint.load"]
+        assert plan[0].trigger.delay_s == 0.5
     launch = scenario.workload.launch(Path("/tmp/chaos-test-run"))
     assert launch.argv[1:4] == ("-m", "chaos.blackbox.exec_rank", "--") and "--exit-signal-handler" in launch.argv
     assert launch.argv[launch.argv.index("--save") + 1] == "/tmp/chaos-test-run/checkpoints"

@@ -147,3 +147,33 @@ def test_html_escapes_what_it_shows(tmp_path):
     assert "<b>bad</b>" not in page and "&lt;b&gt;bad&lt;/b&gt; &amp; worse" in page
     assert "s&lt;1&gt;" in page
     assert "<svg" in render_html(report)  # without history or golden it still draws the effective curve
+
+
+def test_html_shows_the_distance_from_the_golden_against_the_rule_and_the_state_table(tmp_path):
+    """What a loss curve cannot show: each attempt's relative distance from the golden on a log scale, the
+    tolerance the comparison used (or 'exact'), restarts marked; and which checkpoint entries differed at which
+    iteration (checkpoint_state's evidence)."""
+    from chaos.report.divergence import difference_svg, relative_differences, state_table
+
+    run = failing_run(tmp_path)
+    ctx = run.context()
+    history = load_run_history(tmp_path)
+    golden_metrics = ctx.golden_metrics
+    exact = report_for(run, {"path": None, "mode": "exact", "rule": "2 runs identical at 12 of 12 steps: exact"})
+    svg = difference_svg(exact, golden_metrics, history)
+    assert "rule: exact (any point above the band fails)" in svg and "restart 2" in svg
+    assert 'fill="#d62728"' in svg  # the diverged steps are marked
+    calibrated = report_for(run, {"path": None, "mode": "calibrated", "tolerance": {"lm loss": 0.03}})
+    assert "tolerance 0.03 (calibrated)" in difference_svg(calibrated, golden_metrics, history)
+    assert relative_differences({1: 2.0, 2: 4.0}, {1: 2.0, 2: 5.0, 3: 1.0}) == {1: 0.0, 2: 0.25}
+    report = {"checks": [{"name": "checkpoint_state", "status": "fail", "detail": "RNG state x differs", "evidence": {
+        "iterations": [{"iteration": 4, "attempt": 1, "compared": 10, "identical": 10, "within_spread": 0,
+                        "differing": 0, "differing_keys": []},
+                       {"iteration": 8, "attempt": 2, "compared": 10, "identical": 8, "within_spread": 0,
+                        "differing": 2, "differing_keys": ["rng/rank_0.torch_cpu", "model/w"]}]}}]}
+    table = state_table(report)
+    assert '<td><code>rng/rank_0.torch_cpu</code></td><td>=</td><td style="background:#fdd">differs</td>' in table
+    checks = [c for c in exact["checks"] if c["name"] != "checkpoint_state"] + report["checks"]
+    page = render_html({**exact, "checks": checks}, golden_metrics, history)
+    assert "Distance from the golden per step" in page and "Checkpoint state against the golden" in page
+    assert "comparison rule:" in page

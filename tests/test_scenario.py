@@ -321,3 +321,21 @@ def test_scenario_modules_do_not_import_torch():
             f"chaos.scenario.load_scenario({str(FLAGSHIP)!r})\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_golden_repeats_and_accepted_state_differences_are_validated_and_round_trip():
+    scenario = load('golden: {repeats: 3}\naccept_state_differences: {"*torch_rng_state": "a known finding"}\n')
+    assert scenario.golden_repeats == 3 and scenario.accepted_state_differences == {"*torch_rng_state": "a known finding"}
+    assert load("").golden_repeats == 1  # chaos's CPU trainer: numerics pinned, one run is a bitwise reference
+    gpu = load("workload: {preset: upstream_gpu}\n", with_workload=False)
+    assert gpu.golden_repeats == 2  # CUDA: measured, not assumed
+    from chaos.scenario import dump_scenario, load_scenario_text
+
+    assert load_scenario_text(dump_scenario(scenario), "again.yaml") == scenario
+    for text, field in (("golden: {repeats: 0}\n", "golden.repeats"),
+                        ('accept_state_differences: {"*": "everything"}\n', "accept_state_differences"),
+                        ('accept_state_differences: {"*rng*": ""}\n', "accept_state_differences.*rng*"),
+                        ("accept_state_differences: [x]\n", "accept_state_differences")):
+        with pytest.raises(InputError) as caught:
+            load(text)
+        assert caught.value.field == field, (text, caught.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from chaos.plan import PlannedFault, Target
-from chaos.scenario import GoldenSpec, RandomFaults, Scenario, ScriptedFault, TargetSpec
+from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec
 
 Plan = tuple[PlannedFault, ...]
 
@@ -188,7 +188,7 @@ def scenario_with_plan(scenario: Scenario, plan: Sequence[PlannedFault], name: s
     """The scenario with its faults replaced by the plan, written out explicitly (no random entries)."""
     golden = scenario.golden
     if golden_path is not None and Path(golden_path).is_file():
-        golden = GoldenSpec(path=Path(golden_path).resolve(), mode=scenario.golden.mode)
+        golden = dataclasses.replace(scenario.golden, path=Path(golden_path).resolve())
     return dataclasses.replace(scenario, name=name or scenario.name,
                                description=scenario.description if description is None else description,
                                faults=tuple(scripted(f) for f in plan), golden=golden)

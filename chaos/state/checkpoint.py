@@ -11,6 +11,7 @@ Two on-disk forms cover every Megatron-LM `--ckpt-format` and chaos's own traine
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -45,10 +46,7 @@ class TensorItem:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:

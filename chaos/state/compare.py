@@ -6,7 +6,9 @@ The rule follows the reproducibility the golden measured, never `golden.mode` (a
 - a tensor that varied between uninterrupted runs may differ by SPREAD_FACTOR x the relative L2 distance
   measured between them. The golden keeps fingerprints, not tensors, so the distance is estimated: the larger
   of the norms' relative difference (a lower bound of the true distance) and the distance over a fixed
-  sample of elements scaled to the whole tensor (unbiased where the difference is spread out, as noise is);
+  sample of elements scaled to the whole tensor (chaos.state.fingerprint.estimated_distance); the spread it
+  is held to was measured between the uninterrupted runs both exactly and by this same estimate, the larger
+  kept, so a tensor whose few large elements make the estimate noisy is given the room that noise needs;
 - a value (or an integer tensor) that varied between uninterrupted runs cannot be judged and is listed.
 A non-finite element where the golden had none is always a difference.
 
@@ -23,7 +25,7 @@ from typing import Any, Mapping
 
 from chaos.calibration import SPREAD_FACTOR
 from chaos.state.entries import CATEGORIES, JUDGED, describe
-from chaos.state.fingerprint import Entry
+from chaos.state.fingerprint import Entry, estimated_distance
 
 
 @dataclass
@@ -158,22 +160,6 @@ def _difference(key: str, golden: Entry | None, actual: Entry | None, spread: An
         return "varying"
     distance = estimated_distance(golden, actual) if golden.kind == "tensor" and _is_float(golden.dtype) else None
     return Difference(key, golden.category, what, "differs", _summary(golden), _summary(actual), distance)
-
-
-def estimated_distance(golden: Entry, actual: Entry) -> float | None:
-    """Relative L2 distance of two tensors from their fingerprints (see the module docstring); None when
-    neither estimate is available."""
-    if golden.norm is None or actual.norm is None or golden.shape != actual.shape:
-        return None
-    if golden.norm == 0.0:
-        return 0.0 if actual.norm == 0.0 else math.inf
-    estimates = [abs(actual.norm - golden.norm) / golden.norm]
-    if golden.samples and actual.samples and len(golden.samples) == len(actual.samples) and golden.numel:
-        pairs = [(g, a) for g, a in zip(golden.samples, actual.samples) if math.isfinite(g) and math.isfinite(a)]
-        if pairs:
-            mean_square = math.fsum((a - g) ** 2 for g, a in pairs) / len(pairs)
-            estimates.append(math.sqrt(mean_square * golden.numel) / golden.norm)
-    return max(estimates)
 
 
 def _is_float(dtype: str | None) -> bool:

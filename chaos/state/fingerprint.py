@@ -134,9 +134,9 @@ def _by_key(checkpoint: Checkpoint) -> dict[str, TensorItem | Value]:
 class _Stats:
     """Running statistics of a tensor's elements, fed block by block."""
 
-    def __init__(self, item: TensorItem, sampled: bool) -> None:
+    def __init__(self, item: TensorItem, sampled: bool, hashed: bool = True) -> None:
         self.item = item
-        self.digest = hashlib.sha256(f"{item.dtype}|{list(item.shape)}".encode())
+        self.digest = hashlib.sha256(f"{item.dtype}|{list(item.shape)}".encode()) if hashed else None
         self.numeric = item.dtype in _NUMPY or item.dtype == "bfloat16"
         self.squares = self.total = 0.0
         self.nonfinite = 0
@@ -144,13 +144,15 @@ class _Stats:
         self.samples: dict[int, float] = {}
 
     def chunk(self, offsets: tuple, sizes: tuple) -> None:
-        self.digest.update(f"|{list(offsets)}|{list(sizes)}|".encode())
+        if self.digest is not None:
+            self.digest.update(f"|{list(offsets)}|{list(sizes)}|".encode())
         self._local = _local_samples(self.positions, self.item.shape, offsets, sizes) if self.positions is not None \
             else None
         self._element = 0
 
     def block(self, data: bytes) -> None:
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         if not self.numeric:
             return
         values = as_numbers(self.item.dtype, data)
@@ -172,8 +174,8 @@ class _Stats:
 
     def entry(self) -> Entry:
         item = self.item
-        entry = Entry("tensor", category_of(item.key, "tensor"), self.digest.hexdigest()[:32], item.dtype,
-                      list(item.shape), item.numel)
+        digest = self.digest.hexdigest()[:32] if self.digest is not None else ""
+        entry = Entry("tensor", category_of(item.key, "tensor"), digest, item.dtype, list(item.shape), item.numel)
         if self.numeric:
             entry.norm, entry.nonfinite = math.sqrt(self.squares), self.nonfinite
             if item.numel == 1:
@@ -196,9 +198,15 @@ def _tensor(item: TensorItem, theirs: list, sampled: bool) -> tuple[Entry, list[
     floating = item.dtype.startswith("float") or item.dtype == "bfloat16"
     comparable = [t if isinstance(t, TensorItem) and _same_layout(item, t) else None for t in theirs]
     differences = [0.0] * len(theirs)
+    # The other runs' norms and samples too: a faulted run is later judged by the estimate these allow
+    # (chaos.state.compare), so the spread is measured by it as well as exactly, and the larger kept.
+    their_stats = [_Stats(t, sampled, hashed=False) if t is not None and floating else None for t in comparable]
     golden_squares = 0.0
     for index, chunk in enumerate(item.chunks):
         stats.chunk(chunk.offsets, chunk.sizes)
+        for other_stats in their_stats:
+            if other_stats is not None:
+                other_stats.chunk(chunk.offsets, chunk.sizes)
         streams = [iter(t.chunks[index].blocks()) if t is not None else None for t in comparable]
         for block in chunk.blocks():
             stats.block(block)
@@ -211,6 +219,8 @@ def _tensor(item: TensorItem, theirs: list, sampled: bool) -> tuple[Entry, list[
                 if stream is None:
                     continue
                 other = next(stream, b"")
+                if their_stats[n] is not None:
+                    their_stats[n].block(other)
                 if other == block:
                     continue
                 if mine is None or len(other) != len(block):
@@ -219,6 +229,7 @@ def _tensor(item: TensorItem, theirs: list, sampled: bool) -> tuple[Entry, list[
                 delta = mine - as_numbers(item.dtype, other).astype(np.float64)
                 delta = np.nan_to_num(delta, nan=math.inf, posinf=math.inf, neginf=math.inf)
                 differences[n] += float(np.dot(delta, delta))
+    entry = stats.entry()
     distances: list[float | str] = []
     for n, t in enumerate(theirs):
         if not isinstance(t, TensorItem):
@@ -226,8 +237,29 @@ def _tensor(item: TensorItem, theirs: list, sampled: bool) -> tuple[Entry, list[
         elif comparable[n] is None:
             distances.append("differs")  # another dtype, shape or chunking: not the same state
         else:
-            distances.append(_relative(differences[n], golden_squares))
-    return stats.entry(), distances
+            exact = _relative(differences[n], golden_squares)
+            estimate = estimated_distance(entry, their_stats[n].entry()) if their_stats[n] is not None and exact else None
+            distances.append(max(exact, estimate or 0.0))
+    return entry, distances
+
+
+def estimated_distance(golden: Entry, actual: Entry) -> float | None:
+    """Relative L2 distance of two tensors from their fingerprints alone: the larger of the norms' relative
+    difference (a lower bound of the true distance) and the distance over the sampled elements scaled to the
+    whole tensor (unbiased where the difference is spread out, as noise is; high-variance where a few large
+    elements dominate, which is why a golden's spread is measured with this same estimate too). None when
+    neither is available."""
+    if golden.norm is None or actual.norm is None or golden.shape != actual.shape:
+        return None
+    if golden.norm == 0.0:
+        return 0.0 if actual.norm == 0.0 else math.inf
+    estimates = [abs(actual.norm - golden.norm) / golden.norm]
+    if golden.samples and actual.samples and len(golden.samples) == len(actual.samples) and golden.numel:
+        pairs = [(g, a) for g, a in zip(golden.samples, actual.samples) if math.isfinite(g) and math.isfinite(a)]
+        if pairs:
+            mean_square = math.fsum((a - g) ** 2 for g, a in pairs) / len(pairs)
+            estimates.append(math.sqrt(mean_square * golden.numel) / golden.norm)
+    return max(estimates)
 
 
 def _relative(squared_difference: float, squared_norm: float) -> float:

@@ -18,6 +18,7 @@ result (chaos.state.fingerprint) bound their depth and size.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -66,10 +67,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count
+        return math.prod(self.shape)
 
     @property
     def contiguous(self) -> bool:
@@ -129,10 +127,7 @@ class NumpyArray:
             return None
         if self.byteorder in "<>":
             dtype = dtype.newbyteorder(self.byteorder)
-        count = 1
-        for size in self.shape:
-            count *= size
-        if count * dtype.itemsize != len(self.raw):
+        if math.prod(self.shape) * dtype.itemsize != len(self.raw):
             return None
         return np.frombuffer(self.raw, dtype=dtype).reshape(self.shape, order="F" if self.fortran else "C")
 
