@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from chaos import comparison
 from chaos import golden as golden_module
 from chaos import preflight
 from chaos.calibration import decide_rule
@@ -167,7 +168,7 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     printed = dict(workload.printed_formats)
 
     def compare(expected: dict, actual: dict):
-        return golden_module.compare(golden_module.Golden(metrics=expected), actual, rule.mode, rule.tolerances,
+        return comparison.compare(golden_module.Golden(metrics=expected), actual, rule.mode, rule.tolerances,
                                      printed_formats=printed, skip=tuple(rule.not_compared))
 
     history = load_run_history(run_dir)

@@ -11,7 +11,8 @@ import pytest
 
 from chaos import golden as golden_module
 from chaos.calibration import SPREAD_FACTOR, decide_rule, measure
-from chaos.golden import Golden, GoldenCheckpoint, compare, read_golden, write_golden
+from chaos.comparison import compare
+from chaos.golden import Golden, GoldenCheckpoint, read_golden, write_golden
 from chaos.state import layout
 from chaos.state.compare import compare_state
 from chaos.state.fingerprint import estimated_distance

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from chaos import comparison
 from chaos import golden as golden_module
 from chaos import history as h
 from chaos.checkers import CHECKS, CheckResult, exact_compare, run_check, run_checks, verdict
@@ -145,7 +146,7 @@ def test_trajectory_uses_the_injected_golden_comparison(tmp_path):
                               loss=lambda s: golden_loss(s) * (1 + 1e-4) if s == 9 else golden_loss(s))
 
     def comparing(mode):
-        return lambda expected, actual: golden_module.compare(golden_module.Golden(metrics=dict(expected)), actual, mode)
+        return lambda expected, actual: comparison.compare(golden_module.Golden(metrics=dict(expected)), actual, mode)
 
     exact = one(run, "trajectory", compare=comparing("exact"))
     assert exact.status == "fail" and "step 9" in exact.detail

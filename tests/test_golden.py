@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from chaos.errors import InputError
+from chaos.comparison import compare
 from chaos.golden import (
-    Golden, GoldenMeta, compare, environment_fingerprint, environment_mismatches, find_golden, meta_path, new_meta,
+    Golden, GoldenMeta, environment_fingerprint, environment_mismatches, find_golden, meta_path, new_meta,
     read_golden, workload_fingerprint, write_golden,
 )
 from chaos.workloads.gpt3.config import GPT3Config

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chaos import comparison
 from chaos import golden as golden_module
 from chaos import history as h
 from chaos.checkers import CheckContext, run_check
@@ -39,7 +40,7 @@ def write_attempt(run_dir: Path, attempt: int, steps: list[int], window_at: int 
 
 def context(run_dir: Path, golden: golden_module.Golden, mode: str = "exact", plan=()) -> CheckContext:
     def compare(expected, actual):
-        return golden_module.compare(golden_module.Golden(metrics=expected), actual, mode,
+        return comparison.compare(golden_module.Golden(metrics=expected), actual, mode,
                                      printed_formats=PRINTED)
 
     return CheckContext(run_dir=run_dir, history=load_run_history(run_dir), plan=tuple(plan),
@@ -85,10 +86,10 @@ def test_megatron_lm_full_precision_golden_compares_as_printed():
     """Megatron's own golden files hold unrounded values; the run printed 7 significant digits."""
     golden = golden_module.Golden(metrics={"lm loss": {1: 10.926051234, 2: 10.920971}})
     actual = {"lm loss": {1: 10.92605, 2: 10.92097}}
-    assert golden_module.compare(golden, actual, "exact", printed_formats=PRINTED).passed
-    assert not golden_module.compare(golden, actual, "exact").passed  # bitwise would call it a divergence
-    assert not golden_module.compare(golden, {"lm loss": {1: 10.92606, 2: 10.92097}}, "exact",
-                                     printed_formats=PRINTED).passed
+    assert comparison.compare(golden, actual, "exact", printed_formats=PRINTED).passed
+    assert not comparison.compare(golden, actual, "exact").passed  # bitwise would call it a divergence
+    assert not comparison.compare(golden, {"lm loss": {1: 10.92606, 2: 10.92097}}, "exact",
+                                  printed_formats=PRINTED).passed
 
 
 def test_megatron_lm_landing_after_its_window_closed_is_an_error(tmp_path):

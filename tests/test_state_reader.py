@@ -243,3 +243,45 @@ def test_the_reader_imports_no_torch():
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+# ---- the checks on real checkpoint bytes --------------------------------------------------------------------
+def test_checkpoint_state_and_final_state_judge_real_checkpoints_and_report_damage(tmp_path):
+    """A synthetic run whose committed checkpoints hold a real Megatron-LM checkpoint, against a golden holding
+    that checkpoint's fingerprints: both checks pass; a truncated shard fails checkpoint_state with what is
+    wrong, where and which attempt saved it; an entry that differs can be accepted, with its reason."""
+    from chaos.checkers import run_check
+    from chaos.golden import GoldenCheckpoint
+    from chaos.state.entries import JUDGED
+    from synthetic_runs import standard_run
+
+    run = standard_run(tmp_path / "run")
+    golden_entries = {k: e.to_dict() for k, e in read_state(fixture("fsdp_dtensor")).fingerprint.entries.items()
+                      if e.category != "configuration"}
+    iterations = sorted(int(p.name[5:]) for p in run.checkpoint_dir.glob("iter_*"))
+    for iteration in iterations:
+        directory = run.checkpoint_dir / f"iter_{iteration:07d}"
+        shutil.rmtree(directory)
+        shutil.copytree(fixture("fsdp_dtensor"), directory)
+    golden = {i: GoldenCheckpoint(golden_entries) for i in (4, 8, 12)}
+    ctx = lambda **kw: run.context(golden_checkpoints=golden, final_state_unavailable="prints no hash", **kw)  # noqa: E731
+    state = run_check(ctx(), "checkpoint_state")
+    assert state.status == "pass", state.detail
+    assert state.evidence["compared_iterations"] == [4, 8, 12] and state.evidence["not_in_golden"] == [10]
+    assert run_check(ctx(), "final_state").status == "pass"
+    with open(run.checkpoint_dir / "iter_0000012" / "__0_0.distcp", "r+b") as handle:
+        handle.truncate(1000)
+    damaged = run_check(ctx(), "checkpoint_state")
+    assert damaged.status == "fail" and "__0_0.distcp" in damaged.detail and "truncated" in damaged.detail
+    assert "iteration 12 (the first checkpoint of attempt 3)" in damaged.detail
+    assert run_check(ctx(), "final_state").status == "fail"
+    # a golden whose iteration-8 counter says otherwise: that entry differs; accepted, it is reported, not failed
+    key = next(k for k, e in golden_entries.items() if k == "iteration")
+    golden[8] = GoldenCheckpoint({**golden_entries, key: {**golden_entries[key], "sha256": "0" * 32, "value": 8}})
+    shutil.rmtree(run.checkpoint_dir / "iter_0000012")
+    shutil.copytree(fixture("fsdp_dtensor"), run.checkpoint_dir / "iter_0000012")
+    differs = run_check(ctx(), "checkpoint_state")
+    assert differs.status == "fail" and differs.detail.startswith("iteration (iteration) differs (golden 8, actual 4)")
+    accepted = run_check(ctx(accepted_state_differences={"iteration": "a test"}), "checkpoint_state")
+    assert accepted.status == "pass" and "accepted by the scenario: iteration (iteration) (a test)" in accepted.detail
+    assert "progress" in JUDGED

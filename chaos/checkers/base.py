@@ -90,9 +90,10 @@ class CheckContext:
     def comparison(self, golden: Metrics, actual: Metrics) -> ComparisonLike:
         if self.compare is not None:
             return self.compare(golden, actual)
-        from chaos import golden as golden_module  # torch-free; imported late: it imports the checkers' seams
+        from chaos.comparison import compare  # torch-free; imported late: it imports the checkers' seams
+        from chaos.golden import Golden
 
-        return golden_module.compare(golden_module.Golden(metrics=dict(golden)), actual, "exact")
+        return compare(Golden(metrics=dict(golden)), actual, "exact")
 
 
 @dataclass

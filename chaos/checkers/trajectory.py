@@ -161,7 +161,7 @@ def _first_window_failure(ctx: CheckContext, derived: list[Derived]) -> tuple[in
 
 
 def _close(ctx: CheckContext, expected: float, actual: float) -> bool:
-    from chaos.golden import tolerance_for
+    from chaos.comparison import tolerance_for
 
     rtol = tolerance_for(METRIC, ctx.tolerance, ctx.comparison_mode)
     if ctx.comparison_mode == "megatron":

@@ -9,7 +9,7 @@ import math
 from typing import Any
 
 from chaos.checkers import trajectory, views
-from chaos.golden import tolerance_for
+from chaos.comparison import tolerance_for
 from chaos.history import RunHistory
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")

@@ -11,7 +11,7 @@ from typing import Any
 
 from chaos import history as h
 from chaos.checkers import views
-from chaos.golden import tolerance_for, value_matches
+from chaos.comparison import tolerance_for, value_matches
 from chaos.plan import Action
 from chaos.report.divergence import difference_svg, state_table
 from chaos.history import RunHistory, load_run_history
