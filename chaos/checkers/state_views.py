@@ -44,15 +44,19 @@ class IterationState:
 
 def commits_on_disk(ctx: CheckContext) -> dict[int, dict[str, Any]]:
     """iteration -> {attempt, first_of_attempt} of the latest commit of each iteration whose directory exists
-    (a later attempt saving an iteration again replaces the directory)."""
+    (a later attempt saving an iteration again replaces the directory). Memoized: every check asks."""
+    if "commits_on_disk" in ctx.memo:
+        return ctx.memo["commits_on_disk"]
     latest: dict[int, dict[str, Any]] = {}
     for attempt in ctx.history.attempts:
         rank = views.authoritative_rank(attempt, h.CHECKPOINT_COMMITTED)
         records = list(attempt.events(h.CHECKPOINT_COMMITTED, rank=rank)) if rank is not None else []
         for n, record in enumerate(sorted(records, key=lambda r: int(r["iteration"]))):
             latest[int(record["iteration"])] = {"attempt": attempt.index, "first_of_attempt": n == 0}
-    return {i: info for i, info in sorted(latest.items())
-            if (ctx.checkpoint_dir / views.iteration_dir_name(i)).is_dir()}
+    on_disk = {i: info for i, info in sorted(latest.items())
+               if (ctx.checkpoint_dir / views.iteration_dir_name(i)).is_dir()}
+    ctx.memo["commits_on_disk"] = on_disk
+    return on_disk
 
 
 def compare_iteration(ctx: CheckContext, iteration: int) -> IterationState:
