@@ -65,13 +65,11 @@ def _why(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-class CheckpointFile:
-    """One open file of a checkpoint: bounded reads by absolute offset."""
+class _Bounded:
+    """Reads that never leave the file: what CheckpointFile and MemoryFile share."""
 
-    def __init__(self, root: Path, relative: str) -> None:
-        self.relative = relative
-        self.fd = open_inside(root, relative)
-        self.size = os.fstat(self.fd).st_size
+    relative: str
+    size: int
 
     def check_range(self, offset: int, length: int, what: str = "") -> None:
         if offset < 0 or length < 0 or offset + length > self.size:
@@ -79,11 +77,7 @@ class CheckpointFile:
                                    f"but the file has {self.size} bytes (truncated?)")
 
     def read(self, offset: int, length: int, what: str = "") -> bytes:
-        self.check_range(offset, length, what)
-        data = os.pread(self.fd, length, offset)
-        if len(data) != length:
-            raise CheckpointDamage(f"{self.relative}: short read at byte {offset} ({len(data)} of {length})")
-        return data
+        raise NotImplementedError
 
     def blocks(self, offset: int, length: int, what: str = "", block: int = BLOCK_BYTES):
         """The bytes [offset, offset + length) in blocks of at most `block` bytes."""
@@ -93,6 +87,22 @@ class CheckpointFile:
             size = min(block, length - done)
             yield self.read(offset + done, size, what)
             done += size
+
+
+class CheckpointFile(_Bounded):
+    """One open file of a checkpoint: bounded reads by absolute offset."""
+
+    def __init__(self, root: Path, relative: str) -> None:
+        self.relative = relative
+        self.fd = open_inside(root, relative)
+        self.size = os.fstat(self.fd).st_size
+
+    def read(self, offset: int, length: int, what: str = "") -> bytes:
+        self.check_range(offset, length, what)
+        data = os.pread(self.fd, length, offset)
+        if len(data) != length:
+            raise CheckpointDamage(f"{self.relative}: short read at byte {offset} ({len(data)} of {length})")
+        return data
 
     def view(self, offset: int, length: int, what: str = "") -> "FileSlice":
         self.check_range(offset, length, what)
@@ -142,25 +152,15 @@ class FileSlice(io.RawIOBase):
         return size
 
 
-class MemoryFile:
+class MemoryFile(_Bounded):
     """Bytes already in memory (a torch.save archive nested inside a pickle) with CheckpointFile's reads."""
 
     def __init__(self, data: bytes, relative: str) -> None:
         self.data, self.relative, self.size = data, relative, len(data)
 
-    def check_range(self, offset: int, length: int, what: str = "") -> None:
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise CheckpointDamage(f"{self.relative}: {what or 'a record'} lies at bytes [{offset}, {offset + length}) "
-                                   f"of {self.size}")
-
     def read(self, offset: int, length: int, what: str = "") -> bytes:
         self.check_range(offset, length, what)
         return self.data[offset:offset + length]
-
-    def blocks(self, offset: int, length: int, what: str = "", block: int = BLOCK_BYTES):
-        self.check_range(offset, length, what)
-        for start in range(offset, offset + length, block):
-            yield self.data[start:min(start + block, offset + length)]
 
     def view(self, offset: int, length: int, what: str = "") -> io.BytesIO:
         return io.BytesIO(self.read(offset, length, what))
