@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from chaos.errors import EXIT_INFRA, EXIT_INPUT, EXIT_INTERRUPTED, InfrastructureError, InputError
+from chaos.safe_files import printable
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except InputError as error:
-        print(f"chaos: {error}", file=sys.stderr)
+    except InputError as error:  # printable: a message may quote a file someone else prepared
+        print(f"chaos: {printable(error)}", file=sys.stderr)
         return EXIT_INPUT
     except InfrastructureError as error:
-        print(f"chaos: infrastructure error: {error}", file=sys.stderr)
+        print(f"chaos: infrastructure error: {printable(error)}", file=sys.stderr)
         return EXIT_INFRA
     except KeyboardInterrupt:  # a second Ctrl-C while the report was written (see runner), or outside a run
         print("chaos: interrupted", file=sys.stderr)
@@ -139,7 +140,7 @@ def _dispatch(args) -> int:
                 plan = plan_faults(scenario)
             except InputError as error:
                 invalid += 1
-                print(f"chaos: {error}", file=sys.stderr)
+                print(f"chaos: {printable(error)}", file=sys.stderr)
                 continue
             print(f"{path}: ok ({scenario.world_size} ranks, {len(plan)} planned faults, checks: "
                   f"{', '.join(scenario.checks)})")

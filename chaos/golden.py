@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import reduce
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+from chaos import safe_files
 from chaos.calibration import Calibration
 from chaos.errors import InputError
 
@@ -295,7 +296,8 @@ def write_golden(golden: Golden, path: str | Path) -> Path:
     """Writes the metrics file in Megatron's format (full precision) and, if there is meta or there are data
     hashes, its sidecar (the data hashes go in its extra: Megatron's format has no room for strings)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        safe_files.make_dirs(path.parent)  # new directories below the nearest existing one, no link followed
     out: dict[str, Any] = {}
     for metric, values in golden.metrics.items():
         steps = sorted(values)
@@ -355,22 +357,33 @@ def _number(value: Any, source: str, where: str) -> float:
     return float(value)
 
 
+GOLDEN_FILE_LIMIT = 64 * safe_files.MiB
+"""The largest golden or sidecar read: a sidecar with a large job's checkpoint fingerprints is a few MiB."""
+
+
 def _read_json(path: Path) -> Any:
+    # A link the user named (--golden, a scenario's golden:) is followed to its file; what is read must be a
+    # regular file of bounded size: /dev/zero or a FIFO given as a golden is refused, never read forever.
     try:
-        text = path.read_text(encoding="utf-8")
+        data = safe_files.read_bytes(Path(path).resolve(), limit=GOLDEN_FILE_LIMIT)
     except OSError as error:
-        raise InputError(str(path), "", f"cannot read golden: {error.strerror or error}") from None
+        why = str(error).removeprefix(f"{Path(path).resolve()}: ") if isinstance(error, safe_files.UnsafeFile) \
+            else (error.strerror or str(error))
+        raise InputError(str(path), "", f"cannot read golden: {why}") from None
     try:
-        return json.loads(text)
+        return json.loads(data.decode("utf-8"))
     except json.JSONDecodeError as error:
         raise InputError(str(path), f"line {error.lineno}, column {error.colno}", f"invalid JSON: {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(str(path), f"byte {error.start}", "not UTF-8; a golden is JSON text") from None
+    except RecursionError:
+        raise InputError(str(path), "", "invalid JSON: nested too deeply to be a golden") from None
 
 
 def _write_json(path: Path, data: Any, indent: int = 4) -> None:
-    # temp + rename: a golden is committed to the repo; a half-written one must never be left behind.
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
-    temp.replace(path)
+    # temp + rename: a golden is committed to the repo; a half-written one must never be left behind. The
+    # temp file is a new one (O_EXCL, random name): a link planted in a shared cache is never written through.
+    safe_files.write_file(path, json.dumps(data, indent=indent) + "\n", root=path.parent)
 
 
 # ---- fingerprints --------------------------------------------------------------------------------------
@@ -422,21 +435,31 @@ def workload_fingerprint(workload: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def find_golden(directory: str | Path, workload_fp: str, env: Mapping[str, Any]) -> Path | None:
-    """The newest golden in `directory` recorded for this workload in this environment, or None."""
+def find_golden(directory: str | Path, workload_fp: str, env: Mapping[str, Any],
+                warn: Callable[[str], None] | None = None) -> Path | None:
+    """The newest golden in `directory` recorded for this workload in this environment, or None. A sidecar
+    that cannot be read (damaged, a link, a FIFO) skips its golden with a warning through `warn`: a golden
+    cache is shared, and one bad entry must not refuse every run."""
     directory = Path(directory)
     if not directory.is_dir():
         return None
     found: list[tuple[str, str, Path]] = []
     for path in directory.glob("*.json"):
-        if path.name.endswith(".meta.json"):
+        if path.name.endswith(".meta.json") or path.is_symlink():
             continue
         sidecar = meta_path(path)
-        if not sidecar.is_file():
+        if not sidecar.is_file() or sidecar.is_symlink():
             continue
-        meta = read_meta(sidecar)
+        try:
+            meta = read_meta(sidecar)
+        except InputError as error:
+            if warn is not None:
+                warn(f"chaos: skipping golden {safe_files.one_line(path)}: {safe_files.one_line(error)}")
+            continue
+        if not isinstance(meta.environment, dict) or not isinstance(meta.workload_fingerprint, (str, type(None))):
+            continue
         if meta.workload_fingerprint == workload_fp and not environment_mismatches(meta.environment, env):
-            found.append((meta.created or "", path.name, path))
+            found.append((str(meta.created or ""), path.name, path))
     return max(found)[2] if found else None
 
 

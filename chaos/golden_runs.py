@@ -12,14 +12,15 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from chaos import golden as golden_module
-from chaos import preflight
+from chaos import preflight, safe_files
 from chaos.calibration import SPREAD_FACTOR, Rule, decide_rule, measure
-from chaos.errors import InfrastructureError
+from chaos.errors import InfrastructureError, InputError
 from chaos.scenario import Scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,17 +39,27 @@ class GoldenChoice:
 
 
 def move_aside(run_dir: Path) -> None:
-    """Renames an existing, non-empty run directory to <name>.previous-N. A run directory is not reusable:
-    the workload resumes from its checkpoints/ and histories are appended to, so a second run there would
-    continue the first; renamed, the old run stays as evidence and the new one starts clean. An empty
-    directory (pytest's tmp dirs, one made by the caller) holds nothing and is used as is."""
+    """Renames an existing run directory holding an earlier run to <name>.previous-N. A run directory is not
+    reusable: the workload resumes from its checkpoints/ and histories are appended to, so a second run there
+    would continue the first; renamed, the old run stays as evidence and the new one starts clean. An empty
+    directory (pytest's tmp dirs, one made by the caller) holds nothing and is used as is; a non-empty one
+    that holds no run is refused (InputError), never renamed (preflight.check_holds_a_run)."""
     run_dir = Path(run_dir)
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
+    preflight.check_holds_a_run(run_dir)
     n = 1
     while run_dir.with_name(f"{run_dir.name}.previous-{n}").exists():
         n += 1
     run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{n}"))
+
+
+def start_run_dir(run_dir: Path) -> None:
+    """Creates the run directory (or takes the empty one there) and marks it as chaos's (preflight.RUN_MARKER)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    safe_files.write_file(run_dir / preflight.RUN_MARKER, "a chaos run directory: `chaos run --out` here moves it aside\n",
+                          root=run_dir)
 
 
 def golden_search_dirs(scenario: Scenario) -> list[Path]:
@@ -122,7 +133,7 @@ def _uninterrupted_run(scenario: Scenario, run_dir: Path, on_progress) -> tuple[
     preflight.check_run_dir(run_dir)
     preflight.check_machine(scenario.facts, scenario.source, scenario.hosts)
     move_aside(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    start_run_dir(run_dir)
     workload, facts = scenario.workload, scenario.facts
     launcher, hosts = golden_launch(scenario)
     outcome = supervise(SupervisorConfig(
@@ -134,11 +145,23 @@ def _uninterrupted_run(scenario: Scenario, run_dir: Path, on_progress) -> tuple[
     if outcome.outcome != "complete" or steps != list(range(1, facts.train_iters + 1)) or \
             (wants_hash and final_hash is None):
         output = sorted((run_dir / "attempts" / "01").glob("*.out"))
-        tail = output[0].read_text(errors="replace")[-1500:] if output else ""
+        tail = _output_tail(output[0]) if output else ""
         raise InfrastructureError(
             f"recording the golden failed: the uninterrupted run ended '{outcome.outcome}' with steps "
             f"{steps[:3]}..{steps[-3:] if steps else []}; see {run_dir}/attempts/01/\n{tail}")
     return recorded, final_hash
+
+
+def _output_tail(path: Path, size: int = 1500) -> str:
+    """The last `size` bytes of a rank's output, printable (a trainer's escape sequences do not reach the
+    terminal), read without holding the whole file."""
+    try:
+        fd = safe_files.open_regular(path)
+    except OSError:
+        return ""
+    with open(fd, "rb") as handle:
+        handle.seek(max(0, os.fstat(fd).st_size - size))
+        return safe_files.printable(handle.read(size).decode("utf-8", errors="replace"))
 
 
 def fingerprint_checkpoints(run_dirs: list[Path]) -> tuple[dict[int, golden_module.GoldenCheckpoint],
@@ -221,13 +244,15 @@ def rule_for(scenario: Scenario, golden: golden_module.Golden) -> Rule:
 
 
 def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, golden_cache: Path | None,
-                  on_progress=None, say: Callable[[str], None] = print, repeats: int | None = None) -> GoldenChoice:
+                  on_progress=None, say: Callable[[str], None] = print, repeats: int | None = None,
+                  explicit_golden: golden_module.Golden | None = None) -> GoldenChoice:
+    """`explicit_golden`: the named golden (--golden or the scenario's), when the caller has read it already."""
     env = golden_module.environment_fingerprint(scenario.device, scenario.facts.cpu_pins)
     workload_fp = golden_module.workload_fingerprint(scenario.workload)
     explicit = golden_path or scenario.golden.path
     if explicit is not None:
         explicit = Path(explicit)
-        golden = golden_module.read_golden(explicit)
+        golden = explicit_golden or golden_module.read_golden(explicit)
         if golden.meta is None or not golden.meta.environment:
             return GoldenChoice(golden, explicit, rule_for(scenario, golden), False)  # no environment: as is
         mismatches = golden_module.environment_mismatches(golden.meta.environment, env)
@@ -243,10 +268,15 @@ def choose_golden(scenario: Scenario, run_dir: Path, golden_path: Path | None, g
         say(f"chaos: golden {explicit} was recorded elsewhere ({reason}); recording one here first")
     else:
         for directory in ([golden_cache] if golden_cache else []) + golden_search_dirs(scenario):
-            found = golden_module.find_golden(directory, workload_fp, env)  # None for a missing directory
-            if found is not None:
+            found = golden_module.find_golden(directory, workload_fp, env, warn=say)  # None: a missing directory
+            if found is None:
+                continue
+            try:
                 golden = golden_module.read_golden(found)
-                return GoldenChoice(golden, found, rule_for(scenario, golden), False)
+            except InputError as error:  # a shared cache's damaged entry: skipped, not every run refused
+                say(f"chaos: skipping golden {safe_files.one_line(found)}: {safe_files.one_line(error)}")
+                continue
+            return GoldenChoice(golden, found, rule_for(scenario, golden), False)
         say("chaos: no committed golden matches this workload and environment; recording one here first "
             f"({repeats or scenario.golden_repeats} uninterrupted run(s))")
     target_dir = golden_cache if golden_cache else run_dir / "golden"

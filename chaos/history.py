@@ -21,6 +21,7 @@ in torch.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -28,6 +29,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from chaos import safe_files
 
 # ---- rank events (written by chaos.probe) ------------------------------------------------------
 START = "start"                    # pid, world_size, local_rank, host
@@ -68,6 +71,8 @@ RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupt
 AGENT_HELLO = "agent_hello"        # attempt, node, host, pid, address, interface, port, mono_offset_s,
                                    # wall_offset_s, rtt_s: a host's agent joined (hosts: cluster), its clocks
                                    # measured against the supervisor's (offset = agent - supervisor)
+SECURITY_EVENT = "security_event"  # attempt, pid, uid, command, why, node?: a process that is not the run's
+                                   # (another user's) carried the run's token; never signalled, not the job's
 
 
 class HistoryWriter:
@@ -83,7 +88,9 @@ class HistoryWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._constant_fields = constant_fields
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a link planted under a history's name must not redirect the writes (chaos runs as root)
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                       0o644)
 
     def write(self, event: str, **fields: Any) -> dict:
         record = {"t": time.time(), "mono": time.monotonic(), "event": event, **self._constant_fields, **fields}
@@ -99,33 +106,70 @@ class HistoryWriter:
             os.close(fd)
 
 
+HISTORY_FILE_LIMIT = 2 << 30
+"""The largest history file read (bytes): far beyond a real run's, far below what would exhaust memory. A
+larger one is reported as damage (the run cannot be judged from part of it), never a MemoryError."""
+HISTORY_LINE_LIMIT = 16 << 20
+"""The longest history line read (bytes); a longer one is a damaged record, skipped without being held."""
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """Reads a history file; a torn last line (the writer was killed mid-write) is dropped, not fatal."""
     return read_jsonl_checked(path)[0]
 
 
-def read_jsonl_checked(path: Path) -> tuple[list[dict], list[int]]:
+def read_jsonl_checked(path: Path, root: Path | None = None) -> tuple[list[dict], list[int | str]]:
     """(records, numbers of damaged lines). A torn last line without its newline is what a killed writer
     leaves and is dropped quietly; any other line that is not UTF-8 JSON of an object is damage, reported
-    by number, so that checks never judge a history with holes as if it were whole."""
+    by number, so that checks never judge a history with holes as if it were whole.
+
+    A run directory may come from someone else (`chaos report DIR`): the file is read as untrusted input,
+    line by line (never whole into memory), without following a link (nor, below `root`, a linked
+    directory), only if it is a regular file of at most HISTORY_FILE_LIMIT bytes; a file that is not is
+    one damaged entry saying why (a string instead of a line number)."""
     records: list[dict] = []
-    damaged: list[int] = []
-    if not path.exists():
+    damaged: list[int | str] = []
+    try:
+        fd = safe_files.open_regular(path, root)
+    except safe_files.UnsafeFile as error:
+        if error.errno != errno.ENOENT:
+            damaged.append(str(error).removeprefix(f"{path}: "))
         return records, damaged
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("event"), str):
-            records.append(record)
-        elif number < len(lines):  # the last piece has no newline after it: a torn write, not damage
-            damaged.append(number)
+    with os.fdopen(fd, "rb") as handle:
+        size = os.fstat(fd).st_size
+        if size > HISTORY_FILE_LIMIT:
+            damaged.append(f"{size} bytes, more than the {HISTORY_FILE_LIMIT} bytes chaos reads from a history")
+            return records, damaged
+        lines = safe_files.LineSplitter(HISTORY_LINE_LIMIT)
+        number, read = 0, 0
+        while read <= HISTORY_FILE_LIMIT:  # it may grow while read (a live run): never past the limit
+            block = handle.read(1 << 20)
+            if not block:
+                break
+            read += len(block)
+            for raw, cut in lines.feed(block):
+                number += 1
+                _parse_line(raw, cut, number, records, damaged)
+        if read > HISTORY_FILE_LIMIT:
+            damaged.append(f"grew past {HISTORY_FILE_LIMIT} bytes while being read")
+        # the last piece has no newline after it: a torn write, not damage
     return records, damaged
+
+
+def _parse_line(raw: bytes, cut: bool, number: int, records: list[dict], damaged: list[int | str]) -> None:
+    if cut:
+        damaged.append(number)  # longer than HISTORY_LINE_LIMIT: no record of ours is
+        return
+    if not raw.strip():
+        return
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested thousands deep
+        record = None
+    if isinstance(record, dict) and isinstance(record.get("event"), str):
+        records.append(record)
+    else:
+        damaged.append(number)
 
 
 def attempt_dir(run_dir: Path, attempt: int) -> Path:
@@ -166,28 +210,33 @@ class RunHistory:
         return [r for r in self.supervisor if r["event"] == event]
 
 
-_RANK_FILE = re.compile(r"rank-(\d+)\.jsonl$")
+_RANK_FILE = re.compile(r"rank-([0-9]+)\.jsonl")
 
 
 def load_run_history(run_dir: Path) -> RunHistory:
     run_dir = Path(run_dir)
     attempts = []
     damaged: list[str] = []
+
+    def note(name: str, bad: list[int | str]) -> None:
+        damaged.extend(f"{name} line {n}" if isinstance(n, int) else f"{name}: {n}" for n in bad)
+
     root = run_dir / "attempts"
-    if root.is_dir():
+    if root.is_dir() and not root.is_symlink():
         for entry in sorted(root.iterdir(), key=lambda p: p.name):
-            if not entry.is_dir() or not entry.name.isdigit():
+            # a linked attempt directory would take the history from elsewhere: it is not one of this run's
+            if entry.is_symlink() or not entry.is_dir() or not re.fullmatch(r"[0-9]+", entry.name):
                 continue
             attempt = AttemptHistory(index=int(entry.name))
             for file in entry.iterdir():
-                match = _RANK_FILE.match(file.name)
+                match = _RANK_FILE.fullmatch(file.name)
                 if match:
-                    attempt.ranks[int(match.group(1))], bad = read_jsonl_checked(file)
-                    damaged += [f"{file.relative_to(run_dir)} line {n}" for n in bad]
+                    attempt.ranks[int(match.group(1))], bad = read_jsonl_checked(file, root=run_dir)
+                    note(safe_files.one_line(file.relative_to(run_dir)), bad)
             attempts.append(attempt)
     attempts.sort(key=lambda a: a.index)
-    supervisor, bad = read_jsonl_checked(supervisor_history_path(run_dir))
-    damaged += [f"supervisor.jsonl line {n}" for n in bad]
+    supervisor, bad = read_jsonl_checked(supervisor_history_path(run_dir), root=run_dir)
+    note("supervisor.jsonl", bad)
     _onto_supervisor_clock(attempts, supervisor)
     return RunHistory(run_dir=run_dir, supervisor=supervisor, attempts=attempts, damaged=sorted(damaged))
 

@@ -12,17 +12,47 @@ from chaos.errors import InputError
 from chaos.workloads import WorkloadFacts
 
 
-def check_run_dir(path: Path, flag: str = "--out") -> None:
-    """`path` is absent (its nearest existing parent is a writable directory) or a writable directory.
-    Anything else is refused: an existing file or device node is never moved aside (as root, `--out /dev/null`
-    would otherwise rename /dev/null)."""
+RUN_MARKER = ".chaos-run"
+"""Written first into every run directory chaos makes: what tells an earlier run (moved aside by the next run
+there) from a user's own folder (never renamed). Runs made before it existed hold scenario.yaml + plan.json."""
+
+
+def is_run_directory(path: Path) -> bool:
+    """Whether `path` holds a chaos run: the marker, or an older run's scenario.yaml and plan.json."""
     path = Path(path)
+    return (path / RUN_MARKER).is_file() or ((path / "scenario.yaml").is_file() and (path / "plan.json").is_file())
+
+
+def check_holds_a_run(path: Path, flag: str = "--out") -> None:
+    """InputError when `path` is a non-empty directory holding no chaos run: such a folder (`--out $PWD`, a
+    project, a home directory) is never renamed aside nor written into. Absent or empty: nothing to say."""
+    path = Path(path)
+    if not path.is_dir() or not any(path.iterdir()) or is_run_directory(path):
+        return
+    raise InputError(str(path), flag, f"is a non-empty directory that holds no chaos run (no {RUN_MARKER}, nor "
+                                      "scenario.yaml and plan.json); chaos moves aside only a directory holding an "
+                                      "earlier run: give a new or empty directory")
+
+
+def check_run_dir(path: Path, flag: str = "--out") -> None:
+    """`path` is absent (its nearest existing parent is a writable directory), an empty writable directory,
+    or one holding an earlier chaos run (it is moved aside). Anything else is refused: an existing file or
+    device node is never moved aside (as root, `--out /dev/null` would otherwise rename /dev/null), nor a
+    folder of the user's own, nor the current directory or one above it (`--out .` would move the user's
+    own work away from under them)."""
+    path = Path(path)
+    here = Path.cwd().resolve()
+    if path.exists() and (path.resolve() == here or path.resolve() in here.parents):
+        raise InputError(str(path), flag, "is the current directory or one above it; give a directory of its own "
+                                          "for the run (e.g. runs/NAME): a directory holding an earlier run is "
+                                          "moved aside, which must never be the one you work in")
     if path.exists() or path.is_symlink():
         if not path.is_dir():
             raise InputError(str(path), flag, "exists and is not a directory; give a directory for the run (it is "
                                               "created if missing; one holding an earlier run is moved aside)")
         if not os.access(path, os.W_OK | os.X_OK):
             raise InputError(str(path), flag, "is not writable by this user")
+        check_holds_a_run(path, flag)
         if any(path.iterdir()) and not os.access(path.resolve().parent, os.W_OK | os.X_OK):
             raise InputError(str(path), flag, "holds an earlier run that would be moved aside, but its parent "
                                               "directory is not writable")

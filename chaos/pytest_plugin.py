@@ -372,12 +372,19 @@ def _is_run_directory(directory: Path) -> bool:
     return (directory / "plan.json").is_file() or (directory / "report.json").is_file()
 
 
-def _has_workload_key(path: Path) -> bool:
+def _peek(path: Path) -> str:
+    """A YAML file's text for a look at collection time; '' for anything not a small regular UTF-8 file (a
+    FIFO named x.yaml must not hang collection, /dev/zero linked as one must not fill memory)."""
+    from chaos.scenario.load import read_scenario_text
+
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return re.search(r"^workload\s*:", text, re.MULTILINE) is not None
+        return read_scenario_text(Path(path))
+    except InputError:
+        return ""
+
+
+def _has_workload_key(path: Path) -> bool:
+    return re.search(r"^workload\s*:", _peek(path), re.MULTILINE) is not None
 
 
 class ScenarioFile(pytest.File):
@@ -395,10 +402,7 @@ class ScenarioItem(pytest.Item):
             self.add_marker("gpu")
 
     def _wants_cuda(self) -> bool:
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
+        text = _peek(self.path)
         return re.search(r"\bdevice\s*:\s*['\"]?cuda", text) is not None or "upstream_gpu" in text
 
     def runtest(self) -> None:

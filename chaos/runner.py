@@ -21,15 +21,15 @@ from typing import Any, Callable
 
 from chaos import comparison
 from chaos import golden as golden_module
-from chaos import preflight
+from chaos import preflight, safe_files
 from chaos.calibration import decide_rule
 from chaos.errors import EXIT_FAIL, EXIT_INFRA, EXIT_PASS, InfrastructureError, InputError
 from chaos.golden_runs import (  # noqa: F401  (re-exported: the CLI, the plugin and the tests use them here)
     REPO_ROOT, GoldenChoice, choose_golden, golden_file_name, golden_launch, golden_search_dirs, move_aside,
-    record_golden, recorded_from_history, rule_for, state_rule_note,
+    record_golden, recorded_from_history, rule_for, start_run_dir, state_rule_note,
 )
 from chaos.plan import PlannedFault
-from chaos.scenario import Scenario, dump_scenario, load_scenario
+from chaos.scenario import Scenario, dump_scenario, load_scenario_text
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
 
 
@@ -80,17 +80,22 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
     preflight.check_golden_cache(golden_cache)
     preflight.check_machine(scenario.facts, scenario.source, scenario.hosts)
     preflight.check_hosts(scenario.hosts, scenario.launcher, scenario.source)
-    move_aside(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # All input is read before an earlier run is moved aside: a bad golden or plan refused (exit 2) must
+    # leave the --out directory where it was.
+    explicit = golden_path or scenario.golden.path
+    explicit_golden = golden_module.read_golden(explicit) if explicit is not None else None
     if plan is None:
         plan = plan_faults(scenario)
-    (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
-    (run_dir / "plan.json").write_text(plan_to_json(plan))
+    move_aside(run_dir)
+    start_run_dir(run_dir)
+    safe_files.write_file(run_dir / "scenario.yaml", dump_scenario(scenario), root=run_dir)
+    safe_files.write_file(run_dir / "plan.json", plan_to_json(plan), root=run_dir)
     started = time.time()
     golden_choice = None
     infrastructure_error = None
     try:
-        golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say, repeats)
+        golden_choice = choose_golden(scenario, run_dir, golden_path, golden_cache, on_progress, say, repeats,
+                                      explicit_golden=explicit_golden)
         launch = scenario.workload.launch(run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
                                              launcher=scenario.launcher, run_dir=run_dir, hosts=scenario.hosts),
@@ -139,15 +144,9 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
 
     run_dir = Path(run_dir)
     if scenario is None:
-        scenario = load_scenario(run_dir / "scenario.yaml")
+        scenario = stored_scenario(run_dir)
     if plan is None:
-        plan_path = run_dir / "plan.json"
-        try:
-            plan_text = plan_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise InputError(str(plan_path), "", f"cannot read the run's plan: {getattr(error, 'strerror', None) or error}; "
-                                                 "without it the run cannot be re-checked") from None
-        plan = plan_from_json(plan_text, source=str(plan_path))
+        plan = stored_plan(run_dir)
     lost_golden = None
     golden_damaged = False
     if golden_choice is None:
@@ -217,45 +216,74 @@ def analyze(run_dir: Path, scenario: Scenario | None = None, plan=None, golden_c
     if infrastructure_error:
         report["verdict"] = "error"
     summary = format_summary(report)
-    try:
+    try:  # each file replaced, never written through: a run directory may have been prepared by someone else
         write_report(report, run_dir)
         if not golden_damaged:  # a damaged one is evidence; overwritten it would say "no golden" from now on
-            (run_dir / "golden.json").write_text(json.dumps(golden_info, indent=1))
-        (run_dir / "summary.txt").write_text(summary + "\n")
+            safe_files.write_file(run_dir / "golden.json", json.dumps(golden_info, indent=1), root=run_dir)
+        safe_files.write_file(run_dir / "summary.txt", summary + "\n", root=run_dir)
         write_junit(report, run_dir / "junit.xml")
     except OSError as error:  # a full or read-only disk: the verdict still reaches the user, on stdout
         report["verdict"] = "error"
         report["extra"]["infrastructure_error"] = "; ".join(filter(None, (
             report["extra"].get("infrastructure_error"),
-            f"the report could not be written into the run directory ({error.strerror}: {error.filename}); "
+            f"the report could not be written into the run directory ({error.strerror or error}: {error.filename}); "
             "this summary is all there is")))
         return RunResult("error", run_dir, report, EXIT_INFRA, format_summary(report), golden_choice)
     try:
         # Hands over what is in memory: write_html would otherwise re-read all three from the run dir.
         write_html(run_dir, golden.metrics if golden else None, report=report, history=context.history)
     except Exception as error:  # the HTML is for people; a rendering bug must not hide the verdict
-        print(f"chaos: report.html could not be written: {error}", file=sys.stderr)
+        print(f"chaos: report.html could not be written: {safe_files.one_line(error)}", file=sys.stderr)
     exit_code = {"pass": EXIT_PASS, "fail": EXIT_FAIL}.get(report["verdict"], EXIT_INFRA)
     return RunResult(report["verdict"], run_dir, report, exit_code, summary, golden_choice)
+
+
+def stored_scenario(run_dir: Path) -> Scenario:
+    """The scenario a run directory holds (scenario.yaml), read as untrusted input: no link followed, a
+    regular file of bounded size."""
+    path = Path(run_dir) / "scenario.yaml"
+    return load_scenario_text(_read_stored(path, "the run's scenario"), str(path), base_dir=Path(run_dir).resolve())
+
+
+def stored_plan(run_dir: Path) -> tuple[PlannedFault, ...]:
+    """The plan a run directory holds (plan.json), read as untrusted input; its fault ids are checked
+    (they reach file names, reports and terminals)."""
+    path = Path(run_dir) / "plan.json"
+    return plan_from_json(_read_stored(path, "the run's plan"), source=str(path))
+
+
+def _read_stored(path: Path, what: str) -> str:
+    try:
+        return safe_files.read_bytes(path, root=path.parent).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        why = str(error).removeprefix(f"{path}: ") if isinstance(error, OSError) else f"not UTF-8 ({error.reason})"
+        raise InputError(str(path), "", f"cannot read {what}: {why}; without it the run cannot be re-checked") from None
+
+
+def _read_golden_info(run_dir: Path) -> Any:
+    """golden.json of a run directory, parsed (InputError when it cannot be read or parsed)."""
+    info_path = run_dir / "golden.json"
+    try:
+        return json.loads(safe_files.read_bytes(info_path, limit=safe_files.MiB, root=run_dir).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        why = str(error).removeprefix(f"{info_path}: ") if not isinstance(error, RecursionError) else "nested too deeply"
+        raise InputError(str(info_path), "", f"not readable JSON: {why}") from None
 
 
 def _lost_golden(run_dir: Path) -> str | None:
     """The golden path golden.json names when that file is gone (None: it names none, or it is there)."""
     try:
-        path = json.loads((run_dir / "golden.json").read_text()).get("path")
-    except (OSError, ValueError, AttributeError):
+        path = _read_golden_info(run_dir).get("path")
+    except (InputError, AttributeError):
         return None
-    return path if path and not Path(path).is_file() else None
+    return path if isinstance(path, str) and path and not Path(path).is_file() else None
 
 
 def _stored_golden(run_dir: Path, scenario: Scenario) -> GoldenChoice | None:
     info_path = run_dir / "golden.json"
-    if not info_path.is_file():
+    if not info_path.exists() and not info_path.is_symlink():
         return None
-    try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise InputError(str(info_path), "", f"not readable JSON: {error}") from None
+    info = _read_golden_info(run_dir)
     if not isinstance(info, dict) or not isinstance(info.get("path"), (str, type(None))):
         raise InputError(str(info_path), "", "expected an object with the golden's path")
     if not info.get("path") or not Path(info["path"]).is_file():
@@ -269,7 +297,7 @@ def replay(run_dir: Path, out_dir: Path | None = None) -> RunResult:
     run_dir = Path(run_dir)
     if not (run_dir / "scenario.yaml").is_file() or not (run_dir / "plan.json").is_file():
         raise InputError(str(run_dir), "", "not a chaos run directory (expected scenario.yaml and plan.json)")
-    scenario = load_scenario(run_dir / "scenario.yaml")
+    scenario = stored_scenario(run_dir)
     out = out_dir or run_dir.with_name(run_dir.name + "-replay")
     stored = _stored_golden(run_dir, scenario)
-    return run_scenario(scenario, out_dir=out, plan=plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json")), golden_path=stored.path if stored else None)
+    return run_scenario(scenario, out_dir=out, plan=stored_plan(run_dir), golden_path=stored.path if stored else None)

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping
 
 from chaos.errors import InputError
 from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.safe_files import check_identifier
 from chaos.scenario.model import RandomFaults, Scenario, ScriptedFault, TargetSpec
 from chaos.workloads import Workload
 
@@ -113,6 +114,9 @@ def plan_from_json(data: str | bytes | Mapping[str, Any] | list, source: str = "
             data = json.loads(data)
         except json.JSONDecodeError as error:
             raise InputError(source, f"line {error.lineno}", f"invalid JSON: {error.msg}") from None
+        except (RecursionError, UnicodeDecodeError) as error:
+            why = "nested too deeply" if isinstance(error, RecursionError) else "not UTF-8"
+            raise InputError(source, "", f"invalid JSON: {why}") from None
     faults = data.get("faults") if isinstance(data, Mapping) else data
     if isinstance(data, Mapping) and data.get("format", PLAN_FORMAT) != PLAN_FORMAT:
         raise InputError(source, "format", f"expected {PLAN_FORMAT!r}, got {data.get('format')!r}")
@@ -120,6 +124,9 @@ def plan_from_json(data: str | bytes | Mapping[str, Any] | list, source: str = "
         raise InputError(source, "faults", "expected a list of planned faults")
     plan = []
     for i, item in enumerate(faults):
+        # an id becomes part of file and cgroup names and a line of the summary: a newline or an escape
+        # sequence in one (a plan.json prepared by someone else) must not reach them
+        check_identifier(item.get("id") if isinstance(item, Mapping) else None, source, f"faults[{i}].id")
         try:
             plan.append(PlannedFault.from_dict(item))
         except (KeyError, TypeError, ValueError) as error:

@@ -355,7 +355,7 @@ def test_args_from_errors(checkout, tmp_path):
         ("MODEL_ARGS: {num-layers: 2}\n", "MODEL_ARGS['num-layers']: expected a flag starting with --"),
         ("MODEL_ARGS: {--a: {b: 1}}\n", "MODEL_ARGS['--a']: expected true, false, null, a string"),
         ("MODEL_ARGS: {--a: 1}\nENV_VARS: [A]\n", "ENV_VARS: expected a mapping of NAME: value"),
-        ("MODEL_ARGS: {--a: 1\n", "cannot read it as YAML"),
+        ("MODEL_ARGS: {--a: 1\n", "line 2, column 1: not YAML"),
     ]:
         bad.write_text(text)
         err = error(minimal(checkout, args_from=str(bad)))

@@ -136,19 +136,29 @@ def test_multihost_agent_adopts_only_this_attempts_slurm_tasks_on_its_host(tmp_p
     """launcher: slurm on a cluster: a rank is a Slurm task (slurmstepd's child, not the agent's). The agent
     takes it as its own only when its environment carries the run's token and this attempt; then it owns
     it: signals reach it, its exit is reported, teardown ends it."""
+    import socket
+
     server = AgentServer(TOKEN, "127.0.0.1")
     agent = start_agent(server)
+    control = socket.create_server(("127.0.0.1", 0))  # stands for the ranks' TCP control socket
     task = earlier = None
     try:
         links, _ = server.gather(1, 1, 30.0, lambda: None)
         link = links[0]
         # started after the agent's hello, as the ranks' step is (before it, the agent's sweep takes them)
-        task = subprocess.Popen(SLEEPER, env={**os.environ, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "1"})
+        connected = [sys.executable, "-c", "import socket, sys, time; "
+                     "s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); time.sleep(120)",
+                     str(control.getsockname()[1])]
+        task = subprocess.Popen(connected, env={**os.environ, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "1"})
         earlier = subprocess.Popen(SLEEPER, env={**os.environ, "CHAOS_RUN_TOKEN": TOKEN, "CHAOS_ATTEMPT": "0"})
         refused = link.request({"type": "adopt", "pid": earlier.pid, "rank": 1})
         assert refused["adopted"] is False and "nor a task of attempt 1 on this host" in refused["reason"]
         assert link.request({"type": "signal", "pid": earlier.pid, "signal": "SIGKILL"})["delivered"] is False
-        adopted = link.request({"type": "adopt", "pid": task.pid, "rank": 0})
+        # the hello's pid is adopted only as the holder of the connection the hello came on
+        accepted, _ = control.accept()
+        hello_came_on = {"rank_end": list(accepted.getpeername()), "controller_end": list(accepted.getsockname())}
+        assert link.request({"type": "adopt", "pid": task.pid, "rank": 0})["adopted"] is False
+        adopted = link.request({"type": "adopt", "pid": task.pid, "rank": 0, "connection": hello_came_on})
         assert adopted["adopted"] is True and adopted["reason"] is None
         rank = RemoteProcess(link, task.pid, 0, 0)
         link.processes[task.pid] = rank
@@ -164,6 +174,7 @@ def test_multihost_agent_adopts_only_this_attempts_slurm_tasks_on_its_host(tmp_p
                 process.kill()
                 process.wait()
         server.close()
+        control.close()
 
 
 WITH_GRANDCHILD = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "

@@ -26,6 +26,7 @@ def test_move_aside_keeps_old_runs_and_uses_empty_directories(tmp_path):
     for n in (1, 2):
         (run_dir / "checkpoints").mkdir(parents=True)
         (run_dir / "history.jsonl").write_text(f"run {n}\n")
+        (run_dir / ".chaos-run").write_text("")  # what every run directory chaos makes holds first
         runner.move_aside(run_dir)
         assert not run_dir.exists()
         assert (tmp_path / f"run.previous-{n}" / "history.jsonl").read_text() == f"run {n}\n"

@@ -48,6 +48,7 @@ class FakeRunner:
         self.calls.append({"name": scenario.name, "seed": seed, "plan": plan, "out_dir": Path(out_dir)})
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True)
+        (out_dir / ".chaos-run").write_text("")  # as run_scenario marks every run directory first
         (out_dir / "plan.json").write_text(plan_to_json(plan))
         failing = self.fails(plan)
         if self.interrupt_at is not None and len(self.calls) - 1 == self.interrupt_at:

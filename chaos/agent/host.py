@@ -17,7 +17,9 @@ Torch-free: it must start in a fraction of a second on every host, every attempt
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import selectors
 import signal
 import socket
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import psutil
 
+from chaos import safe_files
 from chaos import control
 from chaos.agent import protocol
 from chaos.supervisor import lifeline
@@ -42,6 +45,9 @@ TASK_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_TASK_PID", "SLURM_NTAS
                   "SLURM_CPU_BIND_LIST", "SLURM_CPU_BIND_TYPE", "SLURM_CPU_BIND_VERBOSE")
 """Slurm's variables describing the agent's own task: a rank is not that task, and a trainer that reads
 SLURM_PROCID (Lightning, some Megatron set-ups) must see RANK instead."""
+
+
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class AgentError(RuntimeError):
@@ -62,6 +68,70 @@ def _free_port(address: str) -> int:
         return probe.getsockname()[1]
 
 
+def _holds_connection(pid: object, connection: object) -> str | None:
+    """None when process `pid` on this host holds the socket of the TCP connection `connection` describes (its
+    rank_end and controller_end, as the controller saw them), else why not.
+
+    Why this proves who said a hello: the two ends of a TCP connection name exactly one socket in the network
+    namespace of the host it was made from; /proc/PID/net/tcp (that pid's namespace) gives the socket's
+    inode, and a process holds a socket's descriptor (/proc/PID/fd -> socket:[inode]) only when it made the
+    socket or was handed it by one that did. A process that names another's pid in its hello is refused here:
+    the pid it names does not hold the impostor's connection."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(connection, dict):
+        return f"expected a pid and a connection, got {pid!r}"
+    try:
+        rank_end = _endpoint(connection.get("rank_end"))
+        controller_end = _endpoint(connection.get("controller_end"))
+    except (TypeError, ValueError):
+        return "the connection's ends are not (address, port) pairs"
+    inode = None
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            try:
+                if _proc_endpoint(fields[1]) == rank_end and _proc_endpoint(fields[2]) == controller_end:
+                    inode = fields[9]
+                    break
+            except (IndexError, ValueError):
+                continue
+        if inode is not None:
+            break
+    if inode is None or inode == "0":
+        return f"no connection from {rank_end} to {controller_end} in the network namespace of pid {pid}"
+    try:
+        held = any(os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]" for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        held = False
+    return None if held else f"pid {pid} does not hold the connection its hello came on"
+
+
+def _endpoint(value: object) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    address, port = value  # type: ignore[misc]
+    if not isinstance(address, str) or not isinstance(port, int):
+        raise TypeError("expected [address, port]")
+    return _plain(ipaddress.ip_address(address.split("%")[0])), port
+
+
+def _proc_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """'0100007F:1F90' (/proc/net/tcp: the address as the kernel's 32-bit words in this host's byte order)."""
+    address, port = text.split(":")
+    raw = bytes.fromhex(address)
+    if sys.byteorder == "little":
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return _plain(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def _plain(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IPv4 address seen through an IPv6 socket (::ffff:a.b.c.d) is that IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class HostAgent:
     def __init__(self, controller: tuple[str, int], token: str, node: int, attempt: int) -> None:
         self.controller = controller
@@ -76,9 +146,15 @@ class HostAgent:
         self.stop_requested: str | None = None
         self.reported: set[int] = set()
         self.watchdog: lifeline.Watchdog | None = None
+        self.run_id = "unnamed"
+        """The run's public name, from the controller's welcome: in this host's cgroup name."""
 
     # ---- connection ---------------------------------------------------------------------------------
     def connect(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        # before anything of this attempt starts here: what still carries the run's token on this host is
+        # an earlier attempt's, left when that attempt's agent was lost (its host cut off, the agent killed).
+        # Swept before connecting: the controller gives a connection only seconds to say its hello.
+        swept = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -93,19 +169,23 @@ class HostAgent:
         self.sock.settimeout(None)
         self.reader = control.LineReader(self.sock)
         address = self.sock.getsockname()[0]  # the address this host reaches the controller from
-        # before anything of this attempt starts here: what still carries the run's token on this host is
-        # an earlier attempt's, left when that attempt's agent was lost (its host cut off, the agent killed)
-        swept = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
         self._send({"type": "agent_hello", "token": self.token, "node": self.node, "attempt": self.attempt,
                     "host": socket.gethostname(),
                     "pid": os.getpid(), "address": address, "interface": _interface_of(address),
                     "port": _free_port(address), "job_id": os.environ.get("SLURM_JOB_ID"),
                     "swept": [{"pid": item.pid, "command": item.command, "alive_after_sigkill": item.alive_after_sigkill}
-                              for item in swept]})
-        answer = self.reader.read_message()
+                              for item in swept],
+                    "strangers": [item.to_fields() for item in swept.strangers]})
+        try:
+            answer = self.reader.read_message()
+        except control.MessageError as error:
+            raise AgentError(f"the controller answered with something that is not a message: {error}") from None
         if answer is None or answer.get("type") != "welcome":
             reason = answer.get("reason") if answer else "it closed the connection"
             raise AgentError(f"the controller refused this agent: {reason}")
+        run_id = answer.get("run_id")
+        # the public name for this host's cgroup (never the token: cgroup names are readable by every user)
+        self.run_id = run_id if isinstance(run_id, str) and _RUN_ID.fullmatch(run_id) else "unnamed"
 
     def _send(self, message: dict) -> None:
         assert self.sock is not None
@@ -119,7 +199,7 @@ class HostAgent:
         """Until a teardown (exit 0) or the controller's loss or a stop signal (exit 1, everything killed)."""
         assert self.sock is not None
         self.watchdog = lifeline.Watchdog()
-        self.cgroup, _ = lifeline.create_cgroup(f"chaos-{self.token}-a{self.attempt:02d}-node{self.node}")
+        self.cgroup, _ = lifeline.create_cgroup(f"chaos-{self.run_id}-a{self.attempt:02d}-node{self.node}")
         if self.cgroup is not None:
             self.watchdog.guard_cgroup(self.cgroup)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -144,7 +224,12 @@ class HostAgent:
                 if not data:
                     self.stop_requested = "the controller went away"
                     break
-                for message in self.reader.feed(data):
+                try:
+                    messages = self.reader.feed(data)
+                except control.MessageError as error:
+                    self.stop_requested = f"the controller sent something that is not a message ({error})"
+                    break
+                for message in messages:
                     if self._handle(message):
                         return 0
         print(f"chaos agent (node {self.node}): {self.stop_requested}; killing what this agent started",
@@ -166,6 +251,9 @@ class HostAgent:
             self._send({"type": "reply", "id": request, "delivered": self._signal(message)})
         elif kind == "adopt":
             self._send({"type": "reply", "id": request, **self._adopt(message)})
+        elif kind == "vouch":
+            why_not = _holds_connection(message.get("pid"), message.get("connection"))
+            self._send({"type": "reply", "id": request, "holds": why_not is None, "reason": why_not})
         elif kind == "teardown":
             self._send({"type": "reply", "id": request, **self._teardown(float(message.get("grace_s", 0.0)))})
             return True
@@ -182,7 +270,7 @@ class HostAgent:
                 env = {name: value for name, value in os.environ.items()
                        if name not in TASK_VARIABLES and name != protocol.ENV_AGENT_TOKEN}
                 env.update(entry["env"])
-                output = open(entry["output"], "ab")
+                output = safe_files.open_append(entry["output"])
                 try:
                     popen = subprocess.Popen(entry["argv"], env=env, cwd=entry.get("cwd") or None,
                                              stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
@@ -217,6 +305,9 @@ class HostAgent:
         if (ancestor is None or ancestor.role != "agent") and not task:
             return {"adopted": False, "reason": f"pid {pid} is neither a worker of a torchrun this agent started "
                                                 f"nor a task of attempt {self.attempt} on this host"}
+        why_not = _holds_connection(pid, message.get("connection"))
+        if why_not is not None:  # the hello's pid is a claim: only the process holding its connection is adopted
+            return {"adopted": False, "reason": why_not}
         started = create_time(pid)
         process = TrackedProcess.adopt(pid, started, role="rank", rank=rank, node=self.node) if started else None
         if process is None:
@@ -273,13 +364,15 @@ class HostAgent:
         if self.cgroup is not None:
             escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
             self.cgroup.remove()
-        leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True)
+        leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.token}", exclude=set(), same_host_only=True,
+                                     table=self.table)
         survivors = sorted(set(result.survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
         if self.watchdog is not None:
             self.watchdog.release_all()
         return {"sigterm": result.sigterm, "sigkill": result.sigkill, "survivors": survivors,
                 "cgroup_killed": escaped, "duration_s": round(result.duration_s, 4),
-                "leaked": [{"pid": item.pid, "command": item.command} for item in leaked]}
+                "leaked": [{"pid": item.pid, "command": item.command, "tied_by": item.tied_by} for item in leaked],
+                "strangers": [item.to_fields() for item in leaked.strangers]}
 
     def close(self) -> None:
         if self.watchdog is not None:

@@ -1,25 +1,33 @@
 """The wire between the controller (the chaos supervisor) and the agent on each host: newline-delimited JSON
-over one TCP connection per agent, opened by the agent, authenticated by the run token.
+over one TCP connection per agent, opened by the agent, authenticated by the run token (its first message
+carries it; nothing else of a connection is acted on before, and a hello must come within seconds).
 
     agent -> controller   {"type": "agent_hello", "token", "node", "attempt", "host", "pid", "address", "interface",
-                           "port", "job_id", "swept": [{"pid", "command", "alive_after_sigkill"}]}
+                           "port", "job_id", "swept": [{"pid", "command", "alive_after_sigkill"}],
+                           "strangers": [{"pid", "uid", "command", "why"}]}
                           (swept: what of the run it found on its host before starting anything: a process of an
-                           earlier attempt whose agent was lost; killed)
-    controller -> agent   {"type": "welcome"} or {"type": "refused", "reason"}   (then it closes)
+                           earlier attempt whose agent was lost; killed. strangers: another user's processes
+                           carrying the run's token: not the run's, never signalled)
+    controller -> agent   {"type": "welcome", "run_id"} or {"type": "refused", "reason"}   (then it closes)
+                          (run_id: the run's public name, for this host's cgroup; the token is never a name)
     controller -> agent   {"type": "clock", "id"}          -> {"type": "reply", "id", "mono", "wall"}
     controller -> agent   {"type": "launch", "id", "attempt",
                            "ranks": [{"role": "rank" | "agent", "rank", "argv", "env", "cwd", "output"}]}
                                                            -> {"type": "reply", "id", "cgroup", "error",
                                                                "launched": [{"role", "rank", "pid"}]}
-    controller -> agent   {"type": "adopt", "id", "pid", "rank", "exit_file"}
+    controller -> agent   {"type": "adopt", "id", "pid", "rank", "exit_file", "connection"}
                                                                   -> {"type": "reply", "id", "adopted", "reason"}
                            (a rank that said hello: a worker of a torchrun the agent started, or a Slurm task
-                            carrying the run's token and this attempt, on this host)
+                            carrying the run's token and this attempt, on this host; and the process that
+                            holds the hello's connection: {"rank_end": [address, port], "controller_end": [...]})
+    controller -> agent   {"type": "vouch", "id", "pid", "connection"}   -> {"type": "reply", "id", "holds", "reason"}
+                           (whether `pid` on this host holds that connection: a hello's pid is only a claim)
     controller -> agent   {"type": "signal", "id", "pid", "signal"}    -> {"type": "reply", "id", "delivered"}
     agent -> controller   {"type": "exit", "rank", "pid", "returncode", "signal"}   (whenever a rank exits)
     controller -> agent   {"type": "teardown", "id", "grace_s"}  -> {"type": "reply", "id", "sigterm", "sigkill",
                                                                      "survivors", "cgroup_killed", "leaked",
-                                                                     "duration_s"}   (then the agent exits)
+                                                                     "strangers", "duration_s"}
+                                                                    (then the agent exits)
 
 A rank's `env` holds only what chaos sets (its RANK, the run's variables, the workload's env): the agent
 starts it with its own environment (Slurm exported the controller's) plus these. An agent whose controller
@@ -34,8 +42,9 @@ Pure standard library: the agent imports this before anything heavy.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
+
+from chaos import control
 
 ENV_AGENT_TOKEN = "CHAOS_AGENT_TOKEN"
 """The run token as the agent gets it. Not CHAOS_RUN_TOKEN: the token sweep kills whatever carries that, and
@@ -55,7 +64,7 @@ def split_address(text: str) -> tuple[str, int]:
 
 
 def token_matches(offered: object, expected: str) -> bool:
-    return isinstance(offered, str) and hmac.compare_digest(offered.encode(), expected.encode())
+    return control.token_matches(offered, expected)
 
 
 @dataclass(frozen=True)

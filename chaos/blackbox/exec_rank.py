@@ -39,7 +39,7 @@ def _hello(path: str, rank: int, attempt: int) -> bool:
 
 
 def _redirect_output(history_dir: str, rank: int) -> None:
-    fd = os.open(os.path.join(history_dir, f"rank-{rank}.out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(history_dir, f"rank-{rank}.out"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     for target in (1, 2):
         os.dup2(fd, target)
     os.close(fd)

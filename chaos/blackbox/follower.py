@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from chaos import history
+from chaos import history, safe_files
 from chaos.blackbox.checkpoint_watch import TRACKER_WRITTEN, CheckpointEvent, CheckpointWatcher
 from chaos.blackbox.inotify import IN_MODIFY, Inotify
 from chaos.checkpoint_layout import iteration_dir_name
@@ -49,38 +49,45 @@ class Observation:
 
 
 class _OutputTail:
-    """New complete lines of a growing file; the partial last line waits for its newline."""
+    """New complete lines of a growing file; the partial last line waits for its newline, up to
+    PARTIAL_LINE_LIMIT bytes: a longer one is handed out once, cut there (a trainer printing hundreds of MiB
+    without a newline must not make every poll copy them)."""
+
+    PARTIAL_LINE_LIMIT = 1 << 20
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file = None  # opened once the rank has created it, then kept (read every tick)
-        self._partial = b""
+        self._lines = safe_files.LineSplitter(self.PARTIAL_LINE_LIMIT)
         self.lines_read = 0
 
     def read_lines(self) -> list[tuple[int, str]]:
         if self._file is None:
-            try:
-                self._file = open(self.path, "rb")
-            except FileNotFoundError:
+            try:  # never through a link, never blocking on a FIFO planted under the output's name
+                self._file = open(safe_files.open_regular(self.path), "rb")
+            except OSError:
                 return []
-        data = self._file.read()  # from where the last read stopped up to what is written now
-        if not data:
-            return []
-        chunks = (self._partial + data).split(b"\n")
-        self._partial = chunks.pop()
         out = []
-        for chunk in chunks:
-            self.lines_read += 1
-            out.append((self.lines_read, chunk.decode("utf-8", errors="replace").rstrip("\r")))
+        # From where the last read stopped, a block at a time, up to what is written now; at most 64 blocks a
+        # poll, so a rank printing without pause cannot keep the supervisor here (the next poll goes on).
+        for _ in range(64):
+            data = self._file.read(self.PARTIAL_LINE_LIMIT)
+            if not data:
+                break
+            for line, _cut in self._lines.feed(data):
+                out.append(self._numbered(line))
         return out
+
+    def _numbered(self, line: bytes) -> tuple[int, str]:
+        self.lines_read += 1
+        return self.lines_read, line.decode("utf-8", errors="replace").rstrip("\r")
 
     def flush(self) -> list[tuple[int, str]]:
         """The unterminated last line, when the writer is gone for good."""
         lines = self.read_lines()
-        if self._partial:
-            self.lines_read += 1
-            lines.append((self.lines_read, self._partial.decode("utf-8", errors="replace").rstrip("\r")))
-            self._partial = b""
+        rest = self._lines.rest()
+        if rest:
+            lines.append(self._numbered(rest))
         return lines
 
     def close(self) -> None:

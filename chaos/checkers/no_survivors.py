@@ -2,7 +2,8 @@
 
 Every teardown must leave no survivors (on a cluster, each host's agent answers for its host; a host whose
 agent cannot answer leaves the check undecided), and nothing the job started may have escaped the attempt (the run
-token sweep after teardown, chaos.supervisor.processes.sweep_token_holders, finds what did); every process
+token sweep after teardown, chaos.supervisor.processes.sweep_token_holders, finds what did; another user's
+process carrying the token is not the job's: a security event, shown in the evidence, never a failure); every process
 the supervisor launched must have been seen to exit (rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
 (+ slack) of the last progress any rank recorded, and a SIGSTOP fault (which never exits) must end in a
 detected hang.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from chaos import history as h
 from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
+from chaos.safe_files import one_line
 
 NAME = "no_survivors"
 HANG_SLACK_S = 5.0
@@ -29,8 +31,8 @@ def check(ctx: CheckContext) -> CheckResult:
     for hello in hellos:
         for item in hello.get("swept") or []:
             failures.append(
-                f"attempt {hello.get('attempt')}: the agent on {hello.get('host')} found process {item.get('pid')} "
-                f"({item.get('command')}) of an earlier attempt still running there before it started anything "
+                f"attempt {hello.get('attempt')}: the agent on {one_line(hello.get('host'))} found process "
+                f"{one_line(item.get('pid'))} ({one_line(item.get('command'))}) of an earlier attempt still running there before it started anything "
                 f"(killed{'; it survived SIGKILL' if item.get('alive_after_sigkill') else ''})")
     torn_down = {int(r["attempt"]) for r in teardowns if r.get("attempt") is not None}
     for record in teardowns:
@@ -47,7 +49,8 @@ def check(ctx: CheckContext) -> CheckResult:
                                   "ran there: nothing on that host could be verified gone")
         for item in record.get("leaked") or []:
             failures.append(
-                f"attempt {record.get('attempt')}: process {item.get('pid')} ({item.get('command')}) escaped the "
+                f"attempt {record.get('attempt')}: process {one_line(item.get('pid'))} ({one_line(item.get('command'))}) "
+                "escaped the "
                 "attempt's process tree, process groups and cgroup, found only by the run token in its "
                 "environment (then killed): the job detaches processes that outlive it under any other launcher")
 
@@ -90,10 +93,18 @@ def check(ctx: CheckContext) -> CheckResult:
                                                       "leaked", "hosts") if k in r}
                               for r in teardowns],
                 "unaccounted": unaccounted, "hangs": hangs}
+    # Another user's processes that carried the run's token (chaos.supervisor.processes.Stranger): seen and
+    # reported, never signalled, and not the job's doing, so never a failure of this check.
+    strangers = [{key: record.get(key) for key in ("attempt", "node", "pid", "uid", "command", "why") if key in record}
+                 for record in history.supervisor_events(h.SECURITY_EVENT)]
+    if strangers:
+        evidence["strangers_not_the_jobs"] = strangers
+    seen = (f"; {len(strangers)} process(es) of other users carrying the run's token seen (security events, "
+            "not signalled, not the job's)") if strangers else ""
     if failures:
         return CheckResult(NAME, "fail", "; ".join(failures + unverified), evidence)
     if unverified:
         return CheckResult(NAME, "error", "; ".join(unverified), evidence)
     return CheckResult(NAME, "pass", f"no survivors after {len(teardowns)} teardown(s); "
-                                     f"{len(hangs)} hang(s) detected in time", evidence)
+                                     f"{len(hangs)} hang(s) detected in time{seen}", evidence)
 

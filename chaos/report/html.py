@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import history as h
+from chaos import safe_files
 from chaos.checkers import views
 from chaos.comparison import tolerance_for, value_matches
 from chaos.plan import Action
@@ -33,7 +34,9 @@ th{background:#f5f5f5} pre{margin:0;font-size:11px;white-space:pre-wrap;max-heig
 
 
 def _e(value: Any) -> str:
-    return html.escape("" if value is None else str(value))
+    # printable: text from a run directory or a rank (fault ids, evidence, a trainer's words) keeps no
+    # control character, which a browser would not show and XML-minded tools refuse
+    return html.escape(safe_files.printable("" if value is None else value))
 
 
 # ---- the loss plot -----------------------------------------------------------------------------------------
@@ -286,7 +289,7 @@ def write_html(run_dir: Path, golden_metrics: dict | None = None, report: dict[s
     if history is None:
         history = load_run_history(run_dir)
     path = run_dir / HTML_FILE
-    path.write_text(render_html(report, golden_metrics, history), encoding="utf-8")
+    safe_files.write_file(path, render_html(report, golden_metrics, history), root=run_dir)  # never through a link
     return path
 
 

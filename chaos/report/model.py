@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from chaos import history as h
+from chaos import safe_files
 from chaos.checkers import verdict as overall_verdict
 from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
@@ -39,7 +40,16 @@ def build_report(ctx: CheckContext, results: Iterable[CheckResult], scenario_nam
         "save_interval": ctx.save_interval,
         "max_restarts": ctx.restart.max_restarts,
         "extra": dict(extra or {}),
+        "security_events": security_events(ctx),
     }
+
+
+def security_events(ctx: CheckContext) -> list[dict[str, Any]]:
+    """Processes that were not the run's but carried its token (another user's): never signalled, never
+    the job's fault; listed so that people see someone had the token (history `security_event`)."""
+    keys = ("attempt", "node", "pid", "uid", "command", "why")
+    return [{key: safe_files.one_line(record[key]) if isinstance(record[key], str) else record[key]
+             for key in keys if key in record} for record in ctx.history.supervisor_events(h.SECURITY_EVENT)]
 
 
 def faults_table(ctx: CheckContext) -> list[dict[str, Any]]:
@@ -158,11 +168,19 @@ def _restart_breakdown(history, attempt, previous_end: float, first_step_end: fl
 
 def write_report(report: dict[str, Any], run_dir: Path) -> Path:
     path = Path(run_dir) / REPORT_FILE
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    temp.replace(path)  # a reader never sees half a report
+    # a new file renamed over the old: a reader never sees half a report, and a link planted under its name
+    # is replaced, never written through
+    safe_files.write_file(path, json.dumps(report, indent=1, default=str) + "\n", root=Path(run_dir))
     return path
 
 
 def read_report(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / REPORT_FILE).read_text())
+    """report.json of a run directory (no link followed, bounded size); ValueError when it is not a report."""
+    data = safe_files.read_bytes(Path(run_dir) / REPORT_FILE, limit=safe_files.SMALL_FILE_LIMIT * 4, root=Path(run_dir))
+    try:
+        report = json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{Path(run_dir) / REPORT_FILE}: nested too deeply to be a report") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{Path(run_dir) / REPORT_FILE}: expected a JSON object")
+    return report

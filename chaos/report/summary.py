@@ -1,11 +1,17 @@
 """The few lines a person reads in a terminal: verdict, where the faults landed, restarts, what failed
-(with the checker's own words), and where the evidence is."""
+(with the checker's own words), and where the evidence is.
+
+Much of it comes from the run directory or a rank (fault ids, a trainer's exception, a log line that did not
+parse, a check's evidence): each such piece is shown on its own line with control characters and newlines
+escaped (safe_files.one_line), so no text from there can move the cursor, recolour the terminal or forge a
+line of the summary ("chaos: PASS")."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from chaos.plan import Action
+from chaos.safe_files import one_line
 
 MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
 
@@ -16,11 +22,11 @@ def format_summary(report: dict[str, Any]) -> str:
     for check in checks:
         counts[check["status"]] = counts.get(check["status"], 0) + 1
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    lines = [f"chaos: {MARK.get(report.get('verdict'), str(report.get('verdict')).upper())}  "
-             f"{report.get('scenario')}  ({len(checks)} checks: {tally or 'none'})"]
+    lines = [f"chaos: {MARK.get(report.get('verdict'), one_line(str(report.get('verdict')).upper()))}  "
+             f"{one_line(report.get('scenario'))}  ({len(checks)} checks: {one_line(tally or 'none')})"]
     infra = (report.get("extra") or {}).get("infrastructure_error")
     if infra:
-        lines.append(f"  infrastructure: {infra}")
+        lines.append(f"  infrastructure: {one_line(infra, limit=2000)}")
     for fault in report.get("faults", []):
         lines.append("  " + _fault_line(fault))
     attempts = report.get("attempts", [])
@@ -28,25 +34,33 @@ def format_summary(report: dict[str, Any]) -> str:
                         if a.get("resumed_from") is not None)
     lines.append(f"  restarts: {report.get('restarts', 0)} of {report.get('max_restarts', '?')}"
                  + (f" ({resumed})" if resumed else ""))
+    strangers = report.get("security_events") or []
+    if strangers:  # another user's process held the run's token: not the job's, not signalled, but worth knowing
+        first = strangers[0]
+        lines.append(f"  SECURITY: {len(strangers)} process(es) of other users carried this run's token (not "
+                     f"signalled, not counted against the job; first: pid {one_line(first.get('pid'))} uid "
+                     f"{one_line(first.get('uid'))}: {one_line(first.get('command'), limit=120)}); see report.json")
     for attempt in attempts if report.get("verdict") != "pass" else []:
         # a survivor's "connection reset" after a killed peer is expected: the trainer's own words matter
         # when something went wrong
         for raised in attempt.get("exceptions", [])[:2]:
-            lines.append(f"  attempt {attempt['index']} rank {raised.get('rank')} raised: {raised.get('summary')}")
+            lines.append(f"  attempt {attempt['index']} rank {one_line(raised.get('rank'))} raised: "
+                         f"{one_line(raised.get('summary'))}")
         unparsed = attempt.get("parse_errors")
         if unparsed:
             first = unparsed["first"][0]
             lines.append(f"  attempt {attempt['index']}: {unparsed['count']} log line(s) did not parse (first: rank "
-                         f"{first.get('rank')} line {first.get('line_number')}: {first.get('reason')})")
+                         f"{one_line(first.get('rank'))} line {one_line(first.get('line_number'))}: "
+                         f"{one_line(first.get('reason'))})")
     golden = report.get("golden") or {}
     if golden.get("path"):
-        lines.append(f"  golden: {golden['path']} ({golden.get('mode', 'exact')})")
+        lines.append(f"  golden: {one_line(golden['path'])} ({one_line(golden.get('mode', 'exact'))})")
     if golden.get("rule"):
-        lines.append(f"  rule: {golden['rule']}")
+        lines.append(f"  rule: {one_line(golden['rule'])}")
     for check in checks:
         if check["status"] in ("fail", "error"):
-            lines.append(f"  {MARK[check['status']]} {check['name']}: {check['detail']}")
-    lines.append(f"  run dir: {report.get('run_dir')}")
+            lines.append(f"  {MARK[check['status']]} {one_line(check['name'])}: {one_line(check['detail'], limit=2000)}")
+    lines.append(f"  run dir: {one_line(report.get('run_dir'))}")
     return "\n".join(lines)
 
 
@@ -56,7 +70,7 @@ def _fault_line(fault: dict[str, Any]) -> str:
     landed = fault.get("landed")
     if landed is None:
         why = fault.get("missed") or "no fault_landed record"
-        return f"fault {planned['id']} {action}: NOT LANDED ({why})"
+        return f"fault {one_line(planned['id'])} {one_line(action)}: NOT LANDED ({one_line(why)})"
     ranks = landed.get("ranks") or [landed.get("rank")]
     where = f"step {landed.get('step')} {landed.get('phase') or ''}".rstrip()
     if landed.get("index") is not None:
@@ -67,5 +81,5 @@ def _fault_line(fault: dict[str, Any]) -> str:
     observed = landed.get("observed")
     if observed:
         how = f" (observed, signal {observed.get('latency_s', 0) * 1000:.1f} ms after the trigger was seen)"
-    return (f"fault {planned['id']} {action} -> rank {','.join(str(r) for r in ranks)}, attempt {landed.get('attempt')}, "
-            f"{where}{how}")
+    return (f"fault {one_line(planned['id'])} {one_line(action)} -> rank {one_line(','.join(str(r) for r in ranks))}, "
+            f"attempt {one_line(landed.get('attempt'))}, {one_line(where)}{how}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 import stat
 from dataclasses import asdict
@@ -102,12 +103,16 @@ def read_scenario_text(path: Path) -> str:
     (a directory, a FIFO that would block forever, /dev/zero that never ends, Latin-1) is an InputError."""
     source = str(path)
     try:
-        kind = path.stat().st_mode
+        # O_NONBLOCK, then fstat of what was opened: a FIFO swapped in after a check must not block the read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        kind = os.fstat(fd).st_mode
         if not stat.S_ISREG(kind):
+            os.close(fd)
             what = "a directory" if stat.S_ISDIR(kind) else "a FIFO" if stat.S_ISFIFO(kind) else \
                 "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a socket or special file"
             raise InputError(source, "", f"is {what}; expected a scenario YAML file")
-        with path.open("rb") as handle:
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as handle:
             data = handle.read(MAX_SCENARIO_BYTES + 1)
     except OSError as error:
         raise InputError(source, "", f"cannot read scenario: {error.strerror or error}") from None

@@ -22,10 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from chaos import safe_files
 from chaos.errors import InputError
-from chaos.runner import move_aside
+from chaos.runner import move_aside, stored_plan
 from chaos.scenario import Scenario, dump_scenario, load_scenario, parse_overrides
-from chaos.schedule import plan_from_json
 from chaos.soak import report as soak_report
 from chaos.soak.schedule import ScheduleOptions, cycle_scenario, revalidate
 from chaos.soak.shrink import DEFAULT_SHRINK_BUDGET, Plan, describe_plan, scenario_with_plan, shrink
@@ -80,6 +80,7 @@ def run_soak(options: SoakOptions, runner: Runner | None = None, say: Callable[[
     base = load_scenario(options.scenario, parse_overrides(options.overrides))
     seed = base.seed if options.seed is None else options.seed
     out = Path(options.out)
+    _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     golden_cache = Path(options.golden_cache) if options.golden_cache else out / "goldens"
     identity = _identity(base, seed, options.schedule)
@@ -88,6 +89,8 @@ def run_soak(options: SoakOptions, runner: Runner | None = None, say: Callable[[
         state = {"format": STATE_FORMAT, "scenario": str(options.scenario), "identity": identity, "seed": seed,
                  "schedule": asdict(options.schedule), "next_cycle": 0, "elapsed_s": 0.0, "cycles": [],
                  "started": _now()}
+        # at once, before the first cycle: a soak killed in it is continued (_check_out knows it by this file)
+        safe_files.write_file(out / STATE_FILE, json.dumps(state, indent=1, default=str) + "\n", root=out)
     else:
         if state.get("identity") != identity:
             raise InputError(str(out / STATE_FILE), "identity",
@@ -201,7 +204,7 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
     cycle = record["cycle"]
     run_dir = context.out / record["run_dir"]
     cycle_scenario_ = context.scenario(cycle)
-    plan = plan_from_json((run_dir / "plan.json").read_text(), source=str(run_dir / "plan.json"))
+    plan = stored_plan(run_dir)
     failing = {c["name"] for c in record["failing_checks"] if c["status"] == "fail"}
     shrink_dir = context.out / f"shrink-{cycle:03d}"
     counter = iter(range(1, 10_000))
@@ -235,7 +238,7 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
         description=(f"Minimal reproducer shrunk from soak cycle {cycle} (seed {record['seed']}) of "
                      f"{context.options.scenario}; failed: {', '.join(sorted(failing))}. Reproduce: {command}"),
         golden_path=Path(record["golden"]) if record.get("golden") else None)
-    path.write_text(f"# {command}\n" + dump_scenario(revalidate(minimal, str(path))))
+    safe_files.write_file(path, f"# {command}\n" + dump_scenario(revalidate(minimal, str(path))), root=context.out)
 
     confirm_dir = shrink_dir / "confirm"
     move_aside(confirm_dir)
@@ -257,13 +260,16 @@ def _shrink_failure(context: _Context, record: dict[str, Any]) -> None:
 # ---- state ---------------------------------------------------------------------------------------------------
 def read_state(out: Path) -> dict[str, Any] | None:
     path = Path(out) / STATE_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(safe_files.read_input(path, "--out", limit=4 * safe_files.SMALL_FILE_LIMIT))
     except json.JSONDecodeError as error:
         raise InputError(str(path), f"line {error.lineno}", f"damaged soak state ({error.msg}); move it away to "
                                                              "start the soak afresh") from None
+    except RecursionError:
+        raise InputError(str(path), "", "damaged soak state (nested too deeply); move it away to start the soak "
+                                        "afresh") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise InputError(str(path), "format", f"expected {STATE_FORMAT!r}")
     return state
@@ -271,11 +277,17 @@ def read_state(out: Path) -> dict[str, Any] | None:
 
 def _save(out: Path, state: dict[str, Any], base: Scenario) -> None:
     state["updated"] = _now()
-    path = out / STATE_FILE
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(state, indent=1, default=str) + "\n")
-    temp.replace(path)  # a soak killed mid-write leaves the previous state, never half of one
+    # a new file renamed over the old: a soak killed mid-write leaves the previous state, never half of one
+    safe_files.write_file(out / STATE_FILE, json.dumps(state, indent=1, default=str) + "\n", root=out)
     soak_report.write_all(out, state, base.name)
+
+
+def _check_out(out: Path) -> None:
+    """A soak's --out is written into (its state, reports, a run per cycle): a new or empty directory, or one
+    holding a soak. Any other non-empty folder (`--out .`, a project) is refused, never written into."""
+    if out.is_dir() and any(out.iterdir()) and not (out / STATE_FILE).is_file():
+        raise InputError(str(out), "--out", f"is a non-empty directory that holds no soak (no {STATE_FILE}); give a "
+                                            "new or empty directory, or the --out of the soak to continue")
 
 
 def _identity(base: Scenario, seed: int, schedule: ScheduleOptions) -> str:

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from chaos import safe_files
 from chaos.soak.stats import coverage_matrix, restart_statistics
 
 SOAK_FORMAT = "chaos-soak/1"
@@ -19,8 +20,9 @@ def cycle_reports(out: Path, state: dict[str, Any]) -> list[dict[str, Any]]:
     for record in state.get("cycles", []):
         path = Path(out) / str(record.get("run_dir")) / "report.json"
         try:
-            reports.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
+            # no link followed, bounded size: a cycle's run directory is written by the job as well
+            reports.append(json.loads(safe_files.read_bytes(path, limit=4 * safe_files.SMALL_FILE_LIMIT)))
+        except (OSError, ValueError, RecursionError):
             reports.append({})  # a cycle without a readable report still counts by its verdict
     return reports
 
@@ -53,16 +55,23 @@ def write_all(out: Path, state: dict[str, Any], name: str) -> dict[str, Any]:
     _atomic(out / "soak.html", render_html(report))
     tree = ET.ElementTree(build_junit(report))
     ET.indent(tree)
-    temp = out / "junit.xml.tmp"
-    tree.write(temp, encoding="utf-8", xml_declaration=True)
-    temp.replace(out / "junit.xml")
+    _atomic(out / "junit.xml", ET.tostring(tree.getroot(), encoding="utf-8", xml_declaration=True))
     return report
 
 
-def _atomic(path: Path, text: str) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(text)
-    temp.replace(path)
+def _atomic(path: Path, data: str | bytes) -> None:
+    # a new temp file renamed over the target: never half a file, never a write through a planted link
+    safe_files.write_file(path, data, root=path.parent)
+
+
+def _printable_tree(element: ET.Element) -> ET.Element:
+    """Every attribute and text made printable: check details and errors come from the cycles' runs (a
+    control character would make the XML invalid and reach a CI log's terminal)."""
+    for node in element.iter():
+        node.attrib = {key: safe_files.printable(value) for key, value in node.attrib.items()}
+        if node.text is not None:
+            node.text = safe_files.printable(node.text)
+    return element
 
 
 def build_junit(report: dict[str, Any]) -> ET.Element:
@@ -97,11 +106,11 @@ def build_junit(report: dict[str, Any]) -> ET.Element:
             ET.SubElement(case, "failure", {"message": f"reproduced: {item['command']}"}).text = item.get("faults")
         else:
             ET.SubElement(case, "skipped", {"message": f"flaky: did not fail again when re-run: {item['command']}"})
-    return suite
+    return _printable_tree(suite)
 
 
 def render_html(report: dict[str, Any]) -> str:
-    e = lambda value: html.escape(str(value))  # noqa: E731
+    e = lambda value: html.escape(safe_files.printable(value))  # noqa: E731
     out = ["<!doctype html><html><head><meta charset='utf-8'>",
            f"<title>chaos soak: {e(report['scenario'])}</title><style>"
            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"

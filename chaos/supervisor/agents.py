@@ -14,15 +14,19 @@ the controller's clock with these offsets, so that no check compares two hosts' 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import select
+import selectors
 import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from chaos import control
+from chaos import control, safe_files
 from chaos.agent import protocol
+from chaos.supervisor import listener as listening
 
 REQUEST_TIMEOUT_S = 30.0
 """An agent that does not answer an order in this long is lost (its host hangs, or its link is cut)."""
@@ -50,6 +54,8 @@ class AgentInfo:
     """The Slurm job the agent runs in: the attempt's ranks step joins it (srun --jobid --overlap)."""
     swept: tuple[dict, ...] = ()
     """Processes of the run the agent found (and killed) on its host before starting anything."""
+    strangers: tuple[dict, ...] = ()
+    """Processes of other users carrying the run's token the agent found there then (never signalled)."""
 
 
 class RemoteProcess:
@@ -177,16 +183,18 @@ class AgentLink:
             return
         try:
             messages = self.reader.feed(data)
-        except ValueError:
-            self._lose("it sent something that is not JSON")
+        except control.MessageError as error:
+            self._lose(f"it sent something that is not a message: {error}")
             return
         for message in messages:
             if message.get("type") == "exit":
-                process = self.processes.get(message.get("pid"))
+                pid, returncode, signal_name = message.get("pid"), message.get("returncode"), message.get("signal")
+                process = self.processes.get(pid) if _is_int(pid) else None
                 if process is not None:
-                    process.report_exit(message.get("returncode"), message.get("signal"))
-            elif message.get("type") == "reply":
-                self._replies[message.get("id")] = message
+                    process.report_exit(returncode if _is_int(returncode) else None,
+                                        signal_name if isinstance(signal_name, str) else None)
+            elif message.get("type") == "reply" and _is_int(message.get("id")):
+                self._replies[message["id"]] = message
 
     def _lose(self, why: str) -> None:
         """The agent is gone (its host died, or the link): its ranks count as exited, how is unknown."""
@@ -209,20 +217,34 @@ def measure_clock(link: AgentLink, samples: int = protocol.CLOCK_SAMPLES) -> tup
         sent_mono, sent_wall = time.monotonic(), time.time()
         reply = link.request({"type": "clock"}, timeout_s=10.0)
         received_mono, received_wall = time.monotonic(), time.time()
-        sample = protocol.ClockSample(sent_mono, received_mono, float(reply["mono"]))
-        taken.append((sample, float(reply["wall"]) - (sent_wall + received_wall) / 2))
+        mono, wall = reply.get("mono"), reply.get("wall")
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in (mono, wall)):
+            link._lose(f"its clock reply is not two numbers: {safe_files.one_line(reply, 200)}")
+            raise AgentLost(link.lost)
+        sample = protocol.ClockSample(sent_mono, received_mono, float(mono))
+        taken.append((sample, float(wall) - (sent_wall + received_wall) / 2))
     best = protocol.best_offset([sample for sample, _ in taken])
     return best, next(wall for sample, wall in taken if sample is best)
 
 
 class AgentServer:
-    """The listener agents dial, for the whole run (agents are new every attempt)."""
+    """The listener agents dial, for the whole run (agents are new every attempt). Bound to the address the
+    cluster's nodes reach this host by (hosts: cluster needs the network); anyone there may connect, so a
+    connection's hello is read without ever blocking the loop, within listener.HELLO_DEADLINE_S, and it is
+    acted on only with the run's token (chaos.supervisor.listener has the other limits)."""
 
-    def __init__(self, token: str, bind_address: str) -> None:
+    MAX_REASONS = 20
+    """Refusals kept for the history per gather (the rest are counted): a flood of connections must not
+    become a flood of records."""
+
+    def __init__(self, token: str, bind_address: str = "127.0.0.1", run_id: str = "") -> None:
         self.token = token
-        self.listener = socket.create_server((bind_address, 0), backlog=256)
-        self.listener.setblocking(False)
-        self.address = f"{bind_address}:{self.listener.getsockname()[1]}"
+        self.run_id = run_id
+        """The run's public name, told to each agent it welcomes (its cgroup's name)."""
+        sock = socket.create_server((bind_address, 0), backlog=256)
+        self.guard = listening.Listener(sock)
+        self.listener = sock
+        self.address = f"{bind_address}:{sock.getsockname()[1]}"
 
     def gather(self, nodes: int, attempt: int, timeout_s: float,
                give_up: Callable[[], str | None]) -> tuple[dict[int, AgentLink], list[str]]:
@@ -231,69 +253,166 @@ class AgentServer:
         reasons connections were refused)."""
         links: dict[int, AgentLink] = {}
         refused: list[str] = []
-        pending: list[AgentLink] = []
+        dropped = 0
         deadline = time.monotonic() + timeout_s
-        while len(links) < nodes and time.monotonic() < deadline and give_up() is None:
-            readable, _, _ = select.select([self.listener, *[p.sock for p in pending]], [], [], 0.05)
-            if self.listener in readable:
-                try:
-                    sock, _ = self.listener.accept()
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    pending.append(AgentLink(sock, control.LineReader(sock)))
-                except (BlockingIOError, InterruptedError):
-                    pass
-            for link in [p for p in pending if p.sock in readable]:
-                pending.remove(link)
-                problem = self._welcome(link, nodes, attempt, links)
-                if problem is not None:
-                    refused.append(problem)
-                    link.close()
-                else:
-                    links[link.info.node] = link
-        for link in pending:
+        selector = selectors.DefaultSelector()  # not select.select: no limit on descriptor numbers
+        selector.register(self.listener, selectors.EVENT_READ, None)
+        pending: dict[socket.socket, float] = {}  # each connection without a hello yet -> its deadline
+
+        def refuse(link: AgentLink, why: str) -> None:
+            nonlocal dropped
+            if pending.pop(link.sock, None) is not None:
+                selector.unregister(link.sock)
             link.close()
+            if len(refused) < self.MAX_REASONS:
+                refused.append(why)
+            else:
+                dropped += 1
+
+        try:
+            while len(links) < nodes and time.monotonic() < deadline and give_up() is None:
+                for key, _ in selector.select(0.05):
+                    if key.data is None:
+                        for _ in range(listening.ACCEPTS_PER_WAKEUP):
+                            sock = self.guard.accept(len(pending) < listening.UNAUTHENTICATED_CAP + nodes)
+                            if sock is None:
+                                break
+                            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                            pending[sock] = time.monotonic() + listening.HELLO_DEADLINE_S
+                            selector.register(sock, selectors.EVENT_READ, AgentLink(sock, control.LineReader(sock)))
+                        continue
+                    link = key.data
+                    if link.sock not in pending:
+                        continue
+                    hello, problem = self._read_hello(link)
+                    if problem is not None:
+                        refuse(link, problem)
+                    elif hello is not None:
+                        pending.pop(link.sock)
+                        selector.unregister(link.sock)
+                        link.sock.setblocking(True)  # an authenticated agent's link: requests wait for replies
+                        problem = self._welcome(link, hello, nodes, attempt, links)
+                        if problem is not None:
+                            refuse(link, problem)
+                        else:
+                            links[link.info.node] = link
+                now = time.monotonic()
+                for sock, hello_deadline in list(pending.items()):
+                    if now >= hello_deadline:
+                        refuse(selector.get_key(sock).data,
+                               f"a connection that sent no hello within {listening.HELLO_DEADLINE_S:.0f} s")
+        finally:
+            for sock in pending:
+                sock.close()
+            selector.close()
+        dropped += self.guard.refused
+        self.guard.refused = 0
+        if dropped:
+            refused.append(f"{dropped} more connection(s) refused (over the limits, or without a valid hello)")
         return links, refused
 
-    def _welcome(self, link: AgentLink, nodes: int, attempt: int, links: dict[int, AgentLink]) -> str | None:
-        link.sock.settimeout(5.0)
+    @staticmethod
+    def _read_hello(link: AgentLink) -> tuple[dict | None, str | None]:
+        """(its hello, None) once complete, (None, None) while incomplete, (None, why) to drop it. Never blocks."""
         try:
-            hello = link.reader.read_message()
-        except (OSError, ValueError) as error:
-            return f"a connection that sent no hello ({error})"
-        finally:
-            link.sock.settimeout(None)
-        if hello is None or hello.get("type") != "agent_hello":
-            return f"a connection that sent no hello ({hello!r:.80})"
-        node = hello.get("node")
-        if not protocol.token_matches(hello.get("token"), self.token):
+            data = link.sock.recv(65536, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return None, None
+        except OSError as error:
+            return None, f"a connection that broke before its hello ({error.strerror})"
+        if not data:
+            return None, "a connection that closed before its hello"
+        try:
+            messages = link.reader.feed(data)
+        except control.MessageError as error:
+            return None, f"a connection that sent no hello ({error})"
+        if not messages:
+            return None, None
+        if len(messages) > 1:  # an agent says nothing more until it is welcomed
+            return None, "a connection that sent more than its hello"
+        return messages[0], None
+
+    def _welcome(self, link: AgentLink, hello: dict, nodes: int, attempt: int,
+                 links: dict[int, AgentLink]) -> str | None:
+        # authentication first: nothing else of a hello is looked at without the run's token
+        if hello.get("type") != "agent_hello" or not protocol.token_matches(hello.get("token"), self.token):
             why = "not this run's token"
-        elif hello.get("attempt") != attempt:  # a late agent of an earlier step
-            why = f"an agent of attempt {hello.get('attempt')!r} during attempt {attempt}"
-        elif not isinstance(node, int) or not 0 <= node < nodes:
-            why = f"node {node!r} outside 0..{nodes - 1}"
+            _send_quietly(link, {"type": "refused", "reason": why})
+            return f"refused a connection: {why}"
+        node = hello.get("node")
+        shape = _agent_hello_problem(hello)
+        if shape is not None:
+            why = shape
+        elif hello["attempt"] != attempt:  # a late agent of an earlier step
+            why = f"an agent of attempt {hello['attempt']} during attempt {attempt}"
+        elif not 0 <= node < nodes:
+            why = f"node {node} outside 0..{nodes - 1}"
         elif node in links:
             why = f"node {node} already has an agent"
         else:
             why = None
+        if why:
+            _send_quietly(link, {"type": "refused", "reason": why})
+            return (f"refused an agent from {safe_files.one_line(hello.get('host'), 100)!r} "
+                    f"(pid {safe_files.one_line(hello.get('pid'), 20)}): {why}")
         try:
-            control.send(link.sock, {"type": "refused", "reason": why} if why else {"type": "welcome"})
+            control.send(link.sock, {"type": "welcome", "run_id": self.run_id})
         except OSError as error:
             return f"agent for node {node} went away at its hello: {error}"
-        if why:
-            return f"refused an agent from {hello.get('host')!r} (pid {hello.get('pid')}): {why}"
         try:
             clock, wall_offset = measure_clock(link)
         except AgentLost as error:
             return f"agent for node {node} was lost while its clock was measured: {error}"
-        link.info = AgentInfo(node=node, host=str(hello.get("host")), pid=int(hello.get("pid", 0)),
-                              address=str(hello.get("address")), interface=hello.get("interface"),
-                              port=int(hello.get("port") or 0), swept=tuple(hello.get("swept") or ()),
-                              job_id=hello.get("job_id"),
+        link.info = AgentInfo(node=node, host=hello["host"], pid=hello["pid"], address=hello["address"],
+                              interface=hello.get("interface"), port=hello.get("port") or 0,
+                              swept=tuple(hello.get("swept") or ()), job_id=hello.get("job_id"),
+                              strangers=tuple(item for item in hello.get("strangers") or () if isinstance(item, dict)),
                               mono_offset_s=clock.offset_s, wall_offset_s=wall_offset, rtt_s=clock.rtt_s)
         return None
 
     def close(self) -> None:
-        self.listener.close()
+        self.guard.close()
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _agent_hello_problem(hello: dict) -> str | None:
+    """What is wrong with the shape of an (authenticated) agent's hello; None when every field is as sent by
+    chaos.agent.host."""
+    expected = {"attempt": _is_int, "node": _is_int, "pid": _is_int, "host": lambda v: isinstance(v, str),
+                "address": _is_address, "interface": lambda v: v is None or isinstance(v, str),
+                "port": lambda v: v is None or (_is_int(v) and 0 <= v < 65536),
+                "job_id": lambda v: v is None or isinstance(v, str),
+                "swept": lambda v: v is None or (isinstance(v, list) and all(_is_swept(item) for item in v)),
+                "strangers": lambda v: v is None or isinstance(v, list)}
+    wrong = [name for name, check in expected.items() if not check(hello.get(name))]
+    return f"a malformed hello (field(s) {', '.join(wrong)})" if wrong else None
+
+
+def _is_address(value: object) -> bool:
+    """An IP address (the rendezvous address other nodes are told), nothing else."""
+    if not isinstance(value, str):
+        return False
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_swept(item: object) -> bool:
+    return (isinstance(item, dict) and _is_int(item.get("pid")) and isinstance(item.get("command"), str)
+            and isinstance(item.get("alive_after_sigkill"), bool))
+
+
+def _send_quietly(link: AgentLink, message: dict) -> None:
+    """A refusal: one short line, never waiting on a peer that does not read."""
+    try:
+        link.sock.send((json.dumps(message) + "\n").encode(), socket.MSG_DONTWAIT)
+    except OSError:
+        pass
 
 
 def teardown_all(links: dict[int, AgentLink], grace_s: float) -> dict[int, dict]:

@@ -20,14 +20,17 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 from chaos import control
 from chaos import faults as nemesis
 from chaos import history
+from chaos import safe_files
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, cores_for_warm_spares
 from chaos.supervisor import launcher, lifeline, slurm_task
+from chaos.supervisor import listener as listening
 from chaos.supervisor.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
 from chaos.supervisor.control_server import Connection
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time, environ_has,
-                                        returncode_signal, still_running, sweep_token_holders, teardown)
+                                        returncode_signal, still_running, stranger_fields, sweep_token_holders,
+                                        teardown)
 from chaos.supervisor.records import (AGENT_EXIT, AGENT_LOST, AGENT_REFUSED, CORRUPTED, LIFELINE, OBSERVED,
                                       OBSERVER, RANK_REJECTED, SLURMD_RESTARTED)
 
@@ -46,10 +49,16 @@ class _HistoryTail:
     """Follows one rank's history file incrementally: progress (it grew), the latest step and phase, and
     the train_end reason."""
 
+    PARTIAL_LINE_LIMIT = 1 << 20
+    """Bytes of an unterminated line kept between polls: a rank writing hundreds of MiB without a newline
+    must not make every tick copy them (no record of the probe's comes near this)."""
+
     def __init__(self, path: Path) -> None:
+        from chaos import safe_files
+
         self.path = path
         self._file: BinaryIO | None = None  # opened once the rank has created it, then kept (polled every tick)
-        self._partial = b""
+        self._lines = safe_files.LineSplitter(self.PARTIAL_LINE_LIMIT)
         self.step: int | None = None
         self.phase: str | None = None
         self.train_end: str | None = None
@@ -59,36 +68,47 @@ class _HistoryTail:
         """The rank is past its start (a busy_end or a step seen): its imports are over."""
 
     def poll(self) -> bool:
+        from chaos import safe_files
+
         if self._file is None:
-            try:
-                self._file = open(self.path, "rb")
-            except FileNotFoundError:
+            try:  # never through a link, never blocking on a FIFO planted under the history's name
+                self._file = open(safe_files.open_regular(self.path), "rb")
+            except OSError:
                 return False
-        data = self._file.read()  # from where the last poll stopped up to what is written now
-        if not data:
-            return False
-        lines = (self._partial + data).split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if record.get("step") is not None:
-                self.step = record["step"]
-                self.working = True
-            if record.get("event") == history.POINT:
-                self.phase = record.get("phase")
-            elif record.get("event") == history.LEAVE:
-                self.phase = None
-            elif record.get("event") == history.TRAIN_END:
-                self.train_end = record.get("reason")
-            elif record.get("event") == history.BUSY:
-                self.busy = record.get("what") or "busy"
-            elif record.get("event") == history.BUSY_END:
-                self.busy = None
-                self.working = True
-        return True
+        grew = False
+        # From where the last poll stopped, a block at a time, up to what is written now; at most 64 blocks a
+        # tick, so a rank writing without pause cannot keep the supervisor here (the next tick goes on).
+        for _ in range(64):
+            data = self._file.read(self.PARTIAL_LINE_LIMIT)
+            if not data:
+                break
+            grew = True
+            for line, cut in self._lines.feed(data):
+                if not cut:
+                    self._take(line)
+        return grew
+
+    def _take(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(record, dict):
+            return
+        if record.get("step") is not None:
+            self.step = record["step"]
+            self.working = True
+        if record.get("event") == history.POINT:
+            self.phase = record.get("phase")
+        elif record.get("event") == history.LEAVE:
+            self.phase = None
+        elif record.get("event") == history.TRAIN_END:
+            self.train_end = record.get("reason")
+        elif record.get("event") == history.BUSY:
+            self.busy = record.get("what") or "busy"
+        elif record.get("event") == history.BUSY_END:
+            self.busy = None
+            self.working = True
 
     def close(self) -> None:
         if self._file is not None:
@@ -183,12 +203,18 @@ class Attempt:
                 self.cgroup.remove()
             # the independent witness: whatever escaped the tree, the groups and the cgroup carries the token
             leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.sup.run_token}",
-                                         exclude=set(self.sup.spares.pids()) if self.sup.spares else set())
+                                         exclude=set(self.sup.spares.pids()) if self.sup.spares else set(),
+                                         table=self.table)
             survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
-            leaked_fields = [{"pid": item.pid, "command": item.command} for item in leaked]
+            leaked_fields = [{"pid": item.pid, "command": item.command, "tied_by": item.tied_by} for item in leaked]
+            for stranger in leaked.strangers:  # another user's process with the token: reported, not the job's
+                self.sup.record(history.SECURITY_EVENT, attempt=self.number, **stranger.to_fields())
             for answer in on_hosts:
                 survivors += answer.get("survivors") or []
                 leaked_fields += [{**item, "node": answer["node"]} for item in answer.get("leaked") or []]
+                for stranger in answer.get("strangers") or []:
+                    self.sup.record(history.SECURITY_EVENT, attempt=self.number, node=answer.get("node"),
+                                    **stranger_fields(stranger))
             self.sup.watchdog.release_all()
             if self.observed is not None:
                 self._observe(final=True)  # what the ranks wrote before they died
@@ -198,6 +224,12 @@ class Attempt:
                             sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
                             leaked=leaked_fields, **({"hosts": on_hosts} if self.links else {}))
             self._report_late_exits()
+            if server.rejected_count:
+                self.sup.record(RANK_REJECTED, attempt=self.number, rank=None, pid=None,
+                                reason=f"{server.rejected_count} connection(s) to the control socket dropped before a "
+                                       f"hello with this run's token: {'; '.join(server.rejected)}")
+                server.rejected.clear()
+                server.rejected_count = 0
             server.drop_all()
             self.selector.unregister(server.listener)
             self.selector.unregister(self.sup.interrupt.read_fd)
@@ -217,7 +249,8 @@ class Attempt:
         self._make_cgroup()
         plan = launcher.AttemptLaunch(self.number, self.directory, port, self.control_path,
                                       self.cgroup.procs_file if self.cgroup else None,
-                                      run_dir=str(self.sup.run_dir), run_token=self.sup.run_token)
+                                      run_dir=str(self.sup.run_dir), run_token=self.sup.run_token,
+                                      run_id=self.sup.run_id)
         self.launch_mono = time.monotonic()
         if self.sup.slurm is not None:
             if self.sup.slurm.cgroup is not None:  # guarded again: the last attempt's end released every guard
@@ -271,6 +304,8 @@ class Attempt:
                             address=info.address, interface=info.interface, port=info.port, swept=list(info.swept),
                             mono_offset_s=round(info.mono_offset_s, 6), wall_offset_s=round(info.wall_offset_s, 6),
                             rtt_s=round(info.rtt_s, 6))
+            for stranger in info.strangers:  # found by the agent's sweep before it started anything
+                self.sup.record(history.SECURITY_EVENT, attempt=self.number, node=node, **stranger_fields(stranger))
             self.selector.register(link.sock, selectors.EVENT_READ, ("agent", link))
         if len(links) < self.spec.nodes:
             missing = sorted(set(range(self.spec.nodes)) - set(links))
@@ -376,34 +411,58 @@ class Attempt:
     # ---- events ---------------------------------------------------------------------------------------
     def _accept(self) -> None:
         server = self.sup.server
-        while True:
+        server.expected = self.spec.world_size
+        for _ in range(listening.ACCEPTS_PER_WAKEUP):  # the rest at the next wakeup: the loop has other work
             connection = server.accept()
             if connection is None:
                 return
             self.selector.register(connection.sock, selectors.EVENT_READ, ("message", connection))
 
+    def _drop_overdue(self, now: float) -> None:
+        """A connection without an accepted hello past its deadline is dropped (what it sent is read first: a
+        hello that came while the loop was busy still counts)."""
+        server = self.sup.server
+        for connection in server.overdue(now):
+            self._on_readable(connection)
+            if connection.rank is None and not connection.closed:
+                server.reject(connection, f"no hello within {listening.HELLO_DEADLINE_S:.0f} s")
+
     def _on_readable(self, connection: Connection) -> None:
         for message in self.sup.server.receive(connection):
+            if connection.closed:
+                return  # dropped by an earlier message of the same read
             kind = message.get("type")
-            if kind == "hello":
-                self._on_hello(connection, message)
+            if connection.rank is None:  # nothing is acted on before a hello with the run's token
+                if kind == "hello" and control.token_matches(message.get("token"), self.sup.run_token):
+                    self._on_hello(connection, message)
+                else:
+                    self.sup.server.reject(connection, "its first message was not a hello with this run's token")
             elif kind == "held":
                 self._on_held(connection, message)
 
     def _on_hello(self, connection: Connection, message: dict) -> None:
-        rank, pid, attempt = message.get("rank"), message.get("pid"), message.get("attempt")
+        """A hello with the run's token (checked by the caller): the rank it names is accepted only when the
+        process that holds this connection is the one we launched as that rank (or its descendant)."""
+        rank, pid, attempt, host = message.get("rank"), message.get("pid"), message.get("attempt"), message.get("host")
         problem = None
-        if self.sup.server.tcp and message.get("token") != self.sup.run_token:
-            problem = "a hello over TCP without this run's token"
+        if not _is_int(attempt) or not _is_int(rank) or not _is_int(pid) or not isinstance(host, (str, type(None))):
+            problem = ("a hello whose rank, pid or attempt is not an integer (or host not a string): "
+                       f"{safe_files.one_line(message, 200)}")
         elif attempt != self.number:
             problem = f"hello for attempt {attempt} during attempt {self.number} (a straggler)"
-        elif not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
-            problem = f"rank {rank!r} outside 0..{self.spec.world_size - 1}"
+        elif not 0 <= rank < self.spec.world_size:
+            problem = f"rank {rank} outside 0..{self.spec.world_size - 1}"
+        elif connection.peer_pid is not None and pid != connection.peer_pid:
+            # SO_PEERCRED: the kernel's word on who connected. A process naming another's pid is an impostor,
+            # refused before its claim is looked at, so it can neither take the rank nor make the real one
+            # "say hello twice".
+            problem = f"the hello says pid {pid} but pid {connection.peer_pid} connected (the kernel's SO_PEERCRED)"
         elif rank in self.ranks:
             problem = f"rank {rank} said hello twice"
-        process = None if problem else self._verify_rank(rank, pid, message.get("host"))
+        process = None if problem else self._verify_rank(rank, pid, host, connection)
         if process is None:
-            self.sup.record(RANK_REJECTED, attempt=self.number, rank=rank, pid=pid,
+            self.sup.record(RANK_REJECTED, attempt=self.number, rank=rank if _is_int(rank) else None,
+                            pid=pid if _is_int(pid) else None,
                             reason=problem or "not a process of this attempt (not launched by us, nor a descendant)")
             self.sup.server.drop(connection)  # the probe sees EOF instead of a plan and exits
             return
@@ -421,9 +480,12 @@ class Attempt:
         if len(self.ranks) == self.spec.world_size:
             self.last_progress = time.monotonic()
 
-    def _verify_rank(self, rank: int, pid: object, host: object = None) -> TrackedProcess | RemoteProcess | None:
-        """The rank process behind a hello, only if it is one we launched or a descendant of one."""
-        if not isinstance(pid, int):
+    def _verify_rank(self, rank: int, pid: object, host: object = None,
+                     connection: Connection | None = None) -> TrackedProcess | RemoteProcess | None:
+        """The rank process behind a hello, only if it is one we launched or a descendant of one. On the Unix
+        socket `pid` is the kernel's (the caller refused a hello naming another); on TCP the rank's agent
+        vouches that `pid` holds the connection (_verify_remote_rank)."""
+        if not _is_int(pid):
             return None
         if self.config.launcher == "direct":
             launched = next(p for p in self.table.launched if p.rank == rank)
@@ -433,7 +495,7 @@ class Attempt:
                 return None
             node = launched.node
         elif self.links:
-            return self._verify_remote_rank(rank, pid, host)
+            return self._verify_remote_rank(rank, pid, host, connection)
         elif self.config.launcher == "slurm":
             # a Slurm task's parent is the node's slurmstepd, not a process of ours: it is ours when it carries
             # this run's token and attempt (only what we started through srun does), on one of our hosts
@@ -455,13 +517,29 @@ class Attempt:
             self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         return process
 
-    def _verify_remote_rank(self, rank: int, pid: int, host: object) -> RemoteProcess | None:
+    def _verify_remote_rank(self, rank: int, pid: int, host: object,
+                            connection: Connection | None) -> RemoteProcess | None:
         """On another host the pid means something only to that host's agent: the rank it started there
-        (launcher: slurm), or a worker of the torchrun it started there, which it then adopts."""
+        (launcher: slurm), or a worker of the torchrun it started there, which it then adopts.
+
+        A hello's pid is only a claim. The agent accepts it only if process `pid` on its host holds the socket
+        of this very connection: the TCP connection's two ends (address, port) name one socket in that host's
+        network namespace (/proc/PID/net/tcp gives its inode), and a process holds that socket only if it
+        made it or was handed it (/proc/PID/fd). So an impostor, even one with the run's token on the same
+        host, cannot be taken for another rank's process: the pid it names does not hold its connection."""
+        if connection is None or connection.peer is None or connection.local is None:
+            return None
+        holds = {"connection": {"rank_end": list(connection.peer), "controller_end": list(connection.local)}}
         started = next((p for p in self.table.launched if isinstance(p, RemoteProcess) and p.role == "rank"
                         and p.rank == rank), None)
         if started is not None:
-            if started.pid != pid:
+            if started.pid != pid or started.link.lost is not None:
+                return None
+            try:
+                answer = started.link.request({"type": "vouch", "pid": pid, **holds})
+            except AgentLost:
+                return None
+            if answer.get("holds") is not True:
                 return None
             self.table.ranks[rank] = started
             return started
@@ -471,7 +549,7 @@ class Attempt:
         try:
             exit_file = slurm_task.exit_status_path(self.directory, rank) if self.config.launcher == "slurm" else None
             answer = link.request({"type": "adopt", "pid": pid, "rank": rank,
-                                   "exit_file": str(exit_file) if exit_file else None})
+                                   "exit_file": str(exit_file) if exit_file else None, **holds})
         except AgentLost:
             return None
         if not answer.get("adopted"):
@@ -483,14 +561,18 @@ class Attempt:
         return process
 
     def _on_held(self, connection: Connection, message: dict) -> None:
-        state = self.faults.get(message.get("fault_id"))
+        fault_id, step, phase, index = (message.get(key) for key in ("fault_id", "step", "phase", "index"))
+        if not isinstance(fault_id, str) or not isinstance(phase, (str, type(None))) \
+                or not all(value is None or _is_int(value) for value in (step, index)):
+            self.sup.server.drop(connection)  # not what a probe sends: no value of it is used
+            return
+        state = self.faults.get(fault_id)
         rank = self.ranks.get(connection.rank)
         if state is None or rank is None:
-            connection.send({"type": "release", "fault_id": message.get("fault_id")})
+            connection.send({"type": "release", "fault_id": fault_id})
             return
         now = time.monotonic()
-        hold = {"step": message.get("step"), "phase": message.get("phase"), "index": message.get("index"),
-                "since": now}
+        hold = {"step": step, "phase": phase, "index": index, "since": now}
         state.held[rank.rank] = hold
         rank.held[state.fault.id] = hold
         if state.gather_deadline is None:
@@ -572,7 +654,7 @@ class Attempt:
         targets = [self.ranks[r].process for r in ranks]
         extra = self._agents_taken_with(fault)
         context = nemesis.FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir,
-                                       cgroup_name=f"chaos-{self.sup.run_token}-a{self.number:02d}-{fault.id}",
+                                       cgroup_name=f"chaos-{self.sup.run_id}-a{self.number:02d}-{fault.id}",
                                        hosts=self.sup.hosts, node=fault.target.node)
         try:
             result = nemesis.execute(fault.action, context)
@@ -694,7 +776,7 @@ class Attempt:
     def _make_cgroup(self) -> None:
         if not self.sup.cgroups:
             return
-        self.cgroup, why_not = lifeline.create_attempt_cgroup(self.sup.run_token, self.number)
+        self.cgroup, why_not = lifeline.create_attempt_cgroup(self.sup.run_id, self.number)  # a name: the public id
         if self.cgroup is not None:
             self.sup.watchdog.guard_cgroup(self.cgroup)
         else:
@@ -742,6 +824,7 @@ class Attempt:
     # ---- periodic work ----------------------------------------------------------------------------------
     def _periodic(self) -> None:
         now = time.monotonic()
+        self._drop_overdue(now)
         if self.observed is not None:
             self._observe()
         grew = False
@@ -826,6 +909,10 @@ class Attempt:
             self._exit_reported.add(id(process))
             self.sup.record(history.RANK_EXIT, attempt=self.number, rank=process.rank, pid=process.pid,
                             returncode=returncode, signal=signal_name, during_teardown=True)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _last_lines(path: Path, count: int = 5) -> str:

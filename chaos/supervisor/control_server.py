@@ -7,7 +7,12 @@ by a path of ~40 characters that stays valid exactly as long as the supervisor l
 ranks may connect).
 
 Ranks on other hosts (hosts: cluster) cannot reach a Unix socket: there the server listens on TCP
-(`tcp://ADDRESS:PORT` in CHAOS_CONTROL_SOCKET) and a hello must carry the run's token.
+(`tcp://ADDRESS:PORT` in CHAOS_CONTROL_SOCKET), on the address the cluster's nodes reach this host by.
+
+Either way a connection's hello must carry the run's token before anything it sends is acted on, and the
+limits of chaos.supervisor.listener hold (a hello deadline, a cap on connections without one, accept errors
+kept in). Who a rank is comes from the kernel, not from its hello: on the Unix socket the pid that connected
+(SO_PEERCRED); on TCP the pid the agent on the rank's host finds holding the connection's socket.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from __future__ import annotations
 import os
 import selectors
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos import control
+from chaos.supervisor import listener as listening
 
 SOCKET_NAME = "control.sock"
 MAX_SOCKET_PATH = 100
@@ -30,6 +37,14 @@ class Connection:
     reader: control.LineReader
     rank: int | None = None  # set once its hello is verified
     closed: bool = False
+    peer_pid: int | None = None
+    """Unix socket: the pid that connected, from the kernel (SO_PEERCRED); a hello saying another is refused."""
+    peer: tuple[str, int] | None = None
+    """TCP: the rank's end of the connection (address, port), as this host sees it."""
+    local: tuple[str, int] | None = None
+    """TCP: this end (the address and port the rank connected to)."""
+    deadline_mono: float = 0.0
+    """Dropped if still without an accepted hello at this time (listener.HELLO_DEADLINE_S after its accept)."""
 
     def send(self, message: dict) -> bool:
         """False when the rank is gone (a dead or dying rank never fails the supervisor)."""
@@ -52,13 +67,19 @@ class ControlServer:
     """Connections are registered here by the supervisor; dropped ones are unregistered before closing."""
     _dir_fd: int | None = None
     tcp: bool = False
-    """Listening on TCP: hellos are checked against the run token (anyone on the network may connect)."""
+    """Listening on TCP (hosts: cluster): anyone on the network may connect."""
+    expected: int = 0
+    """Connections the run itself makes at once (its ranks): allowed on top of listener.UNAUTHENTICATED_CAP."""
+    rejected: list[str] = field(default_factory=list)
+    """Why connections were dropped before an accepted hello (the first few; `rejected_count` counts all)."""
+    rejected_count: int = 0
+    _guard: listening.Listener | None = None
 
-    def start_tcp(self, bind_address: str) -> str:
+    def start_tcp(self, bind_address: str = "127.0.0.1") -> str:
         """Listens on TCP at `bind_address` (a port the kernel picks); returns what ranks connect to."""
         listener = socket.create_server((bind_address, 0), backlog=256)
-        listener.setblocking(False)
         self.listener, self.tcp = listener, True
+        self._guard = listening.Listener(listener)
         self.path = f"{control.TCP_PREFIX}{bind_address}:{listener.getsockname()[1]}"
         return self.path
 
@@ -75,23 +96,47 @@ class ControlServer:
             self.path = f"/proc/{os.getpid()}/fd/{self._dir_fd}/{SOCKET_NAME}"
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(self.path)
+        os.chmod(self.path, 0o600)  # connecting needs write permission: only our user (ranks run as it) may
         listener.listen(256)
-        listener.setblocking(False)
         self.listener = listener
+        self._guard = listening.Listener(listener)
         return self.path
 
+    def unauthenticated(self) -> list[Connection]:
+        return [c for c in self.connections.values() if c.rank is None and not c.closed]
+
     def accept(self) -> Connection | None:
-        assert self.listener is not None
-        try:
-            sock, _ = self.listener.accept()
-        except (BlockingIOError, InterruptedError):
+        """The next waiting connection, or None when none waits. Over the cap on connections without a hello,
+        a new one is closed at once; accept's errors (out of descriptors included) never escape."""
+        assert self._guard is not None
+        room = len(self.unauthenticated()) < listening.UNAUTHENTICATED_CAP + self.expected
+        sock = self._guard.accept(room)
+        if sock is None:
             return None
-        sock.setblocking(False)
+        connection = Connection(sock=sock, reader=control.LineReader(sock),
+                                deadline_mono=time.monotonic() + listening.HELLO_DEADLINE_S)
         if self.tcp:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a hold's answer must not wait 40 ms
-        connection = Connection(sock=sock, reader=control.LineReader(sock))
+            try:
+                connection.peer, connection.local = sock.getpeername()[:2], sock.getsockname()[:2]
+            except OSError:  # already gone
+                sock.close()
+                return self.accept()
+        else:
+            connection.peer_pid = listening.peer_pid(sock)
         self.connections[sock.fileno()] = connection
         return connection
+
+    def reject(self, connection: Connection, why: str) -> None:
+        """Drops a connection that has not (or not validly) said hello; the first few reasons are kept."""
+        self.rejected_count += 1
+        if len(self.rejected) < 10:
+            self.rejected.append(why)
+        self.drop(connection)
+
+    def overdue(self, now: float) -> list[Connection]:
+        """Connections still without an accepted hello past their deadline."""
+        return [c for c in self.unauthenticated() if now >= c.deadline_mono]
 
     def receive(self, connection: Connection) -> list[dict]:
         """The complete messages now readable; marks the connection closed at EOF."""
@@ -106,8 +151,11 @@ class ControlServer:
             return []
         try:
             return connection.reader.feed(data)
-        except ValueError:
-            self.drop(connection)
+        except control.MessageError as error:
+            if connection.rank is None:
+                self.reject(connection, str(error))
+            else:
+                self.drop(connection)
             return []
 
     def drop(self, connection: Connection) -> None:
@@ -134,7 +182,11 @@ class ControlServer:
                     self.selector.unregister(self.listener)
                 except (KeyError, ValueError):
                     pass
-            self.listener.close()
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
+            else:
+                self.listener.close()
             self.listener = None
         try:
             (self.run_dir / SOCKET_NAME).unlink()

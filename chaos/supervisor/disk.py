@@ -26,7 +26,7 @@ class DiskReserve:
     def take(self) -> None:
         """Best effort: on a filesystem already too full for it, the run will stop at its first failed write."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
                 try:
                     os.posix_fallocate(fd, 0, RESERVE_BYTES)  # real blocks, not a sparse promise

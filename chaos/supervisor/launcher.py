@@ -19,6 +19,7 @@ from typing import Literal, Mapping
 
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fixed
 
+from chaos import safe_files
 from chaos import control
 from chaos.errors import InfrastructureError
 from chaos.supervisor import hosts as hosts_module
@@ -57,7 +58,10 @@ class AttemptLaunch:
     """The attempt's cgroup (chaos.supervisor.lifeline): every launched process joins it before exec."""
     run_dir: str = ""
     run_token: str = ""
-    """The run's identity (control.RUN_TOKEN_FILE in run_dir); empty: none is checked."""
+    """The run's secret (control.RUN_TOKEN_FILE in run_dir): in the ranks' environment only, never in argv or
+    a name; empty: none is checked."""
+    run_id: str = ""
+    """The run's public name: what Slurm job names carry (squeue and ps show them to every user)."""
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
@@ -82,7 +86,7 @@ def chaos_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
 
 def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | None = None,
            cgroup_procs: str | None = None) -> subprocess.Popen:
-    log = open(log_path, "ab")
+    log = safe_files.open_append(log_path)
     try:
         # preexec: join the attempt's cgroup and die with the supervisor (chaos.supervisor.lifeline); the
         # supervisor launches from one thread, the one PR_SET_PDEATHSIG watches.
@@ -214,7 +218,7 @@ def launch_slurm(spec: LaunchSpec, launch: AttemptLaunch, cluster: PrivateSlurm)
     if launch.cgroup_procs:  # each task joins it before exec (slurmstepd, not we, is its parent)
         env[slurm_task.ENV_CGROUP_PROCS] = launch.cgroup_procs
     argv = slurm_module.srun_argv(cluster, list(spec.argv), spec.world_size, spec.nodes,
-                                  job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                  job_name=f"chaos-a{launch.attempt}-{launch.run_id}",
                                   output=launch.directory / "rank-%t.out", cwd=spec.cwd)
     return [_spawn_srun(argv, env, launch.directory / "srun.out", spec, launch)]
 
@@ -245,7 +249,7 @@ def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> T
     # run on a node (chaos inside an allocation); the ranks get CHAOS_RUN_TOKEN from their own step or order
     env[agent_protocol.ENV_AGENT_TOKEN] = env.pop(control.ENV_RUN_TOKEN)
     argv = slurm_cluster.agents_srun_argv(spec.nodes, spec.ranks_per_node, launch.attempt, controller,
-                                          job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                          job_name=f"chaos-a{launch.attempt}-{launch.run_id}",
                                           output=launch.directory / "agent-%n.out", cwd=spec.cwd)
     return _spawn_srun(argv, env, launch.directory / "srun.out", spec, launch)
 
@@ -265,7 +269,7 @@ def launch_cluster_tasks(spec: LaunchSpec, launch: AttemptLaunch, agents: Mappin
     if _gloo_interface_unset(spec):
         env[slurm_task.ENV_IFNAMES] = ",".join(f"{a.host}={a.interface}" for a in agents.values() if a.interface)
     argv = slurm_cluster.tasks_srun_argv(list(spec.argv), spec.world_size, spec.nodes, str(agents[0].job_id),
-                                         job_name=f"chaos-a{launch.attempt}-{launch.run_token}",
+                                         job_name=f"chaos-a{launch.attempt}-{launch.run_id}",
                                          output=launch.directory / "rank-%t.out", cwd=spec.cwd)
     return _spawn_srun(argv, env, launch.directory / "srun-ranks.out", spec, launch)
 

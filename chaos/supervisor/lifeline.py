@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from chaos.supervisor import watchdog
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -103,11 +105,8 @@ class AttemptCgroup:
             try:
                 (self.path / "cgroup.kill").write_text("1")
             except OSError:
-                for pid in present:  # an older kernel without cgroup.kill
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                for pid in present:  # an older kernel without cgroup.kill: each one checked under a pidfd
+                    watchdog.kill_verified(pid, watchdog.in_cgroup(self.path))
             deadline = time.monotonic() + timeout_s
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.005)
@@ -120,9 +119,9 @@ class AttemptCgroup:
             pass
 
 
-def create_attempt_cgroup(run_token: str, attempt: int) -> tuple[AttemptCgroup | None, str | None]:
+def create_attempt_cgroup(run_id: str, attempt: int) -> tuple[AttemptCgroup | None, str | None]:
     """(the attempt's cgroup, None) or (None, why not)."""
-    return create_cgroup(f"chaos-{run_token}-attempt-{attempt:02d}")
+    return create_cgroup(f"chaos-{run_id}-attempt-{attempt:02d}")
 
 
 def create_cgroup(name: str) -> tuple[AttemptCgroup | None, str | None]:

@@ -1,11 +1,18 @@
 """The processes of one attempt: who they are, how to signal them safely, and how to make sure they are gone.
 
 Safety first: the supervisor must never signal a process it did not start. Every process it may signal is
-known by (pid, create_time) and, once verified, by a pidfd. Signals go through the pidfd
-(`pidfd_send_signal`), which names that process and no other even if its pid is reused; a process known
-only by pid is signalled only after psutil confirms the pid still has the recorded create_time.
-Process-group signals (`killpg`) are sent only while the group leader is alive or an unreaped zombie
-(our own children are reaped only after teardown, see `exit_status`), so the group id cannot be reused.
+held by a pidfd, opened when the process was first recorded and kept from then on: `pidfd_open` first, the
+identity (create_time, and the parent or group that made it ours) read after, and the pidfd kept only if the
+process was still running once everything was read, so every read described the process the pidfd names.
+Signals go through the pidfd (`pidfd_send_signal`), which names that process and no other: once it has
+exited the signal fails (ESRCH) instead of reaching whoever got its pid. No bare pid from an earlier record is
+ever signalled. Process-group signals (`killpg`) are sent only while the group leader holds its pid: our own
+unreaped child (reaped only after teardown, see `exit_status`) or a process whose pidfd says it is running
+at that instant; the kernel never reuses a pid while it is in use, so the group id is still the leader's.
+
+The run-token sweep (`sweep_token_holders`) ends what escaped everything else, but only the run's: a process
+that carries the token while running as another user was not started by the run (the run's processes all
+run as its user) and is reported (`Stranger`), never signalled.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from chaos.safe_files import one_line
 
 #: Signals whose default action ends the process: after delivering one the supervisor waits for the death
 #: instead of releasing the held rank.
@@ -106,6 +115,14 @@ class TrackedProcess:
             return not readable
         return is_same_process(self.pid, self.create_time)
 
+    def holds_pid(self) -> bool:
+        """Whether `pid` still names this process now: our unreaped child (alive or a zombie only we reap),
+        or a process whose pidfd says it is running. An adopted process that has exited has not: its
+        parent reaps it, and its pid (and so its group id) may already be someone else's."""
+        if self.popen is not None and self.popen.returncode is None:
+            return True
+        return self.pidfd is not None and not pidfd_exited(self.pidfd)
+
     def exit_status(self) -> tuple[int | None, str | None]:
         """(returncode, signal name) of a process that has exited, without reaping our child (WNOWAIT keeps
         the zombie, so its pid and process group stay ours until `reap`). For a process that is not our
@@ -159,10 +176,10 @@ class TrackedProcess:
         try:
             if self.pidfd is not None:
                 signal.pidfd_send_signal(self.pidfd, signum)
-            elif is_same_process(self.pid, self.create_time):
-                os.kill(self.pid, signum)
+            elif self.popen is not None and self.popen.returncode is None:
+                os.kill(self.pid, signum)  # our unreaped child: its pid is still its own
             else:
-                return False
+                return False  # known only by a pid that may have been reused since
         except ProcessLookupError:
             return False
         self.last_signal = signal_name
@@ -171,9 +188,13 @@ class TrackedProcess:
 
     def send_group(self, signal_name: str) -> bool:
         """Signals the process group this process leads (it was started in a new session), so its children
-        get it too. Only while the leader is alive or our unreaped zombie, so the group id is still ours."""
+        get it too. Only while the leader holds its pid (`holds_pid`), so the group id is still its own.
+        For our own child that is exact (its zombie keeps the pid until we reap it). For an adopted leader
+        (a torchrun worker, a Slurm task: another process reaps it) the pidfd is asked right before
+        `killpg`; what remains is the window between those two system calls, in which the leader would have
+        to exit, be reaped, every member of its group end and its pid be handed to a new group leader."""
         signum = signal.Signals[signal_name]
-        if not self.alive() and not (self.popen is not None and self.popen.returncode is None):
+        if not self.holds_pid():
             return False
         try:
             os.killpg(self.pid, signum)
@@ -197,6 +218,29 @@ class TrackedProcess:
         if self.pidfd is not None:
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def pidfd_exited(pidfd: int) -> bool:
+    """The process a pidfd names has exited (a zombie included): the pidfd is readable."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def open_verified(pid: int, expected_create_time: float, still_ours=None) -> int | None:
+    """A pidfd of `pid`, only if the process it names is the one recorded: opened first, then the pid's
+    create_time (and `still_ours(pid)`, the parent or group that made it ours) read, then the pidfd asked
+    whether that process is still running. If it is, every read described it (its pid was never free in
+    between); otherwise None and nothing is kept."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    if create_time(pid) == expected_create_time and (still_ours is None or still_ours(pid)) \
+            and not pidfd_exited(pidfd):
+        return pidfd
+    os.close(pidfd)
+    return None
 
 
 def _signal_name(signum: int | None) -> str | None:
@@ -229,11 +273,14 @@ def _zombie_wait_status(pid: int) -> int | None:
 @dataclass
 class ProcessTable:
     """Every process of one attempt: the ones we launched, the ranks we verified, and every descendant we
-    have seen (recorded by (pid, create_time) so that teardown can verify them even once orphaned)."""
+    have seen (recorded by (pid, create_time) and held by a pidfd opened while it was verified ours, so that
+    teardown can signal exactly it even once orphaned, and never whoever gets its pid afterwards)."""
 
     launched: list[TrackedProcess] = field(default_factory=list)
     ranks: dict[int, TrackedProcess] = field(default_factory=dict)
     descendants: dict[int, float] = field(default_factory=dict)
+    pidfds: dict[int, int] = field(default_factory=dict)
+    """pid -> pidfd of each recorded descendant still held (see `_record`)."""
 
     def all_tracked(self) -> list[TrackedProcess]:
         seen, result = set(), []
@@ -243,16 +290,53 @@ class ProcessTable:
                 result.append(process)
         return result
 
+    def _record(self, pid: int, started: float, still_ours=None) -> bool:
+        """Records `pid` as the run's, held by a pidfd (`open_verified`). A record of an earlier process
+        that had this pid and has exited is replaced. True when it is recorded (now or before)."""
+        held = self.pidfds.get(pid)
+        if held is not None:
+            if self.descendants.get(pid) == started and not pidfd_exited(held):
+                return True
+            os.close(self.pidfds.pop(pid))
+        pidfd = open_verified(pid, started, still_ours)
+        if pidfd is None:
+            return False
+        self.descendants[pid] = started
+        self.pidfds[pid] = pidfd
+        return True
+
+    def forget_exited(self) -> None:
+        """Lets go of the descendants that have exited (their pidfds would pile up over a long run)."""
+        for pid, pidfd in list(self.pidfds.items()):
+            if pidfd_exited(pidfd):
+                os.close(self.pidfds.pop(pid))
+                self.descendants.pop(pid, None)
+
+    def close_descendants(self) -> None:
+        """Closes every descendant's pidfd (after teardown); the (pid, create_time) records stay."""
+        for pidfd in self.pidfds.values():
+            os.close(pidfd)
+        self.pidfds.clear()
+
+    def _local(self) -> list[TrackedProcess]:
+        """The tracked processes on this host (not a rank an agent owns on another: its pid is not ours)."""
+        return [p for p in self.all_tracked() if isinstance(p, TrackedProcess)]
+
+    def _local_holders(self) -> dict[int, TrackedProcess]:
+        return {p.pid: p for p in self._local() if p.holds_pid()}
+
     def record_descendants(self) -> None:
         """Records every live descendant of our live processes. One pass over /proc builds the parent map
         (psutil's children(recursive=True) would rebuild it for every tracked process)."""
+        self.forget_exited()
         children: dict[int, list[psutil.Process]] = {}
         for process in psutil.process_iter(["ppid"]):
             children.setdefault(process.info["ppid"], []).append(process)
-        # Walk only from roots that are still the process we recorded (a reused pid is not ours); like
-        # psutil, a "descendant" older than its root is a pid reused while the map was built, and skipped.
-        stack = [(p.pid, p.create_time) for p in self.all_tracked()
-                 if not p.exited and is_same_process(p.pid, p.create_time)]
+        # Walk only from roots that hold their pid now (a reused pid is not ours); like psutil, a
+        # "descendant" older than its root is a pid reused while the map was built, and skipped. Each child is
+        # recorded only if, with its pidfd open, its parent is still the one we walked from.
+        roots = self._local_holders()
+        stack = [(p.pid, p.create_time) for p in roots.values() if not p.exited]
         seen = {pid for pid, _ in stack}
         while stack:
             parent, root_started = stack.pop()
@@ -264,31 +348,45 @@ class ProcessTable:
                     started = child.create_time()
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     continue
-                if started >= root_started:
-                    self.descendants.setdefault(child.pid, started)
+                if started >= root_started and self._record(
+                        child.pid, started, lambda pid, parent=parent: _parent_pid(pid) == parent
+                        and self._holds(parent)):
                     stack.append((child.pid, root_started))
+
+    def _holds(self, pid: int) -> bool:
+        """`pid` still names the tracked process or recorded descendant we know by it."""
+        tracked = next((p for p in self._local() if p.pid == pid), None)
+        if tracked is not None:
+            return tracked.holds_pid()
+        pidfd = self.pidfds.get(pid)
+        return pidfd is not None and not pidfd_exited(pidfd)
 
     def record_group_members(self) -> None:
         """Records every process still in the process group of one of ours: children of a rank that died
-        (SIGKILL) are orphaned out of its descendants but stay in its group. A member must be younger than
-        the leader we recorded, and is never the group id itself, so a reused pid cannot sneak in."""
-        leaders = {p.pid: p.create_time for p in self.all_tracked()}
+        (SIGKILL) are orphaned out of its descendants but stay in its group. Only the groups of leaders that
+        hold their pid now count (`TrackedProcess.holds_pid`): an adopted leader that has exited was reaped
+        by its parent, and its pid, so its group id, may already be a stranger's. While the leader holds it,
+        the group id can be no one else's (the kernel reuses no pid in use), and no process outside its
+        session can join it. Each member is recorded with a pidfd opened while its group and its leader
+        were checked again, so a reused pid cannot sneak in, neither the leader's nor a member's."""
+        leaders = self._local_holders()
         for pid in psutil.pids():
-            try:
-                group = os.getpgid(pid)
-            except OSError:
+            if pid in leaders:
                 continue
-            if group in leaders and pid != group:
-                started = create_time(pid)
-                if started is not None and started >= leaders[group]:
-                    self.descendants.setdefault(pid, started)
+            group = _group_id(pid)
+            if group is None or group not in leaders:
+                continue
+            started = create_time(pid)
+            if started is not None and started >= leaders[group].create_time:
+                self._record(pid, started, lambda pid, group=group: _group_id(pid) == group
+                             and leaders[group].holds_pid())
 
     def adopt_slurm_task(self, process: TrackedProcess, status_file: Path) -> None:
         """A rank that is a Slurm task's child (chaos.supervisor.slurm_task): its shim reaps it and writes
         how it ended to `status_file`; the shim is the run's too, so teardown ends it with its rank."""
         process.expect_status_file(status_file)
         if process.status_writer is not None:
-            self.descendants.setdefault(*process.status_writer)
+            self._record(*process.status_writer)
 
     def launched_ancestor(self, pid: int) -> TrackedProcess | None:
         """The launched process (agent or direct rank) that `pid` is, or descends from; None if none is."""
@@ -305,6 +403,20 @@ class ProcessTable:
         return None
 
 
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return psutil.Process(pid).ppid()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
+def _group_id(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def still_running(pid: int) -> bool:
     """Alive and not a zombie (a zombie holds nothing but its exit status)."""
     try:
@@ -315,8 +427,8 @@ def still_running(pid: int) -> bool:
 
 def _live_untracked(table: ProcessTable) -> list[tuple[int, float]]:
     tracked = {p.pid for p in table.all_tracked()}
-    return [(pid, started) for pid, started in table.descendants.items()
-            if pid not in tracked and _alive_not_zombie(pid, started)]
+    return [(pid, table.descendants[pid]) for pid, pidfd in table.pidfds.items()
+            if pid not in tracked and not pidfd_exited(pidfd)]
 
 
 def _alive_not_zombie(pid: int, started: float) -> bool:
@@ -327,11 +439,13 @@ def _alive_not_zombie(pid: int, started: float) -> bool:
         return False
 
 
-def _signal_untracked(pid: int, started: float, signal_name: str) -> bool:
-    if not is_same_process(pid, started):
+def _signal_untracked(table: ProcessTable, pid: int, signal_name: str) -> bool:
+    """Through the pidfd the descendant was recorded with: never a bare pid."""
+    pidfd = table.pidfds.get(pid)
+    if pidfd is None:
         return False
     try:
-        os.kill(pid, signal.Signals[signal_name])
+        signal.pidfd_send_signal(pidfd, signal.Signals[signal_name])
         return True
     except ProcessLookupError:
         return False
@@ -365,7 +479,7 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
             sigterm.append(process.pid)
     for pid, created in _live_untracked(table):
         name = "SIGKILL" if _stopped(pid) else "SIGTERM"
-        if _signal_untracked(pid, created, name):
+        if _signal_untracked(table, pid, name):
             (sigkill if name == "SIGKILL" else sigterm).append(pid)
 
     _wait_until_gone(table, started + grace_s, poll_s * 5)
@@ -377,7 +491,7 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
             if process.pid not in sigkill:
                 sigkill.append(process.pid)
     for pid, created in _live_untracked(table):
-        if _signal_untracked(pid, created, "SIGKILL"):
+        if _signal_untracked(table, pid, "SIGKILL"):
             sigkill.append(pid)
     _wait_until_gone(table, time.monotonic() + 2.0, poll_s)
     for process in table.all_tracked():
@@ -387,6 +501,7 @@ def teardown(table: ProcessTable, grace_s: float, poll_s: float = 0.01) -> Teard
     survivors = [p.pid for p in table.all_tracked() if p.popen is None and p.alive()]
     survivors += [p.pid for p in table.all_tracked() if p.popen is not None and p.popen.returncode is None]
     survivors += [pid for pid, _ in _live_untracked(table)]
+    table.close_descendants()
     return TeardownResult(duration_s=time.monotonic() - started, sigterm=sigterm, sigkill=sigkill,
                           survivors=sorted(set(survivors)))
 
@@ -419,11 +534,54 @@ def _wait_until_gone(table: ProcessTable, deadline: float, poll_s: float) -> Non
 
 
 # ---- the run-token sweep --------------------------------------------------------------------------------
+COMMAND_LIMIT = 200
+"""Characters of a swept process's command line kept (escaped with `one_line`: it is that process's text)."""
+
+
 @dataclass(frozen=True)
 class Leaked:
+    """A process of the run that escaped teardown, killed by the sweep."""
+
     pid: int
     command: str
     alive_after_sigkill: bool
+    tied_by: str = "token"
+    """How it is known to be the run's, beyond the token and the run's user: "recorded" (teardown or the
+    attempt's scans had recorded it), "descendant" (its parent chain reaches a process of the run, or the
+    sweeping supervisor or agent itself) or "token" (nothing else: a helper that double-forked, setsid()ed
+    and left the cgroup, or what an earlier attempt's lost agent left on its host)."""
+
+
+@dataclass(frozen=True)
+class Stranger:
+    """A process that carried the run's token but is not the run's: reported, never signalled, never
+    counted as the job's."""
+
+    pid: int
+    uid: int | None
+    command: str
+    why: str
+
+    def to_fields(self) -> dict:
+        return {"pid": self.pid, "uid": self.uid, "command": self.command, "why": self.why}
+
+
+def stranger_fields(item: object) -> dict:
+    """A stranger as reported by an agent (over the wire): the same fields, its text escaped again here."""
+    item = item if isinstance(item, dict) else {}
+    pid, uid = item.get("pid"), item.get("uid")
+    return {"pid": pid if isinstance(pid, int) else None, "uid": uid if isinstance(uid, int) else None,
+            "command": one_line(item.get("command", ""), limit=COMMAND_LIMIT),
+            "why": one_line(item.get("why", ""), limit=COMMAND_LIMIT * 2)}
+
+
+class Swept(list):
+    """What a sweep killed (`Leaked` items: the list itself) and, in `strangers`, what it found carrying
+    the token without being the run's."""
+
+    def __init__(self, leaked: list[Leaked], strangers: list[Stranger]) -> None:
+        super().__init__(leaked)
+        self.strangers = strangers
 
 
 def environ_has(pid: int, *env_lines: str) -> bool:
@@ -450,16 +608,30 @@ def same_host(pid: int) -> bool:
 
 
 def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0,
-                        same_host_only: bool = False) -> list[Leaked]:
-    """Finds and SIGKILLs every live process whose environment carries `env_line` (the run's token,
-    `CHAOS_RUN_TOKEN=...`): only the run's own processes and what they started carry it, so these are ours
-    to kill. Run after teardown, it is the witness independent of how teardown found processes (tree,
-    groups, cgroup): whatever escaped all three (a helper that double-forked, setsid()ed and left the cgroup)
-    still carries the token. `exclude`: the supervisor's own token holders that are not the attempt's (warm
-    spares waiting in the pool). A process that exec()s with an emptied environment escapes this too.
-    `same_host_only`: an agent's sweep, only processes in its own network namespace (its host: simulated
-    hosts share one process table, and another host's processes are its agent's)."""
-    found: list[tuple[int, float, str]] = []
+                        same_host_only: bool = False, table: ProcessTable | None = None) -> Swept:
+    """Finds and SIGKILLs every live process of the run's user whose environment carries `env_line` (the
+    run's token, `CHAOS_RUN_TOKEN=...`). Run after teardown, it is the witness independent of how teardown
+    found processes (tree, groups, cgroup): whatever escaped all three (a helper that double-forked,
+    setsid()ed and left the cgroup) still carries the token. `exclude`: the supervisor's own token holders
+    that are not the attempt's (warm spares waiting in the pool). A process that exec()s with an emptied
+    environment escapes this too. `same_host_only`: an agent's sweep, only processes in its own network
+    namespace (its host: simulated hosts share one process table, and another host's processes are its
+    agent's). `table`: the attempt's processes, to say how each find is tied to the run (`Leaked.tied_by`).
+
+    Who is the run's: every process the run starts runs as the user that started it (real uid == our
+    euid). A token carrier of another user did not come from the run, whatever it copied into its
+    environment: it is a `Stranger`, never signalled. A carrier of the run's own user is killed even when
+    nothing but the token ties it to the run: it cannot be told apart from the job's own escaped helper or a
+    lost agent's leftovers (which must not outlive the run), and a process of that user could signal the
+    ranks and write the run's files itself, so sparing it would protect nothing.
+
+    Each candidate is held by a pidfd opened before anything about it is read, and kept only if it was
+    still running once everything was read; the SIGKILL goes through that pidfd."""
+    own_uid = os.geteuid()
+    known = _known_processes(table)
+    killed: list[tuple[int, str, str]] = []  # (pidfd, command, tied_by), in the order of `pids`
+    pids: list[int] = []
+    strangers: list[Stranger] = []
     for pid in (int(name) for name in os.listdir("/proc") if name.isdigit()):
         if pid in exclude or pid == os.getpid():
             continue
@@ -468,14 +640,62 @@ def sweep_token_holders(env_line: str, exclude: set[int], timeout_s: float = 2.0
         if not environ_has(pid, env_line):
             continue
         try:
-            process = psutil.Process(pid)
-            if process.status() != psutil.STATUS_ZOMBIE:
-                found.append((pid, process.create_time(), " ".join(process.cmdline())[:200]))
-        except (OSError, psutil.Error):  # gone, or another user's
+            pidfd = os.pidfd_open(pid)
+        except OSError:
             continue
-    for pid, started, _ in found:
-        _signal_untracked(pid, started, "SIGKILL")
+        seen = _inspect(pid, pidfd, env_line, known)
+        if seen is None:
+            os.close(pidfd)
+            continue
+        uid, command, tied_by = seen
+        if uid != own_uid:
+            os.close(pidfd)
+            strangers.append(Stranger(pid, uid, command, f"runs as uid {uid}, not as the run's user (uid {own_uid}): "
+                                                         "it was not started by the run; not signalled"))
+            continue
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        killed.append((pidfd, command, tied_by))
+        pids.append(pid)
     deadline = time.monotonic() + timeout_s
-    while any(_alive_not_zombie(pid, started) for pid, started, _ in found) and time.monotonic() < deadline:
+    while any(not pidfd_exited(pidfd) for pidfd, _, _ in killed) and time.monotonic() < deadline:
         time.sleep(0.01)
-    return [Leaked(pid, command, _alive_not_zombie(pid, started)) for pid, started, command in found]
+    leaked = []
+    for pid, (pidfd, command, tied_by) in zip(pids, killed):
+        leaked.append(Leaked(pid, command, not pidfd_exited(pidfd), tied_by))
+        os.close(pidfd)
+    return Swept(leaked, strangers)
+
+
+def _known_processes(table: ProcessTable | None) -> set[tuple[int, float]]:
+    """(pid, create_time) of every process the run knows: tracked, recorded, and the sweeper itself."""
+    own = create_time(os.getpid())
+    known = {(os.getpid(), own)} if own is not None else set()
+    if table is not None:
+        known |= {(p.pid, p.create_time) for p in table._local()}
+        known |= set(table.descendants.items())
+    return known
+
+
+def _inspect(pid: int, pidfd: int, env_line: str, known: set[tuple[int, float]]) -> tuple[int, str, str] | None:
+    """(real uid, command, tied_by) of the running process `pidfd` names, or None (gone, a zombie, or no
+    longer carrying the token): read after the pidfd was opened and trusted only if the process still runs
+    after the reads."""
+    try:
+        process = psutil.Process(pid)
+        if not environ_has(pid, env_line) or process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        started = process.create_time()
+        uid = process.uids().real
+        command = one_line(" ".join(process.cmdline()), limit=COMMAND_LIMIT)
+        if (pid, started) in known:
+            tied_by = "recorded"
+        elif any((parent.pid, parent.create_time()) in known for parent in process.parents()):
+            tied_by = "descendant"
+        else:
+            tied_by = "token"
+    except (OSError, psutil.Error):
+        return None
+    return None if pidfd_exited(pidfd) else (uid, command, tied_by)

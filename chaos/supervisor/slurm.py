@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaos import safe_files
 from chaos.supervisor import lifeline
 from chaos.supervisor.hosts import HEAD_ADDRESS, SimulatedHosts
 
@@ -113,9 +114,7 @@ class PrivateSlurm:
         directory = Path(directory).resolve()
         (directory / "state").mkdir(parents=True, exist_ok=True)
         key = directory / "munge.key"
-        descriptor = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(os.urandom(1024))
+        safe_files.write_file(key, os.urandom(1024), mode=0o600)  # never readable by others
         base, dir_fd = str(directory), None
         if len(base) > MAX_BASE_PATH:
             # the same directory through our open descriptor: valid exactly as long as we (and the daemons) live
@@ -123,7 +122,7 @@ class PrivateSlurm:
             base = f"/proc/{os.getpid()}/fd/{dir_fd}"
         socket_path = f"{base}/munge.sock"
         conf = directory / "slurm.conf"
-        conf.write_text(_conf(base, hosts, os.cpu_count() or 1, socket_path))
+        safe_files.write_file(conf, _conf(base, hosts, os.cpu_count() or 1, socket_path))
         cluster = cls(hosts, directory, conf, socket_path, cgroup=cgroup, _dir_fd=dir_fd)
         try:
             cluster._spawn("munged", hosts.enter_head(directory) + [
@@ -152,7 +151,7 @@ class PrivateSlurm:
         return {**env, **self.env()}
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.directory / f"{name}.out", "ab")
+        log = safe_files.open_append(self.directory / f"{name}.out")
         try:
             self.daemons[name] = subprocess.Popen(argv, env=self._daemon_env(), stdin=subprocess.DEVNULL,
                                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

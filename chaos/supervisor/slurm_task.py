@@ -13,7 +13,7 @@ outlives a killed supervisor and the survivor checks reach it like any other ran
 
     python -m chaos.supervisor.slurm_task COMMAND...
 
-Imports nothing but the standard library: it must cost nothing before the workload starts.
+Imports nothing but the standard library (and chaos.safe_files): it must cost nothing before the workload starts.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import signal
 import socket
 import sys
 from pathlib import Path
+
+from chaos import safe_files  # standard library only, besides chaos.errors
 
 ENV_CGROUP_PROCS = "CHAOS_ATTEMPT_CGROUP_PROCS"
 """The attempt cgroup's cgroup.procs file (unset where the machine gave the attempt no cgroup)."""
@@ -90,9 +92,7 @@ def run_and_record(argv: list[str], status_path: Path) -> None:
         ended = {"pid": child, "returncode": -number, "signal": signal.Signals(number).name}
     else:
         ended = {"pid": child, "returncode": os.WEXITSTATUS(status), "signal": None}
-    partial = status_path.with_suffix(".exit.tmp")
-    partial.write_text(json.dumps(ended))
-    partial.replace(status_path)  # whole or absent: chaos never reads half of it
+    safe_files.write_file(status_path, json.dumps(ended))  # whole or absent: chaos never reads half of it
     if ended["signal"] is not None:  # end as the rank did, so srun reports it as Slurm would
         if number != signal.SIGKILL and number != signal.SIGSTOP:
             signal.signal(number, signal.SIG_DFL)

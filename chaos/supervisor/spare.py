@@ -48,7 +48,7 @@ def main() -> int:
     os.environ.update(order["env"])
     if order.get("cwd"):
         os.chdir(order["cwd"])
-    out = os.open(order["output"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    out = os.open(order["output"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)

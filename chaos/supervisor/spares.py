@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from chaos import safe_files
 from chaos.supervisor.lifeline import child_setup
 from chaos.supervisor.spare import ENV_ORDER_FD
 from chaos.workloads.base import LaunchSpec
@@ -96,7 +97,7 @@ class SparePool:
     def _spawn(self) -> Spare:
         self.directory.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair()
-        log = open(self.directory / f"spare-{self._spawned:03d}.out", "ab")
+        log = safe_files.open_append(self.directory / f"spare-{self._spawned:03d}.out")
         self._spawned += 1
         try:
             popen = subprocess.Popen(

@@ -11,17 +11,18 @@ import it themselves, as the children they are.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 from chaos import control
 from chaos import history
+from chaos import safe_files
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
 from chaos.supervisor import disk, lifeline
@@ -114,7 +115,13 @@ class _Supervisor:
         self.server: ControlServer | None = None
         self.interrupt = _Interrupt()
         self.watchdog: lifeline.Watchdog | None = None
-        self.run_token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.run_id = f"{os.getpid()}-{secrets.token_hex(4)}"
+        """The run's public name: in cgroup, host and Slurm job names, which every user of a machine can read."""
+        self.run_token = secrets.token_hex(16)
+        """The run's secret (128 random bits): every hello on the control socket and the agents' listener must
+        carry it, and the token sweep finds the run's processes by it. Only in environments (CHAOS_RUN_TOKEN,
+        the agents' CHAOS_AGENT_TOKEN; /proc/PID/environ is its owner's alone) and in the run directory's 0600
+        control.RUN_TOKEN_FILE: never on a command line or in a name."""
         self.reserve = disk.DiskReserve(self.run_dir)
         self.spares: SparePool | None = None
         """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
@@ -167,7 +174,7 @@ class _Supervisor:
         config = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.reserve.take()
-        (self.run_dir / control.RUN_TOKEN_FILE).write_text(self.run_token)
+        safe_files.write_file(self.run_dir / control.RUN_TOKEN_FILE, self.run_token, mode=0o600)  # the secret
         self.writer = history.HistoryWriter(history.supervisor_history_path(self.run_dir))
         self.record(history.RUN_START, run_dir=str(self.run_dir), launcher=config.launcher, host=socket.gethostname(),
                     world_size=config.launch.world_size, nodes=config.launch.nodes,
@@ -190,7 +197,7 @@ class _Supervisor:
                 control_path = self._start_cluster()
             if config.hosts == "netns":
                 try:
-                    self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_token}", self.run_dir)
+                    self.hosts = SimulatedHosts.create(config.launch.nodes, f"chaos-{self.run_id}", self.run_dir)
                 except HostsError as failure:
                     raise InfrastructureError(str(failure)) from failure
                 self.record(HOSTS, kind="netns", interface=hosts_module.INTERFACE,
@@ -200,7 +207,7 @@ class _Supervisor:
             if config.launcher == "slurm" and config.hosts != "cluster":
                 if self.hosts is None:
                     raise InfrastructureError("launcher: slurm runs a private cluster on simulated hosts: hosts: netns")
-                cgroup, _ = lifeline.create_cgroup(f"chaos-{self.run_token}-slurm")  # None: hosts.close() still kills
+                cgroup, _ = lifeline.create_cgroup(f"chaos-{self.run_id}-slurm")  # None: hosts.close() still kills
                 try:
                     self.slurm = PrivateSlurm.start(self.hosts, self.run_dir / "slurm", cgroup)
                 except SlurmError as failure:
@@ -263,7 +270,7 @@ class _Supervisor:
             raise InfrastructureError(str(failure)) from failure
         try:
             control_path = self.server.start_tcp(address)
-            self.agent_server = AgentServer(self.run_token, address)
+            self.agent_server = AgentServer(self.run_token, address, run_id=self.run_id)
         except OSError as failure:
             raise InfrastructureError(f"cannot listen on {address} for the cluster's agents and ranks: "
                                       f"{failure}") from failure

@@ -8,8 +8,12 @@ Reads instructions on stdin, one per line, from the supervisor that started it:
     goodbye                   the supervisor is ending normally: nothing to do at EOF
 
 At EOF without a goodbye the supervisor died: SIGKILL every process in the guarded cgroups and every
-member of the guarded groups that is not older than its leader (a reused group id is not ours), then exit.
-Standard library only (no psutil: it must start in milliseconds and never fail to).
+member of the guarded groups that is not older than its leader, then exit. A group whose id now belongs to
+another process's group is not ours: the kernel never hands out a pid that is in use as a group id, so while
+any member of our group lives the id cannot be someone else's; once a process with that pid exists and was
+created at another time than our leader, our group is gone and the id was reused. Every signal goes through a
+pidfd opened before the process is checked, so a pid freed and reused between the check and the kill is never
+signalled. Standard library only (no psutil: it must start in milliseconds and never fail to).
 """
 
 from __future__ import annotations
@@ -40,13 +44,41 @@ def _boot_time() -> float:
     return 0.0
 
 
+def kill_verified(pid: int, still_ours) -> bool:
+    """SIGKILL `pid` only if `still_ours(pid)` holds once a pidfd holds the process: the check and the signal
+    then see the same process, never one that got the pid in between."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        if not still_ours(pid):
+            return False
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+
+
+def in_cgroup(path: Path):
+    """A still_ours for kill_verified: the process is (still) a member of the cgroup at `path`."""
+    def check(pid: int) -> bool:
+        try:
+            return str(pid) in (path / "cgroup.procs").read_text().split()
+        except OSError:
+            return False
+    return check
+
+
 def _kill_cgroup(path: Path) -> None:
     try:
         (path / "cgroup.kill").write_text("1")
     except OSError:
         try:
-            for pid in (path / "cgroup.procs").read_text().split():
-                os.kill(int(pid), signal.SIGKILL)
+            for pid in (path / "cgroup.procs").read_text().split():  # an older kernel without cgroup.kill
+                kill_verified(int(pid), in_cgroup(path))
         except (OSError, ValueError):
             pass
     deadline = time.monotonic() + 2.0
@@ -67,21 +99,23 @@ def _kill_group(pgid: int, leader_created: float) -> None:
     """Every process in group `pgid` started no earlier than its leader (psutil's create_time is boot time +
     start ticks: the same clock, to the tick)."""
     leader_since_boot = leader_created - _boot_time()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
+    tick = 1.0 / CLOCK_TICKS
+    leader_now = _start_time(pgid)
+    if leader_now is not None and abs(leader_now - leader_since_boot) > tick:
+        return  # the pid of our leader belongs to a process created at another time: the id was reused
+
+    def member(pid: int) -> bool:
         try:
             if os.getpgid(pid) != pgid:
-                continue
+                return False
         except OSError:
-            continue
+            return False
         started = _start_time(pid)
-        if started is not None and started >= leader_since_boot - 1.0 / CLOCK_TICKS:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        return started is not None and started >= leader_since_boot - tick
+
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and member(int(entry)):
+            kill_verified(int(entry), member)
 
 
 def main() -> int:

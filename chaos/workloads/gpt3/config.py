@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from chaos import safe_files
 from chaos.errors import InputError, did_you_mean, show
 
 # Deliberate bugs, for proving that each checker can fail. Never on by default; a scenario or test asks.
@@ -246,12 +247,14 @@ class GPT3Config:
         return out
 
     def write_yaml(self, path: Path) -> None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_mapping(), sort_keys=True))
+        # into the run directory: a new file renamed over the target, never a write through a planted link
+        safe_files.write_file(path, yaml.safe_dump(self.to_mapping(), sort_keys=True), root=path.parent)
 
     @classmethod
     def read_yaml(cls, path: Path) -> "GPT3Config":
-        mapping = yaml.safe_load(Path(path).read_text())
+        mapping = yaml.safe_load(safe_files.read_input(Path(path), "workload.yaml"))
         return cls.from_mapping(mapping, source=str(path), field_prefix="")
 
 

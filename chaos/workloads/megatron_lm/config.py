@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from chaos import safe_files
 from chaos.errors import InputError, did_you_mean, show
 
 CHAOS_OWNED_FLAGS = ("--save", "--load", "--train-iters", "--save-interval", "--log-interval", "--exit-signal-handler")
@@ -313,11 +314,12 @@ class MegatronLMConfig:
     def write_yaml(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(self.to_mapping(), sort_keys=False))
+        # into the run directory: a new file renamed over the target, never a write through a planted link
+        safe_files.write_file(path, yaml.safe_dump(self.to_mapping(), sort_keys=False), root=path.parent)
 
     @classmethod
     def read_yaml(cls, path: Path) -> "MegatronLMConfig":
-        mapping = yaml.safe_load(Path(path).read_text())
+        mapping = yaml.safe_load(safe_files.read_input(Path(path), "workload.yaml"))
         return cls.from_mapping(mapping, source=str(path), field_prefix="", base_dir=Path(path).parent)
 
     # ---- launching ---------------------------------------------------------------------------------------
@@ -495,6 +497,10 @@ def _read_args(read: _Reader, raw: Any) -> list[_Flag]:
     return flags
 
 
+ARGS_FROM_LIMIT = 1 << 20
+"""A model_config.yaml is a few KB; a megabyte is already the wrong file."""
+
+
 def _read_args_from(read: _Reader, raw: Any, base_dir: Path | None) -> tuple[list[_Flag], dict[str, _Tok]]:
     text = read.string(raw, "args_from")
     tried = _candidates(text, base_dir)
@@ -508,10 +514,16 @@ def _read_args_from(read: _Reader, raw: Any, base_dir: Path | None) -> tuple[lis
     def bad(where: str, message: str) -> InputError:
         return InputError(read.source, field, f"in {path}, {where}: {message}" if where else f"in {path}: {message}")
 
+    text = safe_files.read_input(path, field, limit=ARGS_FROM_LIMIT)  # a regular file of bounded size
     try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
-        raise bad("", f"cannot read it as YAML ({exc})") from None
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        # where, never what: the message of PyYAML quotes the file's lines, which may be anything at all
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise bad(where, "not YAML (expected a Megatron-LM model_config.yaml with MODEL_ARGS)") from None
+    except (yaml.YAMLError, RecursionError):
+        raise bad("", "not YAML (expected a Megatron-LM model_config.yaml with MODEL_ARGS)") from None
     if not isinstance(data, Mapping):
         raise bad("", f"expected a mapping with MODEL_ARGS (and optional ENV_VARS), got {type(data).__name__}")
     if "MODEL_ARGS" not in data:
