@@ -7,8 +7,11 @@ pulls in torch) the code it is checking."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
+
+from chaos import safe_files
 
 MANIFEST = "chaos_manifest.json"
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -43,7 +46,8 @@ def iterations_in(relative_paths: list[str]) -> list[int]:
 def read_tracker(checkpoint_dir: Path) -> int | None:
     """The iteration the tracker names, or None (no tracker, or not a number)."""
     try:
-        text = (Path(checkpoint_dir) / TRACKER).read_text().strip()
+        # the job's directory, read as untrusted: no link followed, no FIFO waited on, a few bytes at most
+        text = safe_files.read_text(Path(checkpoint_dir) / TRACKER, limit=4096).strip()
     except OSError:
         return None
     return int(text) if text.isdigit() else None
@@ -51,7 +55,7 @@ def read_tracker(checkpoint_dir: Path) -> int | None:
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(safe_files.open_regular(path), "rb") as handle:  # never through a link, never a FIFO
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -345,3 +345,22 @@ def test_rank_output_and_the_disk_reserve_are_never_opened_through_a_planted_lin
         safe_files.open_append(run_dir / "rank-0.out")
     DiskReserve(run_dir).take()
     assert victim.read_text() == "precious\n"
+
+
+def test_the_checkpoint_tracker_and_manifest_files_are_not_read_through_a_link_or_a_fifo(tmp_path):
+    """The job's checkpoint directory is read by checks as untrusted input: a tracker linked to another file,
+    or a FIFO under its name, is no tracker (never a hang, never another file's content)."""
+    from chaos.checkpoint_layout import TRACKER, read_tracker, sha256_file
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("7\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / TRACKER).symlink_to(elsewhere)
+    assert read_tracker(linked) is None
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / TRACKER)
+    assert read_tracker(fifo_dir) is None
+    with pytest.raises(OSError):
+        sha256_file(linked / TRACKER)

@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chaos import safe_files
 from chaos.blackbox.inotify import (IN_CLOSE_WRITE, IN_CREATE, IN_DELETE_SELF, IN_IGNORED, IN_ISDIR,
                                     IN_MOVE_SELF, IN_MOVED_TO, IN_ONLYDIR, IN_Q_OVERFLOW, Inotify,
                                     InotifyEvent)
@@ -433,11 +434,12 @@ class CheckpointWatcher:
     # ---- tracker and events --------------------------------------------------------------------
     def _read_tracker(self) -> tuple[int, str] | None:
         try:
-            with open(self.save_dir / self.tracker_name, "rb") as file:
-                mtime = os.fstat(file.fileno()).st_mtime_ns
-                return mtime, file.read().decode("utf-8", "replace").strip()
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            fd = safe_files.open_regular(self.save_dir / self.tracker_name)  # no link, no FIFO: the job's file
+        except OSError:
             return None
+        with os.fdopen(fd, "rb") as file:
+            mtime = os.fstat(fd).st_mtime_ns
+            return mtime, file.read(4096).decode("utf-8", "replace").strip()
 
     def _emit_tracker(self, content: str | None) -> None:
         iteration = int(content) if content and content.isascii() and content.isdigit() else None

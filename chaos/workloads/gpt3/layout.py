@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
+from chaos import safe_files
 from chaos.checkpoint_layout import MANIFEST, TRACKER, sha256_file
 from chaos.state import layout as state_layout
 
@@ -33,7 +34,7 @@ class ManifestLayout:
         if not manifest_path.is_file():
             return problems + [f"no {MANIFEST} (never committed)"]
         try:
-            files = json.loads(manifest_path.read_text())["files"]
+            files = json.loads(safe_files.read_text(manifest_path))["files"]
         except (OSError, ValueError, KeyError, TypeError) as error:
             return problems + [f"unreadable {MANIFEST}: {error}"]
         for name, expected in sorted(files.items()):
