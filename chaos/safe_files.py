@@ -63,6 +63,23 @@ def open_dir(path: Path, root: Path | None = None) -> int:
             return os.open(path, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
         except OSError as error:
             raise UnsafeFile(error.errno, f"{path}: {_why(error)}") from None
+    return _walk(path, root)
+
+
+def make_dirs(path: Path, root: Path | None = None, mode: int = 0o755) -> None:
+    """mkdir -p that never follows a link: below `root` (trusted; default: the nearest existing ancestor)
+    each component is created or opened with O_NOFOLLOW; an existing link or non-directory is refused."""
+    path = Path(path)
+    if root is None:
+        root = path.absolute().parent
+        while not root.exists():
+            root = root.parent
+    os.close(_walk(path, root, create_mode=mode))
+
+
+def _walk(path: Path, root: Path, create_mode: int | None = None) -> int:
+    """An fd of directory `path`, reached from `root` one component at a time with O_NOFOLLOW (each created
+    first, with `create_mode`, when given)."""
     relative = _relative_parts(path, root)
     try:
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -70,10 +87,15 @@ def open_dir(path: Path, root: Path | None = None) -> int:
         raise UnsafeFile(error.errno, f"{root}: {_why(error)}") from None
     try:
         for part in relative:
+            if create_mode is not None:
+                try:
+                    os.mkdir(part, create_mode, dir_fd=fd)
+                except FileExistsError:
+                    pass
             try:
                 child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=fd)
             except OSError as error:
-                raise UnsafeFile(error.errno, f"{root / part}: {_why(error)}") from None
+                raise UnsafeFile(error.errno, f"{path}: {part}: {_why(error)}") from None
             os.close(fd)
             fd = child
     except BaseException:
@@ -92,31 +114,6 @@ def _relative_parts(path: Path, root: Path) -> tuple[str, ...]:
     if any(p in ("..", "") for p in parts):
         raise UnsafeFile(errno.EPERM, f"{path}: lies outside {root}")
     return parts
-
-
-def make_dirs(path: Path, root: Path | None = None, mode: int = 0o755) -> None:
-    """mkdir -p that never follows a link: below `root` (trusted) each component is created or opened with
-    O_NOFOLLOW; an existing link or non-directory among them is refused."""
-    path = Path(path)
-    if root is None:
-        root = path.absolute().parent
-        while not root.exists():
-            root = root.parent
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for part in _relative_parts(path, root):
-            try:
-                os.mkdir(part, mode, dir_fd=fd)
-            except FileExistsError:
-                pass
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW, dir_fd=fd)
-            except OSError as error:
-                raise UnsafeFile(error.errno, f"{path}: {part}: {_why(error)}") from None
-            os.close(fd)
-            fd = child
-    finally:
-        os.close(fd)
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

@@ -186,12 +186,11 @@ def test_rank_channel_a_hello_with_the_token_but_unhashable_fields_is_rejected_n
     assert_real_rank_accepted(channel)
 
 
-def test_rank_channel_a_64_mib_line_is_cut_off_in_bounded_time_and_memory(channel):
-    hostile = connect(channel.path)
-    hostile.settimeout(15)
+def flood(hostile: socket.socket) -> tuple[threading.Thread, list[int]]:
+    """64 MiB of one line without a newline, sent from a thread; returns it and the bytes the peer took."""
     sent = [0]
 
-    def flood() -> None:
+    def send() -> None:
         chunk = b"x" * (1 << 20)
         try:
             for _ in range(64):
@@ -200,8 +199,15 @@ def test_rank_channel_a_64_mib_line_is_cut_off_in_bounded_time_and_memory(channe
         except OSError:
             pass
 
-    sender = threading.Thread(target=flood, daemon=True)
+    sender = threading.Thread(target=send, daemon=True)
     sender.start()
+    return sender, sent
+
+
+def test_rank_channel_a_64_mib_line_is_cut_off_in_bounded_time_and_memory(channel):
+    hostile = connect(channel.path)
+    hostile.settimeout(15)
+    sender, sent = flood(hostile)
     took = channel.serve(12, until=lambda: not sender.is_alive())
     sender.join(timeout=5)
     assert sent[0] <= 8 << 20, f"the supervisor read {sent[0] >> 20} MiB of one line"
@@ -290,19 +296,7 @@ def test_agent_channel_a_64_mib_hello_is_cut_off_in_bounded_time():
     host, port = server.address.rsplit(":", 1)
     hostile = socket.create_connection((host, int(port)))
     hostile.settimeout(15)
-    sent = [0]
-
-    def flood() -> None:
-        chunk = b"x" * (1 << 20)
-        try:
-            for _ in range(64):
-                hostile.sendall(chunk)
-                sent[0] += len(chunk)
-        except OSError:
-            pass
-
-    sender = threading.Thread(target=flood, daemon=True)
-    sender.start()
+    sender, sent = flood(hostile)
     try:
         started = time.monotonic()
         links, refused = server.gather(1, 1, 3.0, lambda: None)

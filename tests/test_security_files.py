@@ -261,10 +261,10 @@ def _held(tail) -> int:
 
 
 def test_history_tail_keeps_at_most_a_capped_partial_line(tmp_path):
-    from chaos.supervisor.attempt import _HistoryTail
+    from chaos.supervisor.history_tail import HistoryTail
 
     path = tmp_path / "rank-0.jsonl"
-    tail = _HistoryTail(path)
+    tail = HistoryTail(path)
     with open(path, "ab", buffering=0) as handle:
         for _ in range(6):
             handle.write(b"x" * (1 << 20))

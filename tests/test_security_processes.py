@@ -23,8 +23,8 @@ from chaos.checkers import run_check
 from chaos.report.junit import build_junit
 from chaos.report.model import build_report
 from chaos.report.summary import format_summary
-from chaos.supervisor.processes import (ProcessTable, TrackedProcess, create_time, sweep_token_holders,
-                                        teardown)
+from chaos.supervisor.processes import ProcessTable, TrackedProcess, create_time, teardown
+from chaos.supervisor.sweep import sweep_token_holders
 from synthetic_runs import SyntheticRun
 
 NOBODY = 65534

@@ -34,8 +34,8 @@ from chaos import safe_files
 from chaos import control
 from chaos.agent import protocol
 from chaos.supervisor import lifeline
-from chaos.supervisor.processes import (ProcessTable, TrackedProcess, create_time, environ_has, returncode_signal,
-                                        same_host, sweep_token_holders, teardown)
+from chaos.supervisor.processes import ProcessTable, TrackedProcess, create_time, returncode_signal, teardown
+from chaos.supervisor.sweep import environ_has, same_host, sweep_token_holders
 
 CONNECT_TIMEOUT_S = 60.0
 """How long an agent keeps trying to reach its controller (it may start before the controller listens)."""

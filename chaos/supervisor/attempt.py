@@ -9,13 +9,12 @@ Ctrl-C / SIGTERM. A short select timeout drives the periodic work: reading the r
 
 from __future__ import annotations
 
-import json
 import select
 import selectors
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable
+from typing import TYPE_CHECKING, Callable
 
 from chaos import control
 from chaos import faults as nemesis
@@ -27,10 +26,11 @@ from chaos.supervisor import launcher, lifeline, slurm_task
 from chaos.supervisor import listener as listening
 from chaos.supervisor.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
 from chaos.supervisor.control_server import Connection
+from chaos.supervisor.history_tail import HistoryTail
 from chaos.supervisor.observed import ObservedTriggers
-from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time, environ_has,
-                                        returncode_signal, still_running, stranger_fields, sweep_token_holders,
-                                        teardown)
+from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
+                                        returncode_signal, still_running, teardown)
+from chaos.supervisor.sweep import environ_has, stranger_fields, sweep_token_holders
 from chaos.supervisor.records import (AGENT_EXIT, AGENT_LOST, AGENT_REFUSED, CORRUPTED, LIFELINE, OBSERVED,
                                       OBSERVER, RANK_REJECTED, SLURMD_RESTARTED)
 
@@ -45,83 +45,12 @@ DESCENDANT_SCAN_S = 1.0
 
 
 # ---- per-rank bookkeeping ------------------------------------------------------------------------------
-class _HistoryTail:
-    """Follows one rank's history file incrementally: progress (it grew), the latest step and phase, and
-    the train_end reason."""
-
-    PARTIAL_LINE_LIMIT = 1 << 20
-    """Bytes of an unterminated line kept between polls: a rank writing hundreds of MiB without a newline
-    must not make every tick copy them (no record of the probe's comes near this)."""
-
-    def __init__(self, path: Path) -> None:
-        from chaos import safe_files
-
-        self.path = path
-        self._file: BinaryIO | None = None  # opened once the rank has created it, then kept (polled every tick)
-        self._lines = safe_files.LineSplitter(self.PARTIAL_LINE_LIMIT)
-        self.step: int | None = None
-        self.phase: str | None = None
-        self.train_end: str | None = None
-        self.busy: str | None = None
-        """What the rank said it is busy with (probe.busy), until busy_end."""
-        self.working = False
-        """The rank is past its start (a busy_end or a step seen): its imports are over."""
-
-    def poll(self) -> bool:
-        from chaos import safe_files
-
-        if self._file is None:
-            try:  # never through a link, never blocking on a FIFO planted under the history's name
-                self._file = open(safe_files.open_regular(self.path), "rb")
-            except OSError:
-                return False
-        grew = False
-        # From where the last poll stopped, a block at a time, up to what is written now; at most 64 blocks a
-        # tick, so a rank writing without pause cannot keep the supervisor here (the next tick goes on).
-        for _ in range(64):
-            data = self._file.read(self.PARTIAL_LINE_LIMIT)
-            if not data:
-                break
-            grew = True
-            for line, cut in self._lines.feed(data):
-                if not cut:
-                    self._take(line)
-        return grew
-
-    def _take(self, line: bytes) -> None:
-        try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
-            return
-        if not isinstance(record, dict):
-            return
-        if record.get("step") is not None:
-            self.step = record["step"]
-            self.working = True
-        if record.get("event") == history.POINT:
-            self.phase = record.get("phase")
-        elif record.get("event") == history.LEAVE:
-            self.phase = None
-        elif record.get("event") == history.TRAIN_END:
-            self.train_end = record.get("reason")
-        elif record.get("event") == history.BUSY:
-            self.busy = record.get("what") or "busy"
-        elif record.get("event") == history.BUSY_END:
-            self.busy = None
-            self.working = True
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 @dataclass
 class _Rank:
     rank: int
     connection: Connection
     process: TrackedProcess
-    tail: _HistoryTail
+    tail: HistoryTail
     held: dict[str, dict] = field(default_factory=dict)   # fault_id -> {step, phase, index, since}
     awaiting_death: bool = False
 
@@ -468,7 +397,7 @@ class Attempt:
             return
         connection.rank = rank
         self.ranks[rank] = _Rank(rank, connection, process,
-                                 _HistoryTail(history.rank_history_path(self.sup.run_dir, self.number, rank)))
+                                 HistoryTail(history.rank_history_path(self.sup.run_dir, self.number, rank)))
         self.sup.record(history.RANK_HELLO, attempt=self.number, rank=rank, pid=pid, node=process.node)
         if self.observed is not None:
             self.observed.follower.rank_started(rank, pid)
