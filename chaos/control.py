@@ -24,6 +24,9 @@ from __future__ import annotations
 import hmac
 import json
 import socket
+from collections import deque
+
+from chaos import safe_files
 
 ENV_SOCKET = "CHAOS_CONTROL_SOCKET"
 ENV_HISTORY_DIR = "CHAOS_HISTORY_DIR"
@@ -74,60 +77,42 @@ def parse_message(line: bytes) -> dict:
 
 
 class LineReader:
-    """Buffers a stream socket into complete JSON messages (objects), each line at most `max_line_bytes`.
-
-    Every byte is searched for a newline once (the search resumes where the last one stopped), so a peer that
-    sends a long line in small pieces costs linear time, and it is cut off after `max_line_bytes`."""
+    """Buffers a stream socket into complete JSON messages (objects), each line at most `max_line_bytes`:
+    safe_files.LineSplitter searches every byte for a newline once and holds at most that much of a line, so a
+    peer that sends a long line in small pieces costs linear time and is cut off after `max_line_bytes`."""
 
     def __init__(self, sock: socket.socket, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.sock = sock
-        self.max_line_bytes = max_line_bytes
-        self._buffer = bytearray()
-        self._start = 0
-        """Where the next line begins in _buffer."""
-        self._scanned = 0
-        """_buffer[_start:_scanned] holds no newline."""
+        self._lines = safe_files.LineSplitter(max_line_bytes)
+        self._pending: deque[tuple[bytes, bool]] = deque()
+        """Lines split off but not yet handed out (read_message returns one at a time)."""
 
-    def _append(self, data: bytes) -> None:
-        if self._start:  # what was read already goes: the buffer holds at most one partial line
-            del self._buffer[:self._start]
-            self._scanned -= self._start
-            self._start = 0
-        self._buffer += data
-
-    def _next_line(self) -> bytes | None:
-        end = self._buffer.find(b"\n", self._scanned)
-        if end < 0:
-            self._scanned = len(self._buffer)
-            if self._scanned - self._start > self.max_line_bytes:
-                raise MessageError(f"a line longer than {self.max_line_bytes} bytes")
-            return None
-        if end - self._start > self.max_line_bytes:
-            raise MessageError(f"a line longer than {self.max_line_bytes} bytes")
-        line = bytes(self._buffer[self._start:end])
-        self._start = self._scanned = end + 1
-        return line
+    def _next(self) -> dict | None:
+        while self._pending:
+            line, cut = self._pending.popleft()
+            if cut:
+                raise MessageError(f"a line longer than {self._lines.cap} bytes")
+            if line.strip():
+                return parse_message(line)
+        return None
 
     def feed(self, data: bytes) -> list[dict]:
         """The complete messages `data` ends; MessageError for one that is not a message (the connection must
         then be dropped: what follows it is not read)."""
-        self._append(data)
+        self._pending.extend(self._lines.feed(data))
         messages = []
-        while (line := self._next_line()) is not None:
-            if line.strip():
-                messages.append(parse_message(line))
+        while (message := self._next()) is not None:
+            messages.append(message)
         return messages
 
     def read_message(self) -> dict | None:
         """Blocks until one message arrives; None when the peer closed."""
-        while True:
-            while (line := self._next_line()) is not None:
-                if line.strip():
-                    return parse_message(line)
+        while (message := self._next()) is None:
             data = self.sock.recv(65536)
             if not data:
                 return None
-            self._append(data)
+            self._pending.extend(self._lines.feed(data))
+        return message
 
 
 def token_matches(offered: object, expected: str) -> bool:
