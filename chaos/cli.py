@@ -1,4 +1,5 @@
-"""`chaos`: run, validate, golden record, report, replay, state (and soak, see chaos.soak).
+"""`chaos`: run, validate, golden record, report, replay, state (and soak, see chaos.soak; selftest, see
+chaos.selftest).
 
 Exit codes: 0 pass, 1 a check failed, 2 bad input, 3 infrastructure error (or a fault that did not land, or
 a run stopped by Ctrl-C: its partial report is written), 130 a second Ctrl-C abandoned the report.
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     from chaos import soak as soak_module
 
     soak_module.add_arguments(soak)
+
+    selftest = commands.add_parser("selftest", help="plant resume bugs in the job and say which the checks catch")
+    from chaos import selftest as selftest_module
+
+    selftest_module.add_arguments(selftest)
     return parser
 
 
@@ -184,6 +190,10 @@ def _dispatch(args) -> int:
         from chaos import soak as soak_module
 
         return soak_module.main(args)
+    if args.command == "selftest":
+        from chaos import selftest as selftest_module
+
+        return selftest_module.main(args)
     raise AssertionError(args.command)
 
 

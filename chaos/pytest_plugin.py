@@ -15,6 +15,13 @@
   their evidence and the run directory, not a traceback.
 - markers `chaos`, `soak` (runs only with --chaos-soak-minutes M > 0 or -m soak) and `gpu` (skips without
   CUDA, saying why).
+- fixture `chaos_selftest` (or `@pytest.mark.chaos(..., selftest=True)` with `chaos_result`): plants resume
+  bugs in the scenario's job and returns chaos.selftest.SelftestResult, so a suite can assert a score::
+
+      def test_checks_are_strong(chaos_selftest):
+          result = chaos_selftest("scenarios/my_job.yaml", bugs=["rng_not_restored", "adam_step_reset"])
+          assert result.score.fraction == 1.0, result.summary
+
 - JUnit XML: verdict, restarts, each fault (planned / landed) and each check become test properties.
 
 Runs go through the `pytest_chaos_run_scenario` and `pytest_chaos_record_golden` hooks, so a conftest can
@@ -48,6 +55,10 @@ class ChaosHooks:
     def pytest_chaos_record_golden(self, config, scenario, out_path, work_dir):
         """Record the uninterrupted run's golden into out_path (for --chaos-update-goldens)."""
 
+    @pytest.hookspec(firstresult=True)
+    def pytest_chaos_run_selftest(self, config, scenario, out_dir, bugs, seed, golden_cache):
+        """Run a selftest of one scenario and return its chaos.selftest.SelftestResult."""
+
 
 def pytest_addhooks(pluginmanager):
     pluginmanager.add_hookspecs(ChaosHooks)
@@ -65,6 +76,13 @@ def pytest_chaos_record_golden(config, scenario, out_path, work_dir):
     from chaos.runner import record_golden
 
     return record_golden(scenario, out_path, work_dir)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_chaos_run_selftest(config, scenario, out_dir, bugs, seed, golden_cache):
+    from chaos.selftest import run_selftest
+
+    return run_selftest(scenario, out_dir, bugs, seed=seed, golden_cache=golden_cache, say=lambda text: None)
 
 
 # ---- options and settings, resolved in one place ------------------------------------------------------------
@@ -136,8 +154,9 @@ def resolve_settings(config: pytest.Config) -> ChaosSettings:
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "chaos(scenario, seed=None, **overrides): run a chaos scenario for this test's chaos_run / "
-                   "chaos_result fixtures; overrides are dotted keys. Example: "
+        "markers", "chaos(scenario, seed=None, selftest=False, bugs=None, min_score=None, **overrides): run a chaos "
+                   "scenario for this test's chaos_run / chaos_result fixtures (with selftest=True: plant resume bugs "
+                   "in it, chaos_selftest); overrides are dotted keys. Example: "
                    "@pytest.mark.chaos('scenarios/node_kill.yaml', seed=3, **{'workload.train_iters': 8})")
     config.addinivalue_line(
         "markers", "soak: long soak test; runs only with --chaos-soak-minutes M > 0 or -m soak. "
@@ -270,7 +289,7 @@ class ChaosRunner:
         if self.marker is not None:
             if scenario is None and self.marker.args:
                 scenario = self.marker.args[0]
-            marker_overrides = dict(self.marker.kwargs)
+            marker_overrides = {k: v for k, v in self.marker.kwargs.items() if k not in SELFTEST_KWARGS}
             marker_seed = marker_overrides.pop("seed", None)
         if scenario is None:
             raise pytest.UsageError(f"{self.node.nodeid}: chaos_run() needs a scenario: chaos_run('scenarios/x.yaml') "
@@ -344,10 +363,65 @@ def chaos_run(request, chaos_golden_cache) -> ChaosRunner:
 
 @pytest.fixture
 def chaos_result(request, chaos_run):
-    """The RunResult of the scenario named by the test's @pytest.mark.chaos marker."""
-    if request.node.get_closest_marker("chaos") is None:
+    """The RunResult of the scenario named by the test's @pytest.mark.chaos marker; with `selftest=True` in the
+    marker, the SelftestResult of that scenario (chaos_selftest)."""
+    marker = request.node.get_closest_marker("chaos")
+    if marker is None:
         raise pytest.UsageError(f"{request.node.nodeid}: chaos_result needs @pytest.mark.chaos('scenarios/x.yaml')")
+    if marker.kwargs.get("selftest"):
+        return request.getfixturevalue("chaos_selftest")()
     return chaos_run()
+
+
+SELFTEST_KWARGS = ("selftest", "bugs", "min_score")
+"""Marker keywords that configure a selftest (chaos_selftest), not scenario overrides."""
+
+
+class ChaosSelftest:
+    """What the chaos_selftest fixture returns: call it with a scenario to plant resume bugs in it and learn
+    which the checks catch (chaos.selftest.SelftestResult: .score, .outcomes, .outcome(bug))."""
+
+    def __init__(self, node, config: pytest.Config, default_dir, golden_cache: Path, marker=None) -> None:
+        self.node, self.config, self.default_dir = node, config, default_dir
+        self.golden_cache, self.marker = golden_cache, marker
+
+    def __call__(self, scenario=None, *, bugs=None, seed: int | None = None, out: Path | None = None,
+                 min_score: float | None = None, **overrides):
+        from chaos.selftest import bug_names
+
+        marker_kwargs = dict(self.marker.kwargs) if self.marker is not None else {}
+        if scenario is None and self.marker is not None and self.marker.args:
+            scenario = self.marker.args[0]
+        if scenario is None:
+            raise pytest.UsageError(f"{self.node.nodeid}: chaos_selftest() needs a scenario: "
+                                    "chaos_selftest('scenarios/x.yaml') or @pytest.mark.chaos('scenarios/x.yaml', selftest=True)")
+        bugs = bugs if bugs is not None else marker_kwargs.get("bugs")
+        seed = seed if seed is not None else marker_kwargs.get("seed", settings(self.config).seed)
+        min_score = min_score if min_score is not None else marker_kwargs.get("min_score", 1.0)
+        marker_overrides = {k: v for k, v in marker_kwargs.items() if k not in (*SELFTEST_KWARGS, "seed")}
+        try:
+            loaded = _load(scenario, {**marker_overrides, **overrides}, self.config.rootpath)
+            names = bug_names(",".join(bugs) if isinstance(bugs, (list, tuple)) else bugs, "bugs")
+        except InputError as error:
+            pytest.fail(f"chaos: bad selftest: {error}", pytrace=False)
+        chosen = settings(self.config).out
+        out = Path(out) if out else (chosen / _safe_name(self.node.nodeid) if chosen is not None
+                                     else Path(self.default_dir()) / f"selftest-{_safe_name(loaded.name)}")
+        result = self.config.hook.pytest_chaos_run_selftest(config=self.config, scenario=loaded, out_dir=out,
+                                                            bugs=names, seed=seed, golden_cache=self.golden_cache)
+        result.min_score = min_score
+        add = self.node.user_properties.append
+        add(("chaos.selftest.score", str(result.score)))
+        for outcome in result.outcomes:
+            add((f"chaos.selftest.{outcome.bug}", f"{outcome.verdict}: {outcome.why}"))
+        return result
+
+
+@pytest.fixture
+def chaos_selftest(request, chaos_golden_cache) -> ChaosSelftest:
+    """Call it with a scenario file (or Scenario): returns the SelftestResult (score, one outcome per bug)."""
+    return ChaosSelftest(request.node, request.config, lambda: request.getfixturevalue("tmp_path"),
+                         chaos_golden_cache, request.node.get_closest_marker("chaos"))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -39,6 +39,9 @@ def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
     plan = plan_faults(scenario)
     if "nondeterministic" in path.stem:  # a SIGKILL mid-iteration, then a graceful SIGTERM
         assert [f.trigger.phase for f in plan] == ["iteration", "iteration"] and plan[0].trigger.delay_s == 0.3
+    elif path.stem.startswith("selftest"):  # the control of `chaos selftest`: one SIGKILL mid-iteration
+        assert [f.trigger.phase for f in plan] == ["iteration"] and plan[0].trigger.delay_s == 0.5
+        assert scenario.accepted_state_differences  # Megatron-LM's own two findings, so the control passes
     else:  # the four faults of the upstream test's one- and two-GPU forms
         assert [f.trigger.phase for f in plan] == ["iteration", "checkpoint.shard", "iteration", "checkpoint.load"]
         assert plan[0].trigger.delay_s == 0.5
