@@ -47,6 +47,18 @@ def pytest_chaos_run_scenario(config, scenario, out_dir, seed, golden_cache):
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_chaos_run_selftest(config, scenario, out_dir, bugs, seed, golden_cache):
+    from chaos.selftest import BugOutcome, SelftestResult
+
+    with CALLS.open("a") as calls:
+        calls.write(json.dumps({"selftest": scenario.name, "bugs": list(bugs), "seed": seed, "out_dir": str(out_dir),
+                                "train_iters": scenario.train_iters}) + "\n")
+    verdicts = ["caught", "missed", "inert"]
+    return SelftestResult(scenario.name, Path(out_dir), [BugOutcome(bug, verdicts[i % 3], f"why {bug}")
+                                                         for i, bug in enumerate(bugs)])
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_chaos_record_golden(config, scenario, out_path, work_dir):
     Path(out_path).write_text("{}")
     with CALLS.open("a") as calls:
@@ -80,7 +92,8 @@ def calls(pytester) -> list[dict]:
 
 def test_markers_are_registered_with_signature_and_example(project):
     result = project.runpytest("--markers")
-    result.stdout.fnmatch_lines(["*@pytest.mark.chaos(scenario, seed=None, **overrides)*Example*",
+    result.stdout.fnmatch_lines(["*@pytest.mark.chaos(scenario, seed=None, selftest=False, bugs=None, min_score=None, "
+                                 "**overrides)*Example*",
                                  "*@pytest.mark.soak*--chaos-soak-minutes*", "*@pytest.mark.gpu*CUDA*"])
     project.makepyfile("""
         import pytest
@@ -121,6 +134,34 @@ def test_marker_gives_scenario_and_seed_and_out_dir_option(project):
     (call,) = calls(project)
     assert call["seed"] == 3 and call["train_iters"] == 4  # the marker's seed beats --chaos-seed
     assert call["out_dir"].startswith(str(out))
+
+
+def test_selftest_fixture_and_marker_give_the_score(project):
+    test_file = project.makepyfile("""
+        import pytest
+
+        def test_fixture(chaos_selftest):
+            result = chaos_selftest("scenarios/kill.yaml", bugs=["rng_not_restored"], **{"workload.train_iters": 4})
+            assert str(result.score) == "1/1" and result.exit_code == 0 and result.outcome("rng_not_restored").why
+
+        @pytest.mark.chaos("scenarios/kill.yaml", selftest=True, bugs=["rng_not_restored", "adam_step_reset"],
+                           min_score=0.5, seed=7)
+        def test_marked(chaos_result):
+            assert str(chaos_result.score) == "1/2" and chaos_result.exit_code == 0  # 1/2 reaches min_score 0.5
+
+        def test_unknown_bug(chaos_selftest):
+            chaos_selftest("scenarios/kill.yaml", bugs=["rng_not_restord"])
+    """)
+    result = project.runpytest(test_file, "--junitxml=report.xml")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*bad selftest*rng_not_restord*did you mean rng_not_restored*"])
+    first, second = calls(project)
+    assert first["bugs"] == ["rng_not_restored"] and first["train_iters"] == 4
+    assert second["bugs"] == ["rng_not_restored", "adam_step_reset"] and second["seed"] == 7
+    assert second["train_iters"] == 6  # selftest, bugs and min_score are not scenario overrides
+    properties = {p.get("name"): p.get("value") for p in ET.parse(project.path / "report.xml").iter("property")}
+    assert properties["chaos.selftest.score"] in ("1/1", "1/2")
+    assert properties["chaos.selftest.adam_step_reset"] == "missed: why adam_step_reset"
 
 
 def test_scenario_files_are_collected_as_tests(project):

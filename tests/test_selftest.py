@@ -278,11 +278,12 @@ def test_selftest_of_chaos_trainer_catches_inert_and_not_applicable(tmp_path, sm
 MEGATRON_LIKE = REPO / "tests" / "trainers" / "megatron_like.py"
 
 
-def megatron_like_scenario(faults: str):
+def megatron_like_scenario(faults: str, launcher: str = "direct"):
     from chaos.scenario import load_scenario_text
 
     return load_scenario_text(f"""
 name: selftest_megatron_like
+launcher: {launcher}
 workload:
   kind: megatron_lm
   script: {MEGATRON_LIKE}
@@ -319,6 +320,17 @@ def test_selftest_of_an_unmodified_trainer_followed_from_outside(tmp_path, chaos
     assert older.verdict == CAUGHT and "resume_point" in older.checks, older
     assert any("told 2" in line for line in older.acted), older.acted
     assert result.exit_code == 0 and str(result.score) == "2/2"
+
+
+def test_selftest_under_torchrun(tmp_path, chaos_golden_cache):
+    """torchrun's agents start the ranks (and restart nothing: chaos does): the layer rides in the environment
+    through the agent into each worker, and the shifted data position is caught."""
+    scenario = megatron_like_scenario(ONE_KILL_AFTER_5, launcher="torchrun")
+    result = _real_selftest(scenario, tmp_path / "selftest", ("data_shifted_one_sample",), chaos_golden_cache)
+    assert result.control.verdict == "pass", result.control.summary
+    shifted = result.outcome("data_shifted_one_sample")
+    assert shifted.verdict == CAUGHT and "trajectory" in shifted.checks, shifted
+    assert any("read as" in line for line in shifted.acted), shifted.acted
 
 
 # ---- the full bug set (soak: about ten real runs each) ------------------------------------------------------------

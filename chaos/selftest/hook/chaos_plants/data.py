@@ -51,47 +51,43 @@ def _said(index, new) -> None:
                                  "every sample after the load is the next one")
 
 
+def _shifted_one(dataset, index):
+    if not _int_like(index):
+        return index
+    new = _shift(dataset, index)
+    _said(index, new)
+    return new
+
+
+def _shifted_many(dataset, indices):
+    if not (isinstance(indices, (list, tuple)) and indices and all(_int_like(i) for i in indices)):
+        return indices
+    new = type(indices)(_shift(dataset, i) for i in indices)
+    _said(indices[0], new[0])
+    return new
+
+
 def _make(cls, name, function):
-    if name == "__getitems__":
-        def __getitems__(self, indices, *args, **kwargs):
-            depth = getattr(_depth, "value", 0)
-            if depth or not events.armed:
-                return function(self, indices, *args, **kwargs)
-            shifted = indices
-            try:
-                if isinstance(indices, (list, tuple)) and indices and all(_int_like(i) for i in indices):
-                    shifted = type(indices)(_shift(self, i) for i in indices)
-                    _said(indices[0], shifted[0])
-            except Exception as error:
-                log.failed(error, where=f"{cls.__qualname__}.__getitems__")
-                shifted = indices
-            _depth.value = depth + 1
-            try:
-                return function(self, shifted, *args, **kwargs)
-            finally:
-                _depth.value = depth
+    """`__getitem__(index)` or `__getitems__(indices)` reading the shifted index (indices) when it is the
+    outermost dataset call of the thread in an armed process."""
+    shifted = _shifted_many if name == "__getitems__" else _shifted_one
 
-        return __getitems__
-
-    def __getitem__(self, index, *args, **kwargs):
+    def wrapper(self, index, *args, **kwargs):
         depth = getattr(_depth, "value", 0)
         if depth or not events.armed:  # an inner dataset of the one that shifted, or not armed yet
             return function(self, index, *args, **kwargs)
-        shifted = index
         try:
-            if _int_like(index):
-                shifted = _shift(self, index)
-                _said(index, shifted)
+            index = shifted(self, index)
         except Exception as error:
-            log.failed(error, where=f"{cls.__qualname__}.__getitem__")
-            shifted = index
+            log.failed(error, where=f"{cls.__qualname__}.{name}")
         _depth.value = depth + 1
         try:
-            return function(self, shifted, *args, **kwargs)
+            return function(self, index, *args, **kwargs)
         finally:
             _depth.value = depth
 
-    return __getitem__
+    wrapper.__name__ = wrapper.__qualname__ = name
+    return wrapper
 
 
 def _patch(torch) -> None:
