@@ -278,7 +278,7 @@ def test_selftest_of_chaos_trainer_catches_inert_and_not_applicable(tmp_path, sm
 MEGATRON_LIKE = REPO / "tests" / "trainers" / "megatron_like.py"
 
 
-def megatron_like_scenario(faults: str, launcher: str = "direct"):
+def megatron_like_scenario(faults: str, launcher: str = "direct", checks: str = "all"):
     from chaos.scenario import load_scenario_text
 
     return load_scenario_text(f"""
@@ -295,6 +295,7 @@ workload:
   train_iters: 8
   save_interval: 2
 restart: {{max_restarts: 4}}
+checks: {checks}
 faults:
 {faults}
 """, "selftest-test")
@@ -322,15 +323,23 @@ def test_selftest_of_an_unmodified_trainer_followed_from_outside(tmp_path, chaos
     assert result.exit_code == 0 and str(result.score) == "2/2"
 
 
-def test_selftest_under_torchrun(tmp_path, chaos_golden_cache):
+def test_selftest_under_torchrun_finds_what_weak_checks_miss(tmp_path, chaos_golden_cache):
     """torchrun's agents start the ranks (and restart nothing: chaos does): the layer rides in the environment
-    through the agent into each worker, and the shifted data position is caught."""
-    scenario = megatron_like_scenario(ONE_KILL_AFTER_5, launcher="torchrun")
-    result = _real_selftest(scenario, tmp_path / "selftest", ("data_shifted_one_sample",), chaos_golden_cache)
+    through the agent into each worker. The scenario leaves out the state checks: a shifted data position is
+    still caught by the loss, but one ulp on one tensor, which no printed loss shows, is *missed*, and the
+    selftest says what changed (the checkpoint entry, against the control run) and fails (exit 1)."""
+    checks = "[trajectory, resume_point, steps_lost, data_order, faults_landed, no_survivors, restart_budget]"
+    scenario = megatron_like_scenario(ONE_KILL_AFTER_5, launcher="torchrun", checks=checks)
+    result = _real_selftest(scenario, tmp_path / "selftest", ("data_shifted_one_sample", "one_ulp_one_tensor"),
+                            chaos_golden_cache)
     assert result.control.verdict == "pass", result.control.summary
     shifted = result.outcome("data_shifted_one_sample")
     assert shifted.verdict == CAUGHT and "trajectory" in shifted.checks, shifted
     assert any("read as" in line for line in shifted.acted), shifted.acted
+    ulp = result.outcome("one_ulp_one_tensor")
+    assert ulp.verdict == MISSED, ulp
+    assert "every check passed, but parameter" in ulp.why and "differs" in ulp.why, ulp.why
+    assert (str(result.score), result.exit_code) == ("1/2", 1)
 
 
 # ---- the full bug set (soak: about ten real runs each) ------------------------------------------------------------
