@@ -107,7 +107,7 @@ def _state_change(control_dir: Path, bug_dir: Path, golden: Golden | None) -> Ch
         found = result.differences + result.notes
         if found:
             return Change(True, f"{found[0].sentence()} at iteration {iteration} "
-                                f"({len(found)} entr{'y' if len(found) == 1 else 'ies'} differ from the control's)",
+                                f"({len(found)} entr{'y differs' if len(found) == 1 else 'ies differ'} from the control's)",
                           compared_iterations=change.compared_iterations)
     return change
 
