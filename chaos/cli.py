@@ -18,10 +18,11 @@ from chaos.safe_files import printable
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chaos", description="Fault-injection resilience tester for large-model training.")
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a scenario and give a verdict against the golden")
-    run.add_argument("scenario", type=Path)
+    run.add_argument("scenario", type=Path, help=SCENARIO_HELP)
     run.add_argument("--out", type=Path, help="run directory (default: runs/<date>-<name>)")
     run.add_argument("--seed", type=int, help="seed for random faults (overrides the scenario's)")
     run.add_argument("--golden", type=Path, help="golden file to compare against (Megatron format)")
@@ -32,12 +33,19 @@ def _parser() -> argparse.ArgumentParser:
                           "pinned bitwise, else 2)")
 
     validate = commands.add_parser("validate", help="check scenario files without running anything")
-    validate.add_argument("scenarios", type=Path, nargs="+")
+    validate.add_argument("scenarios", type=Path, nargs="+", help="scenario files (YAML) to check")
+
+    plan = commands.add_parser("plan", help="print the faults a scenario resolves to (random ones drawn), without "
+                                            "running anything")
+    plan.add_argument("scenario", type=Path, help=SCENARIO_HELP)
+    plan.add_argument("--seed", type=int, help="seed for random faults (overrides the scenario's)")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario key (dotted)")
+    plan.add_argument("--json", action="store_true", help="print the plan as a run directory's plan.json holds it")
 
     golden = commands.add_parser("golden", help="goldens")
     golden_commands = golden.add_subparsers(dest="golden_command", required=True)
     record = golden_commands.add_parser("record", help="run the workload uninterrupted and write its golden")
-    record.add_argument("scenario", type=Path)
+    record.add_argument("scenario", type=Path, help=SCENARIO_HELP + "; its faults are ignored")
     record.add_argument("--out", type=Path, help="golden file (default: goldens/<preset>-<fingerprint>.json)")
     record.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     record.add_argument("--repeats", type=_repeats, metavar="R",
@@ -50,11 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("--limit", type=int, default=40, help="differing entries to list (default 40)")
 
     report = commands.add_parser("report", help="re-check a stored run and re-render its reports")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, help="a run directory (what chaos run --out names)")
 
     replay = commands.add_parser("replay", help="re-run the exact landed schedule of an earlier run")
-    replay.add_argument("run_dir", type=Path)
-    replay.add_argument("--out", type=Path)
+    replay.add_argument("run_dir", type=Path, help="the earlier run's directory (its scenario.yaml and plan.json)")
+    replay.add_argument("--out", type=Path, help="run directory of the replay (default: RUN_DIR-replay)")
 
     soak = commands.add_parser("soak", help="seeded random faults, cycle after cycle, shrinking any failure")
     from chaos import soak as soak_module
@@ -66,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
 
     selftest_module.add_arguments(selftest)
     return parser
+
+
+SCENARIO_HELP = ("a scenario file (YAML): the workload, the faults, the restart policy and the checks "
+                 "(README: Scenario files; `chaos validate` checks one)")
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        version = metadata.version("chaos")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed: run from a source tree)"
+    return f"chaos {version} (Python {sys.version.split()[0]})"
 
 
 def _repeats(text: str) -> int:
@@ -153,6 +175,8 @@ def _dispatch(args) -> int:
         if len(args.scenarios) > 1:
             print(f"{len(args.scenarios) - invalid} of {len(args.scenarios)} valid", file=sys.stderr)
         return EXIT_INPUT if invalid else 0
+    if args.command == "plan":
+        return _plan(args)
     # imported only past validate: the runner pulls in the supervisor, checkers and reports
     from chaos import runner
     from chaos.progress import ProgressLine
@@ -195,6 +219,27 @@ def _dispatch(args) -> int:
 
         return selftest_module.main(args)
     raise AssertionError(args.command)
+
+
+def _plan(args) -> int:
+    """`chaos plan SCENARIO`: the concrete faults a run would get (plan.json), nothing launched."""
+    import dataclasses
+
+    from chaos.scenario import load_scenario, parse_overrides
+    from chaos.schedule import plan_faults, plan_to_json
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set))
+    if args.seed is not None:
+        scenario = dataclasses.replace(scenario, seed=args.seed)
+    plan = plan_faults(scenario)
+    if args.json:
+        print(plan_to_json(plan), end="")
+        return 0
+    print(f"{scenario.name}: {len(plan)} planned fault(s), seed {scenario.seed}, {scenario.world_size} ranks, "
+          f"{scenario.train_iters} steps")
+    for fault in plan:
+        print(f"  {printable(fault.describe())}")
+    return 0
 
 
 def _state(args) -> int:

@@ -84,6 +84,20 @@ class PlannedFault:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def describe(self) -> str:
+        """One line for people: `f1: attempt 1, step 3 backward -> rank 1: SIGKILL (scenario)`."""
+        t = self.trigger
+        if t.phase is None:
+            when = f"{t.after_s:g} s after launch" if t.after_s is not None else "at once"
+        else:
+            when = (f"step {t.step} " if t.step is not None else "first ") + t.phase
+            when += f" #{t.index}" if t.index is not None else ""
+            when += f" + {t.delay_s:g} s" if t.delay_s else ""
+        who = (f"node {self.target.node} (ranks {', '.join(map(str, self.target.ranks))})" if self.target.kind == "node"
+               else "all ranks" if self.target.kind == "all"
+               else ("rank " if len(self.target.ranks) == 1 else "ranks ") + ", ".join(map(str, self.target.ranks)))
+        return f"{self.id}: attempt {t.attempt}, {when} -> {who}: {self.action.describe()} ({self.origin})"
+
     @classmethod
     def from_dict(cls, data: dict) -> "PlannedFault":
         target = dict(data["target"])

@@ -96,3 +96,41 @@ def test_repeats_must_be_a_small_whole_number():
     for bad in ("0", "two", "1000"):
         result = chaos("golden", "record", "scenarios/random_seeded.yaml", "--repeats", bad)
         assert result.returncode == 2 and "--repeats" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version_names_chaos_and_python():
+    result = chaos("--version")
+    assert result.returncode == 0 and result.stdout.startswith("chaos ") and "Python 3." in result.stdout
+
+
+def test_plan_prints_the_faults_a_run_would_get_without_running(tmp_path):
+    from chaos.scenario import load_scenario
+    from chaos.schedule import plan_faults, plan_from_json
+
+    path = ROOT / "scenarios" / "random_seeded.yaml"
+    shown = chaos("plan", str(path), "--json", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert plan_from_json(shown.stdout) == plan_faults(load_scenario(path))  # what plan.json would hold
+    reseeded = chaos("plan", str(path), "--seed", "5", "--json", cwd=tmp_path)
+    import dataclasses
+
+    assert plan_from_json(reseeded.stdout) == plan_faults(dataclasses.replace(load_scenario(path), seed=5))
+    assert reseeded.stdout != shown.stdout  # the seed draws other random faults
+    table = chaos("plan", str(ROOT / "scenarios" / "gpt3_mcore_tp2_zero3_resume_fsdp_dtensor.yaml"), cwd=tmp_path)
+    assert "f2: attempt 2, step 8 checkpoint.shard #1 -> rank 2: SIGKILL (scenario)" in table.stdout, table.stdout
+    assert "f3: attempt 3, step 10 forward -> all ranks: SIGTERM" in table.stdout
+    assert not any(tmp_path.iterdir())  # nothing launched, nothing written
+    bad = chaos("plan", str(tmp_path / "nope.yaml"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nope.yaml" in bad.stderr
+
+
+def test_every_positional_argument_says_what_it_is():
+    for command in ("run", "validate", "plan", "report", "replay", "state", "soak", "selftest"):
+        result = chaos(command, "--help")
+        positional = result.stdout.split("positional arguments:")[1].split("options:")[0]
+        names = [line for line in positional.splitlines() if line.startswith("  ") and not line.startswith("   ")]
+        assert names, result.stdout
+        for line in names:  # `  name   what it is`, or a long name with its help on the next line
+            following = positional.splitlines()[positional.splitlines().index(line) + 1:][:1]
+            assert len(line.split(None, 1)) == 2 or (following and following[0].startswith("      ")), \
+                f"chaos {command}: {line.strip()} has no help"

@@ -35,7 +35,9 @@ def parse_duration(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenario", type=Path)
+    parser.add_argument("scenario", type=Path, help="a scenario file (YAML) whose workload is soaked: its `random:` "
+                                                     "entries drawn anew each cycle, else its faults replaced by "
+                                                     "seeded random ones")
     how_long = parser.add_mutually_exclusive_group(required=True)
     how_long.add_argument("--duration", help="soak this long (8h, 90m, 1h30m); counts only time spent soaking")
     how_long.add_argument("--cycles", type=int, help="run this many cycles")
