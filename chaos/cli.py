@@ -52,6 +52,14 @@ def _parser() -> argparse.ArgumentParser:
                         help="run the job R times uninterrupted and keep the spread between them (default: 1 where "
                              "the numerics are pinned bitwise, e.g. chaos's CPU trainer; else 2)")
 
+    check = golden_commands.add_parser("check", help="record the workload here once and compare it bitwise with a "
+                                                     "golden: does that golden hold on this machine?")
+    check.add_argument("scenario", type=Path, help=SCENARIO_HELP + "; its faults are ignored")
+    check.add_argument("--golden", type=Path, help="the golden to check (default: the one in goldens/ recorded for "
+                                                   "the workload, on whatever machine)")
+    check.add_argument("--out", type=Path, help="where the recording goes (default: a temporary directory)")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
     state = commands.add_parser("state", help="read a checkpoint's state from outside (and compare it with another)")
     state.add_argument("checkpoint", type=Path, help="a checkpoint directory (iter_0000008/): DCP or Megatron's torch")
     state.add_argument("--against", type=Path, help="another checkpoint of the same job: list the entries that differ")
@@ -194,6 +202,14 @@ def _dispatch(args) -> int:
         # the golden run injects no faults, so they are dropped before validation: overrides such as a
         # shorter workload.train_iters must not be rejected for faults that would never run
         scenario = load_scenario(args.scenario, {**parse_overrides(args.set), "faults": []})
+        if args.golden_command == "check":
+            from chaos.golden_check import check_golden
+
+            if args.golden is not None and not args.golden.is_file():
+                raise InputError(str(args.golden), "--golden", "no such file")
+            checked = check_golden(scenario, args.golden, args.out, say=print)
+            print(checked.summary())
+            return 0 if checked.bitwise else 1
         out = args.out or (runner.REPO_ROOT / "goldens" / runner.golden_file_name(scenario))
         # timestamped like a run directory: a reused one would resume from the old run's checkpoints
         work_dir = runner.default_run_dir(scenario, prefix="golden-")

@@ -366,3 +366,38 @@ def test_the_ranks_get_the_pins_and_torch_honours_them(tmp_path):
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip().splitlines()[-1] == "AVX2 False", done.stdout
     assert "CNR:COMPATIBLE" in done.stdout, done.stdout[-800:]
+
+
+def test_golden_check_says_whether_a_golden_holds_here(tmp_path, small_golden):
+    """`chaos golden check`: the small workload recorded again here against its golden (bitwise equal: exit 0),
+    then against a copy with one lm loss moved by one ulp (exit 1, naming the metric and the step)."""
+    import math
+    import os
+
+    from chaos.golden import meta_path
+    from workload_runs import small_workload
+
+    scenario = tmp_path / "small.yaml"
+    scenario.write_text(f"workload: {small_workload()}\nfaults:\n  - at: {{step: 3, phase: backward}}\n    target: {{rank: 0}}\n"
+                        "    signal: SIGKILL\n")
+    repo = Path(__file__).resolve().parents[1]
+
+    def check(golden: Path, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "chaos.cli", "golden", "check", str(scenario), "--golden",
+                               str(golden), "--out", str(out)], capture_output=True, text=True, timeout=600,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(repo)})
+
+    same = check(small_golden, tmp_path / "here")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "lm loss        6/6 steps bitwise equal" in same.stdout and same.stdout.rstrip().endswith("BITWISE EQUAL")
+    assert "checkpoints    iterations [2, 4, 6] compared entry by entry" in same.stdout
+    moved = tmp_path / "moved.json"
+    data = json.loads(small_golden.read_text())
+    data["lm loss"]["values"]["4"] = math.nextafter(data["lm loss"]["values"]["4"], math.inf)
+    moved.write_text(json.dumps(data))
+    shutil.copy(meta_path(small_golden), meta_path(moved))
+    different = check(moved, tmp_path / "here-2")
+    assert different.returncode == 1, different.stdout + different.stderr
+    assert "DIFFERENT: lm loss at step 4" in different.stdout
+    missing = check(tmp_path / "nope.json", tmp_path / "here-3")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
