@@ -8,7 +8,7 @@ import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
-from chaos.supervisor.sweep import sweep_token_holders
+from chaos.ownership.sweep import sweep_token_holders
 from workload_runs import small_workload
 
 

@@ -15,7 +15,7 @@ import pytest
 from chaos import faults
 from chaos.faults import corrupt, straggler
 from chaos.plan import Action
-from chaos.supervisor.processes import TrackedProcess
+from chaos.ownership.processes import TrackedProcess
 
 
 def committed_checkpoint(root: Path, iterations=(3, 6), tracker=6) -> Path:

@@ -18,7 +18,8 @@ import pytest
 
 from chaos.errors import InputError
 from chaos.scenario import load_scenario_text
-from chaos.supervisor import hosts, lifeline, slurm, slurm_task
+from chaos.ownership import lifeline
+from chaos.supervisor import hosts, slurm, slurm_task
 
 NETNS = hosts.unavailable_reason()
 SLURM = NETNS or slurm.unavailable_reason()

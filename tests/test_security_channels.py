@@ -29,7 +29,7 @@ from chaos.supervisor import supervisor as supervisor_module
 from chaos.supervisor.agents import AgentServer, teardown_all
 from chaos.supervisor.attempt import Attempt
 from chaos.supervisor.control_server import ControlServer
-from chaos.supervisor.processes import TrackedProcess
+from chaos.ownership.processes import TrackedProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_multihost_agents import start_agent  # noqa: E402

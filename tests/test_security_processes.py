@@ -23,8 +23,8 @@ from chaos.checkers import run_check
 from chaos.report.junit import build_junit
 from chaos.report.model import build_report
 from chaos.report.summary import format_summary
-from chaos.supervisor.processes import ProcessTable, TrackedProcess, create_time, teardown
-from chaos.supervisor.sweep import sweep_token_holders
+from chaos.ownership.processes import ProcessTable, TrackedProcess, create_time, teardown
+from chaos.ownership.sweep import sweep_token_holders
 from synthetic_runs import SyntheticRun
 
 NOBODY = 65534
@@ -234,7 +234,7 @@ def test_teardown_does_not_signal_the_group_of_a_stranger_that_got_an_exited_ado
 def test_the_watchdog_leaves_a_group_whose_id_was_reused_by_a_stranger(processes):
     """The supervisor died; the watchdog kills what it guarded. The guarded group's leader and members are
     long gone and an unrelated session now leads a group with the same id: nothing of it is signalled."""
-    from chaos.supervisor import watchdog
+    from chaos.ownership import watchdog
 
     leader = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     processes.append(leader)
@@ -258,7 +258,7 @@ def test_the_watchdog_leaves_a_group_whose_id_was_reused_by_a_stranger(processes
 
 def test_the_watchdog_still_kills_the_members_of_its_group_after_the_leader_exited(processes):
     """The leader is gone but members of its group live on (the id cannot be reused while they do): killed."""
-    from chaos.supervisor import watchdog
+    from chaos.ownership import watchdog
 
     leader = subprocess.Popen([sys.executable, "-c", STRANGER_SESSION], stdout=subprocess.PIPE, text=True,
                               start_new_session=True)

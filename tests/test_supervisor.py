@@ -19,7 +19,7 @@ from chaos.history import HistoryWriter, load_run_history, read_jsonl, superviso
 from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
 from chaos.supervisor import SupervisorConfig, supervise
 from chaos.supervisor import attempt as attempt_module
-from chaos.supervisor.processes import TrackedProcess, is_same_process
+from chaos.ownership.processes import TrackedProcess, is_same_process
 from chaos.workloads import LaunchSpec
 
 REPO = Path(__file__).resolve().parents[1]

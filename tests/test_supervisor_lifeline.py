@@ -26,7 +26,8 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_supervisor import fault, make_config
 from chaos.plan import RestartPolicy
-from chaos.supervisor import lifeline, supervise
+from chaos.ownership import lifeline
+from chaos.supervisor import supervise
 if {no_cgroup!r}:
     lifeline.create_attempt_cgroup = lambda token, attempt: (None, "cgroups switched off by the test")
 faults = [fault(ranks=(0, 1), step=3, phase="forward", signal_name="SIGKILL")] if {held!r} else [

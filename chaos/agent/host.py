@@ -3,7 +3,7 @@ one that signals them.
 
 Owning means what the supervisor does for ranks on its own machine, done where the ranks are: each rank
 is the agent's child in a session of its own, dies with the agent (PR_SET_PDEATHSIG) and joins a cgroup of
-the agent's where the host allows one, which the agent's own watchdog (chaos.supervisor.watchdog) kills if
+the agent's where the host allows one, which the agent's own watchdog (chaos.ownership.watchdog) kills if
 the agent is killed outright (a torchrun's workers do not die with their torchrun); a pidfd per rank tells the agent of its exit at once (reported to
 the controller with its exit code); a signal goes through that pidfd, so it reaches that process and no
 other. At teardown the agent runs the supervisor's own teardown (SIGKILL to stopped ranks, SIGTERM, grace,
@@ -33,9 +33,9 @@ import psutil
 from chaos import safe_files
 from chaos import control
 from chaos.agent import protocol
-from chaos.supervisor import lifeline
-from chaos.supervisor.processes import ProcessTable, TrackedProcess, create_time, returncode_signal, teardown
-from chaos.supervisor.sweep import environ_has, same_host, sweep_token_holders
+from chaos.ownership import lifeline
+from chaos.ownership.processes import ProcessTable, TrackedProcess, create_time, returncode_signal, teardown
+from chaos.ownership.sweep import environ_has, same_host, sweep_token_holders
 
 CONNECT_TIMEOUT_S = 60.0
 """How long an agent keeps trying to reach its controller (it may start before the controller listens)."""

@@ -2,7 +2,7 @@
 
 Every teardown must leave no survivors (on a cluster, each host's agent answers for its host; a host whose
 agent cannot answer leaves the check undecided), and nothing the job started may have escaped the attempt (the run
-token sweep after teardown, chaos.supervisor.sweep.sweep_token_holders, finds what did; another user's
+token sweep after teardown, chaos.ownership.sweep.sweep_token_holders, finds what did; another user's
 process carrying the token is not the job's: a security event, shown in the evidence, never a failure); every process
 the supervisor launched must have been seen to exit (rank_exit) or been torn down with its attempt. A hang must be detected within restart.hang_timeout_s
 (+ slack) of the last progress any rank recorded, and a SIGSTOP fault (which never exits) must end in a
@@ -93,7 +93,7 @@ def check(ctx: CheckContext) -> CheckResult:
                                                       "leaked", "hosts") if k in r}
                               for r in teardowns],
                 "unaccounted": unaccounted, "hangs": hangs}
-    # Another user's processes that carried the run's token (chaos.supervisor.sweep.Stranger): seen and
+    # Another user's processes that carried the run's token (chaos.ownership.sweep.Stranger): seen and
     # reported, never signalled, and not the job's doing, so never a failure of this check.
     strangers = [{key: record.get(key) for key in ("attempt", "node", "pid", "uid", "command", "why") if key in record}
                  for record in history.supervisor_events(h.SECURITY_EVENT)]

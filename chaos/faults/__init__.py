@@ -19,7 +19,7 @@ from chaos.plan import Action
 @dataclass
 class FaultContext:
     targets: list = field(default_factory=list)
-    """chaos.supervisor.processes.TrackedProcess of the target ranks (verified, alive when planned)."""
+    """chaos.ownership.processes.TrackedProcess of the target ranks (verified, alive when planned)."""
     checkpoint_dir: Path | None = None
     cgroup_name: str | None = None
     """A name of this run's own for a cgroup the action makes (a straggler's): chaos-<run token>-..."""

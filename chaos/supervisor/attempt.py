@@ -22,15 +22,16 @@ from chaos import history
 from chaos import safe_files
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, cores_for_warm_spares
-from chaos.supervisor import launcher, lifeline, slurm_task
+from chaos.ownership import lifeline
+from chaos.supervisor import launcher, slurm_task
 from chaos.supervisor import listener as listening
 from chaos.supervisor.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
 from chaos.supervisor.control_server import Connection
 from chaos.supervisor.history_tail import HistoryTail
 from chaos.supervisor.observed import ObservedTriggers
-from chaos.supervisor.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
+from chaos.ownership.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
                                         returncode_signal, still_running, teardown)
-from chaos.supervisor.sweep import environ_has, stranger_fields, sweep_token_holders
+from chaos.ownership.sweep import environ_has, stranger_fields, sweep_token_holders
 from chaos.supervisor.records import (AGENT_EXIT, AGENT_LOST, AGENT_REFUSED, CORRUPTED, LIFELINE, OBSERVED,
                                       OBSERVER, RANK_REJECTED, SLURMD_RESTARTED)
 

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chaos.supervisor import lifeline
+from chaos.ownership import lifeline
 
 SUBNET = "10.213.0"
 """Addresses node N gets SUBNET.(N+1): inside the run's own namespaces only, so no clash is possible."""

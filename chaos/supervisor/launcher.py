@@ -28,8 +28,8 @@ from chaos.supervisor import slurm as slurm_module, slurm_cluster, slurm_task
 from chaos.agent import protocol as agent_protocol
 from chaos.supervisor.agents import AgentInfo
 from chaos.supervisor.slurm import PrivateSlurm
-from chaos.supervisor.lifeline import child_setup
-from chaos.supervisor.processes import TrackedProcess
+from chaos.ownership.lifeline import child_setup
+from chaos.ownership.processes import TrackedProcess
 from chaos.supervisor.spares import SparePool, send_order
 from chaos.workloads.base import LaunchSpec
 
@@ -55,7 +55,7 @@ class AttemptLaunch:
     port: int
     control_socket: str
     cgroup_procs: str | None = None
-    """The attempt's cgroup (chaos.supervisor.lifeline): every launched process joins it before exec."""
+    """The attempt's cgroup (chaos.ownership.lifeline): every launched process joins it before exec."""
     run_dir: str = ""
     run_token: str = ""
     """The run's secret (control.RUN_TOKEN_FILE in run_dir): in the ranks' environment only, never in argv or
@@ -88,7 +88,7 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | 
            cgroup_procs: str | None = None) -> subprocess.Popen:
     log = safe_files.open_append(log_path)
     try:
-        # preexec: join the attempt's cgroup and die with the supervisor (chaos.supervisor.lifeline); the
+        # preexec: join the attempt's cgroup and die with the supervisor (chaos.ownership.lifeline); the
         # supervisor launches from one thread, the one PR_SET_PDEATHSIG watches.
         return subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, cwd=cwd,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos import safe_files
-from chaos.supervisor import lifeline
+from chaos.ownership import lifeline
 from chaos.supervisor.hosts import HEAD_ADDRESS, SimulatedHosts
 
 TOOLS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "scontrol")

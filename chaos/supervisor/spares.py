@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from chaos import safe_files
-from chaos.supervisor.lifeline import child_setup
+from chaos.ownership.lifeline import child_setup
 from chaos.supervisor.spare import ENV_ORDER_FD
 from chaos.workloads.base import LaunchSpec
 

@@ -25,7 +25,8 @@ from chaos import history
 from chaos import safe_files
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
-from chaos.supervisor import disk, lifeline
+from chaos.ownership import lifeline
+from chaos.supervisor import disk
 from chaos.supervisor import hosts as hosts_module
 from chaos.supervisor import slurm as slurm_module, slurm_cluster
 from chaos.supervisor.agents import AgentServer

@@ -10,7 +10,7 @@ ever signalled. Process-group signals (`killpg`) are sent only while the group l
 unreaped child (reaped only after teardown, see `exit_status`) or a process whose pidfd says it is running
 at that instant; the kernel never reuses a pid while it is in use, so the group id is still the leader's.
 
-What escaped all this is ended by the run-token sweep (chaos.supervisor.sweep).
+What escaped all this is ended by the run-token sweep (chaos.ownership.sweep).
 """
 
 from __future__ import annotations

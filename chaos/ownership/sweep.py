@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psutil
 
 from chaos.safe_files import one_line
-from chaos.supervisor.processes import ProcessTable, create_time, pidfd_exited
+from chaos.ownership.processes import ProcessTable, create_time, pidfd_exited
 
 COMMAND_LIMIT = 200
 """Characters of a swept process's command line kept (escaped with `one_line`: it is that process's text)."""

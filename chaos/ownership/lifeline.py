@@ -10,7 +10,7 @@ GPUs and writing checkpoints into a run directory a new run may already be using
 - each attempt gets a cgroup v2 of its own where the machine allows it, joined by every launched process
   before exec, so its whole tree (torchrun workers, data-loader workers, a grandchild that setsid()s away)
   is in it: teardown ends with `cgroup.kill`, which misses nothing;
-- a watchdog process (chaos.supervisor.watchdog), the supervisor's child on a pipe: when the pipe closes
+- a watchdog process (chaos.ownership.watchdog), the supervisor's child on a pipe: when the pipe closes
   without a goodbye (the supervisor died), it kills what it was told to guard: the attempt's cgroup, or,
   where there is no cgroup, every member of the launched processes' groups (younger than the leader the
   supervisor recorded, so a reused id is never hit) and then exits. It never signals anything else.
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from chaos.supervisor import watchdog
+from chaos.ownership import watchdog
 
 PR_SET_PDEATHSIG = 1
 
@@ -143,10 +143,10 @@ def create_cgroup(name: str) -> tuple[AttemptCgroup | None, str | None]:
 
 # ---- the watchdog -----------------------------------------------------------------------------------------
 class Watchdog:
-    """The supervisor's side of chaos.supervisor.watchdog."""
+    """The supervisor's side of chaos.ownership.watchdog."""
 
     def __init__(self) -> None:
-        self._process = subprocess.Popen([sys.executable, "-m", "chaos.supervisor.watchdog"], stdin=subprocess.PIPE,
+        self._process = subprocess.Popen([sys.executable, "-m", "chaos.ownership.watchdog"], stdin=subprocess.PIPE,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          start_new_session=True, close_fds=True, text=True)
 

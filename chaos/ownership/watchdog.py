@@ -1,4 +1,4 @@
-"""`python -m chaos.supervisor.watchdog`: kills what a dead supervisor left behind (chaos.supervisor.lifeline).
+"""`python -m chaos.ownership.watchdog`: kills what a dead supervisor left behind (chaos.ownership.lifeline).
 
 Reads instructions on stdin, one per line, from the supervisor that started it:
 
