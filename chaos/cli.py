@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 SCENARIO_HELP = ("a scenario file (YAML): the workload, the faults, the restart policy and the checks "
-                 "(README: Scenario files; `chaos validate` checks one)")
+                 "(docs/scenarios.md; `chaos validate` checks one)")
 
 
 def _version() -> str:

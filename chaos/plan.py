@@ -112,8 +112,8 @@ class PlannedFault:
 
 
 WARM_CORES_PER_RANK = 2
-"""restart.warm auto: spares pay off where os.cpu_count() >= this x world_size (measured, README: Warm
-restarts: on 2 cores with 4 ranks a warm restart was 1.12x faster and a soak 0.94x as fast)."""
+"""restart.warm auto: spares pay off where os.cpu_count() >= this x world_size (measured, docs/warm-restarts.md: on
+2 cores with 4 ranks a warm restart was 1.12x faster and a soak 0.94x as fast)."""
 
 
 def cores_for_warm_spares(world_size: int) -> bool:

@@ -35,7 +35,7 @@ pytestmark = [
 REPO = Path(__file__).resolve().parents[1]
 
 HAS_TE = importlib.util.find_spec("transformer_engine") is not None
-_NO_TE = pytest.mark.skipif(not HAS_TE, reason="transformer-engine is not installed here (README: GPU brings it)")
+_NO_TE = pytest.mark.skipif(not HAS_TE, reason="transformer-engine is not installed here (docs/gpu.md: GPU brings it)")
 IMPLS = [pytest.param("local", "torch", id="local-torch"), pytest.param("local", "megatron", id="local-megatron"),
          pytest.param("transformer_engine", "torch", id="transformer_engine-torch", marks=_NO_TE),
          pytest.param("transformer_engine", "megatron", id="transformer_engine-megatron", marks=_NO_TE)]
@@ -63,8 +63,8 @@ TOPOLOGIES = [pytest.param(w, id="tp1" if w == 1 else f"tp2xdp{w // 2}",
 def topology_id(world_size: int) -> str:
     return "tp1" if world_size == 1 else f"tp2xdp{world_size // 2}"
 
-# (impl, fsdp, world size) seen bitwise with an equal final hash on H100/H200 in deterministic mode (README,
-# GPU): held to that. The rest are held to Megatron's thresholds (Megatron-FSDP at dp >= 2 drifts after a
+# (impl, fsdp, world size) seen bitwise with an equal final hash on H100/H200 in deterministic mode
+# (docs/gpu.md): held to that. The rest are held to Megatron's thresholds (Megatron-FSDP at dp >= 2 drifts after a
 # resume; the TE cases below were not all measured).
 MEASURED_BITWISE = {("local", "torch", 2), ("local", "torch", 4), ("transformer_engine", "torch", 4), ("local", "megatron", 2)}
 

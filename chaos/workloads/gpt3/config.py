@@ -304,7 +304,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "world_size": 2,
         "tensor_parallel": 2,
         # Upstream uses Megatron-FSDP; chaos's fsdp: megatron resumes bitwise at TP2xDP1 but only within
-        # Megatron's thresholds at TP2xDP2 and is unverified with TE (README, GPU), so the preset shards
+        # Megatron's thresholds at TP2xDP2 and is unverified with TE (docs/gpu.md), so the preset shards
         # with FSDP2, which resumes bitwise on GPU with both layer specs.
         "fsdp": "torch",
         "transformer_impl": "transformer_engine",
