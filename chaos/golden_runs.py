@@ -78,14 +78,14 @@ def golden_search_dirs(scenario: Scenario) -> list[Path]:
 def recorded_from_history(run_dir: Path) -> tuple[golden_module.Golden, str | None]:
     """The effective metrics and data hashes (latest attempt wins per step) and the final state hash of a run."""
     from chaos.checkers import views
-    from chaos.history import load_run_history
+    from chaos.history import FINAL_STATE, load_run_history
 
     history = load_run_history(run_dir)
     records = [record for _, (_, record) in views.effective_metrics(history).items()]
     recorded = golden_module.Golden.from_records(records)
     final_hash = None
     for attempt in history.attempts:
-        for event in attempt.events("final_state", rank=0):
+        for event in attempt.events(FINAL_STATE, rank=0):
             final_hash = event["state_hash"]
     return recorded, final_hash
 

@@ -52,6 +52,12 @@ SIGNAL_RECEIVED = "signal_received"            # signal (name), step, phase
 FINAL_STATE = "final_state"        # step, state_hash
 TRAIN_END = "train_end"            # step, reason: "complete" | "preempted"
 
+# ---- rank events seen only from outside (written by chaos.blackbox's follower from a trainer's own lines) -----
+SAVE_STARTED = "save_started"      # iteration, directory, ckpt_format
+SAVE_FINISHED = "save_finished"    # iteration
+EXCEPTION = "exception"            # summary, exception_type
+PARSE_ERROR = "parse_error"        # line, line_number, reason: a line that looks like a known one and does not parse
+
 # ---- supervisor events (written by chaos.supervisor) -------------------------------------------
 RUN_START = "run_start"            # run_dir, launcher, host (the supervisor's), world_size, nodes, faults
 ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
@@ -73,6 +79,19 @@ AGENT_HELLO = "agent_hello"        # attempt, node, host, pid, address, interfac
                                    # measured against the supervisor's (offset = agent - supervisor)
 SECURITY_EVENT = "security_event"  # attempt, pid, uid, command, why, node?: a process that is not the run's
                                    # (another user's) carried the run's token; never signalled, not the job's
+CORRUPTED = "corrupted"            # fault_id, attempt, path, mode, iteration, ...
+HOSTS = "hosts"                    # kind (netns), interface, addresses: [node 0's, ...]
+SLURM = "slurm"                    # conf, nodes: the private Slurm cluster (launcher: slurm)
+SLURMD_RESTARTED = "slurmd_restarted"  # attempt, nodes: lost nodes' slurmd started again before the attempt
+OBSERVED = "observed"              # attempt, phase, step, index, path, tracker: a checkpoint-directory event
+                                   # seen by the black-box follower (log-observed workloads)
+OBSERVER = "observer"              # attempt, watch_mode, fallback_reason: how the checkpoint directory is watched
+LIFELINE = "lifeline"              # cgroup (path or None), reason, fallback: how nothing outlives the supervisor
+AGENT_EXIT = "agent_exit"          # attempt, node, pid, returncode, signal
+RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we could not verify)
+CLUSTER = "cluster"                # controller, agents, control: where an existing cluster's nodes reach chaos
+AGENT_REFUSED = "agent_refused"    # attempt, reason: a connection to the agent listener that was not let in
+AGENT_LOST = "agent_lost"          # attempt, node, host, reason: an agent's link broke during the attempt
 
 
 class HistoryWriter:

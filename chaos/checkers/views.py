@@ -174,7 +174,7 @@ def committed_checkpoints(history: RunHistory, before_attempt: int | None = None
 
 
 def corrupted_records(history: RunHistory, before_mono: float | None = None) -> list[dict]:
-    records = history.supervisor_events("corrupted")
+    records = history.supervisor_events(h.CORRUPTED)
     if before_mono is not None:
         records = [r for r in records if r.get("mono") is None or r["mono"] < before_mono]
     return records

@@ -80,7 +80,7 @@ def faults_table(ctx: CheckContext) -> list[dict[str, Any]]:
 
 def _exceptions(attempt) -> list[dict[str, Any]]:
     seen: dict[str, dict[str, Any]] = {}
-    for record in attempt.events("exception"):
+    for record in attempt.events(h.EXCEPTION):
         seen.setdefault(record.get("summary", ""), {"rank": record.get("rank"), "summary": record.get("summary")})
     return list(seen.values())[:5]
 
@@ -98,7 +98,7 @@ def attempts_table(ctx: CheckContext) -> list[dict[str, Any]]:
         raised = _exceptions(attempt) if attempt else []
         if raised:  # what the trainer itself reported dying of (a black-box trainer's traceback)
             row["exceptions"] = raised
-        unparsed = list(attempt.events("parse_error")) if attempt else []
+        unparsed = list(attempt.events(h.PARSE_ERROR)) if attempt else []
         if unparsed:  # a followed trainer's line that looked like its own format but did not parse
             row["parse_errors"] = {"count": len(unparsed), "first": [
                 {key: record.get(key) for key in ("rank", "line_number", "reason", "line")} for record in unparsed[:3]]}

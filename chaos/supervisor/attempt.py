@@ -32,8 +32,8 @@ from chaos.supervisor.observed import ObservedTriggers
 from chaos.ownership.processes import (FATAL_BY_DEFAULT, ProcessTable, TrackedProcess, create_time,
                                         returncode_signal, still_running, teardown)
 from chaos.ownership.sweep import environ_has, stranger_fields, sweep_token_holders
-from chaos.supervisor.records import (AGENT_EXIT, AGENT_LOST, AGENT_REFUSED, CORRUPTED, LIFELINE, OBSERVED,
-                                      OBSERVER, RANK_REJECTED, SLURMD_RESTARTED)
+from chaos.history import (AGENT_EXIT, AGENT_LOST, AGENT_REFUSED, CORRUPTED, LIFELINE, OBSERVED, OBSERVER,
+                           RANK_REJECTED, SLURMD_RESTARTED)
 
 if TYPE_CHECKING:
     from chaos.supervisor.supervisor import _Supervisor

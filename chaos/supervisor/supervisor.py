@@ -33,7 +33,7 @@ from chaos.supervisor.agents import AgentServer
 from chaos.supervisor.attempt import Attempt
 from chaos.supervisor.control_server import ControlServer
 from chaos.supervisor.hosts import HostsError, SimulatedHosts
-from chaos.supervisor.records import CLUSTER, HOSTS, SLURM
+from chaos.history import CLUSTER, HOSTS, SLURM
 from chaos.supervisor.slurm import PrivateSlurm, SlurmError
 from chaos.supervisor.spares import SparePool
 from chaos.workloads.base import LaunchSpec

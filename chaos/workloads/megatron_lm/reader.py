@@ -27,10 +27,6 @@ from chaos import history
 from chaos.checkpoint_layout import TRACKER, iteration_dir_name
 from chaos.workloads.megatron_lm import log_lines as ll
 
-SAVE_STARTED = "save_started"      # iteration, directory, ckpt_format
-SAVE_FINISHED = "save_finished"    # iteration
-EXCEPTION = "exception"            # summary, exception_type
-PARSE_ERROR = "parse_error"        # line, line_number, reason
 
 Record = tuple[str, dict[str, Any]]
 
@@ -48,13 +44,13 @@ class MegatronLogReader:
         out: list[Record] = []
         exception = self._tracebacks.feed(line)
         if exception is not None:
-            out.append((EXCEPTION, {"summary": exception.summary, "exception_type": exception.exception_type,
+            out.append((history.EXCEPTION, {"summary": exception.summary, "exception_type": exception.exception_type,
                                     "line_number": line_number}))
         event = ll.parse_line(line)
         if event is None:
             return out
         if isinstance(event, ll.ParseError):
-            out.append((PARSE_ERROR, {"line": event.line[:500], "line_number": line_number, "reason": event.reason}))
+            out.append((history.PARSE_ERROR, {"line": event.line[:500], "line_number": line_number, "reason": event.reason}))
         elif isinstance(event, ll.IterationLine):
             out.extend(self._iteration(event))
         elif isinstance(event, ll.LoadBegin):
@@ -69,10 +65,10 @@ class MegatronLogReader:
             if Path(event.tracker_path) == self.checkpoint_dir / TRACKER:
                 out.append((history.CHECKPOINT_LOADED, {"iteration": 0, "path": None}))
         elif isinstance(event, ll.SaveBegin):
-            out.append((SAVE_STARTED, {"iteration": event.iteration, "directory": event.directory,
+            out.append((history.SAVE_STARTED, {"iteration": event.iteration, "directory": event.directory,
                                        "ckpt_format": event.ckpt_format}))
         elif isinstance(event, ll.SaveDone):
-            out.append((SAVE_FINISHED, {"iteration": event.iteration}))
+            out.append((history.SAVE_FINISHED, {"iteration": event.iteration}))
         elif isinstance(event, (ll.ExitOnSignal, ll.ExitAtIteration, ll.ExitAfterDuration)):
             step = getattr(event, "iteration", None) or self._last_step
             out.append((history.TRAIN_END, {"step": step, "reason": "preempted", "message": type(event).__name__}))
