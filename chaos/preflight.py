@@ -86,7 +86,7 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
     """Simulated hosts (hosts: netns) need root and the namespace tools, a private Slurm cluster its daemons,
     an existing cluster (hosts: cluster) srun and scontrol; say so before anything starts."""
     if hosts == "cluster":
-        from chaos.supervisor import slurm_cluster
+        from chaos.supervisor.hosts import slurm_cluster
 
         reason = slurm_cluster.unavailable_reason()
         if reason is not None:
@@ -98,7 +98,7 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
         return
     if hosts != "netns":
         return
-    from chaos.supervisor import hosts as hosts_module, slurm
+    from chaos.supervisor.hosts import netns as hosts_module, slurm
 
     reason = hosts_module.unavailable_reason()
     if reason is not None:

@@ -19,7 +19,7 @@ import pytest
 from chaos.errors import InputError
 from chaos.scenario import load_scenario_text
 from chaos.ownership import lifeline
-from chaos.supervisor import hosts, slurm, slurm_task
+from chaos.supervisor.hosts import netns as hosts, slurm, slurm_task
 
 NETNS = hosts.unavailable_reason()
 SLURM = NETNS or slurm.unavailable_reason()
@@ -217,7 +217,7 @@ def test_multihost_slurm_private_cluster_runs_steps_and_a_lost_node_comes_back(t
             try:
                 shim = subprocess.run(
                     [*made.enter_head(tmp_path), "srun", "--nodes=2", "--ntasks=4", "--ntasks-per-node=2",
-                     "--overcommit", sys.executable, "-m", "chaos.supervisor.slurm_task", "sh", "-c",
+                     "--overcommit", sys.executable, "-m", "chaos.supervisor.hosts.slurm_task", "sh", "-c",
                      'echo "$RANK/$WORLD_SIZE $LOCAL_RANK/$LOCAL_WORLD_SIZE $GROUP_RANK $(grep ^0:: /proc/self/cgroup)"'],
                     env={**os.environ, **cluster.env(), slurm_task.ENV_CGROUP_PROCS: cgroup.procs_file},
                     capture_output=True, text=True, timeout=60)
@@ -450,7 +450,7 @@ def test_multihost_existing_slurm_cluster_that_refuses_the_step_is_an_infrastruc
 
 
 def test_multihost_srun_args_that_do_not_parse_are_named(monkeypatch):
-    from chaos.supervisor import slurm_cluster
+    from chaos.supervisor.hosts import slurm_cluster
 
     monkeypatch.setenv("CHAOS_SRUN_ARGS", "--partition='train")
     with pytest.raises(slurm_cluster.ClusterError) as raised:

@@ -1,4 +1,4 @@
-"""The per-host agent (chaos.agent) and the controller's side of it (chaos.supervisor.agents), as real
+"""The per-host agent (chaos.agent) and the controller's side of it (chaos.supervisor.hosts.agents), as real
 processes over TCP on 127.0.0.1: the token, starting and owning ranks, exits, signals only to what the agent
 started, teardown, an agent that outlives its controller by nothing; and the clocks: offsets measured and
 rank records put on the supervisor's clock. `pytest -k multihost` selects these with the other multi-host
@@ -17,7 +17,7 @@ import pytest
 
 from chaos import history
 from chaos.agent import protocol
-from chaos.supervisor.agents import AgentServer, RemoteProcess, teardown_all
+from chaos.supervisor.hosts.agents import AgentServer, RemoteProcess, teardown_all
 
 TOKEN = "test-token-1234"
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -289,7 +289,7 @@ def test_multihost_slurm_task_shim_records_how_its_rank_ended_and_passes_slurms_
 
     slurm = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "1", "SLURM_NNODES": "2"}
     env = {**os.environ, **slurm, "CHAOS_HISTORY_DIR": str(tmp_path)}
-    shim = [sys.executable, "-m", "chaos.supervisor.slurm_task"]
+    shim = [sys.executable, "-m", "chaos.supervisor.hosts.slurm_task"]
     assert subprocess.run([*shim, "sh", "-c", "exit 3"], env=env, timeout=30).returncode == 3
     ended = json.loads((tmp_path / "rank-2.exit").read_text())
     assert ended["returncode"] == 3 and ended["signal"] is None

@@ -9,7 +9,7 @@ import pytest
 
 from chaos.faults import straggler
 from chaos.runner import run_scenario
-from chaos.supervisor import hosts, slurm
+from chaos.supervisor.hosts import netns as hosts, slurm
 from chaos.scenario import load_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"

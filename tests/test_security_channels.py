@@ -26,7 +26,7 @@ from chaos import control, history
 from chaos.history import read_jsonl, supervisor_history_path
 from chaos.supervisor import launcher
 from chaos.supervisor import supervisor as supervisor_module
-from chaos.supervisor.agents import AgentServer, teardown_all
+from chaos.supervisor.hosts.agents import AgentServer, teardown_all
 from chaos.supervisor.attempt import Attempt
 from chaos.supervisor.control_server import ControlServer
 from chaos.ownership.processes import TrackedProcess
@@ -354,7 +354,7 @@ LOW_LIMIT_CHILD = textwrap.dedent("""
         channel.serve(8)
         print("served", channel.attempt.end, len(channel.server.connections), flush=True)
     else:
-        from chaos.supervisor.agents import AgentServer
+        from chaos.supervisor.hosts.agents import AgentServer
         server = AgentServer("a-token", "127.0.0.1")
         print(server.address, flush=True)
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))

@@ -24,7 +24,7 @@ class FaultContext:
     cgroup_name: str | None = None
     """A name of this run's own for a cgroup the action makes (a straggler's): chaos-<run token>-..."""
     hosts: object | None = None
-    """chaos.supervisor.hosts.SimulatedHosts, where the scenario has them (a partition cuts a node's link)."""
+    """chaos.supervisor.hosts.netns.SimulatedHosts, where the scenario has them (a partition cuts a node's link)."""
     node: int | None = None
     """The target node, for a fault that acts on a whole node (a partition, a node loss)."""
 

@@ -1,6 +1,6 @@
 """Node loss: a host dies at once (power, kernel panic, a preempted VM) and comes back blank. Every process in
 the node's namespaces gets SIGKILL at the same moment (its ranks, its torchrun agent, whatever they
-started), and once they are gone its node-local disk is emptied (chaos.supervisor.hosts): whatever the job
+started), and once they are gone its node-local disk is emptied (chaos.supervisor.hosts.netns): whatever the job
 kept only there is lost with it.
 
 The check that judges it is `node_loss` (with `resume_point`): no later attempt may resume from a

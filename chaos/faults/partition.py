@@ -1,5 +1,5 @@
 """Partition faults: a node's network link is cut for `duration_s` seconds (only with `hosts: netns`, where
-each node has one: chaos.supervisor.hosts). Every packet to or from the node is dropped meanwhile; its
+each node has one: chaos.supervisor.hosts.netns). Every packet to or from the node is dropped meanwhile; its
 processes keep running, their sockets stay open, and TCP retransmits once the link is back.
 
 The cut is made here; the returned `undo` heals the link, which the supervisor calls when the duration is

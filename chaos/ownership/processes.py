@@ -66,7 +66,7 @@ class TrackedProcess:
     warm: bool = False
     """Started from a warm spare (chaos.supervisor.spares) rather than a fresh interpreter."""
     status_file: Path | None = None
-    """Where the process's parent writes how it ended (a Slurm task's shim, chaos.supervisor.slurm_task):
+    """Where the process's parent writes how it ended (a Slurm task's shim, chaos.supervisor.hosts.slurm_task):
     read when the exit code could not be (its parent reaped it before we looked)."""
     status_writer: tuple[int, float] | None = None
     """(pid, create_time) of that parent: while it lives, the file is coming."""
@@ -379,7 +379,7 @@ class ProcessTable:
                              and leaders[group].holds_pid())
 
     def adopt_slurm_task(self, process: TrackedProcess, status_file: Path) -> None:
-        """A rank that is a Slurm task's child (chaos.supervisor.slurm_task): its shim reaps it and writes
+        """A rank that is a Slurm task's child (chaos.supervisor.hosts.slurm_task): its shim reaps it and writes
         how it ended to `status_file`; the shim is the run's too, so teardown ends it with its rank."""
         process.expect_status_file(status_file)
         if process.status_writer is not None:

@@ -23,9 +23,10 @@ from chaos import safe_files
 from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, cores_for_warm_spares
 from chaos.ownership import lifeline
-from chaos.supervisor import launcher, slurm_task
+from chaos.supervisor import launcher
+from chaos.supervisor.hosts import slurm_task
 from chaos.supervisor import listener as listening
-from chaos.supervisor.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
+from chaos.supervisor.hosts.agents import AgentLink, AgentLost, RemoteProcess, teardown_all
 from chaos.supervisor.control_server import Connection
 from chaos.supervisor.history_tail import HistoryTail
 from chaos.supervisor.observed import ObservedTriggers

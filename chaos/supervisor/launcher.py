@@ -22,12 +22,12 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_fi
 from chaos import safe_files
 from chaos import control
 from chaos.errors import InfrastructureError
-from chaos.supervisor import hosts as hosts_module
-from chaos.supervisor.hosts import SimulatedHosts
-from chaos.supervisor import slurm as slurm_module, slurm_cluster, slurm_task
+from chaos.supervisor.hosts import netns as hosts_module
+from chaos.supervisor.hosts.netns import SimulatedHosts
+from chaos.supervisor.hosts import slurm as slurm_module, slurm_cluster, slurm_task
 from chaos.agent import protocol as agent_protocol
-from chaos.supervisor.agents import AgentInfo
-from chaos.supervisor.slurm import PrivateSlurm
+from chaos.supervisor.hosts.agents import AgentInfo
+from chaos.supervisor.hosts.slurm import PrivateSlurm
 from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess
 from chaos.supervisor.spares import SparePool, send_order
@@ -242,7 +242,7 @@ def _cluster_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
 
 def launch_agents(spec: LaunchSpec, launch: AttemptLaunch, controller: str) -> TrackedProcess:
     """hosts: cluster: one job step of agents, one per node, on the cluster this machine submits to; they dial
-    `controller` and start the ranks when told (chaos.supervisor.agents). Tracked here as the attempt's agent:
+    `controller` and start the ranks when told (chaos.supervisor.hosts.agents). Tracked here as the attempt's agent:
     srun, whose exit ends the step."""
     env = _cluster_env(spec, launch)
     # the agents' token under another name: what carries CHAOS_RUN_TOKEN is swept as the run's, and srun may

@@ -27,14 +27,14 @@ from chaos.errors import InfrastructureError
 from chaos.plan import PlannedFault, RestartPolicy, cores_for_warm_spares
 from chaos.ownership import lifeline
 from chaos.supervisor import disk
-from chaos.supervisor import hosts as hosts_module
-from chaos.supervisor import slurm as slurm_module, slurm_cluster
-from chaos.supervisor.agents import AgentServer
+from chaos.supervisor.hosts import netns as hosts_module
+from chaos.supervisor.hosts import slurm as slurm_module, slurm_cluster
+from chaos.supervisor.hosts.agents import AgentServer
 from chaos.supervisor.attempt import Attempt
 from chaos.supervisor.control_server import ControlServer
-from chaos.supervisor.hosts import HostsError, SimulatedHosts
+from chaos.supervisor.hosts.netns import HostsError, SimulatedHosts
 from chaos.history import CLUSTER, HOSTS, SLURM
-from chaos.supervisor.slurm import PrivateSlurm, SlurmError
+from chaos.supervisor.hosts.slurm import PrivateSlurm, SlurmError
 from chaos.supervisor.spares import SparePool
 from chaos.workloads.base import LaunchSpec
 
@@ -46,7 +46,7 @@ class SupervisorConfig:
     launcher: Literal["direct", "torchrun", "slurm"]
     run_dir: Path
     hosts: Literal["local", "netns", "cluster"] = "local"
-    """netns: each node in a network namespace of its own (chaos.supervisor.hosts), for partitions;
+    """netns: each node in a network namespace of its own (chaos.supervisor.hosts.netns), for partitions;
     cluster: the nodes of the Slurm cluster this machine submits to, through agents (chaos.agent)."""
 
 

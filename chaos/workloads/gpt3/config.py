@@ -224,7 +224,7 @@ class GPT3Config:
     def with_run_dir(self, run_dir: Path) -> "GPT3Config":
         """Checkpoints always live inside the run directory: the tool never writes outside it."""
         if self.checkpoint_storage == "node_local":
-            # the node-local disk's mount point (chaos.supervisor.hosts.NODE_LOCAL): each node sees its own
+            # the node-local disk's mount point (chaos.supervisor.hosts.netns.NODE_LOCAL): each node sees its own
             save_dir = Path(run_dir) / "node_local" / "checkpoints"
         else:
             save_dir = Path(run_dir) / "checkpoints"

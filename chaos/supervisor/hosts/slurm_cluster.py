@@ -33,7 +33,7 @@ ENV_SRUN_TASK_ARGS = "CHAOS_SRUN_TASK_ARGS"
 """Extra srun options for the ranks' step (launcher: slurm), e.g. `--gpus-per-task=1 --cpus-per-task=8`."""
 TOOLS = ("srun", "scontrol")
 AGENT_MODULE = "chaos.agent"
-TASK_MODULE = "chaos.supervisor.slurm_task"
+TASK_MODULE = "chaos.supervisor.hosts.slurm_task"
 
 
 class ClusterError(RuntimeError):
@@ -100,7 +100,7 @@ def srun_extra_args(name: str = ENV_SRUN_ARGS) -> list[str]:
 def tasks_srun_argv(argv: list[str], world_size: int, nodes: int, job_id: str, job_name: str, output: Path,
                     cwd: Path | None) -> list[str]:
     """The attempt's ranks as one step of the agents' job, `world_size / nodes` tasks a node, alongside the
-    agents (--overlap); chaos.supervisor.slurm_task gives each torchrun's environment."""
+    agents (--overlap); chaos.supervisor.hosts.slurm_task gives each torchrun's environment."""
     return ["srun", f"--jobid={job_id}", "--overlap", f"--nodes={nodes}", f"--ntasks={world_size}",
             f"--ntasks-per-node={world_size // nodes}", "--kill-on-bad-exit=0", f"--job-name={job_name}",
             "--export=ALL", f"--output={output}", f"--chdir={cwd or os.getcwd()}", *srun_extra_args(ENV_SRUN_TASK_ARGS),

@@ -11,7 +11,7 @@ the machine's own Slurm or munge set-up is read or changed. The daemons die with
 of the node; it is started again (the replaced machine boots and registers) before the next attempt.
 
 Each attempt is one job (`srun` allocates it and runs one step on every node): a restart is a new job, as a
-requeue is. The ranks are Slurm tasks: `chaos.supervisor.slurm_task` gives them torchrun's environment
+requeue is. The ranks are Slurm tasks: `chaos.supervisor.hosts.slurm_task` gives them torchrun's environment
 (RANK, WORLD_SIZE, LOCAL_RANK, ...) from Slurm's, then exec()s the workload's command.
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from chaos import safe_files
 from chaos.ownership import lifeline
-from chaos.supervisor.hosts import HEAD_ADDRESS, SimulatedHosts
+from chaos.supervisor.hosts.netns import HEAD_ADDRESS, SimulatedHosts
 
 TOOLS = ("munged", "slurmctld", "slurmd", "srun", "sinfo", "scontrol")
 READY_TIMEOUT_S = 30.0
@@ -35,7 +35,7 @@ READY_TIMEOUT_S = 30.0
 MAX_BASE_PATH = 48
 """The daemons make Unix sockets under the directory (munge's, slurmstepd's in the spool: NAME_JOB.STEP) and a
 socket path must fit in 108 bytes: past this length the directory is reached by a short path instead."""
-TASK_MODULE = "chaos.supervisor.slurm_task"
+TASK_MODULE = "chaos.supervisor.hosts.slurm_task"
 USABLE = ("idle", "mixed", "allocated", "completing")
 """Node states (sinfo %T) in which a node takes jobs: in service, perhaps still finishing an earlier one."""
 

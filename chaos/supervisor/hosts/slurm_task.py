@@ -1,4 +1,4 @@
-"""What `srun` runs for each rank (chaos.supervisor.slurm, chaos.supervisor.slurm_cluster): torchrun's
+"""What `srun` runs for each rank (chaos.supervisor.hosts.slurm, chaos.supervisor.hosts.slurm_cluster): torchrun's
 environment from Slurm's, then the workload's command as this task's only child, whose end it writes down.
 
 Why a child and not an exec: chaos adopts the rank at its hello, but the rank's parent reaps it, and an exit
@@ -11,7 +11,7 @@ First the task joins the attempt's cgroup, as every rank chaos launches does bef
 child of the node's slurmstepd, not of chaos, and in that cgroup teardown's `cgroup.kill`, the watchdog that
 outlives a killed supervisor and the survivor checks reach it like any other rank.
 
-    python -m chaos.supervisor.slurm_task COMMAND...
+    python -m chaos.supervisor.hosts.slurm_task COMMAND...
 
 Imports nothing but the standard library (and chaos.safe_files): it must cost nothing before the workload starts.
 """
@@ -49,18 +49,18 @@ def torchrun_env(env: dict[str, str]) -> dict[str, str]:
 
 def main(argv: list[str]) -> None:
     if not argv:
-        sys.exit("usage: python -m chaos.supervisor.slurm_task COMMAND...")
+        sys.exit("usage: python -m chaos.supervisor.hosts.slurm_task COMMAND...")
     missing = [name for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID")
                if name not in os.environ]
     if missing:
-        sys.exit(f"chaos.supervisor.slurm_task runs under srun; {', '.join(missing)} not set")
+        sys.exit(f"chaos.supervisor.hosts.slurm_task runs under srun; {', '.join(missing)} not set")
     procs = os.environ.pop(ENV_CGROUP_PROCS, None)
     if procs:
         try:
             with open(procs, "w") as handle:
                 handle.write(str(os.getpid()))
         except OSError as error:  # the token sweep still finds it; say why teardown's cgroup will not
-            print(f"chaos.supervisor.slurm_task: could not join the attempt's cgroup {procs}: {error}",
+            print(f"chaos.supervisor.hosts.slurm_task: could not join the attempt's cgroup {procs}: {error}",
                   file=sys.stderr, flush=True)
     os.environ.update(torchrun_env(dict(os.environ)))
     interfaces = dict(item.split("=", 1) for item in os.environ.pop(ENV_IFNAMES, "").split(",") if "=" in item)
@@ -82,7 +82,7 @@ def run_and_record(argv: list[str], status_path: Path) -> None:
         try:
             os.execvp(argv[0], argv)
         except OSError as error:
-            print(f"chaos.supervisor.slurm_task: cannot start {argv[0]!r}: {error}", file=sys.stderr, flush=True)
+            print(f"chaos.supervisor.hosts.slurm_task: cannot start {argv[0]!r}: {error}", file=sys.stderr, flush=True)
         os._exit(127)
     for signum in FORWARDED:
         signal.signal(signum, lambda received, frame: _forward(child, received))
