@@ -17,7 +17,7 @@ import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
-from chaos.supervisor.spares import SparePool
+from chaos.supervisor.spares.pool import SparePool
 from test_megatron_lm_run import megatron_lm_golden  # noqa: F401 - the session's stand-in golden (a fixture)
 from test_megatron_lm_run import scenario as megatron_lm_scenario
 from workload_runs import small_workload
@@ -60,7 +60,7 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_warm_spares import gpt3_spec
-from chaos.supervisor.spares import SparePool
+from chaos.supervisor.spares.pool import SparePool
 spec = gpt3_spec(Path({run!r}))
 pool = SparePool(spec, Path({run!r}) / "spares", {{**os.environ, **spec.env}})
 print(" ".join(map(str, pool.refill())), flush=True)

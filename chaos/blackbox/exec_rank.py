@@ -19,7 +19,7 @@ import sys
 from chaos import control
 
 IN_PROCESS = "--in-process"
-"""Set by a warm spare (chaos.supervisor.spare) that already imported the trainer's modules: `PYTHON SCRIPT
+"""Set by a warm spare (chaos.supervisor.spares.spare) that already imported the trainer's modules: `PYTHON SCRIPT
 ARGS` runs in this interpreter (runpy) instead of an exec, exactly as `python SCRIPT ARGS` would run it."""
 
 EXIT_REJECTED = 70

@@ -64,7 +64,7 @@ class TrackedProcess:
     last_signal: str | None = None
     last_signal_mono: float | None = None
     warm: bool = False
-    """Started from a warm spare (chaos.supervisor.spares) rather than a fresh interpreter."""
+    """Started from a warm spare (chaos.supervisor.spares.pool) rather than a fresh interpreter."""
     status_file: Path | None = None
     """Where the process's parent writes how it ended (a Slurm task's shim, chaos.supervisor.hosts.slurm_task):
     read when the exit code could not be (its parent reaped it before we looked)."""

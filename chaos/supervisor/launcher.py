@@ -30,7 +30,7 @@ from chaos.supervisor.hosts.agents import AgentInfo
 from chaos.supervisor.hosts.slurm import PrivateSlurm
 from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess
-from chaos.supervisor.spares import SparePool, send_order
+from chaos.supervisor.spares.pool import SparePool, send_order
 from chaos.workloads.base import LaunchSpec
 
 MASTER_ADDR = "127.0.0.1"
@@ -101,7 +101,7 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | 
 
 def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, spares: SparePool | None = None) -> list[TrackedProcess]:
     """One process per rank running spec.argv, with the environment torchrun would give it: a warm spare
-    from `spares` where one is alive (chaos.supervisor.spares), else a fresh interpreter."""
+    from `spares` where one is alive (chaos.supervisor.spares.pool), else a fresh interpreter."""
     processes: list[TrackedProcess] = []
     started: list[subprocess.Popen] = []
     common = base_env(spec, launch)

@@ -35,7 +35,7 @@ from chaos.supervisor.control_server import ControlServer
 from chaos.supervisor.hosts.netns import HostsError, SimulatedHosts
 from chaos.history import CLUSTER, HOSTS, SLURM
 from chaos.supervisor.hosts.slurm import PrivateSlurm, SlurmError
-from chaos.supervisor.spares import SparePool
+from chaos.supervisor.spares.pool import SparePool
 from chaos.workloads.base import LaunchSpec
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class CheckpointLayout(Protocol):
 
 @dataclass(frozen=True)
 class WarmStart:
-    """How a warm spare (chaos.supervisor.spare) becomes one of this workload's ranks: the modules it imports
+    """How a warm spare (chaos.supervisor.spares.spare) becomes one of this workload's ranks: the modules it imports
     ahead, then the entry point it runs as `python -m module args` or `python script args` would."""
 
     imports: tuple[str, ...]

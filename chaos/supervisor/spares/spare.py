@@ -1,4 +1,4 @@
-"""A warm spare: `python -m chaos.supervisor.spare MODULE...` imports what a workload's ranks import (torch,
+"""A warm spare: `python -m chaos.supervisor.spares.spare MODULE...` imports what a workload's ranks import (torch,
 megatron-core, the trainer's modules), says it is ready, and waits for a rank to become.
 
 It does nothing else before its order: no process group, no CUDA context, no RNG use, no file of the run

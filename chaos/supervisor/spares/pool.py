@@ -3,7 +3,7 @@ restart does not pay for a new interpreter importing torch and megatron-core (se
 
 A spare is spawned (never forked from a process that imported torch), lives in its own session with
 PR_SET_PDEATHSIG like every launched process, and is owned by the pool until an attempt takes it: then it is
-moved into the attempt's cgroup, tracked like a rank, and sent its order (chaos.supervisor.spare); one still
+moved into the attempt's cgroup, tracked like a rank, and sent its order (chaos.supervisor.spares.spare); one still
 importing is used too (its order waits until the imports are done, still ahead of a fresh interpreter). A
 spare that died is not used (a fresh interpreter takes its place) and is replaced at the next refill.
 """
@@ -23,7 +23,7 @@ from typing import Mapping
 
 from chaos import safe_files
 from chaos.ownership.lifeline import child_setup
-from chaos.supervisor.spare import ENV_ORDER_FD
+from chaos.supervisor.spares.spare import ENV_ORDER_FD
 from chaos.workloads.base import LaunchSpec
 
 
@@ -101,7 +101,7 @@ class SparePool:
         self._spawned += 1
         try:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "chaos.supervisor.spare", *self.spec.warm.imports],
+                [sys.executable, "-m", "chaos.supervisor.spares.spare", *self.spec.warm.imports],
                 env={**self.env, ENV_ORDER_FD: str(theirs.fileno())}, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, pass_fds=(theirs.fileno(),),
                 cwd=self.spec.cwd, preexec_fn=child_setup(os.getpid(), None))
