@@ -1,4 +1,5 @@
-"""The shape of chaos/, kept: its import graph, read from the source (nothing imported).
+"""The shape of chaos/, kept: its import graph, read from the source (nothing imported), and the README as a
+front door whose links into docs/ all resolve.
 
 - No two packages (or top-level modules) of chaos/ import each other, through any import, lazy ones included:
   the supervisor and the host agents share process ownership through chaos/ownership/, which imports neither.
@@ -125,3 +126,41 @@ def test_the_graph_reader_sees_a_cycle(tmp_path):
     targets = {t for t, _ in _imports("chaos.agent.host", agent, modules)}
     assert "chaos.ownership.processes" in targets and "chaos.agent.protocol" in targets
     assert not any(t.startswith("chaos.supervisor") for t in targets)
+
+
+REPO = CHAOS.parent
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a markdown file's headings (outside code blocks)."""
+    import re
+
+    anchors, in_code = set(), False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_readme_is_a_front_door_and_every_link_resolves():
+    import re
+
+    readme = REPO / "README.md"
+    lines = readme.read_text().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines: reference belongs in docs/"
+    assert "scripts/demo.sh" in "\n".join(lines[:6]) and "scripts/test.sh" in "\n".join(lines[:6])
+    broken = []
+    for page in [readme, *sorted((REPO / "docs").rglob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            file, _, anchor = target.partition("#")
+            resolved = (page.parent / file) if file else page
+            if not resolved.exists():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert broken == []
