@@ -449,7 +449,7 @@ def _is_run_directory(directory: Path) -> bool:
 def _peek(path: Path) -> str:
     """A YAML file's text for a look at collection time; '' for anything not a small regular UTF-8 file (a
     FIFO named x.yaml must not hang collection, /dev/zero linked as one must not fill memory)."""
-    from chaos.scenario.load import read_scenario_text
+    from chaos.scenario.yaml_text import read_scenario_text
 
     try:
         return read_scenario_text(Path(path))

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
-import stat
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Mapping
-
-import yaml
+from typing import Any, Mapping
 
 from chaos.errors import InputError, did_you_mean, show
 from chaos.golden import KNOWN_METRICS
@@ -26,6 +21,9 @@ from chaos.scenario.model import (
     CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, FaultSpec, GoldenSpec, RandomFaults, Scenario,
     ScriptedFault, TargetSpec,
 )
+from chaos.scenario.dump import scenario_to_mapping
+from chaos.scenario.overrides import override_value, set_dotted
+from chaos.scenario.yaml_text import parse_yaml, read_scenario_text
 from chaos.workloads import Workload, workload_from_mapping
 
 TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "faults", "restart", "golden",
@@ -47,98 +45,6 @@ NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
 MAX_RESTARTS = 1000
 """Each restart is a new attempt of the whole job; more than this is a typo, and an MTBF plan expands to one
 fault per restart when it is validated."""
-
-
-# ---- YAML ------------------------------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently) and reads `1e-3` as a
-    number (YAML 1.1 wants a dot in the mantissa; people write lr: 1e-3)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, "found a list or mapping used as a key; keys are names",
-                key_node.start_mark) from None
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                "while reading a mapping", node.start_mark, f"found duplicate key {show(key)}", key_node.start_mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
-
-
-MAX_INT_DIGITS = 40
-"""Longer integers are no setting anyone means (and past 4300 digits Python refuses to parse them)."""
-
-
-def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
-    digits = sum(ch.isdigit() for ch in str(node.value))
-    if digits > MAX_INT_DIGITS:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"an integer with {digits} digits; expected at most {MAX_INT_DIGITS}", node.start_mark)
-    return loader.construct_yaml_int(node)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-MAX_SCENARIO_BYTES = 1 << 20
-"""A scenario is a few kilobytes; a megabyte is already a generated or wrong file."""
-
-
-def read_scenario_text(path: Path) -> str:
-    """The text of a scenario file: a regular file of at most MAX_SCENARIO_BYTES, in UTF-8. Anything else
-    (a directory, a FIFO that would block forever, /dev/zero that never ends, Latin-1) is an InputError."""
-    source = str(path)
-    try:
-        # O_NONBLOCK, then fstat of what was opened: a FIFO swapped in after a check must not block the read
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        kind = os.fstat(fd).st_mode
-        if not stat.S_ISREG(kind):
-            os.close(fd)
-            what = "a directory" if stat.S_ISDIR(kind) else "a FIFO" if stat.S_ISFIFO(kind) else \
-                "a device" if stat.S_ISCHR(kind) or stat.S_ISBLK(kind) else "a socket or special file"
-            raise InputError(source, "", f"is {what}; expected a scenario YAML file")
-        os.set_blocking(fd, True)
-        with os.fdopen(fd, "rb") as handle:
-            data = handle.read(MAX_SCENARIO_BYTES + 1)
-    except OSError as error:
-        raise InputError(source, "", f"cannot read scenario: {error.strerror or error}") from None
-    if len(data) > MAX_SCENARIO_BYTES:
-        raise InputError(source, "", f"larger than {MAX_SCENARIO_BYTES >> 20} MiB; a scenario is a few KB of YAML")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise InputError(source, f"line {line}", f"not UTF-8 (byte 0x{data[error.start]:02x} at offset "
-                                                 f"{error.start}); save the file as UTF-8") from None
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """YAML text -> Python data; a syntax error becomes an InputError with the line and column."""
-    try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except RecursionError:
-        raise InputError(source, "", "nested too deeply to be a scenario (lists or mappings inside each other "
-                                     "hundreds of levels deep)") from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise InputError(source, where, f"invalid YAML: {error.problem or error}") from None
-    except yaml.YAMLError as error:
-        raise InputError(source, "", f"invalid YAML: {error}") from None
 
 
 # ---- small typed readers -----------------------------------------------------------------------------
@@ -629,113 +535,7 @@ def _checks(read: _Fields, value: Any) -> tuple[str, ...]:
     return tuple(name for name in CHECK_NAMES if name in picked)
 
 
-# ---- back to plain data --------------------------------------------------------------------------------
-def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
-    """The scenario as plain data in its shortest explicit form: load_scenario_mapping(result) == scenario.
-    The golden path is written absolute, so the mapping stays valid wherever it is saved."""
-    out: dict[str, Any] = {"name": scenario.name}
-    if scenario.description:
-        out["description"] = scenario.description
-    out["seed"] = scenario.seed
-    out["workload"] = _plain(scenario.workload.scenario_mapping(scenario.workload_mapping))
-    out["launcher"] = scenario.launcher
-    if scenario.hosts != "local":
-        out["hosts"] = scenario.hosts
-    out["restart"] = {**asdict(scenario.restart), "warm": "auto" if scenario.restart.warm is None
-                      else scenario.restart.warm}
-    out["faults"] = [_fault_to_mapping(fault) for fault in scenario.faults]
-    golden: dict[str, Any] = {}
-    if scenario.golden.path is not None:
-        golden["path"] = str(scenario.golden.path)
-    if scenario.golden.mode is not None:
-        golden["mode"] = scenario.golden.mode
-    if scenario.golden.repeats is not None:
-        golden["repeats"] = scenario.golden.repeats
-    if golden:
-        out["golden"] = golden
-    if scenario.tolerance:
-        out["tolerance"] = dict(scenario.tolerance)
-    if scenario.accepted_state_differences:
-        out["accept_state_differences"] = dict(scenario.accepted_state_differences)
-    out["checks"] = "all" if set(scenario.checks) == set(CHECK_NAMES) else list(scenario.checks)
-    return out
-
-
-def dump_scenario(scenario: Scenario) -> str:
-    """YAML text of scenario_to_mapping (what the soak shrinker writes)."""
-    return yaml.safe_dump(scenario_to_mapping(scenario), sort_keys=False, default_flow_style=None)
-
-
-def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
-    if isinstance(fault, RandomFaults):
-        entry: dict[str, Any] = {}
-        if fault.count is not None:
-            entry["count"] = fault.count
-        if fault.steps is not None:
-            entry["steps"] = list(fault.steps)
-        if fault.phases:
-            entry["phases"] = list(fault.phases)
-        if fault.ranks:
-            entry["ranks"] = list(fault.ranks)
-        entry["signals"] = list(fault.signals)
-        if fault.attempt != 1:
-            entry["attempt"] = fault.attempt
-        if fault.mtbf_s is not None:
-            entry["mtbf_s"] = fault.mtbf_s
-        if fault.until_s is not None:
-            entry["until_s"] = fault.until_s
-        return {"random": entry}
-    trigger = {key: val for key, val in asdict(fault.trigger).items() if val is not None}
-    if trigger.get("attempt") == 1:
-        del trigger["attempt"]
-    target: Any
-    kind = fault.target.kind
-    if kind == "rank":
-        target = {"rank": fault.target.ranks[0]}
-    elif kind == "ranks":
-        target = {"ranks": list(fault.target.ranks)}
-    elif kind == "node":
-        target = {"node": fault.target.node}
-    elif kind == "random" and fault.target.count != 1:
-        target = {"random": fault.target.count}
-    else:
-        target = kind
-    out: dict[str, Any] = {"at": trigger, "target": target}
-    if fault.action.kind == "signal":
-        out["signal"] = fault.action.signal
-    elif fault.action.kind == "pause":
-        out["pause"] = fault.action.duration_s
-    elif fault.action.kind == "partition":
-        out["partition"] = fault.action.duration_s
-    elif fault.action.kind == "node_loss":
-        out["node_loss"] = True
-    elif fault.action.kind == "straggler":
-        out["straggler"] = {"cpus": fault.action.cpus, "duration_s": fault.action.duration_s}
-    else:
-        out["corrupt"] = fault.action.corrupt
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _plain(val) for key, val in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(val) for val in value]
-    return value
-
-
 # ---- overrides (CLI --set, pytest marker kwargs) ---------------------------------------------------------
-def parse_overrides(items: Iterable[str], source: str = "--set") -> dict[str, Any]:
-    """["workload.train_iters=8", "seed=3"] -> {"workload.train_iters": "8", "seed": "3"}."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(source, item, "expected KEY=VALUE with a dotted key, e.g. workload.train_iters=8")
-        out[key.strip()] = value
-    return out
-
-
 def apply_overrides(scenario: Scenario, overrides: Mapping[str, Any]) -> Scenario:
     """A new scenario with dotted keys replaced (`workload.train_iters=8`, `faults.0.at.step=4`, `seed=3`),
     validated again from scratch. String values are read as YAML (`8` -> 8, `[1, 2]` -> a list)."""
@@ -744,40 +544,5 @@ def apply_overrides(scenario: Scenario, overrides: Mapping[str, Any]) -> Scenari
     mapping = scenario_to_mapping(scenario)
     source = f"{scenario.source} (with overrides {', '.join(overrides)})"
     for key, value in overrides.items():
-        _set_dotted(mapping, key, _override_value(value), source)
+        set_dotted(mapping, key, override_value(value), source)
     return load_scenario_mapping(mapping, source, scenario.base_dir)
-
-
-def _override_value(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return yaml.load(value, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError:
-        return value
-
-
-def _set_dotted(mapping: dict, key: str, value: Any, source: str) -> None:
-    parts = key.split(".")
-    if not all(parts):
-        raise InputError(source, key, "expected a dotted key such as workload.train_iters")
-    node: Any = mapping
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise InputError(source, where, f"expected a list index < {len(node)}, got {show(part)}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise InputError(source, where, f"cannot set a key inside {show(node)}")
