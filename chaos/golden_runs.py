@@ -48,10 +48,16 @@ def move_aside(run_dir: Path) -> None:
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return
     preflight.check_holds_a_run(run_dir)
+    rename_to_previous(run_dir)
+
+
+def rename_to_previous(path: Path) -> Path:
+    """Renames `path` to the first free <name>.previous-N beside it (an earlier run or selftest kept as
+    evidence) and returns the new path."""
     n = 1
-    while run_dir.with_name(f"{run_dir.name}.previous-{n}").exists():
+    while path.with_name(f"{path.name}.previous-{n}").exists():
         n += 1
-    run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{n}"))
+    return path.rename(path.with_name(f"{path.name}.previous-{n}"))
 
 
 def start_run_dir(run_dir: Path) -> None:

@@ -102,12 +102,11 @@ def check_out(out: Path) -> None:
 
 
 def _move_aside(out: Path) -> None:
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    n = 1
-    while out.with_name(f"{out.name}.previous-{n}").exists():
-        n += 1
-    out.rename(out.with_name(f"{out.name}.previous-{n}"))
+    """An earlier selftest at --out (check_out allowed only that) becomes <out>.previous-N."""
+    from chaos.golden_runs import rename_to_previous
+
+    if out.is_dir() and any(out.iterdir()):
+        rename_to_previous(out)
 
 
 def run_selftest(scenario: Scenario, out: Path, bugs: tuple[str, ...] = catalog.NAMES, seed: int | None = None,

@@ -39,34 +39,34 @@ def _describe(scheduler, args, kwargs) -> str:
             f"{getattr(scheduler, 'last_epoch', '?')}, the learning-rate schedule runs one step behind")
 
 
+def _call_counted(counter: str, function, *args, **kwargs):
+    """Runs function with the thread's `counter` depth raised by one (nested scheduler calls see it)."""
+    depth = getattr(_tls, counter, 0)
+    setattr(_tls, counter, depth + 1)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        setattr(_tls, counter, depth)
+
+
 def _make(cls, name, function):
     if name == "step":
         def step(self, *args, **kwargs):
             global _done
-            internal = getattr(_tls, "internal", 0)
-            depth = getattr(_tls, "step", 0)
-            if _armed_for_skip and not _done and not internal and not depth:
+            outermost = not getattr(_tls, "internal", 0) and not getattr(_tls, "step", 0)
+            if _armed_for_skip and not _done and outermost:
                 _done = True
                 try:
                     log.record("acted", what=_describe(self, args, kwargs))
                 except Exception as error:
                     log.failed(error, where=f"{cls.__qualname__}.step")
                 return None
-            _tls.step = depth + 1
-            try:
-                return function(self, *args, **kwargs)
-            finally:
-                _tls.step = depth
+            return _call_counted("step", function, self, *args, **kwargs)
 
         return step
 
     def internal(self, *args, **kwargs):  # __init__ / load_state_dict: their own step() calls do not count
-        depth = getattr(_tls, "internal", 0)
-        _tls.internal = depth + 1
-        try:
-            return function(self, *args, **kwargs)
-        finally:
-            _tls.internal = depth
+        return _call_counted("internal", function, self, *args, **kwargs)
 
     return internal
 
