@@ -14,8 +14,8 @@ from chaos.workloads.megatron_lm.config import (
     CHAOS_OWNED_FLAGS,
     CKPT_FORMATS,
     MegatronLMConfig,
-    parse_flags,
 )
+from chaos.workloads.megatron_lm.flags import parse_flags
 
 SOURCE = "scenarios/megatron.yaml"
 

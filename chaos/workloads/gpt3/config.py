@@ -4,9 +4,6 @@ mapping (preset + overrides). Pure Python: the supervisor validates it without i
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -14,7 +11,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from chaos import safe_files
-from chaos.errors import InputError, did_you_mean, show
+from chaos.config_fields import AT_LEAST_ONE, FieldReader, read_dataclass, setting
+from chaos.errors import did_you_mean, show
 
 # Deliberate bugs, for proving that each checker can fail. Never on by default; a scenario or test asks.
 BUGS = (
@@ -50,66 +48,71 @@ stop matching. 3: the data hash covers labels, loss mask, position ids and atten
 vendors: MKL_CBWR=COMPATIBLE, oneDNN off, fused AdamW on CPU (exact square root)."""
 
 
+_PROBABILITY = "expected a probability in [0, 1), got {value}"
+_FRACTION = "expected a value in [0, 1), got {value}"
+
+
 @dataclass(frozen=True)
 class GPT3Config:
-    preset: str = "tiny_cpu"
-    """Named starting point: tiny_cpu (CI) or upstream_gpu (Megatron-LM's functional test shape)."""
+    """Each field is a key of the `workload:` mapping, read by its type and range (chaos.config_fields);
+    validate() checks the fields against each other."""
+
+    preset: str = setting("tiny_cpu", "Named starting point: tiny_cpu (CI) or upstream_gpu (Megatron-LM's "
+                                      "functional test shape).")
     device: Literal["cpu", "cuda"] = "cpu"
-    world_size: int = 4
-    """Number of ranks; data parallel size = world_size / tensor_parallel."""
-    nodes: int = 1
-    """Simulated hosts (torchrun agents); ranks are split evenly between them."""
-    tensor_parallel: int = 2
-    fsdp: Literal["torch", "megatron"] = "torch"
-    """ZeRO-3 implementation: torch FSDP2 fully_shard (CPU and GPU) or Megatron-FSDP optim_grads_params (GPU)."""
+    world_size: int = setting(4, "Number of ranks; data parallel size = world_size / tensor_parallel.",
+                              low=1, outside=AT_LEAST_ONE)
+    nodes: int = setting(1, "Simulated hosts (torchrun agents); ranks are split evenly between them.",
+                         low=1, outside=AT_LEAST_ONE)
+    tensor_parallel: int = setting(2, "1, 2, 4 or 8.", low=1, outside=AT_LEAST_ONE)
+    fsdp: Literal["torch", "megatron"] = setting("torch", "ZeRO-3 implementation: torch FSDP2 fully_shard (CPU "
+                                                          "and GPU) or Megatron-FSDP optim_grads_params (GPU).")
     transformer_impl: Literal["local", "transformer_engine"] = "local"
-    num_layers: int = 4
-    hidden_size: int = 128
-    num_attention_heads: int = 4
-    seq_length: int = 128
-    vocab_size: int = 1024
-    """Mock tokenizer vocabulary; padded to a multiple of 128 x tensor_parallel like Megatron."""
-    micro_batch_size: int = 2
-    global_batch_size: int = 8
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
+    num_layers: int = setting(4, low=1, outside=AT_LEAST_ONE)
+    hidden_size: int = setting(128, low=1, outside=AT_LEAST_ONE)
+    num_attention_heads: int = setting(4, low=1, outside=AT_LEAST_ONE)
+    seq_length: int = setting(128, low=1, outside=AT_LEAST_ONE)
+    vocab_size: int = setting(1024, "Mock tokenizer vocabulary; padded to a multiple of 128 x tensor_parallel "
+                                    "like Megatron.", low=1, outside=AT_LEAST_ONE)
+    micro_batch_size: int = setting(2, low=1, outside=AT_LEAST_ONE)
+    global_batch_size: int = setting(8, low=1, outside=AT_LEAST_ONE)
+    hidden_dropout: float = setting(0.1, low=0.0, below=1.0, outside=_PROBABILITY)
+    attention_dropout: float = setting(0.1, low=0.0, below=1.0, outside=_PROBABILITY)
     bf16: bool = False
     deterministic: bool = True
-    train_iters: int = 12
-    lr: float = 1.0e-3
-    min_lr: float = 1.0e-4
-    lr_warmup_iters: int = 2
-    lr_decay_iters: int | None = None
-    """Defaults to train_iters."""
+    train_iters: int = setting(12, low=1, outside=AT_LEAST_ONE)
+    lr: float = setting(1.0e-3, above=0.0)
+    min_lr: float = setting(1.0e-4, "At most lr.", low=0.0)
+    lr_warmup_iters: int = setting(2, "Below the decay steps.", low=0, outside="cannot be negative, got {value}")
+    lr_decay_iters: int | None = setting(None, "Defaults to train_iters.", low=1)
     lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = 0.01
-    clip_grad: float = 1.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1.0e-8
-    seed: int = 1234
-    data_path: str | None = None
-    """Prefix of a megatron indexed dataset (.bin/.idx); None = MockGPTDataset."""
-    save_interval: int = 4
-    keep_last: int = 0
-    """Keep only the newest k committed checkpoints (0 = keep all)."""
+    weight_decay: float = setting(0.01, low=0.0)
+    clip_grad: float = setting(1.0, low=0.0)
+    adam_beta1: float = setting(0.9, low=0.0, below=1.0, outside=_FRACTION)
+    adam_beta2: float = setting(0.95, low=0.0, below=1.0, outside=_FRACTION)
+    adam_eps: float = setting(1.0e-8, above=0.0)
+    seed: int = setting(1234, low=0, high=MAX_SEED, reason="numpy's seed range, less the per-rank offsets")
+    data_path: str | None = setting(None, "Prefix of a megatron indexed dataset (.bin/.idx); None = MockGPTDataset.")
+    save_interval: int = setting(4, low=1, outside=AT_LEAST_ONE)
+    keep_last: int = setting(0, "Keep only the newest k committed checkpoints (0 = keep all).", low=0,
+                             outside="cannot be negative")
     async_save: bool = False
-    exit_on_sigterm: bool = True
-    """Megatron's --exit-signal-handler: on SIGTERM finish the step, save, exit 0 (no step lost)."""
-    shard_files_per_rank: int = 2
-    """DCP shard files each rank writes (probe point checkpoint.shard after each)."""
-    checkpoint_storage: Literal["shared", "node_local"] = "shared"
-    """shared: checkpoints in the run directory, seen by every node. node_local: each rank writes its shards
-    to its own node's local disk (hosts: netns), with nothing copied elsewhere: what a node loss takes."""
+    exit_on_sigterm: bool = setting(True, "Megatron's --exit-signal-handler: on SIGTERM finish the step, save, "
+                                          "exit 0 (no step lost).")
+    shard_files_per_rank: int = setting(2, "DCP shard files each rank writes (probe point checkpoint.shard after "
+                                           "each).", low=1, outside=AT_LEAST_ONE)
+    checkpoint_storage: Literal["shared", "node_local"] = setting(
+        "shared", "shared: checkpoints in the run directory, seen by every node. node_local: each rank writes its "
+                  "shards to its own node's local disk (hosts: netns), with nothing copied elsewhere: what a node "
+                  "loss takes.")
     save_dir: str = "checkpoints"
-    data_cache_dir: str | None = None
-    """Where the dataset's index files are cached (None: beside the checkpoint directory). A run uses the run
-    directory's, seen by every node: Megatron builds them on rank 0 and the others read them."""
-    load_dir: str | None = None
-    """Resume from here (defaults to save_dir)."""
-    exit_at_iter: int | None = None
-    """Stop cleanly after this step, saved (Megatron's --exit-interval): the stop half of a stop/resume test."""
-    bugs: tuple[str, ...] = ()
+    data_cache_dir: str | None = setting(
+        None, "Where the dataset's index files are cached (None: beside the checkpoint directory). A run uses the "
+              "run directory's, seen by every node: Megatron builds them on rank 0 and the others read them.")
+    load_dir: str | None = setting(None, "Resume from here (defaults to save_dir).")
+    exit_at_iter: int | None = setting(None, "Stop cleanly after this step, saved (Megatron's --exit-interval): the "
+                                             "stop half of a stop/resume test.")
+    bugs: tuple[str, ...] = setting((), "Deliberate bugs (BUGS), for proving that each checker can fail.")
 
     # ---- derived -----------------------------------------------------------------------------
     @property
@@ -131,39 +134,21 @@ class GPT3Config:
     # ---- building ----------------------------------------------------------------------------
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], source: str, field_prefix: str = "workload") -> "GPT3Config":
+        """The preset's values, then the mapping's (each read by its field's type and range), then validate()."""
+        read = FieldReader(source, field_prefix)
         if not isinstance(mapping, Mapping):
-            raise InputError(source, field_prefix, f"expected a mapping, got {type(mapping).__name__}")
+            raise read.error("", f"expected a mapping, got {type(mapping).__name__}")
         preset_name = mapping.get("preset", "tiny_cpu")
         if not isinstance(preset_name, str) or preset_name not in PRESETS:
-            raise InputError(
-                source, f"{field_prefix}.preset",
-                f"unknown preset {show(preset_name)}; expected one of {sorted(PRESETS)}{did_you_mean(preset_name, list(PRESETS))}",
-            )
-        values: dict[str, Any] = dict(PRESETS[preset_name])
-        values["preset"] = preset_name
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key, raw in mapping.items():
-            if key == "preset":
-                continue
-            if key not in names:
-                raise InputError(
-                    source, f"{field_prefix}.{key}", f"unknown field{did_you_mean(key, names)}; expected one of {names}"
-                )
-            values[key] = _coerce(raw, hints[key], source, f"{field_prefix}.{key}")
-        config = cls(**values)
-        config.validate(source, field_prefix)
+            raise read.error("preset", f"unknown preset {show(preset_name)}; expected one of {sorted(PRESETS)}"
+                                       f"{did_you_mean(preset_name, list(PRESETS))}")
+        config = read_dataclass(cls, mapping, read, base={**PRESETS[preset_name], "preset": preset_name})
+        config.validate(read)
         return config
 
-    def validate(self, source: str, prefix: str) -> None:
-        def bad(name: str, message: str) -> InputError:
-            return InputError(source, f"{prefix}.{name}", message)
-
-        for name in ("world_size", "nodes", "tensor_parallel", "num_layers", "hidden_size", "num_attention_heads",
-                     "seq_length", "micro_batch_size", "global_batch_size", "train_iters", "save_interval",
-                     "shard_files_per_rank", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+    def validate(self, read: FieldReader) -> None:
+        """The checks between fields (each field's own type and range are read_dataclass's)."""
+        bad = read.error
         if self.tensor_parallel not in (1, 2, 4, 8):
             raise bad("tensor_parallel", f"must be 1, 2, 4 or 8, got {self.tensor_parallel}")
         if self.world_size % self.tensor_parallel:
@@ -178,30 +163,8 @@ class GPT3Config:
         if self.world_size > MAX_WORLD_SIZE:
             raise bad("world_size", f"at most {MAX_WORLD_SIZE} ranks (every rank is a process on this machine), "
                                     f"got {self.world_size}")
-        if self.keep_last < 0:
-            raise bad("keep_last", "cannot be negative")
-        # Ranges the ranks would reject, or train nonsense with, checked before anything is launched.
-        for name in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise bad(name, f"expected a probability in [0, 1), got {getattr(self, name)}")
-        for name in ("adam_beta1", "adam_beta2"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise bad(name, f"expected a value in [0, 1), got {getattr(self, name)}")
-        for name in ("lr", "adam_eps"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise bad(name, f"expected a finite number > 0, got {getattr(self, name)}")
-        for name in ("min_lr", "weight_decay", "clip_grad"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise bad(name, f"expected a finite number >= 0, got {getattr(self, name)}")
         if self.min_lr > self.lr:
             raise bad("min_lr", f"{self.min_lr} is above lr={self.lr}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise bad("seed", f"expected an integer in [0, {MAX_SEED}] (numpy's seed range, less the per-rank "
-                              f"offsets), got {self.seed}")
-        if self.lr_warmup_iters < 0:
-            raise bad("lr_warmup_iters", f"cannot be negative, got {self.lr_warmup_iters}")
-        if self.lr_decay_iters is not None and self.lr_decay_iters < 1:
-            raise bad("lr_decay_iters", f"expected an integer >= 1, got {self.lr_decay_iters}")
         decay = self.lr_decay_iters or self.train_iters
         if self.lr_warmup_iters >= decay:  # megatron-core's OptimizerParamScheduler asserts this in every rank
             decay_field = "lr_decay_iters" if self.lr_decay_iters else "train_iters"
@@ -256,43 +219,6 @@ class GPT3Config:
     def read_yaml(cls, path: Path) -> "GPT3Config":
         mapping = yaml.safe_load(safe_files.read_input(Path(path), "workload.yaml"))
         return cls.from_mapping(mapping, source=str(path), field_prefix="")
-
-
-def _coerce(raw: Any, hint: Any, source: str, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if raw is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(raw, inner[0], source, where)
-    if origin is Literal:
-        if raw not in args:
-            raise InputError(source, where, f"expected one of {list(args)}, got {show(raw)}{did_you_mean(raw, list(args))}")
-        return raw
-    if origin is tuple:
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, (list, tuple)):
-            raise InputError(source, where, f"expected a list, got {show(raw)}")
-        return tuple(_coerce(item, args[0], source, f"{where}[{i}]") for i, item in enumerate(raw))
-    if hint is bool:
-        if not isinstance(raw, bool):
-            raise InputError(source, where, f"expected true or false, got {show(raw)}")
-        return raw
-    if hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise InputError(source, where, f"expected an integer, got {show(raw)}")
-        return raw
-    if hint is float:
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-            raise InputError(source, where, f"expected a number, got {show(raw)}")
-        return float(raw)
-    if hint is str:
-        if not isinstance(raw, str):
-            raise InputError(source, where, f"expected a string, got {show(raw)}")
-        return raw
-    return raw
 
 
 PRESETS: dict[str, dict[str, Any]] = {
