@@ -1,5 +1,6 @@
 """Planned faults: the concrete, typed form every scenario fault (scripted or seeded-random) becomes
-before a run. The supervisor executes exactly these; report.json echoes them as `planned`."""
+before a run: when (chaos.plan.Trigger), whom (Target) and what (a chaos.faults kind). The supervisor executes
+exactly these; report.json echoes them as `planned`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGSEGV", "SIGABRT", "SIGSTOP")
-CORRUPT_MODES = ("truncate", "flip")
+from chaos.faults import Action, action_from_dict
 
 
 @dataclass(frozen=True)
@@ -37,41 +37,6 @@ class Target:
     node: int | None = None
 
 
-MAX_STALL_S = 3600.0
-"""The longest pause or straggle a scenario may ask for (an hour): beyond it a stalled job is a stopped one."""
-
-
-MIN_STRAGGLER_CPUS = 0.01
-"""The smallest CPU share a straggler may get: a quota of 1 ms per 100 ms period, the kernel's floor."""
-
-
-@dataclass(frozen=True)
-class Action:
-    kind: Literal["signal", "corrupt", "pause", "straggler", "partition", "node_loss"]
-    signal: str | None = None
-    """One of SIGNALS when kind == signal."""
-    corrupt: Literal["truncate", "flip"] | None = None
-    """When kind == corrupt: how to damage a file of the newest committed checkpoint."""
-    duration_s: float | None = None
-    """When kind == pause: seconds between the SIGSTOP and the SIGCONT (Jepsen's pause nemesis); straggler:
-    how long the CPU quota holds; partition: how long the node's link stays cut."""
-    cpus: float | None = None
-    """When kind == straggler: the CPUs the target's processes get together meanwhile (0.25 = a quarter)."""
-
-    def describe(self) -> str:
-        if self.kind == "corrupt":
-            return f"corrupt:{self.corrupt}"
-        if self.kind == "pause":
-            return f"pause {self.duration_s:g}s"
-        if self.kind == "partition":
-            return f"partition {self.duration_s:g}s"
-        if self.kind == "node_loss":
-            return "node_loss"
-        if self.kind == "straggler":
-            return f"straggler {self.cpus:g} CPU for {self.duration_s:g}s"
-        return str(self.signal)
-
-
 @dataclass(frozen=True)
 class PlannedFault:
     id: str
@@ -82,7 +47,8 @@ class PlannedFault:
     """'scenario' or 'random(seed=N)': where this fault came from, for the report and for replay."""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"id": self.id, "trigger": asdict(self.trigger), "target": asdict(self.target),
+                "action": self.action.to_dict(), "origin": self.origin}
 
     def describe(self) -> str:
         """One line for people: `f1: attempt 1, step 3 backward -> rank 1: SIGKILL (scenario)`."""
@@ -106,13 +72,13 @@ class PlannedFault:
             id=data["id"],
             trigger=Trigger(**data["trigger"]),
             target=Target(**target),
-            action=Action(**data["action"]),
+            action=action_from_dict(data["action"]),
             origin=data.get("origin", "scenario"),
         )
 
 
 WARM_CORES_PER_RANK = 2
-"""restart.warm auto: spares pay off where os.cpu_count() >= this x world_size (measured, docs/warm-restarts.md: on
+"""restart.warm auto: spares pay off where os.cpu_count() >= this x world_size (measured, docs/benchmarks.md#cold-against-warm-restarts: on
 2 cores with 4 ranks a warm restart was 1.12x faster and a soak 0.94x as fast)."""
 
 

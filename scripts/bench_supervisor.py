@@ -39,7 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from chaos.history import load_run_history  # noqa: E402
-from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger  # noqa: E402
+from chaos.faults.signals import Signal  # noqa: E402
+from chaos.plan import PlannedFault, RestartPolicy, Target, Trigger  # noqa: E402
 from chaos.supervisor import SupervisorConfig, supervise  # noqa: E402
 from chaos.supervisor.launcher import is_python  # noqa: E402
 from chaos.workloads import LaunchSpec  # noqa: E402
@@ -70,7 +71,7 @@ def spec_for(template: list[str], directory: Path, nproc: int, steps: int) -> La
 def kills(template, work: Path, nproc: int, count: int, grace_s: float) -> tuple[list[float], list[float]]:
     """`count` attempts, each killed at step 2 / forward (the direct launcher: restarts are cheap)."""
     planned = tuple(PlannedFault(f"kill-{n}", Trigger(step=2, phase="forward", attempt=n), Target("rank", (nproc - 1,)),
-                                 Action("signal", signal="SIGKILL")) for n in range(1, count + 1))
+                                 Signal("SIGKILL")) for n in range(1, count + 1))
     run_dir = work / "kills"
     spec = spec_for(template, run_dir, nproc, steps=6)
     outcome = supervise(SupervisorConfig(spec, planned, RestartPolicy(max_restarts=count, teardown_grace_s=grace_s,

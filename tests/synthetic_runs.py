@@ -22,7 +22,13 @@ from chaos import history as h
 from chaos.checkers.base import CheckContext
 from chaos.checkpoint_layout import MANIFEST, TRACKER, iteration_dir_name
 from chaos.history import HistoryWriter, load_run_history
-from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
+from chaos.faults import Action
+from chaos.faults.corrupt import Corrupt
+from chaos.faults.node_loss import NodeLoss
+from chaos.faults.pause import Pause
+from chaos.faults.signals import Signal
+from chaos.faults.straggler import Straggler
+from chaos.plan import PlannedFault, RestartPolicy, Target, Trigger
 from chaos.workloads.base import WorkloadFacts
 from chaos.workloads.gpt3.layout import ManifestLayout
 
@@ -77,13 +83,13 @@ class SyntheticRun:
               straggler: tuple[float, float] | None = None, node: int | None = None) -> PlannedFault:
         """A planned fault; `node`: a node loss of that node (its ranks are `ranks`)."""
         if node is not None:
-            action = Action(kind="node_loss")
+            action: Action = NodeLoss()
         elif pause_s is not None:
-            action = Action(kind="pause", duration_s=pause_s)
+            action = Pause(duration_s=pause_s)
         elif straggler is not None:
-            action = Action(kind="straggler", cpus=straggler[0], duration_s=straggler[1])
+            action = Straggler(cpus=straggler[0], duration_s=straggler[1])
         else:
-            action = Action(kind="corrupt", corrupt=corrupt) if corrupt else Action(kind="signal", signal=signal)
+            action = Corrupt(corrupt) if corrupt else Signal(signal)
         kind = "all" if len(ranks) == self.world_size and len(ranks) > 1 else ("rank" if len(ranks) == 1 else "ranks")
         planned = PlannedFault(fault_id, Trigger(step=step, phase=phase, index=index, attempt=attempt),
                                Target(kind="node" if node is not None else kind, ranks=tuple(ranks), node=node), action)
@@ -100,8 +106,7 @@ class SyntheticRun:
                                     phase=place["phase"], index=place["index"])
             self.sup(h.FAULT_LANDED, fault_id=fault.id, attempt=override.get("attempt", attempt), rank=rank,
                      pid=self.pid(attempt, rank), step=place["step"], phase=place["phase"], index=place["index"],
-                     action=fault.action.kind, signal={"pause": "SIGSTOP", "straggler": None, "node_loss": "SIGKILL"}.get(fault.action.kind,
-                                                                                         fault.action.signal),
+                     action=fault.action.kind, signal=fault.action.signal_sent(),
                      held=True)
 
     def corrupt(self, fault: PlannedFault, iteration: int, attempt: int = 1) -> Path:

@@ -14,7 +14,9 @@ import pytest
 
 from chaos import faults
 from chaos.faults import corrupt, straggler
-from chaos.plan import Action
+from chaos.faults.corrupt import Corrupt
+from chaos.faults.pause import Pause
+from chaos.faults.straggler import Straggler
 from chaos.ownership.processes import TrackedProcess
 
 
@@ -32,7 +34,9 @@ def committed_checkpoint(root: Path, iterations=(3, 6), tracker=6) -> Path:
 
 def test_truncate_damages_the_newest_committed_checkpoint(tmp_path):
     root = committed_checkpoint(tmp_path)
-    result = faults.execute(Action("corrupt", corrupt="truncate"), faults.FaultContext(checkpoint_dir=root))
+    started = Corrupt("truncate").start(faults.FaultContext(checkpoint_dir=root))
+    assert started.delivered is None and started.event is not None and started.event[0] == "corrupted"
+    result = started.event[1]
     assert result["iteration"] == 6 and result["mode"] == "truncate"
     assert Path(result["path"]) == root / "iter_0000006" / "__0_0.distcp"
     assert (result["size_before"], result["size_after"]) == (2048, 1024)
@@ -64,11 +68,25 @@ def test_no_committed_checkpoint_is_an_error_not_a_silent_no_op(tmp_path):
 
 
 def test_registry_routes_by_kind_and_refuses_a_second_claim():
-    assert set(faults.ACTIONS) == {"signal", "corrupt", "pause", "straggler", "partition", "node_loss"}
+    assert list(faults.KINDS) == ["signal", "corrupt", "pause", "straggler", "partition", "node_loss"]
     with pytest.raises(ValueError, match="already registered"):
-        faults.register("signal", lambda action, context: {})
-    with pytest.raises(ValueError, match="unknown fault action"):
-        faults.execute(Action("hammer"), faults.FaultContext())  # type: ignore[arg-type]
+        faults.register(Pause)
+    with pytest.raises(ValueError, match="unknown fault kind 'hammer'"):
+        faults.action_from_dict({"kind": "hammer"})
+
+
+@pytest.mark.parametrize("action", [Pause(2.5), Straggler(cpus=0.25, duration_s=8.0), Corrupt("flip"),
+                                    faults.KINDS["signal"]("SIGTERM"), faults.KINDS["node_loss"](),
+                                    faults.KINDS["partition"](4.0)])
+def test_every_kind_reads_back_what_plan_json_holds(action):
+    data = action.to_dict()
+    assert data["kind"] == action.kind and faults.action_from_dict(data) == action
+
+
+def test_a_plan_written_with_every_kinds_fields_still_reads():
+    """plan.json from before each kind had a class of its own: every field, the others null."""
+    old = {"kind": "pause", "signal": None, "corrupt": None, "duration_s": 5.0, "cpus": None}
+    assert faults.action_from_dict(old) == Pause(5.0)
 
 
 def test_corrupt_through_the_supervisor_on_the_fake_trainer(tmp_path):
@@ -105,14 +123,14 @@ def test_a_straggler_holds_a_busy_process_to_its_cpu_share_then_lets_it_go(tmp_p
         root = straggler.cpu_hierarchy()
         before_cgroup = straggler._cpu_cgroup_of(process.pid, root)
         context = faults.FaultContext(targets=[tracked], cgroup_name=f"chaos-test-{os.getpid()}")
-        result = faults.execute(Action("straggler", cpus=0.1, duration_s=5), context)
-        undo = result.pop("undo")
-        assert result["delivered"] == [process.pid] and Path(result["cgroup"]).is_dir()
+        throttle = Straggler(cpus=0.1, duration_s=5).start(context)
+        result = throttle.landed
+        assert throttle.delivered == [process.pid] and Path(result["cgroup"]).is_dir()
         start = cpu_seconds(process.pid)
         time.sleep(1.5)
         share = (cpu_seconds(process.pid) - start) / 1.5
         assert share < 0.2, f"throttled to 0.1 CPU but used {share:.2f}"
-        assert undo(True) == {"released": [process.pid]}
+        assert throttle.stop(True) == {"released": [process.pid]}
         assert straggler._cpu_cgroup_of(process.pid, root) == before_cgroup
         assert not Path(result["cgroup"]).exists()
         time.sleep(0.5)  # measured: a task leaving a throttled group may sit out the rest of its period(s)
@@ -130,12 +148,11 @@ def test_a_pause_stops_a_process_until_it_is_continued():
     process = subprocess.Popen([sys.executable, "-c", BUSY])
     try:
         tracked = TrackedProcess.from_popen(process, role="rank", rank=0)
-        result = faults.execute(Action("pause", duration_s=1.0), faults.FaultContext(targets=[tracked]))
-        undo = result.pop("undo")
-        assert result == {"signal": "SIGSTOP", "delivered": [process.pid], "duration_s": 1.0}
+        paused = Pause(1.0).start(faults.FaultContext(targets=[tracked]))
+        assert (paused.signal, paused.delivered, paused.landed) == ("SIGSTOP", [process.pid], {"duration_s": 1.0})
         time.sleep(0.2)
         assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
-        assert undo(True) == {"resumed": [process.pid]}
+        assert paused.stop(True) == {"resumed": [process.pid]}
         time.sleep(0.2)
         assert Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("R", "S")
     finally:

@@ -12,7 +12,8 @@ from chaos import golden as golden_module
 from chaos import history as h
 from chaos.checkers import CheckContext, run_check
 from chaos.history import HistoryWriter, load_run_history
-from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
+from chaos.faults.signals import Signal
+from chaos.plan import PlannedFault, RestartPolicy, Target, Trigger
 from chaos.workloads.base import WorkloadFacts
 
 PRINTED = {"lm loss": "%.6E"}
@@ -94,7 +95,7 @@ def test_megatron_lm_full_precision_golden_compares_as_printed():
 
 def test_megatron_lm_landing_after_its_window_closed_is_an_error(tmp_path):
     fault = PlannedFault("f1", Trigger(step=5, phase="iteration", delay_s=1.0), Target("rank", (0,)),
-                         Action("signal", signal="SIGKILL"))
+                         Signal("SIGKILL"))
     supervisor = HistoryWriter(h.supervisor_history_path(tmp_path))
     observed = {"latency_s": 1.2, "window_open": False, "window": "iteration 6 was already logged"}
     supervisor.write(h.FAULT_LANDED, fault_id="f1", attempt=1, rank=0, step=5, phase="iteration", index=None,

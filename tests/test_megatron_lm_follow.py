@@ -14,7 +14,8 @@ from pathlib import Path
 
 from chaos import control, history
 from chaos.blackbox.follower import Follower, Observation
-from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.faults.signals import Signal
+from chaos.plan import PlannedFault, Target, Trigger
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.workloads.megatron_lm.reader import MegatronLogReader
 
@@ -114,7 +115,7 @@ class _StubFollower:
 
 
 def fault(fault_id: str, **trigger) -> PlannedFault:
-    return PlannedFault(fault_id, Trigger(**trigger), Target("rank", (0,)), Action("signal", signal="SIGKILL"))
+    return PlannedFault(fault_id, Trigger(**trigger), Target("rank", (0,)), Signal("SIGKILL"))
 
 
 def test_megatron_lm_observed_triggers_fire_on_what_was_seen_and_judge_their_window():

@@ -11,8 +11,8 @@ import pytest
 
 from chaos.errors import InputError
 from chaos.scenario import load_scenario, load_scenario_mapping, load_scenario_text, scenario_to_mapping
-from chaos.schedule import plan_faults
-from chaos.soak.schedule import ScheduleOptions, cycle_scenario
+from chaos.schedule import ScheduleOptions, plan_faults
+from chaos.soak.cycles import cycle_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios" / "megatron_lm").glob("*.yaml"))

@@ -10,7 +10,9 @@ import pytest
 import yaml
 
 from chaos.errors import InputError
-from chaos.plan import Action, Trigger
+from chaos.faults.signals import Signal
+from chaos.faults.corrupt import Corrupt
+from chaos.plan import Trigger
 from chaos.scenario import (
     CHECK_NAMES, RandomFaults, ScriptedFault, TargetSpec, apply_overrides, dump_scenario, load_scenario,
     load_scenario_mapping, load_scenario_text, parse_overrides, scenario_to_mapping,
@@ -94,7 +96,7 @@ def test_long_form_equals_shorthand():
     long = load("faults:\n  - trigger: {step: 3, phase: backward, attempt: 1}\n    target: 1\n"
                 "    action: {signal: SIGKILL}\n")
     assert short.faults == long.faults == (
-        ScriptedFault(Trigger(step=3, phase="backward"), TargetSpec("rank", (1,)), Action("signal", "SIGKILL")),
+        ScriptedFault(Trigger(step=3, phase="backward"), TargetSpec("rank", (1,)), Signal("SIGKILL")),
     )
 
 
@@ -111,7 +113,7 @@ def test_target_forms():
     assert targets[1] == targets[2] == TargetSpec("all")
     assert targets[3] == TargetSpec("random") and targets[4] == TargetSpec("random", count=2)
     assert scenario.faults[5].trigger == Trigger(after_s=1.5)
-    assert scenario.faults[5].action == Action("corrupt", corrupt="truncate")
+    assert scenario.faults[5].action == Corrupt("truncate")
 
 
 def test_random_entries():

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from chaos.errors import InputError
-from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.faults.signals import Signal
+from chaos.plan import PlannedFault, Target, Trigger
 from chaos.scenario import load_scenario_text
 from chaos.probe import SAVE_PHASES
 from chaos.schedule import plan_faults, plan_from_json, plan_to_json
@@ -34,7 +35,7 @@ def test_scripted_faults_keep_file_order_and_resolve_targets():
         "  - {at: {after_s: 4.5, attempt: 4}, target: {ranks: [0, 3]}, corrupt: flip}\n"))
     assert [fault.id for fault in plan] == ["f1", "f2", "f3", "f4"]
     assert plan[0] == PlannedFault("f1", Trigger(step=3, phase="backward"), Target("rank", (1,)),
-                                   Action("signal", "SIGKILL"), origin="scenario")
+                                   Signal("SIGKILL"), origin="scenario")
     assert plan[1].target == Target("node", (2, 3), node=1)
     assert plan[2].target == Target("all", (0, 1, 2, 3))
     assert plan[3].trigger == Trigger(attempt=4, after_s=4.5) and plan[3].target.ranks == (0, 3)

@@ -27,6 +27,7 @@ from chaos.history import read_jsonl, supervisor_history_path
 from chaos.supervisor import launcher
 from chaos.supervisor import supervisor as supervisor_module
 from chaos.supervisor.hosts.agents import AgentServer, teardown_all
+from chaos.ownership import lifeline
 from chaos.supervisor.attempt import Attempt
 from chaos.supervisor.control_server import ControlServer
 from chaos.ownership.processes import TrackedProcess
@@ -63,7 +64,8 @@ class RankChannel:
         self.sup.writer = history.HistoryWriter(supervisor_history_path(self.sup.run_dir))
         self.server = self.sup.server = ControlServer(self.sup.run_dir)
         self.path = self.server.start()
-        self.attempt = Attempt(self.sup, 1, self.path)
+        self.sup.watchdog = lifeline.Watchdog()
+        self.attempt = Attempt(self.sup.attempt_context(self.path), 1)
         self.attempt.directory.mkdir(parents=True, exist_ok=True)
         self.attempt.launch_mono = self.attempt.last_progress = time.monotonic()
         self.server.selector = self.attempt.selector
@@ -89,9 +91,9 @@ class RankChannel:
             for key, _ in self.attempt.selector.select(0.05):
                 kind, subject = key.data
                 if kind == "accept":
-                    self.attempt._accept()
+                    self.attempt.handshake.accept()
                 elif kind == "message":
-                    self.attempt._on_readable(subject)
+                    self.attempt.handshake.on_readable(subject)
             self.attempt._periodic()
         return time.monotonic() - started
 
@@ -103,6 +105,7 @@ class RankChannel:
             process.kill()
             process.wait()
         self.server.close()
+        self.sup.watchdog.close()
         self.sup.writer.close()
 
 

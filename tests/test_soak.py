@@ -14,12 +14,12 @@ import yaml
 
 from chaos import cli
 from chaos.errors import InputError
-from chaos.plan import Action, PlannedFault, Target, Trigger
+from chaos.faults.signals import Signal
+from chaos.plan import PlannedFault, Target, Trigger
 from chaos.scenario import load_scenario, load_scenario_text
-from chaos.schedule import plan_faults, plan_to_json
+from chaos.schedule import ScheduleOptions, plan_faults, plan_to_json
 from chaos.soak import SoakOptions, cycle_scenario, parse_duration, read_state, run_soak, shrink
 from chaos.probe import COORDINATOR_PHASES
-from chaos.soak.schedule import ScheduleOptions
 from chaos.soak.stats import coverage_matrix, percentile, restart_statistics
 from workload_runs import small_workload
 
@@ -117,7 +117,7 @@ def test_bad_soak_options_name_the_option(tmp_path):
 # ---- shrinking (pure) -------------------------------------------------------------------------------------------
 def fault(fid, step, phase, signal, attempt, ranks=(1,), kind="rank"):
     return PlannedFault(fid, Trigger(step=step, phase=phase, attempt=attempt), Target(kind, tuple(ranks)),
-                        Action("signal", signal=signal))
+                        Signal(signal))
 
 
 def test_shrink_finds_the_minimal_schedule_within_budget(tmp_path):

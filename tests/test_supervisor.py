@@ -16,9 +16,11 @@ import pytest
 
 from chaos import history
 from chaos.history import HistoryWriter, load_run_history, read_jsonl, supervisor_history_path
-from chaos.plan import Action, PlannedFault, RestartPolicy, Target, Trigger
+from chaos.faults.signals import Signal
+from chaos.faults.corrupt import Corrupt
+from chaos.plan import PlannedFault, RestartPolicy, Target, Trigger
 from chaos.supervisor import SupervisorConfig, supervise
-from chaos.supervisor import attempt as attempt_module
+from chaos.supervisor import landing as landing_module
 from chaos.ownership.processes import TrackedProcess, is_same_process
 from chaos.workloads import LaunchSpec
 
@@ -41,7 +43,7 @@ def make_config(run_dir: Path, faults=(), restart: RestartPolicy = FAST, launche
 
 def fault(fault_id="f1", signal_name="SIGKILL", ranks=(1,), step=5, phase="backward", attempt=1, index=None,
           kind="rank", node=None, after_s=None, corrupt=None) -> PlannedFault:
-    action = Action("corrupt", corrupt=corrupt) if corrupt else Action("signal", signal=signal_name)
+    action = Corrupt(corrupt) if corrupt else Signal(signal_name)
     return PlannedFault(fault_id, Trigger(step=step, phase=phase, index=index, attempt=attempt, after_s=after_s),
                         Target(kind, tuple(ranks), node=node), action)
 
@@ -261,7 +263,7 @@ def test_wall_clock_fault_records_where_the_rank_was(tmp_path):
 def test_stragglers_after_the_gather_deadline_are_each_hit_once(tmp_path, monkeypatch):
     """A fault on 3 ranks: rank 0 holds on time, rank 1 after the gather deadline landed the fault on rank 0,
     rank 2 later still. Each is signalled exactly once, and rank 1 is not kept waiting for rank 2."""
-    monkeypatch.setattr(attempt_module, "HOLD_GATHER_S", 0.3)
+    monkeypatch.setattr(landing_module, "HOLD_GATHER_S", 0.3)
     run = tmp_path / "run"
     restart = RestartPolicy(max_restarts=1, teardown_grace_s=0.5, hang_timeout_s=10.0, startup_timeout_s=60.0)
     delays = [{"rank": 1, "step": 3, "seconds": 1.0}, {"rank": 2, "step": 3, "seconds": 2.5}]

@@ -15,6 +15,7 @@ from chaos import history as h
 from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
 from chaos.safe_files import one_line
+from chaos.faults.signals import Signal
 
 NAME = "no_survivors"
 HANG_SLACK_S = 5.0
@@ -82,8 +83,8 @@ def check(ctx: CheckContext) -> CheckResult:
             failures.append(f"attempt {attempt} ended hung without a hang_detected record")
     landings = views.landings(history)
     for fault in ctx.plan:
-        if fault.action.signal != "SIGSTOP":
-            continue
+        if not (isinstance(fault.action, Signal) and fault.action.signal == "SIGSTOP"):
+            continue  # a pause sends its SIGCONT itself
         # One landing record per stopped rank: report each attempt once, not once per rank.
         stopped_attempts = sorted({int(landing["attempt"]) for landing in landings.get(fault.id, [])})
         for attempt in stopped_attempts:

@@ -24,11 +24,10 @@ from chaos.checkers import views
 from chaos.checkers.base import CheckContext, CheckResult
 
 NAME = "stalls"
-KINDS = ("pause", "straggler", "partition")
 
 
 def check(ctx: CheckContext) -> CheckResult:
-    planned = [fault for fault in ctx.plan if fault.action.kind in KINDS]
+    planned = [fault for fault in ctx.plan if fault.action.stall]
     if not planned:
         return CheckResult(NAME, "skip", "no pause or straggler was planned")
     landed = views.landings(ctx.history)
@@ -53,15 +52,12 @@ def check(ctx: CheckContext) -> CheckResult:
         if end is not None:
             row.update(ended_by=end.get("by"), stalled_s=end.get("stalled_s"))
         attempt = views.attempt_by_index(ctx.history, index)
-        if kind == "straggler" and attempt is not None:
+        if not fault.action.halts and attempt is not None:  # a straggler slows steps down: by how much
             row.update(_step_times(attempt, since, float(end["mono"]) if end is not None else None))
-        if kind in ("pause", "partition") and fault.action.duration_s >= hang_timeout:
+        if fault.action.halts and fault.action.duration_s >= hang_timeout:
             row["expected"] = "hang detection tears the attempt down (the other checks judge the resume)"
             continue
-        action = fault.action
-        what = (f"a straggler ({action.cpus:g} CPU for {action.duration_s:g}s) on" if kind == "straggler"
-                else f"a {action.duration_s:g}s {kind} of")
-        who = f"{what} rank(s) {ranks} in attempt {index} (hang_timeout_s={hang_timeout:g})"
+        who = f"{fault.action.stall_phrase()} rank(s) {ranks} in attempt {index} (hang_timeout_s={hang_timeout:g})"
         ran_its_course = end is not None and end.get("by") == "elapsed"
         if outcome in ("complete", "preempted") and not ran_its_course:
             row["progress_after_stall"] = True  # training reached its end before the stall did
@@ -116,7 +112,7 @@ def _step_times(attempt, since: float, until: float | None) -> dict:
 
 
 def _slowed(row: dict) -> str:
-    if row.get("kind") != "straggler" or not row.get("step_time_during_s"):
+    if not row.get("step_time_during_s"):  # measured for stalls that slow steps (a straggler) only
         return ""
     return f"; slowed steps took {row['step_time_during_s']:.2f} s"
 

@@ -38,11 +38,11 @@ def check(ctx: CheckContext) -> CheckResult:
     for fault in ctx.plan:
         records = landed.get(fault.id)
         # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does
-        counts = fault.action.kind in ("signal", "node_loss") or fault.id in stalls_that_ended_attempts
+        counts = fault.action.interrupts or fault.id in stalls_that_ended_attempts
         if not counts or not records:
             continue
         attempt_index = int(records[0]["attempt"])
-        signal = fault.action.signal or records[0].get("signal")
+        signal = fault.action.signal_sent() or records[0].get("signal")
         attempt = views.attempt_by_index(history, attempt_index)
         _, last_step = views.step_range(attempt) if attempt else (None, None)
         loaded = views.loaded_record(attempt) if attempt else None

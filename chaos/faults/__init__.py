@@ -1,56 +1,53 @@
-"""The nemesis: how a planned fault is done. One small module per action kind, one registry entry each.
-
-Every action has the same shape, ``execute(action, context) -> dict``: it does the damage and returns the
-facts the supervisor records (which pids got which signal, which file was corrupted how). *When* a fault
-happens is the schedule's and the probe's business; *whom* it may touch is the supervisor's (it passes
-only processes it launched and verified).
+"""The nemesis: what a planned fault does, one module per kind (chaos.faults.kind says what a kind is), and the
+registry below, one line each. Nothing outside this package branches over the kinds: the scenario reader,
+plan.json, the supervisor and the checks go through `KINDS` and the kind's own class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Any, Mapping
 
-from chaos.faults import corrupt, node_loss, partition, pause, signals, straggler
-from chaos.plan import Action
+from chaos.faults.corrupt import Corrupt
+from chaos.faults.kind import Action, FaultContext, Started
+from chaos.faults.node_loss import NodeLoss
+from chaos.faults.partition import Partition
+from chaos.faults.pause import Pause
+from chaos.faults.signals import Signal
+from chaos.faults.straggler import Straggler
 
-
-@dataclass
-class FaultContext:
-    targets: list = field(default_factory=list)
-    """chaos.ownership.processes.TrackedProcess of the target ranks (verified, alive when planned)."""
-    checkpoint_dir: Path | None = None
-    cgroup_name: str | None = None
-    """A name of this run's own for a cgroup the action makes (a straggler's): chaos-<run token>-..."""
-    hosts: object | None = None
-    """chaos.supervisor.hosts.netns.SimulatedHosts, where the scenario has them (a partition cuts a node's link)."""
-    node: int | None = None
-    """The target node, for a fault that acts on a whole node (a partition, a node loss)."""
+KINDS: dict[str, type[Action]] = {}
+"""Kind name -> its class, in the order a scenario's error messages list them."""
 
 
-ActionFunction = Callable[[Action, FaultContext], dict]
-ACTIONS: dict[str, ActionFunction] = {}
+def register(cls: type[Action]) -> None:
+    """Adds a fault kind; two classes claiming one kind is a programming error, not a silent override."""
+    if cls.kind in KINDS:
+        raise ValueError(f"fault kind {cls.kind!r} is already registered by {KINDS[cls.kind].__module__}")
+    KINDS[cls.kind] = cls
 
 
-def register(kind: str, function: ActionFunction) -> None:
-    """Adds an action kind; two modules claiming one kind is a programming error, not a silent override."""
-    if kind in ACTIONS:
-        raise ValueError(f"fault action {kind!r} is already registered by {ACTIONS[kind].__module__}")
-    ACTIONS[kind] = function
+register(Signal)
+register(Corrupt)
+register(Pause)
+register(Straggler)
+register(Partition)
+register(NodeLoss)
 
 
-def execute(action: Action, context: FaultContext) -> dict:
+def kind_of(name: str) -> type[Action]:
     try:
-        function = ACTIONS[action.kind]
+        return KINDS[name]
     except KeyError:
-        raise ValueError(f"unknown fault action {action.kind!r}; expected one of {sorted(ACTIONS)}") from None
-    return function(action, context)
+        raise ValueError(f"unknown fault kind {name!r}; expected one of {sorted(KINDS)}") from None
 
 
-register("signal", signals.execute)
-register("corrupt", corrupt.execute)
-register("pause", pause.execute)
-register("straggler", straggler.execute)
-register("partition", partition.execute)
-register("node_loss", node_loss.execute)
+def action_from_dict(data: Mapping[str, Any]) -> Action:
+    """An action as plan.json holds it (`{"kind": "pause", "duration_s": 5}`). Plans written before each kind
+    had its own class carry every kind's fields, the others null: those are dropped."""
+    cls = kind_of(str(data["kind"]))
+    names = set(cls.__dataclass_fields__)
+    params = {key: value for key, value in data.items() if key != "kind" and (key in names or value is not None)}
+    return cls(**params)
+
+
+__all__ = ["KINDS", "Action", "FaultContext", "Started", "action_from_dict", "kind_of", "register"]

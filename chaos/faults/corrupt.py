@@ -2,6 +2,11 @@
 the way a torn write, a bad disk or a partial copy would. A resilient trainer must notice and fall back to
 an older intact checkpoint instead of loading garbage.
 
+    faults:
+      - at: {step: 7, phase: checkpoint.done}
+        target: {rank: 0}
+        corrupt: flip       # or truncate
+
 The file is chosen deterministically (the largest data file; ties by name), so a run replays exactly.
 """
 
@@ -9,11 +14,15 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from chaos import safe_files
+from chaos import history, safe_files
 from chaos.checkpoint_layout import TRACKER, iteration_dir_name
-from chaos.plan import Action
+from chaos.faults.kind import Action, FaultContext, Started
+
+CORRUPT_MODES = ("truncate", "flip")
 
 #: Files that describe a checkpoint rather than hold its data: damaging them tests a different thing.
 _NOT_DATA = {"chaos_manifest.json"}
@@ -66,7 +75,7 @@ def _open_for_damage(checkpoint_dir: Path, path: Path) -> int:
 def corrupt_file(path: Path, mode: str, checkpoint_dir: Path | None = None) -> dict:
     """truncate: keep the first half of the file; flip: invert every bit of the byte in the middle. The file
     is reached from `checkpoint_dir` (default: its own folder) as _open_for_damage allows, or not at all."""
-    if mode not in ("truncate", "flip"):
+    if mode not in CORRUPT_MODES:
         raise ValueError(f"unknown corrupt mode {mode!r}; expected 'truncate' or 'flip'")
     path = Path(path)
     fd = _open_for_damage(Path(checkpoint_dir) if checkpoint_dir is not None else path.parent, path)
@@ -105,9 +114,27 @@ def corrupt_newest(checkpoint_dir: Path, mode: str) -> dict:
     return {"path": str(path), "mode": mode, "iteration": iteration, **details}
 
 
-def execute(action: Action, context) -> dict:
-    if action.corrupt is None:
-        raise ValueError("a corrupt fault needs action.corrupt (truncate or flip)")
-    if context.checkpoint_dir is None:
-        raise ValueError("a corrupt fault needs the workload's checkpoint directory")
-    return corrupt_newest(context.checkpoint_dir, action.corrupt)
+@dataclass(frozen=True)
+class Corrupt(Action):
+    kind = "corrupt"
+    corrupt: str
+    """How to damage a file of the newest committed checkpoint: one of CORRUPT_MODES."""
+
+    @property
+    def acts_on_ranks(self) -> bool:
+        return False
+
+    @classmethod
+    def from_yaml(cls, read: Any, value: Any, where: str) -> "Corrupt":
+        return cls(read.choice(value, where, CORRUPT_MODES))
+
+    def to_yaml(self) -> Any:
+        return self.corrupt
+
+    def describe(self) -> str:
+        return f"corrupt:{self.corrupt}"
+
+    def start(self, context: FaultContext) -> Started:
+        if context.checkpoint_dir is None:
+            raise ValueError("a corrupt fault needs the workload's checkpoint directory")
+        return Started(None, event=(history.CORRUPTED, corrupt_newest(context.checkpoint_dir, self.corrupt)))

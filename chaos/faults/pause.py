@@ -1,28 +1,76 @@
 """Pause faults (Jepsen's pause nemesis): SIGSTOP now, SIGCONT `duration_s` later, to a rank or to every
 rank of a node, the way a host stalls (a hypervisor steal, a swap storm, a frozen NFS mount) and comes back.
 
-The stop is delivered here; the returned `undo` sends the SIGCONT, which the supervisor calls from its
-loop when the duration is over, so the wait never blocks it. A pause is not excused from hang detection: to
-the other ranks a paused one looks exactly like a hung one. Shorter than hang_timeout_s the job must ride
-it out (the `stalls` check); longer, the supervisor's hang detection tears the attempt down (a stopped
+    faults:
+      - at: {step: 4, phase: forward}
+        target: {node: 1}
+        pause: 5            # seconds between the SIGSTOP and the SIGCONT
+
+`start` delivers the stop; `Paused.stop` sends the SIGCONT, which the supervisor calls from its loop when
+the duration is over, so the wait never blocks it. A pause is not excused from hang detection: to the
+other ranks a paused one looks exactly like a hung one. Shorter than hang_timeout_s the job must ride it
+out (the `stalls` check); longer, the supervisor's hang detection tears the attempt down (a stopped
 process is SIGKILLed at once) and the run resumes like after any hang.
 """
 
 from __future__ import annotations
 
-from chaos.plan import Action
+from dataclasses import dataclass, field
+from typing import Any
+
+from chaos.faults.kind import MAX_STALL_S, Action, FaultContext, Started
 
 
-def execute(action: Action, context) -> dict:
-    if action.duration_s is None or action.duration_s <= 0:
-        raise ValueError("a pause fault needs action.duration_s > 0")
-    paused = [p for p in context.targets if p.send("SIGSTOP")]
+@dataclass(frozen=True)
+class Pause(Action):
+    kind = "pause"
+    duration_s: float
+    """Seconds between the SIGSTOP and the SIGCONT."""
 
-    def undo(ran_its_course: bool) -> dict:
+    @property
+    def takes_host(self) -> bool:
+        return True
+
+    @property
+    def stall(self) -> bool:
+        return True
+
+    @property
+    def halts(self) -> bool:
+        return True
+
+    def signal_sent(self) -> str | None:
+        return "SIGSTOP"
+
+    @classmethod
+    def from_yaml(cls, read: Any, value: Any, where: str) -> "Pause":
+        seconds = read.number(value, where, strict=True)
+        if seconds > MAX_STALL_S:
+            raise read.error(where, f"expected seconds <= {MAX_STALL_S:g} (SIGSTOP, then SIGCONT that many "
+                                    f"seconds later), got {seconds:g}")
+        return cls(seconds)
+
+    def to_yaml(self) -> Any:
+        return self.duration_s
+
+    def describe(self) -> str:
+        return f"pause {self.duration_s:g}s"
+
+    def start(self, context: FaultContext) -> "Paused":
+        if self.duration_s is None or self.duration_s <= 0:
+            raise ValueError("a pause fault needs duration_s > 0")
+        paused = [p for p in context.targets if p.send("SIGSTOP")]
+        return Paused([p.pid for p in paused], signal="SIGSTOP", landed={"duration_s": self.duration_s},
+                      processes=paused)
+
+
+@dataclass
+class Paused(Started):
+    processes: list = field(default_factory=list)
+
+    def stop(self, ran_its_course: bool) -> dict[str, Any]:
         # cut short, the attempt is over: the teardown has killed the stopped processes, nothing to continue
-        return {"resumed": resume(paused) if ran_its_course else []}
-
-    return {"signal": "SIGSTOP", "delivered": [p.pid for p in paused], "duration_s": action.duration_s, "undo": undo}
+        return {"resumed": resume(self.processes) if ran_its_course else []}
 
 
 def resume(processes) -> list[int]:

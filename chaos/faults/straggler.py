@@ -9,8 +9,13 @@ process is in one cgroup, and the attempt's cannot both hold processes and give 
 controller), and the fault is recorded as missed, saying so. Either way a straggler is no hang: its
 ranks keep writing history, so hang detection stays quiet unless one step outlasts hang_timeout_s.
 
-The returned `undo` releases the throttle (each process back to the cpu cgroup it came from, the
-throttle's cgroup removed); the supervisor calls it when the duration is over, or when the attempt ends.
+    faults:
+      - at: {step: 3, phase: forward}
+        target: {rank: 1}
+        straggler: {cpus: 0.25, duration_s: 8}   # the target's processes share 0.25 CPU for 8 s
+
+`Throttle.stop` releases the throttle (each process back to the cpu cgroup it came from, the throttle's
+cgroup removed); the supervisor calls it when the duration is over, or when the attempt ends.
 """
 
 from __future__ import annotations
@@ -19,11 +24,86 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from chaos.plan import Action
+from chaos.faults.kind import MAX_STALL_S, Action, FaultContext, Started
 
 PERIOD_US = 100_000
-"""CFS period: quotas are cpus x 100 ms per 100 ms (chaos.plan.MIN_STRAGGLER_CPUS: at least 1 ms)."""
+"""CFS period: quotas are cpus x 100 ms per 100 ms (MIN_STRAGGLER_CPUS: at least 1 ms)."""
+MIN_STRAGGLER_CPUS = 0.01
+"""The smallest CPU share a straggler may get: a quota of 1 ms per 100 ms period, the kernel's floor."""
+STRAGGLER_KEYS = ("cpus", "duration_s")
+
+
+@dataclass(frozen=True)
+class Straggler(Action):
+    kind = "straggler"
+    changes_host = True
+    cpus: float
+    """The CPUs the target's processes get together meanwhile (0.25 = a quarter)."""
+    duration_s: float
+    """How long the CPU quota holds."""
+
+    @property
+    def takes_host(self) -> bool:
+        return True
+
+    @property
+    def stall(self) -> bool:
+        return True
+
+    @classmethod
+    def from_yaml(cls, read: Any, value: Any, where: str) -> "Straggler":
+        raw = read.mapping(value, where, STRAGGLER_KEYS)
+        for key in STRAGGLER_KEYS:
+            if key not in raw:
+                raise read.error(f"{where}.{key}", "missing; expected e.g. straggler: {cpus: 0.25, duration_s: 8} "
+                                                   "(the target's processes share 0.25 CPU for 8 s)")
+        cpus = read.number(raw["cpus"], f"{where}.cpus", strict=True)
+        if cpus < MIN_STRAGGLER_CPUS:
+            raise read.error(f"{where}.cpus", f"expected at least {MIN_STRAGGLER_CPUS:g} (1 ms per 100 ms, the "
+                                              f"kernel's smallest quota), got {cpus:g}")
+        seconds = read.number(raw["duration_s"], f"{where}.duration_s", strict=True)
+        if seconds > MAX_STALL_S:
+            raise read.error(f"{where}.duration_s", f"expected seconds <= {MAX_STALL_S:g}, got {seconds:g}")
+        return cls(cpus=cpus, duration_s=seconds)
+
+    def to_yaml(self) -> Any:
+        return {"cpus": self.cpus, "duration_s": self.duration_s}
+
+    def describe(self) -> str:
+        return f"straggler {self.cpus:g} CPU for {self.duration_s:g}s"
+
+    def stall_phrase(self) -> str:
+        return f"a straggler ({self.cpus:g} CPU for {self.duration_s:g}s) on"
+
+    def start(self, context: FaultContext) -> "Throttle":
+        reason = unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        root = cpu_hierarchy()
+        assert root is not None
+        path = root / (context.cgroup_name or f"chaos-straggler-{os.getpid()}")
+        path.mkdir()
+        throttle = Throttle([], landed={"duration_s": self.duration_s, "cpus": self.cpus, "cgroup": str(path)},
+                            cgroup=path)
+        try:
+            (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (path / "cpu.cfs_quota_us").write_text(str(max(1000, int(self.cpus * PERIOD_US))))
+            for process in context.targets:
+                if not process.alive():
+                    continue
+                try:
+                    origin = _cpu_cgroup_of(process.pid, root)
+                    (path / "cgroup.procs").write_text(str(process.pid))
+                except OSError:
+                    continue  # it exited meanwhile
+                throttle.origins[process.pid] = origin
+                throttle.delivered.append(process.pid)
+        except BaseException:
+            throttle.release()
+            raise
+        return throttle
 
 
 def cpu_hierarchy(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
@@ -60,10 +140,17 @@ def _cpu_cgroup_of(pid: int, root: Path) -> Path:
 
 
 @dataclass
-class Throttle:
-    path: Path
+class Throttle(Started):
     origins: dict[int, Path] = field(default_factory=dict)
     """pid -> the cpu cgroup it was in, where it goes back."""
+
+    @property
+    def path(self) -> Path:
+        assert self.cgroup is not None
+        return self.cgroup
+
+    def stop(self, ran_its_course: bool) -> dict[str, Any]:
+        return {"released": self.release()}
 
     def release(self) -> list[int]:
         """Every throttled process still there back where it was, then the cgroup removed; the pids moved."""
@@ -89,35 +176,3 @@ class Throttle:
                 return
             except OSError:
                 time.sleep(0.02)
-
-
-def execute(action: Action, context) -> dict:
-    if action.cpus is None or action.duration_s is None:
-        raise ValueError("a straggler fault needs action.cpus and action.duration_s")
-    reason = unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(reason)
-    root = cpu_hierarchy()
-    assert root is not None
-    path = root / (context.cgroup_name or f"chaos-straggler-{os.getpid()}")
-    path.mkdir()
-    throttle = Throttle(path)
-    try:
-        (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        (path / "cpu.cfs_quota_us").write_text(str(max(1000, int(action.cpus * PERIOD_US))))
-        delivered = []
-        for process in context.targets:
-            if not process.alive():
-                continue
-            try:
-                origin = _cpu_cgroup_of(process.pid, root)
-                (path / "cgroup.procs").write_text(str(process.pid))
-            except OSError:
-                continue  # it exited meanwhile
-            throttle.origins[process.pid] = origin
-            delivered.append(process.pid)
-    except BaseException:
-        throttle.release()
-        raise
-    return {"delivered": delivered, "cgroup": str(path), "cpus": action.cpus, "duration_s": action.duration_s,
-            "undo": lambda ran_its_course: {"released": throttle.release()}}

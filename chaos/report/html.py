@@ -13,7 +13,7 @@ from chaos import history as h
 from chaos import safe_files
 from chaos.checkers import views
 from chaos.comparison import tolerance_for, value_matches
-from chaos.plan import Action
+from chaos.faults import action_from_dict
 from chaos.report.divergence import difference_svg, state_table
 from chaos.history import RunHistory, load_run_history
 
@@ -246,7 +246,7 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
     for fault in report.get("faults", []):
         planned = fault["planned"]
         trigger = planned["trigger"]
-        action = Action(**planned["action"]).describe()
+        action = action_from_dict(planned["action"]).describe()
         where = (f"{action} → ranks {planned['target']['ranks']}, attempt {trigger.get('attempt')}, step "
                  f"{trigger.get('step')} {trigger.get('phase') or ''}")
         landed = fault.get("landed")

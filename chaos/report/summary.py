@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos.plan import Action
+from chaos.faults import action_from_dict
 from chaos.safe_files import one_line
 
 MARK = {"pass": "PASS", "fail": "FAIL", "error": "ERROR", "skip": "SKIP"}
@@ -66,7 +66,7 @@ def format_summary(report: dict[str, Any]) -> str:
 
 def _fault_line(fault: dict[str, Any]) -> str:
     planned = fault["planned"]
-    action = Action(**planned["action"]).describe()
+    action = action_from_dict(planned["action"]).describe()
     landed = fault.get("landed")
     if landed is None:
         why = fault.get("missed") or "no fault_landed record"

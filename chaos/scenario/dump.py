@@ -8,7 +8,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from chaos.scenario.model import CHECK_NAMES, FaultSpec, RandomFaults, Scenario
+from chaos.scenario.model import CHECK_NAMES, Scenario
+from chaos.schedule.specs import FaultSpec, RandomFaults
 
 def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     """The scenario as plain data in its shortest explicit form: load_scenario_mapping(result) == scenario.
@@ -81,18 +82,7 @@ def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
     else:
         target = kind
     out: dict[str, Any] = {"at": trigger, "target": target}
-    if fault.action.kind == "signal":
-        out["signal"] = fault.action.signal
-    elif fault.action.kind == "pause":
-        out["pause"] = fault.action.duration_s
-    elif fault.action.kind == "partition":
-        out["partition"] = fault.action.duration_s
-    elif fault.action.kind == "node_loss":
-        out["node_loss"] = True
-    elif fault.action.kind == "straggler":
-        out["straggler"] = {"cpus": fault.action.cpus, "duration_s": fault.action.duration_s}
-    else:
-        out["corrupt"] = fault.action.corrupt
+    out[fault.action.kind] = fault.action.to_yaml()
     return out
 
 

@@ -9,18 +9,19 @@ scenario test something other than what its author meant.
 from __future__ import annotations
 
 import copy
-import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from chaos.errors import InputError, did_you_mean, show
+from chaos.config_fields import FieldReader, read_dataclass
+from chaos.config_fields import join as _join
+from chaos.errors import InputError, show
 from chaos.golden import KNOWN_METRICS
-from chaos.plan import CORRUPT_MODES, MAX_STALL_S, MIN_STRAGGLER_CPUS, SIGNALS, Action, RestartPolicy, Trigger
-from chaos.scenario.model import (
-    CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, FaultSpec, GoldenSpec, RandomFaults, Scenario,
-    ScriptedFault, TargetSpec,
-)
+from chaos import faults
+from chaos.faults.signals import SIGNALS
+from chaos.plan import RestartPolicy, Trigger
+from chaos.scenario.model import CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, GoldenSpec, Scenario
+from chaos.schedule.specs import FaultSpec, RandomFaults, ScriptedFault, TargetSpec
 from chaos.scenario.dump import scenario_to_mapping
 from chaos.scenario.overrides import override_value, set_dotted
 from chaos.scenario.yaml_text import parse_yaml, read_scenario_text
@@ -30,16 +31,10 @@ TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "fau
             "tolerance", "accept_state_differences", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
-ACTION_KEYS = ("signal", "corrupt", "pause", "straggler", "partition", "node_loss")
-"""What a scripted fault does: a signal, damage to the newest checkpoint, a pause (SIGSTOP, SIGCONT later),
-a straggler (a CPU quota for a while), a partition (a node's link cut for a while) or a node loss (a node's
-processes and its local disk gone at once)."""
-NODE_FAULTS = ("partition", "node_loss")
-"""Faults that act on a simulated host (hosts: netns), so on a whole node. They and stragglers (a CPU quota
-on a host's cgroup) are never done to a real cluster's nodes (hosts: cluster)."""
-STRAGGLER_KEYS = ("cpus", "duration_s")
+ACTION_KEYS = tuple(faults.KINDS)
+"""What a scripted fault does, one key per fault kind (chaos.faults): a signal, damage to the newest checkpoint,
+a pause, a straggler, a partition or a node loss."""
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
-RESTART_KEYS = ("max_restarts", "teardown_grace_s", "hang_timeout_s", "startup_timeout_s", "warm")
 GOLDEN_KEYS = ("path", "mode", "repeats")
 NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
 MAX_RESTARTS = 1000
@@ -47,73 +42,8 @@ MAX_RESTARTS = 1000
 fault per restart when it is validated."""
 
 
-# ---- small typed readers -----------------------------------------------------------------------------
-class _Fields:
-    """Reads typed values out of plain data, raising InputError with the field path on anything wrong."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def error(self, where: str, message: str) -> InputError:
-        return InputError(self.source, where, message)
-
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...]) -> dict:
-        if not isinstance(value, Mapping):
-            raise self.error(where, f"expected a mapping with keys from {list(allowed)}, got {show(value)}")
-        for key in value:
-            if key not in allowed:
-                raise self.error(_join(where, str(key)),
-                                 f"unknown key{did_you_mean(key, allowed)}; expected one of {list(allowed)}")
-        return dict(value)
-
-    def integer(self, value: Any, where: str, low: int | None = None, high: int | None = None,
-                high_reason: str = "") -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {show(value)}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise self.error(where, f"expected an integer{_bounds(low, high, high_reason)}, got {value}")
-        return value
-
-    def number(self, value: Any, where: str, low: float = 0.0, strict: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.error(where, f"expected a finite number {'>' if strict else '>='} {low:g}, got {show(value)}")
-        if value < low or (strict and value == low):
-            raise self.error(where, f"expected a number {'>' if strict else '>='} {low:g}, got {show(value)}")
-        return float(value)
-
-    def string(self, value: Any, where: str) -> str:
-        if not isinstance(value, str):
-            raise self.error(where, f"expected a string, got {show(value)}")
-        return value
-
-    def choice(self, value: Any, where: str, choices: tuple[str, ...], what: str = "") -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise self.error(where, f"expected {what or 'one of'} {list(choices)}, got {show(value)}"
-                                    f"{did_you_mean(value, choices)}")
-        return value
-
-    def choices(self, value: Any, where: str, choices: tuple[str, ...]) -> tuple[str, ...]:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items:
-            raise self.error(where, f"expected a non-empty list of {list(choices)}, got {show(value)}")
-        picked = tuple(self.choice(item, f"{where}[{i}]", choices) for i, item in enumerate(items))
-        return tuple(dict.fromkeys(picked))
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _bounds(low: int | None, high: int | None, reason: str) -> str:
-    if low is not None and high is not None:
-        text = f" in [{low}, {high}]"
-    elif low is not None:
-        text = f" >= {low}"
-    elif high is not None:
-        text = f" <= {high}"
-    else:
-        text = ""
-    return f"{text} ({reason})" if reason and text else text
+# ---- typed readers: chaos.config_fields (FieldReader, here _Fields: the `read` of every reader below) ------
+_Fields = FieldReader
 
 
 # ---- public API ----------------------------------------------------------------------------------------
@@ -200,27 +130,25 @@ def _section(top: Mapping, key: str, default: Any) -> Any:
 
 
 def _restart(read: _Fields, value: Any) -> RestartPolicy:
-    raw = read.mapping(value, "restart", RESTART_KEYS)
-    defaults = RestartPolicy()
-    return RestartPolicy(
-        max_restarts=read.integer(raw.get("max_restarts", defaults.max_restarts), "restart.max_restarts", low=0,
-                                  high=MAX_RESTARTS),
-        teardown_grace_s=read.number(raw.get("teardown_grace_s", defaults.teardown_grace_s),
-                                     "restart.teardown_grace_s"),
-        hang_timeout_s=read.number(raw.get("hang_timeout_s", defaults.hang_timeout_s), "restart.hang_timeout_s",
-                                   strict=True),
-        startup_timeout_s=read.number(raw.get("startup_timeout_s", defaults.startup_timeout_s),
-                                      "restart.startup_timeout_s", strict=True),
-        warm=_warm(read, raw.get("warm", "auto")),
-    )
+    """The restart policy's fields (chaos.plan.RestartPolicy), each by the reader below; missing: the default."""
+    return read_dataclass(RestartPolicy, value, read, "restart", readers=_RESTART_READERS, noun="key")
 
 
-def _warm(read: _Fields, value: Any) -> bool | None:
+def _warm(read: _Fields, value: Any, where: str) -> bool | None:
     if value == "auto":
         return None
     if not isinstance(value, bool):
-        raise read.error("restart.warm", f"expected true, false or auto, got {show(value)}")
+        raise read.error(where, f"expected true, false or auto, got {show(value)}")
     return value
+
+
+_RESTART_READERS = {
+    "max_restarts": lambda read, value, where: read.integer(value, where, low=0, high=MAX_RESTARTS),
+    "teardown_grace_s": lambda read, value, where: read.number(value, where),
+    "hang_timeout_s": lambda read, value, where: read.number(value, where, strict=True),
+    "startup_timeout_s": lambda read, value, where: read.number(value, where, strict=True),
+    "warm": _warm,
+}
 
 
 def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
@@ -262,71 +190,32 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
     given = [key for key in ACTION_KEYS if key in action_raw]
     if len(given) != 1:
         raise read.error(action_where, f"expected exactly one of {list(ACTION_KEYS)}, got {given or 'none'}")
-    if "signal" in action_raw:
-        action = Action(kind="signal", signal=read.choice(action_raw["signal"], _join(action_where, "signal"), SIGNALS))
-    elif "pause" in action_raw:
-        pause_where = _join(action_where, "pause")
-        seconds = read.number(action_raw["pause"], pause_where, strict=True)
-        if seconds > MAX_STALL_S:
-            raise read.error(pause_where, f"expected seconds <= {MAX_STALL_S:g} (SIGSTOP, then SIGCONT that many "
-                                          f"seconds later), got {seconds:g}")
-        action = Action(kind="pause", duration_s=seconds)
-    elif "straggler" in action_raw:
-        action = _straggler(read, action_raw["straggler"], _join(action_where, "straggler"))
-    elif "node_loss" in action_raw:
-        if action_raw["node_loss"] is not True:
-            raise read.error(_join(action_where, "node_loss"), f"expected true (the target node's processes and "
-                                                               f"its local disk are lost), got {action_raw['node_loss']!r}")
-        action = Action(kind="node_loss")
-    elif "partition" in action_raw:
-        partition_where = _join(action_where, "partition")
-        seconds = read.number(action_raw["partition"], partition_where, strict=True)
-        if seconds > MAX_STALL_S:
-            raise read.error(partition_where, f"expected seconds <= {MAX_STALL_S:g}, got {seconds:g}")
-        action = Action(kind="partition", duration_s=seconds)
-    else:
-        action = Action(kind="corrupt",
-                        corrupt=read.choice(action_raw["corrupt"], _join(action_where, "corrupt"), CORRUPT_MODES))
+    kind = faults.KINDS[given[0]]
+    action = kind.from_yaml(read, action_raw[kind.kind], _join(action_where, kind.kind))
     return ScriptedFault(trigger=trigger, target=target, action=action)
 
 
 def _check_node_faults(read: _Fields, faults: tuple, hosts: str) -> None:
-    """A partition cuts a node's network link, a node loss takes its processes and disk: there must be
-    simulated hosts (hosts: netns) and a node to act on."""
+    """A fault that changes a host (its network, CPU quota or disk) is done to simulated hosts only, and one
+    that acts on a whole host needs hosts: netns (a link, a disk of each node's own) and a node to act on."""
     for i, fault in enumerate(faults):
         if not isinstance(fault, ScriptedFault):
             continue
-        kind = fault.action.kind
-        if hosts == "cluster" and kind in (*NODE_FAULTS, "straggler"):
+        action = fault.action
+        kind = action.kind
+        if hosts == "cluster" and action.changes_host:
             raise read.error(f"faults[{i}].{kind}", f"a {kind} changes a host itself (its network, its CPU quota or "
                                                     f"its disk), which chaos does only to simulated hosts "
                                                     f"(hosts: netns), never to a real cluster's nodes; signals, "
                                                     f"pauses and checkpoint corruption work on hosts: cluster")
-        if kind not in NODE_FAULTS:
+        if action.host_needs is None:
             continue
         if hosts != "netns":
-            what = "a network link" if kind == "partition" else "a local disk and processes of its own"
             raise read.error(f"faults[{i}].{kind}", f"a {kind} acts on a host, and only hosts: netns gives each "
-                                                    f"node {what}; add hosts: netns")
+                                                    f"node {action.host_needs}; add hosts: netns")
         if fault.target.kind != "node":
             raise read.error(f"faults[{i}].target", f"a {kind} acts on a whole node: expected {{node: N}}, got "
                                                     f"{fault.target.kind}")
-
-
-def _straggler(read: _Fields, value: Any, where: str) -> Action:
-    raw = read.mapping(value, where, STRAGGLER_KEYS)
-    for key in STRAGGLER_KEYS:
-        if key not in raw:
-            raise read.error(f"{where}.{key}", "missing; expected e.g. straggler: {cpus: 0.25, duration_s: 8} (the "
-                                               "target's processes share 0.25 CPU for 8 s)")
-    cpus = read.number(raw["cpus"], f"{where}.cpus", strict=True)
-    if cpus < MIN_STRAGGLER_CPUS:
-        raise read.error(f"{where}.cpus", f"expected at least {MIN_STRAGGLER_CPUS:g} (1 ms per 100 ms, the kernel's "
-                                          f"smallest quota), got {cpus:g}")
-    seconds = read.number(raw["duration_s"], f"{where}.duration_s", strict=True)
-    if seconds > MAX_STALL_S:
-        raise read.error(f"{where}.duration_s", f"expected seconds <= {MAX_STALL_S:g}, got {seconds:g}")
-    return Action(kind="straggler", cpus=cpus, duration_s=seconds)
 
 
 def _trigger(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> Trigger:

@@ -2,7 +2,8 @@
 supervisor, the schedule and the checkers read these frozen dataclasses.
 
 Faults here are still *specifications* (a target may be `random`, an entry may be a seeded `random:`
-generator); chaos.schedule turns them into concrete chaos.plan.PlannedFault objects.
+generator): their types (TargetSpec, ScriptedFault, RandomFaults, FaultSpec) live with the rest of *when* in
+chaos.schedule.specs, and chaos.schedule turns them into concrete chaos.plan.PlannedFault objects.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from chaos.plan import Action, RestartPolicy, Trigger
+from chaos.plan import RestartPolicy
+from chaos.schedule.specs import FaultSpec
 from chaos.workloads.base import Workload, WorkloadFacts
 
 CHECK_NAMES = (
@@ -36,75 +38,6 @@ HOSTS = ("local", "netns", "cluster")
 namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""
 GOLDEN_MODES = ("exact", "calibrated", "megatron")
 MAX_GOLDEN_REPEATS = 20
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """Who a scripted fault hits, as written; chaos.schedule resolves it to concrete ranks."""
-
-    kind: Literal["rank", "ranks", "node", "all", "random"]
-    ranks: tuple[int, ...] = ()
-    """For `rank` (one entry) and `ranks`."""
-    node: int | None = None
-    """For `node`: simulated host n holds ranks [n*k, (n+1)*k), k = world_size // nodes."""
-    count: int = 1
-    """For `random`: how many distinct ranks to pick (seeded)."""
-
-
-@dataclass(frozen=True)
-class ScriptedFault:
-    """One fault written out in full: when (trigger), who (target), what (action)."""
-
-    trigger: Trigger
-    target: TargetSpec
-    action: Action
-
-
-@dataclass(frozen=True)
-class RandomFaults:
-    """A `random:` entry: a seeded generator of signal faults, expanded by chaos.schedule.
-
-    Step mode (count/steps/phases) plans `count` faults at distinct steps; MTBF mode (mtbf_s) plans
-    wall-clock faults with exponential inter-arrival times. Every planned fault ends its attempt (all
-    signals do: a SIGSTOPped rank is torn down as hung), so the k-th fault is planned into attempt
-    `attempt + k - 1` and the schedule stays replayable whatever the seed.
-    """
-
-    signals: tuple[str, ...] = ("SIGKILL",)
-    ranks: tuple[int, ...] = ()
-    """Candidate ranks; () = every rank."""
-    attempt: int = 1
-    """The attempt the first planned fault lands in."""
-    count: int | None = None
-    """Step mode: number of faults (default 1). MTBF mode: the most faults (default max_restarts)."""
-    steps: tuple[int, int] | None = None
-    """Step mode: inclusive step range (default [1, train_iters]); faults beyond train_iters are never planned."""
-    phases: tuple[str, ...] = ()
-    """Step mode: candidate probe points (default data, forward, backward, optimizer)."""
-    mtbf_s: float | None = None
-    """MTBF mode: mean seconds between faults, each measured from its attempt's launch."""
-    until_s: float | None = None
-    """MTBF mode: stop planning once the summed inter-arrival times pass this many seconds."""
-
-    @property
-    def is_mtbf(self) -> bool:
-        return self.mtbf_s is not None
-
-    def candidate_points(self, workload: Workload) -> dict[int, tuple[str, ...]]:
-        """Step mode: step -> the phases a fault there can land in. Save phases only count at steps that
-        save (multiples of save_interval and the last step), so a planned fault never waits in vain."""
-        facts, rules = workload.facts, workload.phases
-        low, high = self.steps or (1, facts.train_iters)
-        phases = self.phases or rules.step_phases
-        points: dict[int, tuple[str, ...]] = {}
-        for step in range(max(low, 1), min(high, facts.train_iters) + 1):
-            saves = step % facts.save_interval == 0 or step == facts.train_iters
-            allowed = tuple(p for p in phases if saves or p not in rules.save_phases)
-            if allowed:
-                points[step] = allowed
-        return points
-
-
-FaultSpec = ScriptedFault | RandomFaults
 
 
 @dataclass(frozen=True)

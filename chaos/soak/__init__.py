@@ -3,9 +3,9 @@ cycles is spent; every failure shrunk to a minimal scenario that `chaos run` rep
 
     chaos soak scenarios/node_kill.yaml --cycles 20 --seed 100 --out runs/soak-node-kill --keep-going
 
-Cycle i runs with seed S + i, so `--seed S` names the whole soak. The package's parts: schedule (what a
-cycle runs), loop (cycles, state, resume), shrink (minimal reproducers), stats + report (soak.json,
-soak.html, junit.xml).
+Cycle i runs with seed S + i, so `--seed S` names the whole soak. The package's parts: cycles (what a
+cycle runs; its faults are drawn by chaos.schedule.soak_draws), loop (cycles, state, resume), shrink (minimal
+reproducers), stats + report (soak.json, soak.html, junit.xml).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from chaos.errors import InputError
 from chaos.soak.loop import STATE_FILE, SoakOptions, SoakOutcome, read_state, run_soak
-from chaos.soak.schedule import DEFAULT_SIGNALS, ScheduleOptions, cycle_scenario, random_faults
+from chaos.schedule.soak_draws import DEFAULT_SIGNALS, ScheduleOptions, random_faults
+from chaos.soak.cycles import cycle_scenario
 from chaos.soak.shrink import DEFAULT_SHRINK_BUDGET, shrink
 
 __all__ = ["DEFAULT_SIGNALS", "STATE_FILE", "ScheduleOptions", "SoakOptions", "SoakOutcome", "add_arguments",

@@ -27,7 +27,8 @@ from chaos.errors import InputError
 from chaos.runner import move_aside, stored_plan
 from chaos.scenario import Scenario, dump_scenario, load_scenario, parse_overrides
 from chaos.soak import report as soak_report
-from chaos.soak.schedule import ScheduleOptions, cycle_scenario, revalidate
+from chaos.schedule.soak_draws import ScheduleOptions
+from chaos.soak.cycles import cycle_scenario, revalidate
 from chaos.soak.shrink import DEFAULT_SHRINK_BUDGET, Plan, describe_plan, scenario_with_plan, shrink
 
 STATE_FILE = "soak-state.json"

@@ -10,7 +10,8 @@ import math
 import statistics
 from typing import Any, Iterable
 
-from chaos.plan import SIGNALS
+from chaos.faults import action_from_dict
+from chaos.faults.signals import SIGNALS
 from chaos.probe import SAVE_PHASES, STEP_PHASES
 
 WALL_CLOCK = "wall-clock"
@@ -41,10 +42,10 @@ def coverage_matrix(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _planned_action(planned: dict[str, Any]) -> str:
-    action = planned.get("action") or {}
-    if action.get("kind") == "corrupt":
-        return f"corrupt:{action.get('corrupt')}"
-    return str(action.get("signal") or "?")
+    try:
+        return action_from_dict(planned["action"]).describe()
+    except (KeyError, TypeError, ValueError):
+        return "?"
 
 
 def restart_statistics(reports: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

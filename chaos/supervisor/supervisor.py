@@ -31,6 +31,7 @@ from chaos.supervisor.hosts import netns as hosts_module
 from chaos.supervisor.hosts import slurm as slurm_module, slurm_cluster
 from chaos.supervisor.hosts.agents import AgentServer
 from chaos.supervisor.attempt import Attempt
+from chaos.supervisor.attempt_context import AttemptContext
 from chaos.supervisor.control_server import ControlServer
 from chaos.supervisor.hosts.netns import HostsError, SimulatedHosts
 from chaos.history import CLUSTER, HOSTS, SLURM
@@ -148,6 +149,21 @@ class _Supervisor:
             self.disk_failure = self.disk_failure or disk.disk_error(error, "supervisor.jsonl")
             raise self.disk_failure from None
 
+    def attempt_context(self, control_path: str) -> AttemptContext:
+        """What the next attempt may use of the run (built anew for each: `cgroups` may have turned False)."""
+        assert self.server is not None and self.watchdog is not None
+        config = self.config
+        return AttemptContext(
+            run_id=self.run_id, run_token=self.run_token, run_dir=self.run_dir,
+            launch=config.launch, launcher=config.launcher, restart=config.restart, faults=config.faults,
+            control_path=control_path, server=self.server, watchdog=self.watchdog, interrupt=self.interrupt,
+            spares=self.spares, hosts=self.hosts, slurm=self.slurm, agent_server=self.agent_server,
+            cgroups=self.cgroups, record=self.record, progress=self.progress, landed=self.landed,
+            missed=self.missed, cgroups_unavailable=self._no_more_cgroups)
+
+    def _no_more_cgroups(self) -> None:
+        self.cgroups = False
+
     def _warm_restarts(self) -> bool:
         config = self.config
         if config.launcher != "direct" or config.launch.warm is None or config.restart.max_restarts == 0:
@@ -220,7 +236,7 @@ class _Supervisor:
                     outcome = "interrupted"
                     break
                 attempts_run = number
-                result = Attempt(self, number, control_path).run()
+                result = Attempt(self.attempt_context(control_path), number).run()
                 if result in ("complete", "interrupted"):
                     outcome = result
                     break

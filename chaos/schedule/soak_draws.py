@@ -1,36 +1,53 @@
-"""What each soak cycle runs: the scenario with a seeded random schedule of its own.
+"""The soak's draws: explicit faults for one soak cycle, drawn from its seed alone (signal, target: a rank or a
+whole simulated node, step + phase or a wall-clock time from an MTBF), one fault per attempt, at strictly
+increasing steps so every fault is reached after the previous restart. chaos.soak.cycles puts them into the
+scenario a cycle runs and validates it.
 
-A cycle's schedule depends on nothing but its seed (base seed + cycle index), so any cycle can be planned
-again without running it. A scenario that already has `random:` entries keeps them (chaos.schedule plans
-them from the cycle's seed); otherwise its faults are replaced by explicit faults drawn here: signal,
-target (a rank, or a whole simulated node), step + phase (or a wall-clock time drawn from an MTBF), one
-fault per attempt, at strictly increasing steps so every fault is reached after the previous restart.
+The scenario comes in as a DrawableScenario (what chaos.scenario.Scenario offers): chaos.schedule never imports
+chaos.scenario. Seeded draws must not change: keep the order of the rng calls.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 from chaos.errors import InputError
-from chaos.plan import SIGNALS, Action, Trigger
-from chaos.scenario import RandomFaults, Scenario, ScriptedFault, TargetSpec, load_scenario_mapping, scenario_to_mapping
-from chaos.schedule import draw_phase, mtbf_gap_s
+from chaos.faults.signals import SIGNALS, Signal
+from chaos.plan import RestartPolicy, Trigger
+from chaos.schedule.points import candidate_points, draw_phase, mtbf_gap_s
+from chaos.schedule.specs import ScriptedFault, TargetSpec
+from chaos.workloads.base import Workload
 
 DEFAULT_SIGNALS = ("SIGKILL", "SIGTERM", "SIGSEGV", "SIGABRT")
 """Signals a soak draws from unless told otherwise. SIGSTOP is left out by default: each one costs a full
 hang timeout (restart.hang_timeout_s) before the supervisor may tear the attempt down."""
 
+NODE_TARGET_PROBABILITY = 0.25
+"""With several simulated nodes, this share of faults takes a whole node down (a host dropping out)."""
 
-def soak_phases(scenario: Scenario) -> tuple[str, ...]:
+
+class DrawableScenario(Protocol):
+    """What the soak's draws read of a scenario (chaos.scenario.Scenario)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def workload(self) -> Workload: ...
+    @property
+    def restart(self) -> RestartPolicy: ...
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def nodes(self) -> int: ...
+
+
+def soak_phases(scenario: DrawableScenario) -> tuple[str, ...]:
     """Where a soak draws its faults: every step phase and every save phase of the workload. (Its
     coordinator phases are reached by rank 0 only: a fault there targets rank 0 or its node.)"""
     rules = scenario.workload.phases
     return tuple(dict.fromkeys(rules.step_phases + rules.save_phases))
-
-NODE_TARGET_PROBABILITY = 0.25
-"""With several simulated nodes, this share of faults takes a whole node down (a host dropping out)."""
 
 
 @dataclass(frozen=True)
@@ -54,23 +71,8 @@ class ScheduleOptions:
             raise InputError("--mtbf-s", str(self.mtbf_s), "expected a number of seconds > 0")
 
 
-def has_random_entries(scenario: Scenario) -> bool:
-    return any(isinstance(fault, RandomFaults) for fault in scenario.faults)
-
-
-def cycle_scenario(base: Scenario, cycle: int, seed: int, options: ScheduleOptions = ScheduleOptions()) -> Scenario:
-    """The scenario cycle `cycle` runs, validated again from scratch (a drawn schedule that the scenario
-    rules reject is a bug here, and says so as an InputError)."""
-    faults = base.faults if has_random_entries(base) else random_faults(base, seed, options)
-    drawn = dataclasses.replace(base, name=f"{base.name}-cycle-{cycle:03d}", seed=seed, faults=tuple(faults))
-    return revalidate(drawn, f"{base.source} (soak cycle {cycle}, seed {seed})")
-
-
-def revalidate(scenario: Scenario, source: str) -> Scenario:
-    return load_scenario_mapping(scenario_to_mapping(scenario), source, scenario.base_dir)
-
-
-def random_faults(base: Scenario, seed: int, options: ScheduleOptions = ScheduleOptions()) -> tuple[ScriptedFault, ...]:
+def random_faults(base: DrawableScenario, seed: int,
+                  options: ScheduleOptions = ScheduleOptions()) -> tuple[ScriptedFault, ...]:
     """Explicit faults drawn from `seed` only (a string seed: Python hashes it with SHA-512, stable across
     runs and versions)."""
     rng = random.Random(f"chaos-soak/{seed}")
@@ -82,20 +84,20 @@ def random_faults(base: Scenario, seed: int, options: ScheduleOptions = Schedule
     if options.mtbf_s is not None:
         count = rng.randint(1, budget)
         return tuple(ScriptedFault(trigger=Trigger(attempt=k + 1, after_s=mtbf_gap_s(rng, options.mtbf_s)),
-                                   target=_draw_target(rng, base), action=Action("signal", signal=rng.choice(options.signals)))
+                                   target=_draw_target(rng, base), action=Signal(rng.choice(options.signals)))
                      for k in range(count))
-    points = RandomFaults(phases=soak_phases(base)).candidate_points(workload)
+    points = candidate_points(workload, phases=soak_phases(base))
     count = rng.randint(1, min(budget, len(points)))
     faults = []
     for k, step in enumerate(sorted(rng.sample(sorted(points), count))):
         phase, index = draw_phase(rng, points[step], workload)
         faults.append(ScriptedFault(trigger=Trigger(step=step, phase=phase, index=index, attempt=k + 1),
                                     target=_draw_target(rng, base, coordinator_only=phase in workload.phases.coordinator_phases),
-                                    action=Action("signal", signal=rng.choice(options.signals))))
+                                    action=Signal(rng.choice(options.signals))))
     return tuple(faults)
 
 
-def _draw_target(rng: random.Random, base: Scenario, coordinator_only: bool = False) -> TargetSpec:
+def _draw_target(rng: random.Random, base: DrawableScenario, coordinator_only: bool = False) -> TargetSpec:
     if base.nodes > 1 and rng.random() < NODE_TARGET_PROBABILITY:
         return TargetSpec(kind="node", node=0 if coordinator_only else rng.randrange(base.nodes))
     return TargetSpec(kind="rank", ranks=(0 if coordinator_only else rng.randrange(base.world_size),))
