@@ -31,9 +31,6 @@ TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "fau
             "tolerance", "accept_state_differences", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
-ACTION_KEYS = tuple(faults.KINDS)
-"""What a scripted fault does, one key per fault kind (chaos.faults): a signal, damage to the newest checkpoint,
-a pause, a straggler, a partition or a node loss."""
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 GOLDEN_KEYS = ("path", "mode", "repeats")
 NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
@@ -169,7 +166,8 @@ def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolic
 
 
 def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart: RestartPolicy) -> ScriptedFault:
-    allowed = ("at", "trigger", "target") + ACTION_KEYS + ("action",)
+    action_keys = tuple(faults.KINDS)  # what it does: one key per fault kind (chaos.faults)
+    allowed = ("at", "trigger", "target") + action_keys + ("action",)
     raw = read.mapping(value, where, allowed)
     if "at" in raw and "trigger" in raw:
         raise read.error(f"{where}.trigger", "give the trigger once: `at:` or `trigger:`, not both")
@@ -181,15 +179,15 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
         raise read.error(f"{where}.target", "missing; expected {rank: N}, {ranks: [..]}, {node: N}, all or random")
     target = _target(read, raw["target"], f"{where}.target", workload)
 
-    actions = [key for key in ACTION_KEYS + ("action",) if key in raw]
+    actions = [key for key in action_keys + ("action",) if key in raw]
     if len(actions) != 1:
         raise read.error(f"{where}.signal", "expected exactly one action: signal: SIGKILL, corrupt: flip, pause: 5 "
                                             f"(seconds) or action: {{signal: ...}}; got {actions or 'none'}")
-    action_raw = raw if actions[0] != "action" else read.mapping(raw["action"], f"{where}.action", ACTION_KEYS)
+    action_raw = raw if actions[0] != "action" else read.mapping(raw["action"], f"{where}.action", action_keys)
     action_where = where if actions[0] != "action" else f"{where}.action"
-    given = [key for key in ACTION_KEYS if key in action_raw]
+    given = [key for key in action_keys if key in action_raw]
     if len(given) != 1:
-        raise read.error(action_where, f"expected exactly one of {list(ACTION_KEYS)}, got {given or 'none'}")
+        raise read.error(action_where, f"expected exactly one of {list(action_keys)}, got {given or 'none'}")
     kind = faults.KINDS[given[0]]
     action = kind.from_yaml(read, action_raw[kind.kind], _join(action_where, kind.kind))
     return ScriptedFault(trigger=trigger, target=target, action=action)
