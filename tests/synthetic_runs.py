@@ -106,7 +106,7 @@ class SyntheticRun:
                                     phase=place["phase"], index=place["index"])
             self.sup(h.FAULT_LANDED, fault_id=fault.id, attempt=override.get("attempt", attempt), rank=rank,
                      pid=self.pid(attempt, rank), step=place["step"], phase=place["phase"], index=place["index"],
-                     action=fault.action.kind, signal=fault.action.signal_sent(),
+                     action=fault.action.kind, signal=fault.action.sends_signal,
                      held=True)
 
     def corrupt(self, fault: PlannedFault, iteration: int, attempt: int = 1) -> Path:

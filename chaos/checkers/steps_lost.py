@@ -42,7 +42,7 @@ def check(ctx: CheckContext) -> CheckResult:
         if not counts or not records:
             continue
         attempt_index = int(records[0]["attempt"])
-        signal = fault.action.signal_sent() or records[0].get("signal")
+        signal = fault.action.sends_signal or records[0].get("signal")
         attempt = views.attempt_by_index(history, attempt_index)
         _, last_step = views.step_range(attempt) if attempt else (None, None)
         loaded = views.loaded_record(attempt) if attempt else None

@@ -120,10 +120,6 @@ class Corrupt(Action):
     corrupt: str
     """How to damage a file of the newest committed checkpoint: one of CORRUPT_MODES."""
 
-    @property
-    def acts_on_ranks(self) -> bool:
-        return False
-
     @classmethod
     def from_yaml(cls, read: Any, value: Any, where: str) -> "Corrupt":
         return cls(read.choice(value, where, CORRUPT_MODES))

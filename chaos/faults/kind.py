@@ -10,7 +10,7 @@ A fault kind (Jepsen's nemesis is the model) is one module holding one frozen da
 - **how it is done and how it ends**: `start(context)` does it and returns a `Started`; a fault with a
   duration (a stall) returns a subclass whose `stop(ran_its_course)` undoes it, which the supervisor calls
   from its loop when the duration is over or the attempt ends;
-- **what the supervisor and the checks need to know**: the properties below (does it end the attempt, does
+- **what the supervisor and the checks need to know**: the class attributes below (does it end the attempt, does
   it stall it, does it take the host's launcher along, what must the host be).
 
 *When* a fault happens is the schedule's business; *whom* it may touch is the supervisor's (the context
@@ -78,42 +78,22 @@ class Action:
     """What the fault needs each node to have, for a kind that acts on a whole simulated host (hosts: netns,
     target {node: N}): "a network link"; None for a kind that acts on ranks."""
 
-    # ---- what the supervisor and the checks need to know ------------------------------------------------
-    @property
-    def ends_attempt(self) -> bool:
-        """The target ranks die of it: the supervisor waits for their deaths instead of releasing them."""
-        return False
-
-    @property
-    def interrupts(self) -> bool:
-        """It sends the ranks a signal that may end them, so the steps it costs are counted (steps_lost)."""
-        return False
-
-    @property
-    def takes_host(self) -> bool:
-        """A host dying or stalling of it takes its launcher (a torchrun agent) along, where the target is a
-        whole node or all."""
-        return False
-
-    @property
-    def acts_on_ranks(self) -> bool:
-        """It is delivered to the target ranks' processes (False: to a file, so never `already gone`)."""
-        return True
-
-    @property
-    def stall(self) -> bool:
-        """It lasts `duration_s` and then ends (a pause, a straggler, a partition): the `stalls` check's."""
-        return False
-
-    @property
-    def halts(self) -> bool:
-        """A stall that stops the target outright: to the other ranks it looks like a hang, so one at least as
-        long as hang_timeout_s is hang detection's to handle."""
-        return False
-
-    def signal_sent(self) -> str | None:
-        """The signal the target ranks get, where the kind sends one."""
-        return None
+    # ---- what the supervisor and the checks need to know (a kind whose answer depends on its parameters,
+    # a signal's, makes the attribute a property) ----------------------------------------------------------
+    ends_attempt: ClassVar[bool] = False
+    """The target ranks die of it: the supervisor waits for their deaths instead of releasing them."""
+    interrupts: ClassVar[bool] = False
+    """It sends the ranks a signal that may end them, so the steps it costs are counted (steps_lost)."""
+    takes_host: ClassVar[bool] = False
+    """A host dying or stalling of it takes its launcher (a torchrun agent) along, where the target is a
+    whole node or all."""
+    stall: ClassVar[bool] = False
+    """It lasts `duration_s` and then ends (a pause, a straggler, a partition): the `stalls` check's."""
+    halts: ClassVar[bool] = False
+    """A stall that stops the target outright: to the other ranks it looks like a hang, so one at least as
+    long as hang_timeout_s is hang detection's to handle."""
+    sends_signal: ClassVar[str | None] = None
+    """The signal the target ranks get, where the kind sends one."""
 
     # ---- the scenario's and plan.json's form -------------------------------------------------------------
     @classmethod

@@ -30,23 +30,12 @@ LISTED_FILES = 50
 @dataclass(frozen=True)
 class NodeLoss(Action):
     kind = "node_loss"
+    ends_attempt = True
+    interrupts = True
+    takes_host = True
+    sends_signal = "SIGKILL"
     changes_host = True
     host_needs = "a local disk and processes of its own"
-
-    @property
-    def ends_attempt(self) -> bool:
-        return True
-
-    @property
-    def interrupts(self) -> bool:
-        return True
-
-    @property
-    def takes_host(self) -> bool:
-        return True
-
-    def signal_sent(self) -> str | None:
-        return "SIGKILL"
 
     @classmethod
     def from_yaml(cls, read: Any, value: Any, where: str) -> "NodeLoss":

@@ -25,22 +25,13 @@ from chaos.faults.kind import MAX_STALL_S, Action, FaultContext, Started
 @dataclass(frozen=True)
 class Partition(Action):
     kind = "partition"
+    takes_host = True
+    stall = True
+    halts = True
     changes_host = True
     host_needs = "a network link"
     duration_s: float
     """Seconds the node's link stays cut."""
-
-    @property
-    def takes_host(self) -> bool:
-        return True
-
-    @property
-    def stall(self) -> bool:
-        return True
-
-    @property
-    def halts(self) -> bool:
-        return True
 
     @classmethod
     def from_yaml(cls, read: Any, value: Any, where: str) -> "Partition":

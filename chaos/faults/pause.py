@@ -24,23 +24,12 @@ from chaos.faults.kind import MAX_STALL_S, Action, FaultContext, Started
 @dataclass(frozen=True)
 class Pause(Action):
     kind = "pause"
+    takes_host = True
+    stall = True
+    halts = True
+    sends_signal = "SIGSTOP"
     duration_s: float
     """Seconds between the SIGSTOP and the SIGCONT."""
-
-    @property
-    def takes_host(self) -> bool:
-        return True
-
-    @property
-    def stall(self) -> bool:
-        return True
-
-    @property
-    def halts(self) -> bool:
-        return True
-
-    def signal_sent(self) -> str | None:
-        return "SIGSTOP"
 
     @classmethod
     def from_yaml(cls, read: Any, value: Any, where: str) -> "Pause":

@@ -24,6 +24,7 @@ SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGSEGV", "SIGABRT", "SIGSTOP")
 @dataclass(frozen=True)
 class Signal(Action):
     kind = "signal"
+    interrupts = True
     signal: str
     """One of SIGNALS."""
 
@@ -32,14 +33,11 @@ class Signal(Action):
         return self.signal in FATAL_BY_DEFAULT
 
     @property
-    def interrupts(self) -> bool:
-        return True
-
-    @property
     def takes_host(self) -> bool:
         return self.signal == "SIGKILL"  # a host that dies takes its launcher along; a SIGTERM is for the ranks
 
-    def signal_sent(self) -> str | None:
+    @property
+    def sends_signal(self) -> str | None:
         return self.signal
 
     @classmethod

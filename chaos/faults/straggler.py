@@ -38,19 +38,13 @@ STRAGGLER_KEYS = ("cpus", "duration_s")
 @dataclass(frozen=True)
 class Straggler(Action):
     kind = "straggler"
+    takes_host = True
+    stall = True
     changes_host = True
     cpus: float
     """The CPUs the target's processes get together meanwhile (0.25 = a quarter)."""
     duration_s: float
     """How long the CPU quota holds."""
-
-    @property
-    def takes_host(self) -> bool:
-        return True
-
-    @property
-    def stall(self) -> bool:
-        return True
 
     @classmethod
     def from_yaml(cls, read: Any, value: Any, where: str) -> "Straggler":
