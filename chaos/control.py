@@ -6,7 +6,7 @@ hosts (``tcp://ADDRESS:PORT``); newline-delimited JSON messages.
     rank -> supervisor   {"type": "hello", "rank": r, "pid": p, "attempt": a, "token": run token, "host": h}
     supervisor -> rank   {"type": "plan", "holds": [{"fault_id", "step", "phase", "index"}, ...]}
     rank -> supervisor   {"type": "held", "fault_id", "step", "phase", "index"}
-    supervisor -> rank   {"type": "release", "fault_id"}
+    supervisor -> rank   {"type": "release", "fault_id", "raise"?: message}
 
 A connection's first message must be its hello, carrying the run's token (the secret in CHAOS_RUN_TOKEN,
 compared in constant time): until the hello is accepted nothing else it sends is acted on, and anything
@@ -15,7 +15,10 @@ drops that connection and nothing else.
 
 The rank keeps its connection for its whole life. A hold is how a fault lands *exactly*: the rank stops
 at the planned point and waits; the supervisor sends the real signal from outside, then releases it
-(a rank whose signal was fatal never reads the release). ``step``/``index`` of None match any value.
+(a rank whose signal was fatal never reads the release). A release carrying ``raise`` makes the probe raise
+``chaos.probe.InjectedFault(message)`` in the rank instead (the ``raise`` fault kind). The rank's attempt is
+the launch's, or under ``restart.by: job`` the launch's plus its launcher's restart count (rank_attempt).
+``step``/``index`` of None match any value.
 Pure Python: imported by the supervisor, which never imports torch.
 """
 
@@ -25,18 +28,40 @@ import hmac
 import json
 import socket
 from collections import deque
+from pathlib import Path
+from typing import Mapping
 
-from chaos import safe_files
+from chaos import history, safe_files
 
 ENV_SOCKET = "CHAOS_CONTROL_SOCKET"
 ENV_HISTORY_DIR = "CHAOS_HISTORY_DIR"
 ENV_ATTEMPT = "CHAOS_ATTEMPT"
 ENV_RUN_DIR = "CHAOS_RUN_DIR"
 ENV_RUN_TOKEN = "CHAOS_RUN_TOKEN"
+ENV_RESTARTS_BY = "CHAOS_RESTARTS_BY"
+"""'job' when the job's own launcher restarts it (restart.by: job); unset when chaos does."""
+ENV_LAUNCHER_RESTARTS = "TORCHELASTIC_RESTART_COUNT"
+"""How many times torchrun's elastic agent has restarted the workers it now runs (0 at its first start)."""
 TCP_PREFIX = "tcp://"
 RUN_TOKEN_FILE = ".chaos-run-token"
 """The supervisor writes its run's token here at the start; a rank commits a checkpoint only while the run
 directory still holds its token (a rank of an earlier run at the same --out never commits into a new one)."""
+
+
+def rank_attempt(environ: Mapping[str, str]) -> tuple[int, str | None]:
+    """This rank's attempt and history directory, from the environment the supervisor set. Where the job's
+    own launcher restarts it (restart.by: job) the attempt is the launch's plus the restarts that launcher
+    counted, and its history goes to that attempt's directory (the supervisor made them all at the launch);
+    where chaos restarts it, the launcher never restarts anything and the environment says it all."""
+    attempt = int(environ.get(ENV_ATTEMPT, "1"))
+    directory = environ.get(ENV_HISTORY_DIR) or None
+    if environ.get(ENV_RESTARTS_BY) == "job":
+        restarts = int(environ.get(ENV_LAUNCHER_RESTARTS, "0") or 0)
+        run_dir = environ.get(ENV_RUN_DIR)
+        if restarts > 0 and run_dir:
+            attempt += restarts
+            directory = str(history.attempt_dir(Path(run_dir), attempt))
+    return attempt, directory
 
 
 def connect(address: str) -> socket.socket:

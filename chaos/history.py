@@ -37,7 +37,7 @@ START = "start"                    # pid, world_size, local_rank, host
 POINT = "point"                    # step, phase, index?   a probe point was reached (phase entered)
 LEAVE = "leave"                    # step, phase           a phase was left
 HELD = "held"                      # step, phase, index?, fault_id   the rank is held for a planned fault
-RELEASED = "released"              # fault_id
+RELEASED = "released"              # fault_id, raised? (the message of an exception it was made to raise)
 SPARES_STARTED = "spares_started"  # attempt, pids   warm spares spawned for the next restart
 BUSY = "busy"                      # what    long silent work begins (startup, hashing): not a hang yet
 BUSY_END = "busy_end"              # what    it ended
@@ -73,7 +73,8 @@ DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s
 HANG_DETECTED = "hang_detected"    # attempt, idle_s
 TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]
 ATTEMPT_END = "attempt_end"        # attempt, outcome: complete|crashed|hung|preempted|error
-RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error
+RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error; restart.by: job also
+                                   # job_gave_up (its launcher exited without completing) | hung
 AGENT_HELLO = "agent_hello"        # attempt, node, host, pid, address, interface, port, mono_offset_s,
                                    # wall_offset_s, rtt_s: a host's agent joined (hosts: cluster), its clocks
                                    # measured against the supervisor's (offset = agent - supervisor)
@@ -92,6 +93,8 @@ RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we co
 CLUSTER = "cluster"                # controller, agents, control: where an existing cluster's nodes reach chaos
 AGENT_REFUSED = "agent_refused"    # attempt, reason: a connection to the agent listener that was not let in
 AGENT_LOST = "agent_lost"          # attempt, node, host, reason: an agent's link broke during the attempt
+JOB_RECOVERY = "job_recovery"      # attempt, node, kind (detected|restarting|stopping), line: restart.by: job, what the
+                                   # job's launcher said of its own recovery, stamped when chaos read it
 
 
 class HistoryWriter:

@@ -102,3 +102,8 @@ class RestartPolicy:
     workload supports it and the launcher is direct; false: every rank is a fresh interpreter. None (auto):
     warm where the machine has a core per rank and spare for the spares' imports (WARM_CORES_PER_RANK),
     since on fewer cores the spares' imports compete with training and a warm restart is no faster."""
+    by: str = "chaos"
+    """Who restarts the job after a fault: "chaos" (the supervisor tears the attempt down and launches the next)
+    or "job" (the job's own recovery layer, today torchrun's elastic agent with --max-restarts=max_restarts:
+    chaos launches once, lands the planned faults, and observes each restart the job does itself; it tears
+    down only at the end, or when the job gives up or hangs past hang_timeout_s)."""

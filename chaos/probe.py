@@ -16,7 +16,8 @@ Probe points (phases) are dotted names: ``data``, ``forward``, ``backward``, ``o
 ``checkpoint.begin``, ``checkpoint.shard`` (index k = after the k-th shard file), ``checkpoint.metadata``,
 ``checkpoint.commit``, ``checkpoint.tracker``, ``checkpoint.load``. When the supervisor planned a fault at
 a point, the probe holds the rank there (blocking on the control socket) until the supervisor has sent its
-signal from outside, so the signal lands at that point and nowhere else.
+signal from outside, so the signal lands at that point and nowhere else. A `raise` fault is done by the probe
+itself: the release carries the message, and the probe raises InjectedFault(message) from that point.
 
 No torch import here: it is imported by the supervisor's side too, and must cost nothing in a rank.
 """
@@ -58,6 +59,12 @@ SAVE_PHASES = ("checkpoint.begin", "checkpoint.shard", "checkpoint.metadata", "c
                "checkpoint.tracker")
 """Points reached only while saving: at steps that are multiples of save_interval, the last step, or the
 step a graceful SIGTERM stopped at."""
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the probe where a scenario planned a `raise` fault (chaos.faults.exception), with the
+    scenario's message: it stands for a Python or CUDA error of the trainer's own. A trainer must not catch it
+    specially: it propagates out of probe.point() / probe.phase() like any error from that point would."""
 
 
 class Probe:
@@ -118,6 +125,10 @@ class Probe:
         message = self._reader.read_message()
         if message is None:
             raise RuntimeError("chaos probe: supervisor went away while this rank was held")
+        raised = message.get("raise")
+        if isinstance(raised, str):  # a `raise` fault: the rank fails here, as with a Python or CUDA error
+            self._writer.write(history.RELEASED, fault_id=hold["fault_id"], raised=raised)
+            raise InjectedFault(raised)
         self._writer.write(history.RELEASED, fault_id=hold["fault_id"])
 
     # ---- the trainer-facing API ---------------------------------------------------------------
@@ -203,11 +214,11 @@ def get_probe() -> Probe:
     """The process-wide probe, configured from the environment the supervisor set (or disabled)."""
     global _PROBE
     if _PROBE is None:
-        history_dir = os.environ.get(control.ENV_HISTORY_DIR) or None
+        attempt, history_dir = control.rank_attempt(os.environ)
         _PROBE = Probe(
             history_dir=Path(history_dir) if history_dir else None,
             rank=int(os.environ.get("RANK", "0")),
-            attempt=int(os.environ.get(control.ENV_ATTEMPT, "1")),
+            attempt=attempt,
             control_socket=os.environ.get(control.ENV_SOCKET) or None,
         )
     return _PROBE

@@ -210,6 +210,54 @@ class SyntheticRun:
         for writer in writers.values():
             writer.close()
 
+    def failed_attempt(self, index: int, resume_from: int, stop_step: int | None, stop_phase: str = "forward",
+                       returncode: int | None = 1, signal: str | None = None, fault: PlannedFault | None = None,
+                       loaded: bool = True, outcome: str = "crashed") -> None:
+        """An attempt ended by a failure of the job's own: it loads `resume_from` (loaded=False: it dies in
+        `checkpoint.load` of that iteration, before checkpoint_loaded), trains to stop_step - 1 (saving every
+        save_interval), begins `stop_step` and dies in `stop_phase`: rank 0 exits (returncode, signal), the
+        others are torn down. A `fault` given lands at the stop first (the tester's, not the job's)."""
+        ranks = range(self.world_size)
+        self.sup(h.ATTEMPT_START, attempt=index, launcher="direct", port=29500,
+                 processes=[{"pid": self.pid(index, r), "role": f"rank {r}"} for r in ranks])
+        writers = {r: HistoryWriter(h.rank_history_path(self.run_dir, index, r), rank=r, attempt=index) for r in ranks}
+
+        def each(event: str, **fields: Any) -> None:
+            for writer in writers.values():
+                writer.write(event, mono=self.tick(0.01), **fields)
+
+        for rank, writer in writers.items():
+            writer.write(h.START, mono=self.tick(), pid=self.pid(index, rank), world_size=self.world_size,
+                         local_rank=rank, host="synthetic")
+        path = str(self.checkpoint_dir / iteration_dir_name(resume_from)) if resume_from else None
+        if not loaded:
+            each(h.POINT, step=resume_from, phase="checkpoint.load")
+        else:
+            each(h.CHECKPOINT_LOADED, iteration=resume_from, path=path)
+            for step in range(resume_from + 1, stop_step if stop_step is not None else resume_from + 1):
+                each(h.STEP_BEGIN, step=step)
+                each(h.METRICS, step=step, lm_loss=golden_loss(step), grad_norm=1.0, lr=1e-3,
+                     consumed_samples=golden_samples(step))
+                each(h.STEP_END, step=step)
+                if step % self.save_interval == 0:
+                    each(h.POINT, step=step, phase="checkpoint.begin")
+                    each(h.CHECKPOINT_COMMITTED, iteration=step, path=str(self.write_checkpoint(step)))
+            if stop_step is not None:
+                each(h.STEP_BEGIN, step=stop_step)
+                each(h.POINT, step=stop_step, phase=stop_phase)
+        if fault is not None:
+            self.land(fault, index, writers)
+        self.sup(h.RANK_EXIT, attempt=index, rank=0, pid=self.pid(index, 0), returncode=returncode, signal=signal)
+        self.sup(h.DEATH_DETECTED, attempt=index, rank=0, detect_latency_s=0.05)
+        self.sup(h.TEARDOWN, attempt=index, duration_s=0.2, sigterm=self.world_size - 1, sigkill=0, survivors=[])
+        for rank in ranks:
+            if rank != 0:
+                self.sup(h.RANK_EXIT, attempt=index, rank=rank, pid=self.pid(index, rank), returncode=-15,
+                         signal="SIGTERM", during_teardown=True)
+        self.sup(h.ATTEMPT_END, attempt=index, outcome=outcome)
+        for writer in writers.values():
+            writer.close()
+
     def _exits(self, index: int, ranks, returncode: int = 0, signal: str | None = None) -> None:
         for rank in ranks:
             self.sup(h.RANK_EXIT, attempt=index, rank=rank, pid=self.pid(index, rank), returncode=returncode,

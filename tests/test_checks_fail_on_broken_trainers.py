@@ -190,3 +190,17 @@ faults:
     assert state["status"] == "fail" and named in state["detail"], state["detail"]
     assert "from iteration 4 on (the first checkpoint of attempt 2)" in state["detail"]
     assert state["evidence"]["first_divergence"]["iteration"] == 4
+
+
+def test_a_restart_loop_fails_recovery_progress_and_the_budget(tmp_path, golden_cache):
+    """Megatron-LM issue #5281's shape: after the kill every restart loads the same checkpoint and dies the
+    same way in the load. Within max_restarts each restart looks like recovery; recovery_progress names the
+    loop and the iteration every one of them was loading."""
+    result = run(tmp_path, golden_cache, ["crash_on_resume"], KILL_RANK1_STEP3_BACKWARD, restart="{max_restarts: 4}")
+    assert result.verdict == "fail"
+    progress = status(result, "recovery_progress")
+    assert progress["status"] == "fail", progress
+    assert "attempts 2-5 each tried to load iteration 2 and died the same way" in progress["detail"], progress
+    assert "phase checkpoint.load" in progress["detail"] and "a restart loop" in progress["detail"], progress
+    assert progress["evidence"]["loops"] == [[2, 3, 4, 5]]
+    assert status(result, "restart_budget")["status"] == "fail"

@@ -68,7 +68,7 @@ def test_no_committed_checkpoint_is_an_error_not_a_silent_no_op(tmp_path):
 
 
 def test_registry_routes_by_kind_and_refuses_a_second_claim():
-    assert list(faults.KINDS) == ["signal", "corrupt", "pause", "straggler", "partition", "node_loss"]
+    assert list(faults.KINDS) == ["signal", "corrupt", "pause", "straggler", "partition", "node_loss", "raise"]
     with pytest.raises(ValueError, match="already registered"):
         faults.register(Pause)
     with pytest.raises(ValueError, match="unknown fault kind 'hammer'"):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from chaos import history
 from chaos.faults import straggler
 from chaos.runner import run_scenario
 from chaos.supervisor.hosts import netns as hosts, slurm
@@ -45,3 +46,15 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
         assert not list((result.run_dir / "checkpoints").glob(".tmp*"))
         # graceful SIGTERM at step 10 saved iteration 10 and lost nothing: the last attempt resumed there
         assert attempts[max(attempts)]["resumed_from"] == 10
+    if name == "torchrun_job_restarts.yaml":
+        # torchrun restarted the workers three times; chaos restarted nothing and saw each recovery in its output
+        run = history.load_run_history(result.run_dir)
+        assert [r.get("by") for r in run.supervisor_events(history.ATTEMPT_START)] == [None, "job", "job", "job"]
+        assert [r.get("by") for r in run.supervisor_events(history.TEARDOWN)] == ["job", "job", "job", None]
+        assert {r["attempt"] for r in run.supervisor_events(history.JOB_RECOVERY)} == {1, 2, 3}
+        assert all(c["status"] in ("pass", "skip") for c in report["checks"])
+        assert {c["name"] for c in report["checks"] if c["status"] == "skip"} == {"stalls", "node_loss"}
+        recoveries = report["timings"]["recovery_s"]
+        assert [(r["attempt"], r["by"], r["fault_id"]) for r in recoveries] == [
+            (2, "job", "f1"), (3, "job", "f2"), (4, "job", "f3")]
+        assert all(0 <= r["detected_s"] < r["first_resumed_step_s"] for r in recoveries), recoveries

@@ -56,8 +56,9 @@ def main(argv: list[str]) -> int:
         return 2
     rank = int(os.environ.get("RANK", "0"))
     socket_path = os.environ.pop(control.ENV_SOCKET, None)
-    history_dir = os.environ.pop(control.ENV_HISTORY_DIR, None)
-    attempt = int(os.environ.pop(control.ENV_ATTEMPT, "1"))
+    attempt, history_dir = control.rank_attempt(os.environ)
+    os.environ.pop(control.ENV_HISTORY_DIR, None)
+    os.environ.pop(control.ENV_ATTEMPT, None)
     if socket_path and not _hello(socket_path, rank, attempt):
         print(f"chaos: rank {rank} (pid {os.getpid()}) was not accepted by the supervisor; not starting",
               file=sys.stderr)

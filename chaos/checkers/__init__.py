@@ -21,6 +21,7 @@ from chaos.checkers import (
     final_state,
     no_survivors,
     node_loss,
+    recovery_progress,
     stalls,
     restart_budget,
     resume_point,
@@ -40,6 +41,7 @@ CHECKS: dict[str, Check] = {
     "faults_landed": faults_landed.check,
     "no_survivors": no_survivors.check,
     "restart_budget": restart_budget.check,
+    "recovery_progress": recovery_progress.check,
     "stalls": stalls.check,
     "node_loss": node_loss.check,
 }

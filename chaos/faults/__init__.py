@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from chaos.faults.corrupt import Corrupt
+from chaos.faults.exception import Raise
 from chaos.faults.kind import Action, FaultContext, Started
 from chaos.faults.node_loss import NodeLoss
 from chaos.faults.partition import Partition
@@ -32,6 +33,7 @@ register(Pause)
 register(Straggler)
 register(Partition)
 register(NodeLoss)
+register(Raise)
 
 
 def kind_of(name: str) -> type[Action]:

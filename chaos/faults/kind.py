@@ -81,9 +81,11 @@ class Action:
     # ---- what the supervisor and the checks need to know (a kind whose answer depends on its parameters,
     # a signal's, makes the attribute a property) ----------------------------------------------------------
     ends_attempt: ClassVar[bool] = False
-    """The target ranks die of it: the supervisor waits for their deaths instead of releasing them."""
+    """The target ranks die of it: the supervisor waits for their deaths instead of releasing them (a kind
+    with a release_message is released with it, and dies of what its probe does then)."""
     interrupts: ClassVar[bool] = False
-    """It sends the ranks a signal that may end them, so the steps it costs are counted (steps_lost)."""
+    """It may end the ranks (a signal, an exception raised in them), so the steps it costs are counted
+    (steps_lost)."""
     takes_host: ClassVar[bool] = False
     """A host dying or stalling of it takes its launcher (a torchrun agent) along, where the target is a
     whole node or all."""
@@ -94,6 +96,9 @@ class Action:
     long as hang_timeout_s is hang detection's to handle."""
     sends_signal: ClassVar[str | None] = None
     """The signal the target ranks get, where the kind sends one."""
+    needs_probe: ClassVar[bool] = False
+    """Done by the rank's probe (chaos.probe), on its release: only a rank held at a phase trigger, in a
+    workload that runs the probe, can have it (a raise); the scenario reader refuses any other trigger."""
 
     # ---- the scenario's and plan.json's form -------------------------------------------------------------
     @classmethod
@@ -114,6 +119,11 @@ class Action:
     # ---- doing it ----------------------------------------------------------------------------------------
     def start(self, context: FaultContext) -> Started:
         raise NotImplementedError
+
+    def release_message(self) -> dict | None:
+        """What the held rank's release carries for a fault done inside the rank (None: a plain release).
+        Merged into the supervisor's `{"type": "release", "fault_id": ...}`; the probe acts on it."""
+        return None
 
     def stall_phrase(self) -> str:
         """How the `stalls` check names this stall before its target: `a 5s pause of`."""

@@ -210,6 +210,19 @@ def restart_table(restarts: list[dict[str, Any]]) -> str:
             f"{head}</tr>{''.join(rows)}</table>")
 
 
+def recovery_table(recoveries: list[dict[str, Any]]) -> str:
+    """Each recovery (report.model.recoveries): fault to detection to the first resumed step."""
+    if not recoveries:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_e(r.get('attempt'))}</td><td>{_e(r.get('by'))}</td><td>{_e(r.get('fault_id') or 'crash')}</td>"
+        f"<td>{'' if r.get('detected_s') is None else format(r['detected_s'], '.2f')}</td>"
+        f"<td>{'never' if r.get('first_resumed_step_s') is None else format(r['first_resumed_step_s'], '.2f')}</td>"
+        "</tr>" for r in recoveries)
+    return ("<h2>Recoveries: fault to detection to first resumed step</h2><table><tr><th>attempt</th><th>by</th>"
+            f"<th>fault</th><th>detected (s)</th><th>first resumed step (s)</th></tr>{rows}</table>")
+
+
 def render_html(report: dict[str, Any], golden_metrics: dict | None = None, history: RunHistory | None = None) -> str:
     verdict = report.get("verdict", "?")
     color = STATUS_COLORS.get(verdict, "#ef6c00")
@@ -270,6 +283,7 @@ def render_html(report: dict[str, Any], golden_metrics: dict | None = None, hist
                 out.append(f"<h3>attempt {attempt}</h3>{svg}")
     timings = report.get("timings") or {}
     out.append(restart_table(timings.get("restart_to_first_resumed_step_s") or []))
+    out.append(recovery_table(timings.get("recovery_s") or []))
     out.append(f"<h2>Timings</h2><pre>{_e(json.dumps(timings, indent=1, default=str))}</pre>")
     out.append("</body></html>")
     return "\n".join(out)

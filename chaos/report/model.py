@@ -130,7 +130,45 @@ def timings(ctx: CheckContext) -> dict[str, list[dict[str, Any]]]:
                         "first_step": min(int(r["step"]) for r in attempt.events(h.STEP_END)),
                         "breakdown": _restart_breakdown(history, attempt, previous_end, first)})
     return {"detection_latency_s": detection, "teardown_duration_s": teardown,
-            "restart_to_first_resumed_step_s": restart}
+            "restart_to_first_resumed_step_s": restart, "recovery_s": recoveries(history)}
+
+
+def recoveries(history) -> list[dict[str, Any]]:
+    """Each recovery, whoever did it (restart.by): from the fault that ended an attempt to the moment the
+    recovery layer noticed it, and to the first step the next attempt completed. By chaos, noticing is its own
+    death or hang detection; by the job, the first line its launcher wrote about it (chaos.supervisor.job_log),
+    seen within the supervisor's poll of that output. One row per attempt after the first; an attempt that never
+    completed a step has no first resumed step (None)."""
+    starts = {int(r["attempt"]): r for r in history.supervisor_events(h.ATTEMPT_START)}
+    rows = []
+    for attempt in history.attempts:
+        previous, number = attempt.index - 1, attempt.index
+        step_ends = [r["mono"] for r in attempt.events(h.STEP_END) if r.get("mono") is not None]
+        if previous < 1:
+            continue
+        landed = [r for r in history.supervisor_events(h.FAULT_LANDED)
+                  if r.get("attempt") == previous and r.get("mono") is not None]
+        exits = [r["mono"] for r in history.supervisor_events(h.RANK_EXIT)
+                 if r.get("attempt") == previous and r.get("mono") is not None]
+        if landed:
+            fault_id, origin = landed[-1].get("fault_id"), landed[-1]["mono"]
+        elif exits:
+            fault_id, origin = None, min(exits)  # a crash of the job's own (a restart loop): from its first exit
+        else:
+            continue
+        by = (starts.get(number) or {}).get("by") or "chaos"
+        if by == "job":
+            noticed = [r.get("seen_mono") for r in history.supervisor_events(h.JOB_RECOVERY)
+                       if r.get("attempt") == previous and r.get("seen_mono") is not None]
+        else:
+            noticed = [r["mono"] for name in (h.DEATH_DETECTED, h.HANG_DETECTED)
+                       for r in history.supervisor_events(name)
+                       if r.get("attempt") == previous and r.get("mono") is not None]
+        noticed = [mono for mono in noticed if mono >= origin]
+        rows.append({"attempt": number, "by": by, "fault_id": fault_id,
+                     "detected_s": round(min(noticed) - origin, 4) if noticed else None,
+                     "first_resumed_step_s": round(min(step_ends) - origin, 4) if step_ends else None})
+    return rows
 
 
 RESTART_STAGES = (("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),

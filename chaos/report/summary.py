@@ -34,6 +34,14 @@ def format_summary(report: dict[str, Any]) -> str:
                         if a.get("resumed_from") is not None)
     lines.append(f"  restarts: {report.get('restarts', 0)} of {report.get('max_restarts', '?')}"
                  + (f" ({resumed})" if resumed else ""))
+    recoveries = (report.get("timings") or {}).get("recovery_s") or []
+    if recoveries:  # how fast each recovery was, by whoever did it: what a recovery layer's owner tunes
+        parts = [f"{one_line(r.get('fault_id') or 'crash')} "
+                 f"{'?' if r.get('detected_s') is None else format(r['detected_s'], '.2f')}/"
+                 f"{'never' if r.get('first_resumed_step_s') is None else format(r['first_resumed_step_s'], '.2f')}"
+                 for r in recoveries]
+        lines.append(f"  recovery by {one_line(recoveries[0]['by'])} (fault -> detected / -> first resumed step, s): "
+                     + ", ".join(parts))
     strangers = report.get("security_events") or []
     if strangers:  # another user's process held the run's token: not the job's, not signalled, but worth knowing
         first = strangers[0]

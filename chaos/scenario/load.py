@@ -20,7 +20,7 @@ from chaos.golden import KNOWN_METRICS
 from chaos import faults
 from chaos.faults.signals import SIGNALS
 from chaos.plan import RestartPolicy, Trigger
-from chaos.scenario.model import CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, GoldenSpec, Scenario
+from chaos.scenario.model import CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, RESTARTS_BY, GoldenSpec, Scenario
 from chaos.schedule.specs import FaultSpec, RandomFaults, ScriptedFault, TargetSpec
 from chaos.scenario.dump import scenario_to_mapping
 from chaos.scenario.overrides import override_value, set_dotted
@@ -103,6 +103,13 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
                                   f"agents' children, or a torchrun per node) and needs launcher: slurm or torchrun "
                                   f"with workload nodes >= 2; got launcher: {launcher}, "
                                   f"nodes: {workload.facts.nodes}")
+    if restart.by == "job" and (launcher != "torchrun" or hosts == "cluster" or workload.facts.nodes != 1):
+        # several nodes: each torchrun agent counts only the restarts its own workers caused
+        # (TORCHELASTIC_RESTART_COUNT is per node), so the ranks could not name the attempt they belong to
+        raise read.error("restart.by", f"by: job observes the job's own recovery, torchrun's elastic restarts "
+                                       f"(--max-restarts), which needs launcher: torchrun on this machine with "
+                                       f"workload nodes: 1; got launcher: {launcher}, hosts: {hosts}, "
+                                       f"nodes: {workload.facts.nodes}")
     if workload.facts.node_local is not None and hosts != "netns":
         raise read.error(f"workload.{workload.facts.node_local}", "node-local storage needs a disk per node, and "
                                                                   "only hosts: netns gives each node one; add hosts: netns")
@@ -145,6 +152,7 @@ _RESTART_READERS = {
     "hang_timeout_s": lambda read, value, where: read.number(value, where, strict=True),
     "startup_timeout_s": lambda read, value, where: read.number(value, where, strict=True),
     "warm": _warm,
+    "by": lambda read, value, where: read.choice(value, where, RESTARTS_BY),
 }
 
 
@@ -190,6 +198,14 @@ def _scripted(read: _Fields, value: Any, where: str, workload: Workload, restart
         raise read.error(action_where, f"expected exactly one of {list(action_keys)}, got {given or 'none'}")
     kind = faults.KINDS[given[0]]
     action = kind.from_yaml(read, action_raw[kind.kind], _join(action_where, kind.kind))
+    if action.needs_probe and (trigger.phase is None or workload.observation != "probe"):
+        # done by the probe on the held rank's release: no hold without a phase trigger and a probe
+        got = ("a wall-clock trigger (after_s)" if trigger.phase is None
+               else f"a workload followed from its logs (kind: {workload.kind})")
+        raise read.error(_join(action_where, kind.kind),
+                         f"a {kind.kind} fault is done by chaos's probe inside a held rank (on its release): it "
+                         f"needs a phase trigger (at: {{step, phase}}) and a workload chaos's probe runs in "
+                         f"(kind: gpt3); got {got}")
     return ScriptedFault(trigger=trigger, target=target, action=action)
 
 

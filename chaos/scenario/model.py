@@ -27,12 +27,15 @@ CHECK_NAMES = (
     "faults_landed",
     "no_survivors",
     "restart_budget",
+    "recovery_progress",
     "stalls",
     "node_loss",
 )
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 
 LAUNCHERS = ("direct", "torchrun", "slurm")
+RESTARTS_BY = ("chaos", "job")
+"""restart.by: who restarts the job after a fault (chaos.plan.RestartPolicy.by)."""
 HOSTS = ("local", "netns", "cluster")
 """Where a scenario's nodes live: `local` (every node on this host's loopback) or `netns` (one network
 namespace per node on a bridge: real links between them, which a `partition` fault cuts)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import selectors
 import time
+from dataclasses import dataclass, field
 
 from chaos import control
 from chaos import history
@@ -23,26 +24,66 @@ from chaos.ownership import lifeline
 from chaos.supervisor import launcher
 from chaos.supervisor.attempt_context import AttemptContext
 from chaos.supervisor.cluster_agents import ClusterAgents
+from chaos.supervisor.control_server import Connection
+from chaos.supervisor.job_log import JobLog
 from chaos.supervisor.hosts.agents import RemoteProcess
 from chaos.supervisor.landing import FaultLanding
 from chaos.supervisor.observed import ObservedTriggers
 from chaos.supervisor.ranks import Rank, RankHandshake
-from chaos.ownership.processes import ProcessTable, TrackedProcess, returncode_signal, still_running, teardown
+from chaos.ownership.processes import (ProcessTable, TrackedProcess, pidfd_exited, returncode_signal, still_running,
+                                      teardown)
 from chaos.ownership.sweep import stranger_fields, sweep_token_holders
-from chaos.history import AGENT_EXIT, LIFELINE, OBSERVED, OBSERVER, RANK_REJECTED, SLURMD_RESTARTED
+from chaos.history import AGENT_EXIT, JOB_RECOVERY, LIFELINE, OBSERVED, OBSERVER, RANK_REJECTED, SLURMD_RESTARTED
 
 TICK_S = 0.05
 """Select timeout: the period of hang checks, wall-clock faults and progress updates."""
 DESCENDANT_SCAN_S = 1.0
 
 
+@dataclass
+class CarriedLaunch:
+    """restart.by: job: what an attempt hands the next when the job's own launcher restarted the workers: the
+    launch itself (its processes, cgroup and launcher output live on) and the hellos of the next attempt
+    that came before this one ended."""
+    table: ProcessTable
+    cgroup: lifeline.AttemptCgroup | None
+    port: int
+    job_log: JobLog
+    deferred: list[tuple[Connection, dict]] = field(default_factory=list)
+    pending: list[Connection] = field(default_factory=list)
+    """Connections that had said nothing yet when this attempt ended: a rank of the next attempt whose hello
+    was still on its way (the next attempt reads it; one that never says hello is dropped at its deadline)."""
+
+    def abandon(self, grace_s: float) -> None:
+        """The run stopped between two of the job's attempts (an error, a full disk): nothing of the launch may
+        survive it."""
+        teardown(self.table, grace_s)
+        if self.cgroup is not None:
+            self.cgroup.kill()
+            self.cgroup.remove()
+        for connection in [c for c, _ in self.deferred] + self.pending:
+            connection.sock.close()
+        for process in self.table.all_tracked():
+            process.close()
+        self.job_log.close()
+
+
 class Attempt:
-    def __init__(self, context: AttemptContext, number: int) -> None:
+    def __init__(self, context: AttemptContext, number: int, carried: CarriedLaunch | None = None) -> None:
         self.ctx = context
         self.spec = context.launch
         self.number = number
         self.directory = history.attempt_dir(context.run_dir, number)
-        self.table = ProcessTable()
+        self.by_job = context.restart.by == "job"
+        self.carried = carried
+        """restart.by: job, after the first attempt: the launch this attempt watches instead of making one."""
+        self.carried_on: CarriedLaunch | None = None
+        """restart.by: job: set when the job restarted itself and the next attempt takes the launch over."""
+        self.deferred: list[tuple[Connection, dict]] = []
+        self.job_log: JobLog | None = carried.job_log if carried is not None else None
+        self.port = carried.port if carried is not None else 0
+        self.table = carried.table if carried is not None else ProcessTable()
+        self.table.ranks = {}  # the ranks are each attempt's own (the launched agents are the launch's)
         self.ranks: dict[int, Rank] = {}
         """The ranks whose hello was accepted (the handshake fills it)."""
         self.selector = selectors.DefaultSelector()
@@ -56,13 +97,14 @@ class Attempt:
         """id() of each process whose exit is recorded (not its pid: on a cluster two hosts may share a pid)."""
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
-        self.cgroup: lifeline.AttemptCgroup | None = None
+        self.cgroup: lifeline.AttemptCgroup | None = carried.cgroup if carried is not None else None
         self.landing = FaultLanding(context, number, self.ranks, self.table)
         self.agents = ClusterAgents(context, number, self.directory, self.selector, self.table,
                                     ended=self._end_unless_ended, hung=self._hang)
         """hosts: cluster: this attempt's agents (agents.links, by node)."""
         self.handshake = RankHandshake(context, number, self.directory, self.selector, self.table, self.ranks,
-                                       self.agents.links, accepted=self._rank_accepted, held=self.landing.hold)
+                                       self.agents.links, accepted=self._rank_accepted, held=self.landing.hold,
+                                       next_attempt=self._next_attempt_hello if self.by_job else None)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def run(self) -> str:
@@ -74,71 +116,179 @@ class Attempt:
         try:
             if self.spec.observation == "log":
                 self._start_observing()
-            self._launch()
+            if self.carried is not None:
+                self._take_over(self.carried)
+            else:
+                self._launch()
             self._watch()
         finally:
-            # Whatever happened (an exception in here included), nothing of this attempt may survive.
-            teardown_started = time.monotonic()
-            on_hosts = self.agents.teardown_hosts()  # each agent its own host's ranks; then srun here
-            result = teardown(self.table, self.ctx.restart.teardown_grace_s)
-            teardown_s = time.monotonic() - teardown_started  # on a cluster, the hosts' teardowns included
-            self.landing.end_stalls(None)  # after the teardown: a straggler's cgroup is empty now, a cut link is healed
-            survivors, escaped = result.survivors, []
-            if self.cgroup is not None:
-                # whatever left the process tree (a double fork, a setsid grandchild) is still in the cgroup
-                escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
-                survivors = sorted({pid for pid in survivors if still_running(pid)} | set(self.cgroup.pids()))
-                self.cgroup.remove()
-            # the independent witness: whatever escaped the tree, the groups and the cgroup carries the token
-            leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.ctx.run_token}",
-                                         exclude=set(self.ctx.spares.pids()) if self.ctx.spares else set(),
-                                         table=self.table)
-            survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
-            leaked_fields = [{"pid": item.pid, "command": item.command, "tied_by": item.tied_by} for item in leaked]
-            for stranger in leaked.strangers:  # another user's process with the token: reported, not the job's
-                self.ctx.record(history.SECURITY_EVENT, attempt=self.number, **stranger.to_fields())
-            for answer in on_hosts:
-                survivors += answer.get("survivors") or []
-                leaked_fields += [{**item, "node": answer["node"]} for item in answer.get("leaked") or []]
-                for stranger in answer.get("strangers") or []:
-                    self.ctx.record(history.SECURITY_EVENT, attempt=self.number, node=answer.get("node"),
-                                    **stranger_fields(stranger))
-            self.ctx.watchdog.release_all()
-            if self.observed is not None:
-                self._observe(final=True)  # what the ranks wrote before they died
-                self.observed.close()
-            self.ctx.record(history.TEARDOWN, attempt=self.number, duration_s=round(teardown_s, 4),
-                            grace_s=self.ctx.restart.teardown_grace_s, sigterm=result.sigterm,
-                            sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
-                            leaked=leaked_fields, **({"hosts": on_hosts} if self.agents.links else {}))
-            self._report_late_exits()
-            if server.rejected_count:
-                self.ctx.record(RANK_REJECTED, attempt=self.number, rank=None, pid=None,
-                                reason=f"{server.rejected_count} connection(s) to the control socket dropped before a "
-                                       f"hello with this run's token: {'; '.join(server.rejected)}")
-                server.rejected.clear()
-                server.rejected_count = 0
-            server.drop_all()
-            self.selector.unregister(server.listener)
-            self.selector.unregister(self.ctx.interrupt.read_fd)
-            server.selector = None
-            self.selector.close()
-            for process in self.table.all_tracked():
-                process.close()
-            for rank in self.ranks.values():
-                rank.tail.close()
+            if self._job_goes_on():
+                self._hand_over()
+            else:
+                self._teardown()
         outcome = self.end or "error"
         self.landing.record_missed(self.end)
         self.ctx.record(history.ATTEMPT_END, attempt=self.number, outcome=outcome)
         return outcome
 
+    def _teardown(self) -> None:
+        """Whatever happened (an exception in run() included), nothing of this attempt may survive."""
+        server = self.ctx.server
+        teardown_started = time.monotonic()
+        on_hosts = self.agents.teardown_hosts()  # each agent its own host's ranks; then srun here
+        result = teardown(self.table, self.ctx.restart.teardown_grace_s)
+        teardown_s = time.monotonic() - teardown_started  # on a cluster, the hosts' teardowns included
+        self.landing.end_stalls(None)  # after the teardown: a straggler's cgroup is empty now, a cut link is healed
+        survivors, escaped = result.survivors, []
+        if self.cgroup is not None:
+            # whatever left the process tree (a double fork, a setsid grandchild) is still in the cgroup
+            escaped = sorted(set(self.cgroup.kill()) - set(result.sigkill) - set(result.sigterm))
+            survivors = sorted({pid for pid in survivors if still_running(pid)} | set(self.cgroup.pids()))
+            self.cgroup.remove()
+        # the independent witness: whatever escaped the tree, the groups and the cgroup carries the token
+        leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.ctx.run_token}",
+                                     exclude=set(self.ctx.spares.pids()) if self.ctx.spares else set(),
+                                     table=self.table)
+        survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
+        leaked_fields = [{"pid": item.pid, "command": item.command, "tied_by": item.tied_by} for item in leaked]
+        for stranger in leaked.strangers:  # another user's process with the token: reported, not the job's
+            self.ctx.record(history.SECURITY_EVENT, attempt=self.number, **stranger.to_fields())
+        for answer in on_hosts:
+            survivors += answer.get("survivors") or []
+            leaked_fields += [{**item, "node": answer["node"]} for item in answer.get("leaked") or []]
+            for stranger in answer.get("strangers") or []:
+                self.ctx.record(history.SECURITY_EVENT, attempt=self.number, node=answer.get("node"),
+                                **stranger_fields(stranger))
+        self.ctx.watchdog.release_all()
+        if self.observed is not None:
+            self._observe(final=True)  # what the ranks wrote before they died
+            self.observed.close()
+        self.ctx.record(history.TEARDOWN, attempt=self.number, duration_s=round(teardown_s, 4),
+                        grace_s=self.ctx.restart.teardown_grace_s, sigterm=result.sigterm,
+                        sigkill=result.sigkill, survivors=survivors, cgroup_killed=escaped,
+                        leaked=leaked_fields, **({"hosts": on_hosts} if self.agents.links else {}))
+        self._report_late_exits()
+        if server.rejected_count:
+            self.ctx.record(RANK_REJECTED, attempt=self.number, rank=None, pid=None,
+                            reason=f"{server.rejected_count} connection(s) to the control socket dropped before a "
+                                   f"hello with this run's token: {'; '.join(server.rejected)}")
+            server.rejected.clear()
+            server.rejected_count = 0
+        server.drop_all()
+        self.selector.unregister(server.listener)
+        self.selector.unregister(self.ctx.interrupt.read_fd)
+        server.selector = None
+        self.selector.close()
+        for process in self.table.all_tracked():
+            process.close()
+        for rank in self.ranks.values():
+            rank.tail.close()
+        if self.job_log is not None:
+            self.job_log.close()
+
+    # ---- restart.by: job ----------------------------------------------------------------------------------
+    def _job_goes_on(self) -> bool:
+        """The job's launcher restarted the workers (a hello of the next attempt came), the launch is alive
+        and a next attempt may run: it takes the launch over instead of this attempt tearing it down."""
+        return (self.by_job and bool(self.deferred) and self.end == "crashed" and not self.ctx.interrupt.requested
+                and self.number <= self.ctx.restart.max_restarts
+                and any(not p.exited for p in self.table.launched))
+
+    def _next_attempt_hello(self, connection: Connection, message: dict) -> None:
+        """A hello of attempt number + 1: the job's launcher has stopped this attempt's workers and started
+        new ones. This attempt ends; the next replays the hello."""
+        try:
+            self.selector.unregister(connection.sock)
+        except (KeyError, ValueError):
+            pass
+        self.deferred.append((connection, message))
+        if self.end is None:
+            self.end = "crashed"
+
+    def _hand_over(self) -> None:
+        """The job's own teardown of this attempt is over (its launcher stopped every worker before it started
+        the next ones): recorded as this attempt's teardown, by the job, with any worker of it still running
+        as a survivor. The launch, its cgroup and the next attempt's connections are handed on."""
+        server = self.ctx.server
+        self.landing.end_stalls(None)
+        survivors, exits = [], []
+        for process in list(self.table.ranks.values()):
+            if not process.exited and pidfd_exited(process.pidfd):
+                process.mark_exited(time.monotonic())
+            if process.exited:
+                exits.append(process.exit_mono)
+            elif still_running(process.pid):
+                survivors.append(process.pid)
+        self._report_late_exits(ranks_only=True)
+        exits = [mono for mono in exits if mono is not None]
+        self.ctx.record(history.TEARDOWN, attempt=self.number, by="job",
+                        duration_s=round(max(exits) - min(exits), 4) if exits else 0.0,
+                        grace_s=None, sigterm=[], sigkill=[], survivors=survivors, cgroup_killed=[], leaked=[])
+        if self.observed is not None:
+            self._observe(final=True)
+            self.observed.close()
+        keep = {id(connection) for connection, _ in self.deferred}
+        pending = []
+        for connection in list(server.connections.values()):
+            if id(connection) in keep:
+                continue
+            if connection.rank is None and not connection.closed:
+                pending.append(connection)  # the next attempt's rank, its hello not read yet
+            else:
+                server.drop(connection)
+        self.selector.unregister(server.listener)
+        self.selector.unregister(self.ctx.interrupt.read_fd)
+        server.selector = None
+        self.selector.close()  # the launch's pidfds stay open: the next attempt watches them
+        launched = {id(p) for p in self.table.launched}
+        for process in self.table.ranks.values():
+            if id(process) not in launched:
+                process.close()
+        for rank in self.ranks.values():
+            rank.tail.close()
+        assert self.job_log is not None
+        self.carried_on = CarriedLaunch(self.table, self.cgroup, self.port, self.job_log, self.deferred, pending)
+
+    def _take_over(self, carried: CarriedLaunch) -> None:
+        """The launch the previous attempt handed on: its processes watched again, the hellos that came early
+        taken in."""
+        self.launch_mono = time.monotonic()
+        for process in self.table.launched:
+            if not process.exited:
+                self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
+        self.ctx.record(history.ATTEMPT_START, attempt=self.number, launcher=self.ctx.launcher, port=carried.port,
+                        control_socket=self.ctx.control_path, by="job",
+                        processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm,
+                                    "carried": True} for p in self.table.launched])
+        self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
+        for connection, message in carried.deferred:
+            self.handshake.replay(connection, message)
+        for connection in carried.pending:
+            self.selector.register(connection.sock, selectors.EVENT_READ, ("message", connection))
+            self.handshake.on_readable(connection)  # what came while no attempt was reading
+
+    def _poll_job_log(self, now: float) -> None:
+        if self.job_log is None:
+            return
+        for line in self.job_log.poll(now):
+            self.last_progress = now  # the job is busy with its own recovery: not a hang
+            self.ctx.record(JOB_RECOVERY, attempt=self.number, node=line.node, kind=line.kind, line=line.line,
+                            seen_mono=line.mono)
+
     def _launch(self) -> None:
-        port = launcher.free_port()
+        port = self.port = launcher.free_port()
         self._make_cgroup()
+        restart = self.ctx.restart
         plan = launcher.AttemptLaunch(self.number, self.directory, port, self.ctx.control_path,
                                       self.cgroup.procs_file if self.cgroup else None,
                                       run_dir=str(self.ctx.run_dir), run_token=self.ctx.run_token,
-                                      run_id=self.ctx.run_id)
+                                      run_id=self.ctx.run_id,
+                                      job_restarts=restart.max_restarts if self.by_job else None)
+        if self.by_job:
+            # the job's later attempts write their histories there (chaos.control.rank_attempt): made now, by us
+            for number in range(self.number + 1, restart.max_restarts + 2):
+                history.attempt_dir(self.ctx.run_dir, number).mkdir(parents=True, exist_ok=True)
+            self.job_log = JobLog({node: self.directory / f"agent-{node}.out" for node in range(self.spec.nodes)})
         self.launch_mono = time.monotonic()
         if self.ctx.slurm is not None:
             if self.ctx.slurm.cgroup is not None:  # guarded again: the last attempt's end released every guard
@@ -225,7 +375,7 @@ class Attempt:
                 self.ctx.record(history.DEATH_DETECTED, attempt=self.number, rank=process.rank, pid=process.pid,
                                 detect_latency_s=round(latency, 6), measured_from=measured_from,
                                 signal=signal_name)
-                if self.end is None:
+                if self.end is None and not self.by_job:  # by: job, the job's launcher decides what follows
                     self.end = "crashed"
         if self.end is None and self._all_ended():
             self._decide_clean_end()
@@ -300,11 +450,14 @@ class Attempt:
             grew = rank.tail.poll() or grew
         if grew:
             self.last_progress = now
+        self._poll_job_log(now)
         self.landing.land_gathered(now)
         self.landing.fire_wall_clock(now, self.launch_mono)
         self.landing.end_stalls(now)
-        if any(rank.held or rank.awaiting_death for rank in self.ranks.values()):
-            self.last_progress = now  # time a rank spends held by us is not a hang
+        hang_s = self.ctx.restart.hang_timeout_s
+        if any(rank.held or (rank.awaiting_death_since is not None and now - rank.awaiting_death_since < hang_s)
+               for rank in self.ranks.values()):
+            self.last_progress = now  # time a rank spends held by us, or dying of our fault, is not a hang
         self._refill_spares()
         restart = self.ctx.restart
         if len(self.ranks) < self.spec.world_size:
@@ -312,7 +465,10 @@ class Attempt:
                 self._hang(now - self.launch_mono, f"{self.spec.world_size - len(self.ranks)} rank(s) never said hello")
         else:
             busy = sorted((r.rank, r.tail.busy) for r in self.ranks.values() if r.tail.busy and not r.process.exited)
-            allowed = max(restart.hang_timeout_s, restart.startup_timeout_s) if busy else restart.hang_timeout_s
+            # by: job, once every worker of this attempt is gone the job's launcher is starting new ones
+            restarting = self.by_job and all(r.process.exited for r in self.ranks.values())
+            allowed = (max(restart.hang_timeout_s, restart.startup_timeout_s) if busy or restarting
+                       else restart.hang_timeout_s)
             if now - self.last_progress > allowed:
                 said = f" (busy: {', '.join(f'rank {r} {what}' for r, what in busy)})" if busy else ""
                 self._hang(now - self.last_progress, f"no rank's history grew{said}")
@@ -366,10 +522,10 @@ class Attempt:
             self._reported_step, self._last_report = step, now
             self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=step)
 
-    def _report_late_exits(self) -> None:
+    def _report_late_exits(self, ranks_only: bool = False) -> None:
         """rank_exit for every rank that died during teardown (their pidfds were no longer watched)."""
         for process in self.table.all_tracked():
-            if id(process) in self._exit_reported:
+            if id(process) in self._exit_reported or (ranks_only and (process.role != "rank" or not process.exited)):
                 continue
             if process.role == "agent":
                 if isinstance(process, RemoteProcess):

@@ -1,6 +1,7 @@
 """Fault landing: one attempt's planned faults, each done to its ranks when its trigger comes (held ranks
 gathered, a wall-clock time, an observed trigger), the stalls that end after their duration, and the
-fault_landed / fault_missed records.
+fault_landed / fault_missed records. A fault done by the rank's probe (Action.release_message, a raise) is
+landed by releasing the held rank with that message; a rank not held cannot have it and is recorded missed.
 """
 
 from __future__ import annotations
@@ -133,6 +134,16 @@ class FaultLanding:
         targets = [self.ranks[r].process for r in ranks]
         extra = self._agents_taken_with(fault)
         action = fault.action
+        message = action.release_message()
+        if message is not None:
+            # done by the rank's probe on its release: a rank that is not held cannot have it
+            for r in [r for r in ranks if r not in state.held]:
+                state.missed_ranks[r] = (f"a {action.kind} is done by the rank's probe: only a rank held at a "
+                                         f"phase trigger can {action.kind}")
+            ranks = [r for r in ranks if r in state.held]
+            if not ranks:
+                return
+            targets = [self.ranks[r].process for r in ranks]
         context = FaultContext(targets=extra + targets, checkpoint_dir=self.spec.checkpoint_dir,
                                cgroup_name=f"chaos-{self.ctx.run_id}-a{self.number:02d}-{fault.id}",
                                hosts=self.ctx.hosts, node=fault.target.node)
@@ -168,13 +179,15 @@ class FaultLanding:
                 phase=phase, index=index, action=action.kind, signal=started.signal,
                 held=held, node=process.node, **extra))
             if action.ends_attempt:
-                self.ranks[r].awaiting_death = True
+                self.ranks[r].awaiting_death_since = time.monotonic()
         if action.stall:  # it ends after its duration
             if started.cgroup is not None:
                 self.ctx.watchdog.guard_cgroup(Path(started.cgroup))  # removed (its ranks killed) if we die
             now = time.monotonic()
             self.stalls.append(_Stall(fault.id, action.kind, sorted(state.landed_ranks & set(ranks)), now,
                                       now + float(getattr(action, "duration_s")), started))
+        if message is not None:  # the rank does the fault itself on reading its release (and dies of it)
+            self._release(state, sorted(state.landed_ranks & set(ranks)), message)
         if not action.ends_attempt:
             self._release(state, ranks)  # a paused rank reads its release once it is continued
 
@@ -190,11 +203,12 @@ class FaultLanding:
                             ranks=stall.ranks, stalled_s=round(time.monotonic() - stall.since_mono, 3),
                             by="elapsed" if now is not None else "attempt_end", **fields)
 
-    def _release(self, state: _FaultState, ranks: list[int]) -> None:
+    def _release(self, state: _FaultState, ranks: list[int], extra: dict | None = None) -> None:
+        """Releases the ranks held for the fault; `extra` (Action.release_message) is merged into the release."""
         for r in ranks:
             rank = self.ranks[r]
             if rank.held.pop(state.fault.id, None) is not None:
-                rank.connection.send({"type": "release", "fault_id": state.fault.id})
+                rank.connection.send({"type": "release", "fault_id": state.fault.id, **(extra or {})})
 
     def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
         """A host dying or stalling takes its torchrun agent too: SIGKILL, a pause or a node loss on a node (or

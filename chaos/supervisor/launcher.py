@@ -62,6 +62,9 @@ class AttemptLaunch:
     a name; empty: none is checked."""
     run_id: str = ""
     """The run's public name: what Slurm job names carry (squeue and ps show them to every user)."""
+    job_restarts: int | None = None
+    """restart.by: job: torchrun's elastic agent restarts the workers itself, at most this many times; None:
+    chaos restarts (torchrun gets --max-restarts=0)."""
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
@@ -80,6 +83,8 @@ def chaos_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
         control.ENV_SOCKET: launch.control_socket,
         "PYTHONUNBUFFERED": "1",
     })
+    if launch.job_restarts is not None:
+        env[control.ENV_RESTARTS_BY] = "job"  # a rank's attempt counts its launcher's restarts (control.rank_attempt)
     env.update(spec.env)
     return env
 
@@ -173,7 +178,7 @@ def torchrun_command(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id:
         f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.ranks_per_node}",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", *local,
         f"--rdzv-id=chaos-{launch.attempt}-{run_id}",
-        "--max-restarts=0", "--monitor-interval=0.1",
+        f"--max-restarts={launch.job_restarts or 0}", "--monitor-interval=0.1",
         # torchrun would otherwise make a log directory under /tmp; keep everything in the run dir
         f"--log-dir={launch.directory / f'torchrun-{node}'}",
         *entry,
@@ -188,6 +193,10 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch, hosts: SimulatedHos
     # torchrun (chaos run inside a torchrun job) must not leak in.
     for name in [n for n in env if n.startswith("TORCHELASTIC_")]:
         del env[name]
+    if launch.job_restarts is not None and "LOGLEVEL" not in spec.env:
+        # the agent says when it saw a worker group fail ("Worker group FAILED. ... will restart worker
+        # group") only at INFO: that line is when the job detected the fault (chaos.supervisor.job_log)
+        env["LOGLEVEL"] = "INFO"
     if hosts is not None:
         env["GLOO_SOCKET_IFNAME"] = hosts_module.INTERFACE  # collectives over the node's link, not loopback
         env[hosts_module.ENV_NODE_LOCAL] = str(hosts.mountpoint)

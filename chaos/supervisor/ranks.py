@@ -32,7 +32,9 @@ class Rank:
     process: TrackedProcess
     tail: HistoryTail
     held: dict[str, dict] = field(default_factory=dict)   # fault_id -> {step, phase, index, since}
-    awaiting_death: bool = False
+    awaiting_death_since: float | None = None
+    """When a fault that ends the attempt was done to it: its dying is not a hang (for hang_timeout_s; a rank
+    that survives it, say one catching the exception it was made to raise, is judged by hang detection)."""
 
 
 class RankHandshake:
@@ -43,7 +45,8 @@ class RankHandshake:
     def __init__(self, context: AttemptContext, number: int, directory: Path, selector: selectors.BaseSelector,
                  table: ProcessTable, ranks: dict[int, Rank], links: dict[int, AgentLink],
                  accepted: Callable[[Rank, int], list[dict]],
-                 held: Callable[[Rank, str, int | None, str | None, int | None], bool]) -> None:
+                 held: Callable[[Rank, str, int | None, str | None, int | None], bool],
+                 next_attempt: Callable[[Connection, dict], None] | None = None) -> None:
         self.ctx = context
         self.spec = context.launch
         self.number = number
@@ -54,6 +57,9 @@ class RankHandshake:
         self.links = links
         self.accepted = accepted
         self.held = held
+        self.next_attempt = next_attempt
+        """restart.by: job: takes a hello of the job's next attempt (its launcher restarted the workers), which
+        the next Attempt replays; None: such a hello is a straggler's."""
 
     # ---- events ---------------------------------------------------------------------------------------
     def accept(self) -> None:
@@ -87,6 +93,11 @@ class RankHandshake:
             elif kind == "held":
                 self._on_held(connection, message)
 
+    def replay(self, connection: Connection, message: dict) -> None:
+        """A hello the previous attempt received for this one (restart.by: job), taken in as if it came now."""
+        self.selector.register(connection.sock, selectors.EVENT_READ, ("message", connection))
+        self._on_hello(connection, message)
+
     def _on_hello(self, connection: Connection, message: dict) -> None:
         """A hello with the run's token (checked by the caller): the rank it names is accepted only when the
         process that holds this connection is the one we launched as that rank (or its descendant)."""
@@ -95,6 +106,9 @@ class RankHandshake:
         if not _is_int(attempt) or not _is_int(rank) or not _is_int(pid) or not isinstance(host, (str, type(None))):
             problem = ("a hello whose rank, pid or attempt is not an integer (or host not a string): "
                        f"{safe_files.one_line(message, 200)}")
+        elif attempt == self.number + 1 and self.next_attempt is not None:
+            self.next_attempt(connection, message)
+            return
         elif attempt != self.number:
             problem = f"hello for attempt {attempt} during attempt {self.number} (a straggler)"
         elif not 0 <= rank < self.spec.world_size:

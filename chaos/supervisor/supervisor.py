@@ -54,7 +54,7 @@ class SupervisorConfig:
 @dataclass
 class SupervisorOutcome:
     outcome: str
-    """complete | out_of_restarts | interrupted | error"""
+    """complete | out_of_restarts | interrupted | error; restart.by: job also job_gave_up | hung"""
     attempts: int
     landed: list[dict] = field(default_factory=list)
     missed: list[dict] = field(default_factory=list)
@@ -209,6 +209,7 @@ class _Supervisor:
         self.interrupt.install()
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
+        carried = None
         try:
             if config.hosts == "cluster":
                 control_path = self._start_cluster()
@@ -236,14 +237,22 @@ class _Supervisor:
                     outcome = "interrupted"
                     break
                 attempts_run = number
-                result = Attempt(self.attempt_context(control_path), number).run()
+                attempt = Attempt(self.attempt_context(control_path), number, carried)
+                result = attempt.run()
+                carried = attempt.carried_on
                 if result in ("complete", "interrupted"):
                     outcome = result
+                    break
+                if config.restart.by == "job" and carried is None:
+                    # the job's launcher gave up (it exited), or the job hung: chaos never restarts it
+                    outcome = "hung" if result == "hung" else "job_gave_up"
                     break
                 self.check_disk()
         except BaseException as exception:  # noqa: BLE001 - recorded, then re-raised
             outcome, error = "error", exception
         finally:
+            if carried is not None:  # stopped between two of the job's own attempts
+                carried.abandon(config.restart.teardown_grace_s)
             self.interrupt.restore()
             if self.slurm is not None:
                 self.slurm.close()

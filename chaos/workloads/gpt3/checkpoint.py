@@ -412,6 +412,8 @@ class Checkpointer:
             problem = self._check(path)
             if problem is not None:
                 probe.checkpoint_rejected(iteration, str(path), problem)
+                if self.config.has_bug("no_fallback"):
+                    raise RuntimeError(f"no_fallback: iteration {iteration} failed verification: {problem}")
                 continue
             probe.point("checkpoint.load", iteration)
             if self.config.has_bug("crash_on_resume"):

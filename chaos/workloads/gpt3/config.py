@@ -34,6 +34,8 @@ BUGS = (
                              # no step completed for 4 s (after its first step)
     "zero_moments_on_load",  # Adam's moments are zeroed after a load (their step counts kept)
     "no_scheduler_restore",  # the learning-rate scheduler's state is saved but not restored on load
+    "no_fallback",           # a checkpoint that fails verification is not passed over: loading raises
+                             # (Megatron-LM loads what the tracker names and dies on a corrupt one, every restart)
 )
 
 

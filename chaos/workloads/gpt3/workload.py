@@ -22,6 +22,11 @@ ENV_MEGATRON_COMPILE = "CHAOS_MEGATRON_COMPILE"
 WARM_IMPORTS = ("chaos.workloads.gpt3.imports",)
 """What a rank imports before it works: torch, DCP, megatron-core, the trainer (chaos.workloads.gpt3.imports;
 ~3.5 s of CPU per rank here, ~5.7 s before megatron-core's import stopped pulling in torch's compiler)."""
+TORCHRUN_STORE = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+"""Under torchrun the trainer's process group gets its own TCPStore, not the rendezvous's shared one: with the
+shared store (torch's default) a worker group torchrun restarts reads the previous group's addresses from it
+and fails to connect (docs/findings/torchrun-restart-shared-store.md); rank 0 hosting a fresh store at every
+restart is torch's documented opt-out. Without torchrun restarts it changes nothing the job computes."""
 CPU_PINS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "CHAOS_CPU_ONEDNN": "off"}
 """The CPU decides a rank's kernels three ways, and each changes the losses in the 7th digit between machines:
 torch's own kernels follow the CPU's instruction set (pinned to AVX2); MKL's matrix products follow it too,
@@ -79,7 +84,8 @@ class GPT3Workload:
             train_iters=config.train_iters,
             save_interval=config.save_interval,
             # the CPU trainer calls none of megatron-core's compiled kernels: skip importing the compiler
-            env={"OMP_NUM_THREADS": "1", ENV_MEGATRON_COMPILE: "off", **CPU_PINS} if config.device == "cpu" else {},
+            env={**TORCHRUN_STORE, **({"OMP_NUM_THREADS": "1", ENV_MEGATRON_COMPILE: "off", **CPU_PINS}
+                                       if config.device == "cpu" else {})},
             # a warm spare imports what the ranks import before their first instruction of work
             warm=WarmStart(imports=WARM_IMPORTS, module="chaos.workloads.gpt3", args=(str(config_path),)),
         )
