@@ -152,17 +152,7 @@ class SyntheticRun:
         loss = loss or golden_loss
         samples = samples or golden_samples
         ranks = range(self.world_size)
-        self.sup(h.ATTEMPT_START, attempt=index, launcher="direct", port=29500,
-                 processes=[{"pid": self.pid(index, r), "role": f"rank {r}"} for r in ranks])
-        writers = {r: HistoryWriter(h.rank_history_path(self.run_dir, index, r), rank=r, attempt=index) for r in ranks}
-
-        def each(event: str, **fields: Any) -> None:
-            for writer in writers.values():
-                writer.write(event, mono=self.tick(0.01), **fields)
-
-        for rank, writer in writers.items():
-            writer.write(h.START, mono=self.tick(), pid=self.pid(index, rank), world_size=self.world_size,
-                         local_rank=rank, host="synthetic")
+        writers, each = self._start_attempt(index)
         if resume_from or loaded_path:
             path = loaded_path or str(self.checkpoint_dir / iteration_dir_name(resume_from))
             each(h.CHECKPOINT_LOADED, iteration=resume_from, path=path)
@@ -210,13 +200,8 @@ class SyntheticRun:
         for writer in writers.values():
             writer.close()
 
-    def failed_attempt(self, index: int, resume_from: int, stop_step: int | None, stop_phase: str = "forward",
-                       returncode: int | None = 1, signal: str | None = None, fault: PlannedFault | None = None,
-                       loaded: bool = True, outcome: str = "crashed") -> None:
-        """An attempt ended by a failure of the job's own: it loads `resume_from` (loaded=False: it dies in
-        `checkpoint.load` of that iteration, before checkpoint_loaded), trains to stop_step - 1 (saving every
-        save_interval), begins `stop_step` and dies in `stop_phase`: rank 0 exits (returncode, signal), the
-        others are torn down. A `fault` given lands at the stop first (the tester's, not the job's)."""
+    def _start_attempt(self, index: int) -> tuple[dict[int, HistoryWriter], Callable[..., None]]:
+        """The supervisor's attempt_start and every rank's start record; `each` writes one record to all ranks."""
         ranks = range(self.world_size)
         self.sup(h.ATTEMPT_START, attempt=index, launcher="direct", port=29500,
                  processes=[{"pid": self.pid(index, r), "role": f"rank {r}"} for r in ranks])
@@ -229,6 +214,17 @@ class SyntheticRun:
         for rank, writer in writers.items():
             writer.write(h.START, mono=self.tick(), pid=self.pid(index, rank), world_size=self.world_size,
                          local_rank=rank, host="synthetic")
+        return writers, each
+
+    def failed_attempt(self, index: int, resume_from: int, stop_step: int | None, stop_phase: str = "forward",
+                       returncode: int | None = 1, signal: str | None = None, fault: PlannedFault | None = None,
+                       loaded: bool = True, outcome: str = "crashed") -> None:
+        """An attempt ended by a failure of the job's own: it loads `resume_from` (loaded=False: it dies in
+        `checkpoint.load` of that iteration, before checkpoint_loaded), trains to stop_step - 1 (saving every
+        save_interval), begins `stop_step` and dies in `stop_phase`: rank 0 exits (returncode, signal), the
+        others are torn down. A `fault` given lands at the stop first (the tester's, not the job's)."""
+        ranks = range(self.world_size)
+        writers, each = self._start_attempt(index)
         path = str(self.checkpoint_dir / iteration_dir_name(resume_from)) if resume_from else None
         if not loaded:
             each(h.POINT, step=resume_from, phase="checkpoint.load")
