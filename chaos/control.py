@@ -13,11 +13,13 @@ compared in constant time): until the hello is accepted nothing else it sends is
 that is not a message (a line over MAX_LINE_BYTES, bad UTF-8, not a JSON object, a field of the wrong type)
 drops that connection and nothing else.
 
-The rank keeps its connection for its whole life. A hold is how a fault lands *exactly*: the rank stops
+The rank keeps its connection for its whole attempt. A hold is how a fault lands *exactly*: the rank stops
 at the planned point and waits; the supervisor sends the real signal from outside, then releases it
 (a rank whose signal was fatal never reads the release). A release carrying ``raise`` makes the probe raise
 ``chaos.probe.InjectedFault(message)`` in the rank instead (the ``raise`` fault kind). The rank's attempt is
-the launch's, or under ``restart.by: job`` the launch's plus its launcher's restart count (rank_attempt).
+the launch's, or under ``restart.by: job`` the launch's plus its launcher's restart count plus the in-process
+re-entries of its training function (rank_attempt). A rank re-entered in-process closes its connection and
+says hello again, from the same pid, as the next attempt.
 ``step``/``index`` of None match any value.
 Pure Python: imported by the supervisor, which never imports torch.
 """
@@ -48,19 +50,31 @@ RUN_TOKEN_FILE = ".chaos-run-token"
 directory still holds its token (a rank of an earlier run at the same --out never commits into a new one)."""
 
 
-def rank_attempt(environ: Mapping[str, str]) -> tuple[int, str | None]:
-    """This rank's attempt and history directory, from the environment the supervisor set. Where the job's
-    own launcher restarts it (restart.by: job) the attempt is the launch's plus the restarts that launcher
-    counted, and its history goes to that attempt's directory (the supervisor made them all at the launch);
-    where chaos restarts it, the launcher never restarts anything and the environment says it all."""
+def rank_attempt(environ: Mapping[str, str], reentries: int = 0) -> tuple[int, str | None]:
+    """This rank's attempt and history directory, from the environment the supervisor set; the one place the
+    attempt numbering rule lives. Where the job recovers itself (restart.by: job) the attempt is the launch's,
+    plus the restarts its launcher counted, plus `reentries`: how many times an in-process restart layer (NVRx's
+    inprocess.Wrapper) re-entered the training function in this very process. Its history then goes to that
+    attempt's directory (the supervisor made them all at the launch). Where chaos restarts it, neither
+    happens and the environment says it all.
+
+    Both layers at once would make the numbers collide (launcher restart 1 and re-entry 0 against launcher
+    restart 0 and re-entry 1): the scenario reader refuses that (the launcher gets --max-restarts=0 when the
+    workload restarts in-process), and a rank that meets it anyway raises rather than write into another
+    attempt's history."""
     attempt = int(environ.get(ENV_ATTEMPT, "1"))
     directory = environ.get(ENV_HISTORY_DIR) or None
-    if environ.get(ENV_RESTARTS_BY) == "job":
-        restarts = int(environ.get(ENV_LAUNCHER_RESTARTS, "0") or 0)
-        run_dir = environ.get(ENV_RUN_DIR)
-        if restarts > 0 and run_dir:
-            attempt += restarts
-            directory = str(history.attempt_dir(Path(run_dir), attempt))
+    by_job = environ.get(ENV_RESTARTS_BY) == "job"
+    restarts = int(environ.get(ENV_LAUNCHER_RESTARTS, "0") or 0) if by_job else 0
+    if reentries and not by_job:
+        raise ValueError("an in-process re-entry is the job's own restart: chaos counts it only under restart.by: job")
+    if reentries and restarts:
+        raise ValueError(f"nested restart layers: launcher restart {restarts} and in-process re-entry {reentries} "
+                         f"in one process would share attempt numbers with other ranks' attempts")
+    run_dir = environ.get(ENV_RUN_DIR)
+    if restarts + reentries > 0 and run_dir:
+        attempt += restarts + reentries
+        directory = str(history.attempt_dir(Path(run_dir), attempt))
     return attempt, directory
 
 

@@ -231,10 +231,11 @@ def golden_launch(scenario: Scenario) -> tuple[str, str]:
     """(launcher, hosts) of the uninterrupted run a golden is recorded from. On a cluster: the cluster, where
     the numbers are made (a login node may have neither the nodes' CPUs nor their GPUs). Simulated hosts:
     this machine's loopback, since the numbers do not depend on the wire; a private Slurm cluster exists only
-    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way."""
+    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way, as it
+    does for ft_launcher (torchrun's agent with rank monitors: the numbers are the workers')."""
     if scenario.hosts == "cluster":
         return scenario.launcher, "cluster"
-    return ("torchrun" if scenario.launcher == "slurm" else scenario.launcher), "local"
+    return ("torchrun" if scenario.launcher in ("slurm", "ft_launcher") else scenario.launcher), "local"
 
 
 def golden_file_name(scenario: Scenario) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 from chaos import safe_files
 
 # ---- rank events (written by chaos.probe) ------------------------------------------------------
-START = "start"                    # pid, world_size, local_rank, host
+START = "start"                    # pid, world_size, local_rank, host, reentry? (an in-process restart's count)
 POINT = "point"                    # step, phase, index?   a probe point was reached (phase entered)
 LEAVE = "leave"                    # step, phase           a phase was left
 HELD = "held"                      # step, phase, index?, fault_id   the rank is held for a planned fault
@@ -51,6 +51,9 @@ CHECKPOINT_COMMITTED = "checkpoint_committed"  # iteration, path   (after the tr
 SIGNAL_RECEIVED = "signal_received"            # signal (name), step, phase
 FINAL_STATE = "final_state"        # step, state_hash
 TRAIN_END = "train_end"            # step, reason: "complete" | "preempted"
+JOB_INTERRUPTED = "job_interrupted"  # layer ("in_process"), kind (fn_ex|term_ex|restart_ex|exit_ex), line: the job's
+                                     # in-process restart layer logged, in this rank, that it caught a failure (fn_ex),
+                                     # was told to restart (term_ex), restarts (restart_ex) or gives up (exit_ex)
 
 # ---- rank events seen only from outside (written by chaos.blackbox's follower from a trainer's own lines) -----
 SAVE_STARTED = "save_started"      # iteration, directory, ckpt_format
@@ -60,18 +63,22 @@ PARSE_ERROR = "parse_error"        # line, line_number, reason: a line that look
 
 # ---- supervisor events (written by chaos.supervisor) -------------------------------------------
 RUN_START = "run_start"            # run_dir, launcher, host (the supervisor's), world_size, nodes, faults
-ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]
+ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]; by: job, in_process: true
+                                   # when the job re-entered its training function in the same processes
 RANK_HELLO = "rank_hello"          # attempt, rank, pid
-FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool)
+FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool);
+                                   # process (launcher|rank_monitor) when it hit a process beside the rank (pid its)
 STALL_ENDED = "stall_ended"        # fault_id, attempt, kind (pause|straggler|partition), ranks, stalled_s,
-                                   # by: elapsed|attempt_end, and resumed: [pid] | released: [pid] | node
+                                   # by: elapsed|attempt_end, and resumed: [pid] | released: [pid] | node;
+                                   # outlived_attempt: it ended in a later attempt (beside the ranks, by: job)
 NODE_LOST = "node_lost"            # fault_id, attempt, node, delivered, killed, survivors, files, bytes, listed,
                                    # iterations (of checkpoint directories with files on the lost disk)
 FAULT_MISSED = "fault_missed"      # fault_id, reason
 RANK_EXIT = "rank_exit"            # attempt, rank, pid, returncode, signal (name or None)
 DEATH_DETECTED = "death_detected"  # attempt, rank, detect_latency_s
 HANG_DETECTED = "hang_detected"    # attempt, idle_s
-TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]
+TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]; by: job (the job's own),
+                                   # in_process + carried: [pid] (its ranks went on as the next attempt's)
 ATTEMPT_END = "attempt_end"        # attempt, outcome: complete|crashed|hung|preempted|error
 RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error; restart.by: job also
                                    # job_gave_up (its launcher exited without completing) | hung
@@ -93,7 +100,7 @@ RANK_REJECTED = "rank_rejected"    # attempt, rank, pid, reason   (a hello we co
 CLUSTER = "cluster"                # controller, agents, control: where an existing cluster's nodes reach chaos
 AGENT_REFUSED = "agent_refused"    # attempt, reason: a connection to the agent listener that was not let in
 AGENT_LOST = "agent_lost"          # attempt, node, host, reason: an agent's link broke during the attempt
-JOB_RECOVERY = "job_recovery"      # attempt, node, kind (detected|restarting|stopping), line: restart.by: job, what the
+JOB_RECOVERY = "job_recovery"      # attempt, node, kind (detected|restarting|stopping|heartbeat_missed), line: by: job, what the
                                    # job's launcher said of its own recovery, stamped when chaos read it
 
 
@@ -259,6 +266,10 @@ def load_run_history(run_dir: Path) -> RunHistory:
     attempts.sort(key=lambda a: a.index)
     supervisor, bad = read_jsonl_checked(supervisor_history_path(run_dir), root=run_dir)
     note("supervisor.jsonl", bad)
+    # restart.by: job makes every attempt's directory at the launch (the job's restarted ranks write there):
+    # one the job never came to is not an attempt
+    started = {record.get("attempt") for record in supervisor if record.get("event") == ATTEMPT_START}
+    attempts = [a for a in attempts if a.ranks or a.index in started]
     _onto_supervisor_clock(attempts, supervisor)
     return RunHistory(run_dir=run_dir, supervisor=supervisor, attempts=attempts, damaged=sorted(damaged))
 

@@ -35,7 +35,13 @@ class Target:
     ranks: tuple[int, ...]
     """Always concrete after planning (a node or `all` is resolved to its ranks)."""
     node: int | None = None
+    process: str = "rank"
+    """What the fault hits: the rank itself; or, under an elastic launcher, the rank's `launcher` (the agent
+    that started it) or its `rank_monitor` (ft_launcher's heartbeat watcher of that rank), the rank's
+    trigger deciding when (PROCESSES)."""
 
+
+PROCESSES = ("rank", "launcher", "rank_monitor")
 
 @dataclass(frozen=True)
 class PlannedFault:
@@ -47,7 +53,10 @@ class PlannedFault:
     """'scenario' or 'random(seed=N)': where this fault came from, for the report and for replay."""
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "trigger": asdict(self.trigger), "target": asdict(self.target),
+        target = asdict(self.target)
+        if target["process"] == "rank":
+            del target["process"]  # the default, left out: plan.json as before the other processes existed
+        return {"id": self.id, "trigger": asdict(self.trigger), "target": target,
                 "action": self.action.to_dict(), "origin": self.origin}
 
     def describe(self) -> str:
@@ -62,6 +71,8 @@ class PlannedFault:
         who = (f"node {self.target.node} (ranks {', '.join(map(str, self.target.ranks))})" if self.target.kind == "node"
                else "all ranks" if self.target.kind == "all"
                else ("rank " if len(self.target.ranks) == 1 else "ranks ") + ", ".join(map(str, self.target.ranks)))
+        if self.target.process != "rank":
+            who += f"'s {self.target.process.replace('_', ' ')}"
         return f"{self.id}: attempt {t.attempt}, {when} -> {who}: {self.action.describe()} ({self.origin})"
 
     @classmethod
@@ -104,6 +115,10 @@ class RestartPolicy:
     since on fewer cores the spares' imports compete with training and a warm restart is no faster."""
     by: str = "chaos"
     """Who restarts the job after a fault: "chaos" (the supervisor tears the attempt down and launches the next)
-    or "job" (the job's own recovery layer, today torchrun's elastic agent with --max-restarts=max_restarts:
+    or "job" (the job's own recovery layer: the elastic agent of torchrun or ft_launcher with --max-restarts=max_restarts:
     chaos launches once, lands the planned faults, and observes each restart the job does itself; it tears
     down only at the end, or when the job gives up or hangs past hang_timeout_s)."""
+    job_hang_timeout_s: float | None = None
+    """How long the job's own hang detection lets a rank make no progress before it kills it (ft_launcher's
+    --ft-rank-heartbeat-timeout, read from launcher_args when not given): a pause at least this long is not
+    the job's to ride out (the stalls check); the job's or chaos's restart recovers it. None: it has none."""

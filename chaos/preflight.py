@@ -82,9 +82,23 @@ def visible_gpus() -> int:
         return 0
 
 
+def ft_launcher_unavailable() -> str | None:
+    """Why launcher: ft_launcher cannot run here (NVIDIA's resiliency extension not installed), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("nvidia_resiliency_ext") is None:
+        return ("launcher: ft_launcher needs NVIDIA's resiliency extension in this Python: pip install "
+                "'chaos[nvrx]' (nvidia-resiliency-ext)")
+    return None
+
+
 def check_hosts(hosts: str, launcher: str, source: str) -> None:
     """Simulated hosts (hosts: netns) need root and the namespace tools, a private Slurm cluster its daemons,
-    an existing cluster (hosts: cluster) srun and scontrol; say so before anything starts."""
+    an existing cluster (hosts: cluster) srun and scontrol, ft_launcher its package; say so before anything
+    starts."""
+    reason = ft_launcher_unavailable() if launcher == "ft_launcher" else None
+    if reason is not None:
+        raise InputError(source, "launcher", reason)
     if hosts == "cluster":
         from chaos.supervisor.hosts import slurm_cluster
 
@@ -108,9 +122,22 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
         raise InputError(source, "launcher", reason)
 
 
+def in_process_unavailable(facts: WorkloadFacts) -> str | None:
+    """Why a job that restarts in-process (WorkloadFacts.in_process) cannot run here, or None."""
+    import importlib.util
+
+    if facts.in_process is None or importlib.util.find_spec("nvidia_resiliency_ext") is not None:
+        return None
+    return "in-process restart needs NVIDIA's resiliency extension in this Python: pip install 'chaos[nvrx]'"
+
+
 def check_machine(facts: WorkloadFacts, source: str, hosts: str = "local") -> None:
     """A CUDA workload needs one GPU per rank on this host (NCCL refuses two ranks on one GPU); on a cluster
-    the GPUs are the nodes' (asked of Slurm in CHAOS_SRUN_ARGS), not this host's."""
+    the GPUs are the nodes' (asked of Slurm in CHAOS_SRUN_ARGS), not this host's. A job that restarts
+    in-process needs NVIDIA's resiliency extension where its ranks run (this Python)."""
+    reason = in_process_unavailable(facts)
+    if reason is not None:
+        raise InputError(source, f"workload.{facts.in_process.option}", reason)
     if facts.device != "cuda" or hosts == "cluster":
         return
     gpus = visible_gpus()

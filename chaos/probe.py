@@ -19,6 +19,9 @@ a point, the probe holds the rank there (blocking on the control socket) until t
 signal from outside, so the signal lands at that point and nowhere else. A `raise` fault is done by the probe
 itself: the release carries the message, and the probe raises InjectedFault(message) from that point.
 
+Under an in-process restart layer (the trainer's training function re-entered in the same process after a
+failure) each entry is an attempt of its own: `reenter(n)` closes the process-wide probe and makes the next.
+
 No torch import here: it is imported by the supervisor's side too, and must cost nothing in a rank.
 """
 
@@ -70,7 +73,8 @@ class InjectedFault(RuntimeError):
 class Probe:
     """Writes this rank's history and honours the supervisor's holds. Disabled: every call returns at once."""
 
-    def __init__(self, history_dir: Path | None, rank: int, attempt: int, control_socket: str | None) -> None:
+    def __init__(self, history_dir: Path | None, rank: int, attempt: int, control_socket: str | None,
+                 reentry: int = 0) -> None:
         self.enabled = history_dir is not None
         self.rank = rank
         self.attempt = attempt
@@ -91,6 +95,7 @@ class Probe:
             world_size=int(os.environ.get("WORLD_SIZE", "1")),
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
             host=socket.gethostname(),
+            **({"reentry": reentry} if reentry else {}),
         )
         if control_socket:
             self._connect(control_socket)
@@ -130,6 +135,18 @@ class Probe:
             self._writer.write(history.RELEASED, fault_id=hold["fault_id"], raised=raised)
             raise InjectedFault(raised)
         self._writer.write(history.RELEASED, fault_id=hold["fault_id"])
+
+    def close(self) -> None:
+        """Ends this probe's attempt in a process that goes on (an in-process restart): its connection closed (the
+        supervisor sees it end) and its history file closed; any later call writes nothing."""
+        self.enabled = False
+        self._holds = []
+        if self._sock is not None:
+            sock, self._sock, self._reader = self._sock, None, None
+            sock.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
     # ---- the trainer-facing API ---------------------------------------------------------------
     def event(self, name: str, **fields: Any) -> None:
@@ -214,11 +231,32 @@ def get_probe() -> Probe:
     """The process-wide probe, configured from the environment the supervisor set (or disabled)."""
     global _PROBE
     if _PROBE is None:
-        attempt, history_dir = control.rank_attempt(os.environ)
-        _PROBE = Probe(
-            history_dir=Path(history_dir) if history_dir else None,
-            rank=int(os.environ.get("RANK", "0")),
-            attempt=attempt,
-            control_socket=os.environ.get(control.ENV_SOCKET) or None,
-        )
+        _PROBE = _probe_from_environment(reentry=0)
     return _PROBE
+
+
+def reenter(reentry: int) -> Probe:
+    """An in-process restart layer (NVRx's inprocess.Wrapper) re-entered the training function in this process
+    for the `reentry`-th time: that is the job's next attempt (control.rank_attempt). The process-wide probe of
+    the attempt that failed is closed (its connection and history end there) and replaced by one that writes
+    this attempt's history and says hello again, from the same pid, as its attempt. The re-entered rank is busy
+    building everything anew until its trainer says otherwise, as a fresh process is after its hello."""
+    global _PROBE
+    if reentry < 1:
+        raise ValueError(f"a re-entry is counted from 1, got {reentry}")
+    if _PROBE is not None:
+        _PROBE.close()
+    _PROBE = _probe_from_environment(reentry)
+    _PROBE.busy("startup")
+    return _PROBE
+
+
+def _probe_from_environment(reentry: int) -> Probe:
+    attempt, history_dir = control.rank_attempt(os.environ, reentries=reentry)
+    return Probe(
+        history_dir=Path(history_dir) if history_dir else None,
+        rank=int(os.environ.get("RANK", "0")),
+        attempt=attempt,
+        control_socket=os.environ.get(control.ENV_SOCKET) or None,
+        reentry=reentry,
+    )

@@ -98,7 +98,8 @@ def run_scenario(scenario: Scenario, out_dir: Path | None = None, seed: int | No
                                       explicit_golden=explicit_golden)
         launch = scenario.workload.launch(run_dir)
         outcome = supervise(SupervisorConfig(launch=launch, faults=tuple(plan), restart=scenario.restart,
-                                             launcher=scenario.launcher, run_dir=run_dir, hosts=scenario.hosts),
+                                             launcher=scenario.launcher, run_dir=run_dir, hosts=scenario.hosts,
+                                             launcher_args=scenario.launcher_args),
                             on_progress)
         if outcome.outcome == "interrupted":
             infrastructure_error = "interrupted (Ctrl-C or SIGTERM to chaos): partial report"

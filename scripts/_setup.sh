@@ -9,7 +9,7 @@ stamp=.venv/.chaos-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch is pinned to 2.13.0 in pyproject: that release is a CPU build here; a range would pull CUDA wheels.
-  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' > .venv/install.log 2>&1; then
+  if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,nvrx]' > .venv/install.log 2>&1; then
     cat .venv/install.log >&2
     echo "chaos: installing into .venv failed (log above, also in .venv/install.log)" >&2
     exit 1

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""The job's own recovery against a cold restart by chaos, side by side in one run, on the same job:
-`scenarios/torchrun_job_restarts.yaml` (gpt3 tiny_cpu, TP2 on 2 ranks under torchrun; a SIGKILL mid-backward,
-a SIGKILL between checkpoint shard writes, a raised exception) run with `restart.by: job` (torchrun's elastic
-agent restarts its workers; chaos observes) and with `restart.by: chaos` (chaos tears torchrun down and
-launches it again, cold: no warm spares), alternately, --runs times each.
+"""The job's own recovery against a cold restart by chaos, side by side in one run, on the same job: a
+`restart.by: job` scenario (default `scenarios/torchrun_job_restarts.yaml`: gpt3 tiny_cpu, TP2 on 2 ranks
+under torchrun; a SIGKILL mid-backward, a SIGKILL between checkpoint shard writes, a raised exception; or
+`--scenario scenarios/ft_launcher_job_restarts.yaml`: ft_launcher, a SIGKILL, a rank whose heartbeats stop,
+a stopped rank monitor) run as written (the job's launcher restarts its workers; chaos observes) and with
+`restart.by: chaos` (chaos tears the launcher down and launches it again, cold: no warm spares),
+alternately, --runs times each.
 
 Per mode, over every recovery of every run: the median seconds from the fault to its detection (by the job:
 the first line its launcher wrote about it; by chaos: its own death detection) and to the first step the
 resumed attempt completed, and the ratio chaos / job. Every run must pass: a recovery of a wrong resume is not
-a recovery worth timing. Usage: scripts/bench_recovery.py [--runs 3]. ~40 s a run on 2 cores.
+a recovery worth timing. Usage: scripts/bench_recovery.py [--runs 3] [--scenario FILE]. ~40 s a run on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,30 +31,34 @@ SCENARIO = REPO / "scenarios" / "torchrun_job_restarts.yaml"
 MODES = ("job", "chaos")
 
 
-def recoveries(out: Path, by: str) -> list[dict]:
-    scenario = apply_overrides(load_scenario(SCENARIO), {"restart.by": by, "restart.warm": "false"})
+def recoveries(path: Path, out: Path, by: str) -> list[dict]:
+    written = load_scenario(path)
+    scenario = apply_overrides(written, {"restart.by": by, "restart.warm": "false"})
     result = run_scenario(scenario, out_dir=out, golden_cache=REPO / "goldens", say=lambda text: None)
     if result.verdict != "pass":
         raise SystemExit(f"restart.by: {by} did not pass:\n{result.summary}")
     rows = result.report["timings"]["recovery_s"]
-    if len(rows) != 3 or any(r["by"] != by for r in rows):
-        raise SystemExit(f"restart.by: {by}: expected three recoveries by {by}, got {rows}")
+    if len(rows) != len(written.faults) or any(r["by"] != by for r in rows):
+        raise SystemExit(f"restart.by: {by}: expected {len(written.faults)} recoveries by {by}, got {rows}")
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per mode (alternating)")
+    parser.add_argument("--scenario", type=Path, default=SCENARIO, help="a restart.by: job scenario, one recovery "
+                                                                        "per fault")
     args = parser.parse_args()
     rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="chaos-bench-recovery-") as tmp:
         for run in range(args.runs):
             for mode in MODES:
-                got = recoveries(Path(tmp) / f"{mode}-{run}", mode)
+                got = recoveries(args.scenario, Path(tmp) / f"{mode}-{run}", mode)
                 rows[mode] += got
                 print(f"run {run + 1} by {mode}: " + ", ".join(
                     f"{r['fault_id']} {r['detected_s']:.2f}/{r['first_resumed_step_s']:.2f}" for r in got), flush=True)
-    print(f"\nmedian over {len(rows['job'])} recoveries per mode (s): fault -> detected, fault -> first resumed step")
+    print(f"\n{args.scenario.name}: median over {len(rows['job'])} recoveries per mode (s): fault -> detected, "
+          f"fault -> first resumed step")
     medians = {}
     for mode in MODES:
         detected = statistics.median(r["detected_s"] for r in rows[mode])

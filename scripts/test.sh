@@ -13,7 +13,7 @@ if ! command -v slurmctld >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ] && command -v 
   fi
 fi
 set +e
-python -m pytest -m "not soak" "$@"
+python -m pytest -m "not soak" --durations=25 "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

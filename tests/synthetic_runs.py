@@ -145,14 +145,15 @@ class SyntheticRun:
                 samples: Callable[[int], float] | None = None, saves: set[int] | None = None,
                 loaded_path: str | None = None, final_hash: str = GOLDEN_FINAL_HASH, teardown_survivors=(),
                 hang_after_s: float | None = None, land: dict | None = None, open_saves: set[int] = frozenset(),
-                after_land: Callable[[], None] | None = None) -> None:
+                after_land: Callable[[], None] | None = None, start: Mapping[str, Any] | None = None) -> None:
         """Writes one attempt: load `resume_from`, train to `last_step` (saving every save_interval unless
         `saves` says which iterations; `open_saves` begin and are still being written when the attempt ends,
-        as an async save is), then end: complete | preempted | killed | hung."""
+        as an async save is), then end: complete | preempted | killed | hung. `start`: fields added to the
+        supervisor's attempt_start (by: job, in_process)."""
         loss = loss or golden_loss
         samples = samples or golden_samples
         ranks = range(self.world_size)
-        writers, each = self._start_attempt(index)
+        writers, each = self._start_attempt(index, **(start or {}))
         if resume_from or loaded_path:
             path = loaded_path or str(self.checkpoint_dir / iteration_dir_name(resume_from))
             each(h.CHECKPOINT_LOADED, iteration=resume_from, path=path)
@@ -200,11 +201,11 @@ class SyntheticRun:
         for writer in writers.values():
             writer.close()
 
-    def _start_attempt(self, index: int) -> tuple[dict[int, HistoryWriter], Callable[..., None]]:
+    def _start_attempt(self, index: int, **start: Any) -> tuple[dict[int, HistoryWriter], Callable[..., None]]:
         """The supervisor's attempt_start and every rank's start record; `each` writes one record to all ranks."""
         ranks = range(self.world_size)
         self.sup(h.ATTEMPT_START, attempt=index, launcher="direct", port=29500,
-                 processes=[{"pid": self.pid(index, r), "role": f"rank {r}"} for r in ranks])
+                 processes=[{"pid": self.pid(index, r), "role": f"rank {r}"} for r in ranks], **start)
         writers = {r: HistoryWriter(h.rank_history_path(self.run_dir, index, r), rank=r, attempt=index) for r in ranks}
 
         def each(event: str, **fields: Any) -> None:

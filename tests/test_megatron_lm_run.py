@@ -19,7 +19,8 @@ ARGS = ("[--tensor-model-parallel-size, 2, --num-layers, 4, --hidden-size, 128, 
 
 
 def scenario(faults: str, bugs: str = "", max_restarts: int = 4, name: str = "megatron_lm_cpu",
-             golden_mode: str | None = None, extra_args: str = "", args: str = ARGS):
+             golden_mode: str | None = None, extra_args: str = "", args: str = ARGS, env: str = "",
+             restart: str = ""):
     args = args + extra_args + (f", --chaos-bugs, {bugs}]" if bugs else "]")
     golden = f"golden: {{mode: {golden_mode}}}\n" if golden_mode else ""
     return load_scenario_text(f"""
@@ -29,11 +30,11 @@ workload:
   script: {STANDIN}
   nproc_per_node: 2
   device: cpu
-  env: {{OMP_NUM_THREADS: "1"}}
+  env: {{OMP_NUM_THREADS: "1"{env}}}
   args: {args}
   train_iters: 8
   save_interval: 2
-restart: {{max_restarts: {max_restarts}}}
+{restart or f"restart: {{max_restarts: {max_restarts}}}"}
 {golden}faults:
 {faults}
 """, "test")
@@ -104,6 +105,31 @@ def test_megatron_lm_unmodified_trainer_killed_four_ways_passes(tmp_path, megatr
     metrics = list(load_run_history(tmp_path / "run").attempts[0].events("metrics"))
     assert metrics and all(record.get("observed") for record in metrics)
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_megatron_lm_under_torchruns_own_restarts_is_judged_on_the_jobs_attempts(tmp_path, megatron_lm_golden):
+    """restart.by: job for an unmodified trainer: torchrun restarts it, chaos follows each attempt's log lines
+    (the ranks' hello, through chaos.blackbox.exec_rank, names the attempt torchrun's restart count makes).
+    The job sets torch 2.13's shared-store opt-out itself (docs/findings/torchrun-restart-shared-store.md:
+    without it the restarted group never comes up and the run ends hung)."""
+    faults = """
+  - at: {step: 3}
+    target: {rank: 1}
+    signal: SIGKILL
+  - at: {step: 6, phase: checkpoint.shard, index: 1, attempt: 2}
+    target: {rank: 1}
+    signal: SIGKILL
+"""
+    result = run_scenario(scenario(faults, env=', TORCH_DISABLE_SHARE_RDZV_TCP_STORE: "1"',
+                                   restart="launcher: torchrun\nrestart: {by: job, max_restarts: 3}"),
+                          out_dir=tmp_path / "run", golden_path=megatron_lm_golden, say=lambda text: None)
+    assert result.verdict == "pass", result.summary
+    assert [a["resumed_from"] for a in result.report["attempts"][1:]] == [2, 4], result.report["attempts"]
+    assert [r["by"] for r in result.report["timings"]["recovery_s"]] == ["job", "job"]
+    from chaos import history
+
+    starts = history.load_run_history(tmp_path / "run").supervisor_events(history.ATTEMPT_START)
+    assert [s.get("by") for s in starts] == [None, "job", "job"]
 
 
 def test_megatron_lm_resume_from_an_older_checkpoint_fails_resume_point(tmp_path, megatron_lm_golden):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chaos import history
+from chaos import history, preflight
 from chaos.faults import straggler
 from chaos.runner import run_scenario
 from chaos.supervisor.hosts import netns as hosts, slurm
@@ -29,6 +29,10 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
         pytest.skip(f"{name}: {hosts.unavailable_reason()}")
     if scenario.launcher == "slurm" and slurm.unavailable_reason():
         pytest.skip(f"{name}: {slurm.unavailable_reason()}")
+    if scenario.launcher == "ft_launcher" and preflight.ft_launcher_unavailable():
+        pytest.skip(f"{name}: {preflight.ft_launcher_unavailable()}")
+    if preflight.in_process_unavailable(scenario.facts):
+        pytest.skip(f"{name}: {preflight.in_process_unavailable(scenario.facts)}")
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_cache=golden_cache, say=lambda text: None)
     assert result.verdict == "pass", result.summary
     report = result.report
@@ -58,3 +62,21 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
         assert [(r["attempt"], r["by"], r["fault_id"]) for r in recoveries] == [
             (2, "job", "f1"), (3, "job", "f2"), (4, "job", "f3")]
         assert all(0 <= r["detected_s"] < r["first_resumed_step_s"] for r in recoveries), recoveries
+    if name == "ft_launcher_job_restarts.yaml":
+        # ft_launcher restarted the workers three times: after a death, after its rank monitor killed a rank
+        # whose heartbeats stopped (f2), and after a stopped rank monitor left its rank blocked (f3)
+        run = history.load_run_history(result.run_dir)
+        assert [r.get("by") for r in run.supervisor_events(history.ATTEMPT_START)] == [None, "job", "job", "job"]
+        recovery = run.supervisor_events(history.JOB_RECOVERY)
+        assert {r["attempt"] for r in recovery if r["kind"] == "heartbeat_missed"} >= {2, 3}, recovery
+        monitor = next(r for r in run.supervisor_events(history.FAULT_LANDED) if r["fault_id"] == "f3")
+        assert monitor["process"] == "rank_monitor" and monitor["rank"] == 1
+        workers = {r["pid"] for r in run.supervisor_events(history.RANK_HELLO)}
+        assert monitor["pid"] not in workers  # the monitor, not a worker, was stopped
+        ended = next(r for r in run.supervisor_events(history.STALL_ENDED) if r["fault_id"] == "f3")
+        assert ended["resumed"] == [monitor["pid"]]  # and continued after its 5 s, whatever the attempts did
+        stalls = next(c for c in report["checks"] if c["name"] == "stalls")
+        assert [row.get("expected", "").startswith("the job's own hang detection")
+                for row in stalls["evidence"]["stalls"]] == [True, True], stalls
+        recoveries = report["timings"]["recovery_s"]
+        assert [(r["attempt"], r["fault_id"]) for r in recoveries] == [(2, "f1"), (3, "f2"), (4, "f3")]

@@ -12,6 +12,13 @@ that is not clean, teardown's own kills left out). An attempt in which a planned
 because the tester made it: it is never part of a loop. More than RESTART_LOOP_LIMIT consecutive failed
 attempts without a landed fault, with one resume point and one signature, fail the check. Workload-free:
 a log-followed trainer's histories carry the same events.
+
+An in-process restart (the job re-entered its training function in the same processes: attempt_start
+`in_process`) must also not go back further than the newest checkpoint committed before it: a re-entered
+function that does not load starts again from iteration 1 and throws committed progress away (Megatron-LM
+issue #2774), however often it then advances. A fresh process (chaos's or a launcher's restart) can only
+resume from disk, and which checkpoint it took is resume_point's to judge; an entry re-run in a process that
+held the lost state in memory is judged here.
 """
 
 from __future__ import annotations
@@ -97,6 +104,29 @@ def _restarts_by_job(history: h.RunHistory) -> bool:
     return any(r.get("by") == "job" for r in history.supervisor_events(h.ATTEMPT_START))
 
 
+def in_process_regressions(history: h.RunHistory, indices: list[int]) -> list[dict]:
+    """The in-process restarts among `indices` that resumed before the newest checkpoint committed before them
+    (one the tester corrupted excluded: passing over it is right): {attempt, resumed_from, newest_committed}.
+    Where it resumed: the iteration it loaded (or was loading), else the step before its first step; one that
+    neither loaded nor began a step went back nowhere yet."""
+    in_process = {int(r["attempt"]) for r in history.supervisor_events(h.ATTEMPT_START) if r.get("in_process")}
+    found = []
+    for index in (i for i in indices if i in in_process):
+        attempt = views.attempt_by_index(history, index)
+        iteration, _ = resume_point(attempt)
+        first_step, _ = views.step_range(attempt) if attempt is not None else (None, None)
+        if iteration is None and first_step is not None:
+            iteration = first_step - 1
+        if iteration is None:
+            continue
+        corrupted = views.corrupted_iterations(history, views.attempt_start_mono(history, index))
+        committed = [i for i in views.committed_checkpoints(history, before_attempt=index) if i not in corrupted]
+        newest = max(committed, default=0)
+        if iteration < newest:
+            found.append({"attempt": index, "resumed_from": iteration, "newest_committed": newest})
+    return found
+
+
 def _describe_exits(exits: list) -> str:
     words = []
     for returncode, signal in exits:
@@ -157,18 +187,22 @@ def check(ctx: CheckContext) -> CheckResult:
             runs.append(current)
     longest = max((len(run) for run in runs), default=0)
     loops = [run for run in runs if len(run) > RESTART_LOOP_LIMIT]
+    regressions = in_process_regressions(history, indices[1:])
     evidence = {"attempts": rows, "restart_loop_limit": RESTART_LOOP_LIMIT, "longest_identical_failures": longest,
-                "loops": [[item["row"]["attempt"] for item in run] for run in loops]}
-    if loops:
-        failures = []
-        for run in loops:
-            first, last = run[0]["row"], run[-1]["row"]
-            stop = first["stopped_at"]
-            signature = describe_signature(first["outcome"], None if stop is None else (stop["step"], stop["phase"]),
-                                           [tuple(pair) for pair in first["exits"]])
-            resume = _describe_resume(first["resume_from"], all(item["row"]["load_finished"] for item in run))
-            failures.append(f"attempts {first['attempt']}-{last['attempt']} each {resume} and died the same way "
-                            f"({signature}): a restart loop; every recovery must advance")
+                "loops": [[item["row"]["attempt"] for item in run] for run in loops],
+                "in_process_regressions": regressions}
+    failures = [f"attempt {r['attempt']}, an in-process restart, went back to iteration {r['resumed_from']} though "
+                f"iteration {r['newest_committed']} was committed before it: it threw committed progress away "
+                f"(Megatron-LM issue #2774)" for r in regressions]
+    for run in loops:
+        first, last = run[0]["row"], run[-1]["row"]
+        stop = first["stopped_at"]
+        signature = describe_signature(first["outcome"], None if stop is None else (stop["step"], stop["phase"]),
+                                       [tuple(pair) for pair in first["exits"]])
+        resume = _describe_resume(first["resume_from"], all(item["row"]["load_finished"] for item in run))
+        failures.append(f"attempts {first['attempt']}-{last['attempt']} each {resume} and died the same way "
+                        f"({signature}): a restart loop; every recovery must advance")
+    if failures:
         return CheckResult(NAME, "fail", "; ".join(failures), evidence)
     restarts = len(indices) - 1
     return CheckResult(NAME, "pass", f"every recovery advanced: {restarts} restart(s), the longest run of identical "

@@ -17,10 +17,30 @@ def check(ctx: CheckContext) -> CheckResult:
     evidence = {"outcome": outcome, "attempts": attempts, "restarts": restarts,
                 "max_restarts": ctx.restart.max_restarts}
     if outcome != "complete":
+        why = _why_the_job_gave_up(ctx, evidence) if outcome == "job_gave_up" else ""
         return CheckResult(NAME, "fail", f"the run ended {outcome or 'without a run_end record'} after {restarts} "
-                                         f"restart(s) (max_restarts={ctx.restart.max_restarts})", evidence)
+                                         f"restart(s) (max_restarts={ctx.restart.max_restarts}){why}", evidence)
     if restarts > ctx.restart.max_restarts:
         return CheckResult(NAME, "fail", f"{restarts} restarts exceed max_restarts={ctx.restart.max_restarts}",
                            evidence)
     return CheckResult(NAME, "pass", f"complete after {restarts} restart(s) of {ctx.restart.max_restarts} allowed",
                        evidence)
+
+
+def _why_the_job_gave_up(ctx: CheckContext, evidence: dict) -> str:
+    """restart.by: job: how the job's launcher ended, and what of the job it left running (a launcher killed
+    outright leaves its workers to run on: the scheduler's cleanup, here chaos's teardown, ends them)."""
+    exits = ctx.history.supervisor_events(h.AGENT_EXIT)
+    if not exits:
+        return ""
+    last = exits[-1]
+    how = f"of {last['signal']}" if last.get("signal") else f"with exit code {last.get('returncode')}"
+    evidence["launcher_exit"] = {key: last.get(key) for key in ("attempt", "pid", "returncode", "signal")}
+    why = f": its launcher (pid {last.get('pid')}) exited {how}"
+    teardowns = [r for r in ctx.history.supervisor_events(h.TEARDOWN) if r.get("attempt") == last.get("attempt")]
+    stopped = sorted({pid for r in teardowns for pid in (r.get("sigterm") or []) + (r.get("sigkill") or [])})
+    if stopped:
+        evidence["left_running"] = stopped
+        why += (f", leaving {len(stopped)} of its processes running (pids {stopped}) until chaos's teardown "
+                f"stopped them")
+    return why

@@ -33,8 +33,9 @@ def check(ctx: CheckContext) -> CheckResult:
     outcomes = views.attempt_outcomes(history)
     corrupted = views.corrupted_iterations(history)
     rows, failures = [], []
+    # (or, beside the ranks under restart.by: job, outlived the attempt the job ended because of it)
     stalls_that_ended_attempts = {str(r.get("fault_id")) for r in history.supervisor_events(h.STALL_ENDED)
-                                  if r.get("by") == "attempt_end"}
+                                  if r.get("by") == "attempt_end" or r.get("outlived_attempt")}
     for fault in ctx.plan:
         records = landed.get(fault.id)
         # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does

@@ -215,12 +215,15 @@ def recovery_table(recoveries: list[dict[str, Any]]) -> str:
     if not recoveries:
         return ""
     rows = "".join(
-        f"<tr><td>{_e(r.get('attempt'))}</td><td>{_e(r.get('by'))}</td><td>{_e(r.get('fault_id') or 'crash')}</td>"
+        f"<tr><td>{_e(r.get('attempt'))}</td><td>{_e(r.get('by'))}</td><td>{_e(r.get('layer') or '')}</td>"
+        f"<td>{_e(r.get('fault_id') or 'crash')}</td>"
         f"<td>{'' if r.get('detected_s') is None else format(r['detected_s'], '.2f')}</td>"
+        f"<td>{_e(r.get('detected_by') or '')}</td>"
         f"<td>{'never' if r.get('first_resumed_step_s') is None else format(r['first_resumed_step_s'], '.2f')}</td>"
         "</tr>" for r in recoveries)
     return ("<h2>Recoveries: fault to detection to first resumed step</h2><table><tr><th>attempt</th><th>by</th>"
-            f"<th>fault</th><th>detected (s)</th><th>first resumed step (s)</th></tr>{rows}</table>")
+            "<th>layer</th><th>fault</th><th>detected (s)</th><th>detected by</th><th>first resumed step (s)</th>"
+            f"</tr>{rows}</table>")
 
 
 def render_html(report: dict[str, Any], golden_metrics: dict | None = None, history: RunHistory | None = None) -> str:

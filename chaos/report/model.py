@@ -135,10 +135,9 @@ def timings(ctx: CheckContext) -> dict[str, list[dict[str, Any]]]:
 
 def recoveries(history) -> list[dict[str, Any]]:
     """Each recovery, whoever did it (restart.by): from the fault that ended an attempt to the moment the
-    recovery layer noticed it, and to the first step the next attempt completed. By chaos, noticing is its own
-    death or hang detection; by the job, the first line its launcher wrote about it (chaos.supervisor.job_log),
-    seen within the supervisor's poll of that output. One row per attempt after the first; an attempt that never
-    completed a step has no first resumed step (None)."""
+    recovery layer noticed it, and to the first step the next attempt completed. One row per attempt after the
+    first; an attempt that never completed a step has no first resumed step (None). `layer` says which layer
+    recovered and `detected_by` which evidence times its detection (_detections)."""
     starts = {int(r["attempt"]): r for r in history.supervisor_events(h.ATTEMPT_START)}
     rows = []
     for attempt in history.attempts:
@@ -156,19 +155,37 @@ def recoveries(history) -> list[dict[str, Any]]:
             fault_id, origin = None, min(exits)  # a crash of the job's own (a restart loop): from its first exit
         else:
             continue
-        by = (starts.get(number) or {}).get("by") or "chaos"
-        if by == "job":
-            noticed = [r.get("seen_mono") for r in history.supervisor_events(h.JOB_RECOVERY)
-                       if r.get("attempt") == previous and r.get("seen_mono") is not None]
-        else:
-            noticed = [r["mono"] for name in (h.DEATH_DETECTED, h.HANG_DETECTED)
-                       for r in history.supervisor_events(name)
-                       if r.get("attempt") == previous and r.get("mono") is not None]
+        start = starts.get(number) or {}
+        layer, detected_by, noticed = _detections(history, start, previous, number)
         noticed = [mono for mono in noticed if mono >= origin]
-        rows.append({"attempt": number, "by": by, "fault_id": fault_id,
+        rows.append({"attempt": number, "by": start.get("by") or "chaos", "layer": layer, "fault_id": fault_id,
                      "detected_s": round(min(noticed) - origin, 4) if noticed else None,
+                     "detected_by": detected_by,
                      "first_resumed_step_s": round(min(step_ends) - origin, 4) if step_ends else None})
     return rows
+
+
+def _detections(history, start: dict, previous: int, number: int) -> tuple[str, str, list[float]]:
+    """(layer, evidence, when it noticed) for the recovery that began attempt `number`. By chaos: its own death or
+    hang detection. By the job's launcher: the first line the launcher wrote about it (chaos.supervisor.job_log),
+    seen within the supervisor's poll of that output. By the job in-process (attempt_start in_process): the first
+    line NVIDIA's in-process wrapper logged about it in any rank of the failed attempt (that it caught the
+    exception, or was told to restart by a timeout or another rank's failure: job_interrupted), stamped by the
+    rank as it logged it; without one, the first hello of the re-entered attempt (which comes only after the
+    ranks rebuilt their process groups: the latest evidence, never too early)."""
+    if (start.get("by") or "chaos") != "job":
+        return "chaos", "death or hang detection", [r["mono"] for name in (h.DEATH_DETECTED, h.HANG_DETECTED)
+                                                   for r in history.supervisor_events(name)
+                                                   if r.get("attempt") == previous and r.get("mono") is not None]
+    if not start.get("in_process"):
+        return "launcher", "launcher log line", [r.get("seen_mono") for r in history.supervisor_events(h.JOB_RECOVERY)
+                                                 if r.get("attempt") == previous and r.get("seen_mono") is not None]
+    failed = views.attempt_by_index(history, previous)
+    lines = [r["mono"] for r in failed.events(h.JOB_INTERRUPTED) if r.get("mono") is not None] if failed else []
+    if lines:
+        return "in_process", "wrapper log line", lines
+    return "in_process", "re-entered hello", [r["mono"] for r in history.supervisor_events(h.RANK_HELLO)
+                                              if r.get("attempt") == number and r.get("mono") is not None]
 
 
 RESTART_STAGES = (("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),

@@ -40,7 +40,10 @@ def format_summary(report: dict[str, Any]) -> str:
                  f"{'?' if r.get('detected_s') is None else format(r['detected_s'], '.2f')}/"
                  f"{'never' if r.get('first_resumed_step_s') is None else format(r['first_resumed_step_s'], '.2f')}"
                  for r in recoveries]
-        lines.append(f"  recovery by {one_line(recoveries[0]['by'])} (fault -> detected / -> first resumed step, s): "
+        who, layer = recoveries[0]["by"], recoveries[0].get("layer")
+        if layer and layer != who:  # which of the job's layers: its launcher or its in-process restart
+            who = f"{who} ({str(layer).replace('_', '-')})"
+        lines.append(f"  recovery by {one_line(who)} (fault -> detected / -> first resumed step, s): "
                      + ", ".join(parts))
     strangers = report.get("security_events") or []
     if strangers:  # another user's process held the run's token: not the job's, not signalled, but worth knowing
@@ -89,5 +92,7 @@ def _fault_line(fault: dict[str, Any]) -> str:
     observed = landed.get("observed")
     if observed:
         how = f" (observed, signal {observed.get('latency_s', 0) * 1000:.1f} ms after the trigger was seen)"
-    return (f"fault {one_line(planned['id'])} {one_line(action)} -> rank {one_line(','.join(str(r) for r in ranks))}, "
-            f"attempt {one_line(landed.get('attempt'))}, {one_line(where)}{how}")
+    process = planned["target"].get("process", "rank")
+    beside = f"'s {one_line(process).replace('_', ' ')}" if process != "rank" else ""
+    return (f"fault {one_line(planned['id'])} {one_line(action)} -> rank {one_line(','.join(str(r) for r in ranks))}"
+            f"{beside}, attempt {one_line(landed.get('attempt'))}, {one_line(where)}{how}")

@@ -20,6 +20,8 @@ def scenario_to_mapping(scenario: Scenario) -> dict[str, Any]:
     out["seed"] = scenario.seed
     out["workload"] = _plain(scenario.workload.scenario_mapping(scenario.workload_mapping))
     out["launcher"] = scenario.launcher
+    if scenario.launcher_args:
+        out["launcher_args"] = list(scenario.launcher_args)
     if scenario.hosts != "local":
         out["hosts"] = scenario.hosts
     out["restart"] = {**asdict(scenario.restart), "warm": "auto" if scenario.restart.warm is None
@@ -81,6 +83,8 @@ def _fault_to_mapping(fault: FaultSpec) -> dict[str, Any]:
         target = {"random": fault.target.count}
     else:
         target = kind
+    if fault.target.process != "rank":
+        target = {**target, "process": fault.target.process}
     out: dict[str, Any] = {"at": trigger, "target": target}
     out[fault.action.kind] = fault.action.to_yaml()
     return out

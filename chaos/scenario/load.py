@@ -9,6 +9,7 @@ scenario test something other than what its author meant.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,18 +20,20 @@ from chaos.errors import InputError, show
 from chaos.golden import KNOWN_METRICS
 from chaos import faults
 from chaos.faults.signals import SIGNALS
-from chaos.plan import RestartPolicy, Trigger
-from chaos.scenario.model import CHECK_NAMES, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, RESTARTS_BY, GoldenSpec, Scenario
+from chaos.plan import PROCESSES, RestartPolicy, Trigger
+from chaos.scenario.model import CHECK_NAMES, ELASTIC, ELASTIC_SETS, GOLDEN_MODES, HOSTS, LAUNCHERS, MAX_GOLDEN_REPEATS, RESTARTS_BY, GoldenSpec, Scenario
 from chaos.schedule.specs import FaultSpec, RandomFaults, ScriptedFault, TargetSpec
 from chaos.scenario.dump import scenario_to_mapping
 from chaos.scenario.overrides import override_value, set_dotted
 from chaos.scenario.yaml_text import parse_yaml, read_scenario_text
 from chaos.workloads import Workload, workload_from_mapping
+from chaos.workloads.base import WorkloadFacts
 
-TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "hosts", "faults", "restart", "golden",
-            "tolerance", "accept_state_differences", "checks")
+TOP_KEYS = ("name", "description", "seed", "workload", "launcher", "launcher_args", "hosts", "faults", "restart",
+            "golden", "tolerance", "accept_state_differences", "checks")
 TRIGGER_KEYS = ("step", "phase", "index", "attempt", "after_s", "delay_s")
 TARGET_KEYS = ("rank", "ranks", "node", "all", "random")
+TARGET_PROCESS_KEY = "process"
 RANDOM_KEYS = ("count", "steps", "phases", "ranks", "signals", "attempt", "mtbf_s", "until_s")
 GOLDEN_KEYS = ("path", "mode", "repeats")
 NAME_PATTERN = re.compile(r"(?!\.)[\w.+-]{1,100}")
@@ -80,6 +83,9 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
     seed = read.integer(top.get("seed", 0), "seed")
     launcher = read.choice(top.get("launcher", "direct"), "launcher", LAUNCHERS)
     hosts = read.choice(top.get("hosts", "local"), "hosts", HOSTS)
+    launcher_args = _launcher_args(read, top.get("launcher_args", []), launcher)
+    if launcher == "ft_launcher" and hosts != "local":
+        raise read.error("hosts", f"launcher: ft_launcher runs on this machine only (hosts: local); got hosts: {hosts}")
 
     if "workload" not in top:
         raise read.error("workload", "missing; expected the system under test, e.g. workload: {preset: tiny_cpu} "
@@ -89,7 +95,7 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
 
     # `restart:` with nothing after it is YAML's null and means the defaults; any other empty or false value
     # (faults: {}, golden: 0) is a mistake the sections' readers report
-    restart = _restart(read, _section(top, "restart", {}))
+    restart = _job_hang_timeout(read, _restart(read, _section(top, "restart", {})), launcher, launcher_args)
     if hosts == "netns" and (launcher not in ("torchrun", "slurm") or workload.facts.nodes < 2):
         raise read.error("hosts", f"hosts: netns puts each node in a network namespace of its own and needs "
                                   f"launcher: torchrun or slurm with workload nodes >= 2; got launcher: {launcher}, "
@@ -103,17 +109,19 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
                                   f"agents' children, or a torchrun per node) and needs launcher: slurm or torchrun "
                                   f"with workload nodes >= 2; got launcher: {launcher}, "
                                   f"nodes: {workload.facts.nodes}")
-    if restart.by == "job" and (launcher != "torchrun" or hosts == "cluster" or workload.facts.nodes != 1):
+    if restart.by == "job" and (launcher not in ELASTIC or hosts == "cluster" or workload.facts.nodes != 1):
         # several nodes: each torchrun agent counts only the restarts its own workers caused
         # (TORCHELASTIC_RESTART_COUNT is per node), so the ranks could not name the attempt they belong to
-        raise read.error("restart.by", f"by: job observes the job's own recovery, torchrun's elastic restarts "
-                                       f"(--max-restarts), which needs launcher: torchrun on this machine with "
-                                       f"workload nodes: 1; got launcher: {launcher}, hosts: {hosts}, "
-                                       f"nodes: {workload.facts.nodes}")
+        raise read.error("restart.by", f"by: job observes the job's own recovery, the elastic restarts of torchrun "
+                                       f"or ft_launcher (--max-restarts), which needs launcher: torchrun or "
+                                       f"ft_launcher on this machine with workload nodes: 1; got launcher: "
+                                       f"{launcher}, hosts: {hosts}, nodes: {workload.facts.nodes}")
+    restart = _in_process_restarts(read, restart, workload.facts)
     if workload.facts.node_local is not None and hosts != "netns":
         raise read.error(f"workload.{workload.facts.node_local}", "node-local storage needs a disk per node, and "
                                                                   "only hosts: netns gives each node one; add hosts: netns")
     faults = _faults(read, _section(top, "faults", []), workload, restart)
+    _check_process_targets(read, faults, launcher)
     _check_node_faults(read, faults, hosts)
     golden = _golden(read, _section(top, "golden", {}), base_dir)
     tolerance = _tolerance(read, _section(top, "tolerance", {}))
@@ -122,7 +130,7 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
 
     return Scenario(
         name=name, workload=workload, workload_mapping=copy.deepcopy(dict(workload_mapping)),
-        description=description, seed=seed, launcher=launcher, hosts=hosts, faults=faults, restart=restart, golden=golden,
+        description=description, seed=seed, launcher=launcher, launcher_args=launcher_args, hosts=hosts, faults=faults, restart=restart, golden=golden,
         tolerance=tolerance, accepted_state_differences=accepted, checks=checks, source=source, base_dir=base_dir,
     )
 
@@ -131,6 +139,46 @@ def load_scenario_mapping(data: Any, source: str, base_dir: str | Path | None = 
 def _section(top: Mapping, key: str, default: Any) -> Any:
     value = top.get(key)
     return default if value is None else value
+
+
+def _check_process_targets(read: _Fields, faults: tuple[FaultSpec, ...], launcher: str) -> None:
+    """A fault on a rank's launcher or rank monitor: a signal or a pause, where there is such a process."""
+    for i, fault in enumerate(faults):
+        if not isinstance(fault, ScriptedFault) or fault.target.process == "rank":
+            continue
+        where = f"faults[{i}].target.process"
+        process = fault.target.process
+        if process == "launcher" and launcher not in ELASTIC:
+            raise read.error(where, f"a rank's launcher is the elastic agent that started it: launcher: torchrun or "
+                                    f"ft_launcher; got launcher: {launcher}")
+        if process == "rank_monitor" and launcher != "ft_launcher":
+            raise read.error(where, f"rank monitors are ft_launcher's: launcher: ft_launcher; got launcher: {launcher}")
+        if fault.action.kind not in ("signal", "pause"):
+            raise read.error(where, f"a {process.replace('_', ' ')} gets a signal or a pause; got a {fault.action.kind}")
+
+
+def _launcher_args(read: _Fields, value: Any, launcher: str) -> tuple[str, ...]:
+    """Options to the elastic launcher, as `--name=value` strings; never one chaos sets (where the job meets,
+    its restart budget, where the launcher logs: ELASTIC_SETS)."""
+    if value in ([], None):
+        return ()
+    if launcher not in ELASTIC:
+        raise read.error("launcher_args", f"options for the elastic launcher (torchrun, ft_launcher); launcher: "
+                                          f"{launcher} has none")
+    if not isinstance(value, list):
+        raise read.error("launcher_args", f"expected a list of options like --monitor-interval=0.5, got {show(value)}")
+    args = []
+    for i, item in enumerate(value):
+        where = f"launcher_args[{i}]"
+        text = read.string(item, where, non_empty=True)
+        name = text.split("=", 1)[0]
+        if not name.startswith("--") or any(c.isspace() or not c.isprintable() for c in text):
+            raise read.error(where, f"expected an option --name or --name=value (no spaces), got {show(text)}")
+        if name in ELASTIC_SETS or name.replace("_", "-") in ELASTIC_SETS:
+            raise read.error(where, f"{name} is set by chaos (where the job meets, its restart budget from "
+                                    f"restart.max_restarts, where the launcher logs); leave it out")
+        args.append(text)
+    return tuple(args)
 
 
 def _restart(read: _Fields, value: Any) -> RestartPolicy:
@@ -153,7 +201,52 @@ _RESTART_READERS = {
     "startup_timeout_s": lambda read, value, where: read.number(value, where, strict=True),
     "warm": _warm,
     "by": lambda read, value, where: read.choice(value, where, RESTARTS_BY),
+    "job_hang_timeout_s": lambda read, value, where: None if value is None else read.number(value, where, strict=True),
 }
+
+
+def _job_hang_timeout(read: _Fields, restart: RestartPolicy, launcher: str,
+                      launcher_args: tuple[str, ...]) -> RestartPolicy:
+    """restart.job_hang_timeout_s: given, or ft_launcher's rank heartbeat timeout from its arguments (its
+    rank monitors kill a rank whose heartbeats stop that long, whoever restarts the job then)."""
+    if restart.job_hang_timeout_s is not None or launcher != "ft_launcher":
+        return restart
+    for arg in launcher_args:
+        name, _, value = arg.partition("=")
+        if name.replace("_", "-") == "--ft-rank-heartbeat-timeout":
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise read.error("launcher_args", f"--ft-rank-heartbeat-timeout: expected seconds, got {show(value)}")
+            return dataclasses.replace(restart, job_hang_timeout_s=seconds)
+    return restart
+
+
+def _in_process_restarts(read: _Fields, restart: RestartPolicy, facts: WorkloadFacts) -> RestartPolicy:
+    """A workload that re-enters its training function in the same processes after a failure (NVRx's in-process
+    restart) brings a recovery layer of its own: under test only with restart.by: job (with chaos's restarts
+    both would act), and then the only layer that restarts: the launcher gets --max-restarts=0, since with its
+    restarts too an attempt number (chaos.control.rank_attempt) would name two attempts. restart.max_restarts
+    is then the in-process budget, and the layer's soft timeout the job's own hang detection."""
+    layer = facts.in_process
+    if layer is None:
+        return restart
+    where = f"workload.{layer.option}"
+    if restart.by != "job":
+        raise read.error(where, f"{layer.restarts} in-process restart(s) are the job's own recovery, and chaos's "
+                                f"restarts (restart.by: {restart.by}) would act beside them; set restart: {{by: job, "
+                                f"max_restarts: {layer.restarts}}} with launcher: torchrun")
+    if restart.max_restarts != layer.restarts:
+        raise read.error("restart.max_restarts", f"{restart.max_restarts}, but the job restarts in-process at most "
+                                                 f"{layer.restarts} time(s) ({where}): the launcher then restarts "
+                                                 f"nothing (--max-restarts=0; its restarts and the re-entries would "
+                                                 f"share attempt numbers) and max_restarts is the in-process "
+                                                 f"budget; set max_restarts: {layer.restarts}")
+    if restart.job_hang_timeout_s not in (None, layer.hang_timeout_s):
+        raise read.error("restart.job_hang_timeout_s", f"the job's own hang detection is its in-process restart's "
+                                                       f"soft timeout, {layer.hang_timeout_s:g} s; got "
+                                                       f"{restart.job_hang_timeout_s:g}: leave it out or set the same")
+    return dataclasses.replace(restart, job_hang_timeout_s=layer.hang_timeout_s)
 
 
 def _faults(read: _Fields, value: Any, workload: Workload, restart: RestartPolicy) -> tuple[FaultSpec, ...]:
@@ -285,7 +378,14 @@ def _target(read: _Fields, value: Any, where: str, workload: Workload) -> Target
     if isinstance(value, str):
         kind = read.choice(value, where, ("all", "random"), "a mapping ({rank: N}, {ranks: [..]}, {node: N}) or")
         return TargetSpec(kind=kind)  # type: ignore[arg-type]
-    raw = read.mapping(value, where, TARGET_KEYS)
+    raw = dict(read.mapping(value, where, TARGET_KEYS + (TARGET_PROCESS_KEY,)))
+    if TARGET_PROCESS_KEY in raw:
+        process = read.choice(raw.pop(TARGET_PROCESS_KEY), f"{where}.{TARGET_PROCESS_KEY}", PROCESSES)
+        if set(raw) != {"rank"}:
+            raise read.error(f"{where}.{TARGET_PROCESS_KEY}", f"a process of one rank: write it with rank: N, got "
+                                                              f"{sorted(raw) or 'no rank'}")
+        rank = _rank(read, raw["rank"], f"{where}.rank", workload)
+        return TargetSpec(kind="rank", ranks=(rank,), process=process)
     if len(raw) != 1:
         raise read.error(where, f"expected exactly one of {list(TARGET_KEYS)}, got {sorted(raw) or 'none'}")
     (kind, inner), = raw.items()

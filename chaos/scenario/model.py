@@ -33,7 +33,16 @@ CHECK_NAMES = (
 )
 """Every checker, in report order; a scenario's `checks:` picks from these (the checkers register the same)."""
 
-LAUNCHERS = ("direct", "torchrun", "slurm")
+LAUNCHERS = ("direct", "torchrun", "ft_launcher", "slurm")
+"""ft_launcher: NVIDIA's resiliency extension's launcher (torchrun's command line, plus rank monitors that restart
+a rank whose heartbeats stop); torchrun and ft_launcher are the elastic launchers (chaos.supervisor.launcher)."""
+ELASTIC = ("torchrun", "ft_launcher")
+"""The elastic launchers: one agent per node starts the workers and, under restart.by: job, restarts them."""
+ELASTIC_SETS = ("--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id", "--rdzv-conf",
+                "--local-addr", "--standalone", "--node-rank", "--master-addr", "--master-port", "--max-restarts",
+                "--log-dir", "--redirects", "--tee", "--no-python", "--module", "--run-path")
+"""What chaos itself gives an elastic launcher (where the job meets, how many restarts, where it logs, what
+it runs): a scenario's launcher_args may not set these (spelt with '-' or '_')."""
 RESTARTS_BY = ("chaos", "job")
 """restart.by: who restarts the job after a fault (chaos.plan.RestartPolicy.by)."""
 HOSTS = ("local", "netns", "cluster")
@@ -64,7 +73,10 @@ class Scenario:
     description: str = ""
     seed: int = 0
     """Every random choice of the schedule derives from it (chaos.schedule.plan_faults)."""
-    launcher: Literal["direct", "torchrun", "slurm"] = "direct"
+    launcher: Literal["direct", "torchrun", "ft_launcher", "slurm"] = "direct"
+    launcher_args: tuple[str, ...] = ()
+    """Extra arguments to the elastic launcher (torchrun, ft_launcher) as the job runs it in production, e.g.
+    ft_launcher's --ft-rank-heartbeat-timeout=3; never one chaos sets itself (chaos.supervisor.launcher)."""
     hosts: Literal["local", "netns", "cluster"] = "local"
     faults: tuple[FaultSpec, ...] = ()
     restart: RestartPolicy = field(default_factory=RestartPolicy)

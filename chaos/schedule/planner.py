@@ -60,7 +60,7 @@ def plan_faults(scenario: PlannableScenario, seed: int | None = None) -> tuple[P
 
 def _resolve_target(spec: TargetSpec, scenario: PlannableScenario, rng: random.Random) -> Target:
     if spec.kind in ("rank", "ranks"):
-        return Target(kind=spec.kind, ranks=spec.ranks)
+        return Target(kind=spec.kind, ranks=spec.ranks, process=spec.process)
     if spec.kind == "node":
         assert spec.node is not None
         return Target(kind="node", ranks=scenario.node_ranks(spec.node), node=spec.node)

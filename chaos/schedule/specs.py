@@ -26,6 +26,8 @@ class TargetSpec:
     """For `node`: simulated host n holds ranks [n*k, (n+1)*k), k = world_size // nodes."""
     count: int = 1
     """For `random`: how many distinct ranks to pick (seeded)."""
+    process: str = "rank"
+    """What of the rank the fault hits (chaos.plan.Target.process)."""
 
 
 @dataclass(frozen=True)

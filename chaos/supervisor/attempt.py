@@ -53,6 +53,11 @@ class CarriedLaunch:
     pending: list[Connection] = field(default_factory=list)
     """Connections that had said nothing yet when this attempt ended: a rank of the next attempt whose hello
     was still on its way (the next attempt reads it; one that never says hello is dropped at its deadline)."""
+    stalls: list = field(default_factory=list)
+    """Stalls of processes beside the ranks (a paused rank monitor) still running their course."""
+    in_process: bool = False
+    """The job restarted in-process: its ranks re-entered their training function in the same processes, so
+    this attempt's rank processes are the next attempt's ranks (adopted at their new hellos), not survivors."""
 
     def abandon(self, grace_s: float) -> None:
         """The run stopped between two of the job's attempts (an error, a full disk): nothing of the launch may
@@ -65,6 +70,8 @@ class CarriedLaunch:
             connection.sock.close()
         for process in self.table.all_tracked():
             process.close()
+        for stall in self.stalls:
+            stall.close()
         self.job_log.close()
 
 
@@ -208,22 +215,25 @@ class Attempt:
     def _hand_over(self) -> None:
         """The job's own teardown of this attempt is over (its launcher stopped every worker before it started
         the next ones): recorded as this attempt's teardown, by the job, with any worker of it still running
-        as a survivor. The launch, its cgroup and the next attempt's connections are handed on."""
+        as a survivor; unless the job restarted in-process, where its running workers are the next attempt's
+        (`carried`). The launch, its cgroup and the next attempt's connections are handed on."""
         server = self.ctx.server
-        self.landing.end_stalls(None)
-        survivors, exits = [], []
+        stalls = self.landing.carry_stalls()
+        in_process = self._reentered_in_process()
+        survivors, carried, exits = [], [], []
         for process in list(self.table.ranks.values()):
             if not process.exited and pidfd_exited(process.pidfd):
                 process.mark_exited(time.monotonic())
             if process.exited:
                 exits.append(process.exit_mono)
             elif still_running(process.pid):
-                survivors.append(process.pid)
+                (carried if in_process else survivors).append(process.pid)
         self._report_late_exits(ranks_only=True)
         exits = [mono for mono in exits if mono is not None]
         self.ctx.record(history.TEARDOWN, attempt=self.number, by="job",
                         duration_s=round(max(exits) - min(exits), 4) if exits else 0.0,
-                        grace_s=None, sigterm=[], sigkill=[], survivors=survivors, cgroup_killed=[], leaked=[])
+                        grace_s=None, sigterm=[], sigkill=[], survivors=survivors, cgroup_killed=[], leaked=[],
+                        **({"in_process": True, "carried": carried} if in_process else {}))
         if self.observed is not None:
             self._observe(final=True)
             self.observed.close()
@@ -247,17 +257,30 @@ class Attempt:
         for rank in self.ranks.values():
             rank.tail.close()
         assert self.job_log is not None
-        self.carried_on = CarriedLaunch(self.table, self.cgroup, self.port, self.job_log, self.deferred, pending)
+        self.carried_on = CarriedLaunch(self.table, self.cgroup, self.port, self.job_log, self.deferred, pending,
+                                        stalls, in_process=in_process)
+
+    def _reentered_in_process(self) -> bool:
+        """Whether the job restarted in-process: its workload re-enters its training function after a failure
+        (LaunchSpec.in_process_restarts) and a hello of the next attempt came from a process that is still one
+        of this attempt's ranks (the kernel's word on who connected, and the rank's pidfd on it being the same
+        process). A hello of the next attempt from a new process is a launcher's restart."""
+        if not self.spec.in_process_restarts:
+            return False
+        running = {p.pid for p in self.table.ranks.values() if not p.exited and not pidfd_exited(p.pidfd)}
+        return any(connection.peer_pid in running for connection, _ in self.deferred)
 
     def _take_over(self, carried: CarriedLaunch) -> None:
         """The launch the previous attempt handed on: its processes watched again, the hellos that came early
         taken in."""
         self.launch_mono = time.monotonic()
+        self.landing.stalls.extend(carried.stalls)
         for process in self.table.launched:
             if not process.exited:
                 self.selector.register(process.pidfd, selectors.EVENT_READ, ("exit", process))
         self.ctx.record(history.ATTEMPT_START, attempt=self.number, launcher=self.ctx.launcher, port=carried.port,
                         control_socket=self.ctx.control_path, by="job",
+                        **({"in_process": True} if carried.in_process else {}),
                         processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm,
                                     "carried": True} for p in self.table.launched])
         self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
@@ -283,7 +306,12 @@ class Attempt:
                                       self.cgroup.procs_file if self.cgroup else None,
                                       run_dir=str(self.ctx.run_dir), run_token=self.ctx.run_token,
                                       run_id=self.ctx.run_id,
-                                      job_restarts=restart.max_restarts if self.by_job else None)
+                                      job_restarts=self._job_restarts(),
+                                      elastic=self.ctx.launcher if self.ctx.launcher in launcher.ELASTIC else "torchrun",
+                                      launcher_args=self.ctx.launcher_args,
+                                      # ft_launcher binds its rank monitors' sockets in TMPDIR: in the run dir
+                                      scratch_dir=(self.ctx.server.short_dir("launcher-tmp", room=36)
+                                                   if self.ctx.launcher == "ft_launcher" else ""))
         if self.by_job:
             # the job's later attempts write their histories there (chaos.control.rank_attempt): made now, by us
             for number in range(self.number + 1, restart.max_restarts + 2):
@@ -316,6 +344,14 @@ class Attempt:
                         processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm}
                                    for p in self.table.launched])
         self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
+
+    def _job_restarts(self) -> int | None:
+        """The launcher's --max-restarts under restart.by: job (None: chaos restarts, the launcher never does).
+        A job that restarts in-process is the only layer that restarts: restart.max_restarts is its budget
+        and the launcher's is 0 (the scenario reader refuses the two layers nested)."""
+        if not self.by_job:
+            return None
+        return 0 if self.spec.in_process_restarts else self.ctx.restart.max_restarts
 
     def _watch(self) -> None:
         while self.end is None:

@@ -44,7 +44,8 @@ class AttemptContext:
 
     # ---- what the run was asked
     launch: LaunchSpec
-    launcher: Literal["direct", "torchrun", "slurm"]
+    launcher: Literal["direct", "torchrun", "ft_launcher", "slurm"]
+    launcher_args: tuple[str, ...]
     restart: RestartPolicy
     faults: tuple[PlannedFault, ...]
     """Every fault of the run (an attempt takes those of its number)."""

@@ -102,6 +102,19 @@ class ControlServer:
         self._guard = listening.Listener(listener)
         return self.path
 
+    def short_dir(self, name: str, room: int) -> str:
+        """A directory of the run dir (made here) by a path with `room` bytes to spare under the socket limit
+        (ft_launcher's longest name, `/_ft_launcher<pid>_to_rmon.socket`, takes 35):
+        for sockets others bind in it (ft_launcher's rank monitors under TMPDIR), by the same /proc path as
+        the control socket where the plain path is too long."""
+        directory = self.run_dir.resolve() / name
+        directory.mkdir(mode=0o700, exist_ok=True)
+        if len(str(directory)) + room < MAX_SOCKET_PATH:
+            return str(directory)
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.run_dir, os.O_PATH | os.O_DIRECTORY)
+        return f"/proc/{os.getpid()}/fd/{self._dir_fd}/{name}"
+
     def unauthenticated(self) -> list[Connection]:
         return [c for c in self.connections.values() if c.rank is None and not c.closed]
 

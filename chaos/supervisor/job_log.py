@@ -3,7 +3,10 @@
 torchrun's elastic agent polls its workers every --monitor-interval; when one has failed it logs (at INFO,
 which chaos asks for) `[default] Worker group FAILED. 3/3 attempts left; will restart worker group`, stops
 the others (`Sending process N closing signal SIGTERM`) and starts the group again, the restart count one
-higher. The first of these lines after a fault is when the job *detected* it: chaos stamps the moment it
+higher. ft_launcher (NVIDIA's resiliency extension) is the same agent and writes the same lines; before
+them, a rank monitor that saw a rank's heartbeats stop says so (`Did not get subsequent heartbeat. Waited
+3.00 seconds.`, a section open too long), then kills the rank, which is what the agent sees fail.
+The first of these lines after a fault is when the job *detected* it: chaos stamps the moment it
 reads the line (it polls every supervisor tick, so the stamp trails the write by at most one tick). The
 agent's output is the job's, so it is read as untrusted: without following a link, a bounded amount a tick.
 """
@@ -21,13 +24,15 @@ DETECTED = re.compile(rb"Worker group (FAILED|UNHEALTHY)")
 """The agent saw a worker fail (or the group unhealthy): the job's detection."""
 RESTARTING = re.compile(rb"will restart worker group")
 STOPPING = re.compile(rb"Sending process \d+ closing signal")
+HEARTBEAT = re.compile(rb"Did not get (initial|subsequent) heartbeat|Section '[^']*' has been open|Was out of section")
+"""ft_launcher's rank monitor gave up on a rank: its heartbeats (or a section's end) stopped coming."""
 
 
 @dataclass(frozen=True)
 class JobLine:
     node: int
     kind: str
-    """detected | restarting | stopping"""
+    """detected | restarting | stopping | heartbeat_missed"""
     line: str
     """The line, escaped (chaos.safe_files.one_line)."""
     mono: float
@@ -74,4 +79,6 @@ def _kind(line: bytes) -> str | None:
         return "restarting" if RESTARTING.search(line) else "detected"
     if STOPPING.search(line):
         return "stopping"
+    if HEARTBEAT.search(line):
+        return "heartbeat_missed"
     return None

@@ -14,7 +14,9 @@ from chaos import history
 from chaos.faults import FaultContext, Started
 from chaos.ownership.processes import ProcessTable, TrackedProcess
 from chaos.plan import PlannedFault
+from chaos.supervisor import beside
 from chaos.supervisor.attempt_context import AttemptContext
+from chaos.supervisor.launcher import ELASTIC
 from chaos.supervisor.ranks import Rank
 
 HOLD_GATHER_S = 10.0
@@ -31,6 +33,17 @@ class _Stall:
     since_mono: float
     until_mono: float
     started: Started
+    attempt: int
+    """The attempt it landed in (a stall beside the ranks may end in a later one)."""
+    beside: bool = False
+    """On a process beside the ranks (a launcher, a rank monitor): under restart.by: job it outlives the
+    attempt, which the job ends without a teardown, and runs its course in the next (carry_stalls)."""
+
+    def close(self) -> None:
+        """A rank monitor adopted for the stall is watched no longer (the launcher is the launch's)."""
+        for process in getattr(self.started, "processes", []):
+            if process.role == "rank_monitor":
+                process.close()
 
 
 @dataclass
@@ -131,6 +144,9 @@ class FaultLanding:
     def _land(self, state: _FaultState, ranks: list[int], held: bool = True,
               observed: dict | None = None) -> None:
         fault = state.fault
+        if fault.target.process != "rank":
+            self._land_beside(state, ranks)
+            return
         targets = [self.ranks[r].process for r in ranks]
         extra = self._agents_taken_with(fault)
         action = fault.action
@@ -185,11 +201,46 @@ class FaultLanding:
                 self.ctx.watchdog.guard_cgroup(Path(started.cgroup))  # removed (its ranks killed) if we die
             now = time.monotonic()
             self.stalls.append(_Stall(fault.id, action.kind, sorted(state.landed_ranks & set(ranks)), now,
-                                      now + float(getattr(action, "duration_s")), started))
+                                      now + float(getattr(action, "duration_s")), started, self.number))
         if message is not None:  # the rank does the fault itself on reading its release (and dies of it)
             self._release(state, sorted(state.landed_ranks & set(ranks)), message)
         if not action.ends_attempt:
             self._release(state, ranks)  # a paused rank reads its release once it is continued
+
+    def _land_beside(self, state: _FaultState, ranks: list[int]) -> None:
+        """A fault on a process beside the rank (its launcher, its rank monitor), when the rank's trigger
+        fires: the rank itself is released at once and lives on, whatever the fault does to the job."""
+        fault, action = state.fault, state.fault.action
+        for r in ranks:
+            rank = self.ranks[r]
+            process, why = beside.find(fault.target.process, rank.process, self.table)
+            if process is None:
+                state.missed_ranks[r] = why
+                continue
+            try:
+                started = action.start(FaultContext(targets=[process]))
+            except Exception as error:  # noqa: BLE001 - a fault that cannot be done is recorded as missed
+                state.missed_ranks[r] = f"the {action.kind} action failed: {error}"
+                continue
+            if started.delivered is not None and process.pid not in started.delivered:
+                state.missed_ranks[r] = f"the rank's {fault.target.process} was already gone when the signal was sent"
+                continue
+            hold = state.held.get(r)
+            step, phase, index = (hold["step"], hold["phase"], hold["index"]) if hold is not None else \
+                (rank.tail.step, rank.tail.phase, None)
+            state.landed_ranks.add(r)
+            self.ctx.landed.append(self.ctx.record(
+                history.FAULT_LANDED, fault_id=fault.id, attempt=self.number, rank=r, pid=process.pid, step=step,
+                phase=phase, index=index, action=action.kind, signal=started.signal, held=hold is not None,
+                node=rank.process.node, process=fault.target.process, **started.landed))
+            if not action.stall and process.role == "rank_monitor":
+                process.close()
+            if action.stall:
+                now = time.monotonic()
+                self.stalls.append(_Stall(fault.id, action.kind, [r], now,
+                                          now + float(getattr(action, "duration_s")), started, self.number,
+                                          beside=True))
+        self._release(state, ranks)
 
     def end_stalls(self, now: float | None) -> None:
         """Ends each stall whose duration is over (SIGCONT, quota released, link healed); now=None: the attempt
@@ -199,9 +250,19 @@ class FaultLanding:
                 continue
             self.stalls.remove(stall)
             fields = stall.started.stop(now is not None)
-            self.ctx.record(history.STALL_ENDED, fault_id=stall.fault_id, attempt=self.number, kind=stall.kind,
+            stall.close()
+            self.ctx.record(history.STALL_ENDED, fault_id=stall.fault_id, attempt=stall.attempt, kind=stall.kind,
                             ranks=stall.ranks, stalled_s=round(time.monotonic() - stall.since_mono, 3),
-                            by="elapsed" if now is not None else "attempt_end", **fields)
+                            by="elapsed" if now is not None else "attempt_end", **fields,
+                            **({"outlived_attempt": True} if stall.attempt != self.number else {}))
+
+    def carry_stalls(self) -> list[_Stall]:
+        """restart.by: job, the job restarting itself: the stalls of processes beside the ranks go on into the
+        next attempt (nothing tore them down); the others end with this attempt."""
+        carried = [stall for stall in self.stalls if stall.beside]
+        self.stalls = [stall for stall in self.stalls if not stall.beside]
+        self.end_stalls(None)
+        return carried
 
     def _release(self, state: _FaultState, ranks: list[int], extra: dict | None = None) -> None:
         """Releases the ranks held for the fault; `extra` (Action.release_message) is merged into the release."""
@@ -213,7 +274,7 @@ class FaultLanding:
     def _agents_taken_with(self, fault: PlannedFault) -> list[TrackedProcess]:
         """A host dying or stalling takes its torchrun agent too: SIGKILL, a pause or a node loss on a node (or
         all) also hits every agent whose ranks are all in the target."""
-        if self.ctx.launcher != "torchrun" or not fault.action.takes_host or fault.target.kind not in ("node", "all"):
+        if self.ctx.launcher not in ELASTIC or not fault.action.takes_host or fault.target.kind not in ("node", "all"):
             return []
         # Which ranks an agent runs is what their hellos proved (rendezvous may give agent n any group
         # rank), not n * ranks_per_node onwards. An agent is taken only when all of its ranks are known

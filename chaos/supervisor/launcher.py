@@ -35,6 +35,15 @@ from chaos.workloads.base import LaunchSpec
 
 MASTER_ADDR = "127.0.0.1"
 
+ELASTIC = {
+    "torchrun": ["-m", "torch.distributed.run"],
+    # NVIDIA's resiliency extension: torchrun's agent and command line, plus a rank monitor per local rank
+    # that kills a rank whose heartbeats stop (FT_RANK_MONITOR_IPC_SOCKET in the workers' environment)
+    "ft_launcher": ["-m", "nvidia_resiliency_ext.fault_tolerance.launcher"],
+}
+"""The elastic launchers: one agent per node starting the workers, restarting them itself under
+--max-restarts (restart.by: job)."""
+
 
 @retry(retry=retry_if_exception_type(OSError), stop=stop_after_attempt(20), wait=wait_fixed(0.05), reraise=True)
 def free_port() -> int:
@@ -65,6 +74,12 @@ class AttemptLaunch:
     job_restarts: int | None = None
     """restart.by: job: torchrun's elastic agent restarts the workers itself, at most this many times; None:
     chaos restarts (torchrun gets --max-restarts=0)."""
+    elastic: str = "torchrun"
+    """Which elastic launcher runs the nodes' agents (ELASTIC)."""
+    launcher_args: tuple[str, ...] = ()
+    """The scenario's extra arguments to it (chaos.scenario.model.Scenario.launcher_args)."""
+    scratch_dir: str = ""
+    """TMPDIR for the launcher and its workers (empty: inherited): where ft_launcher binds its sockets."""
 
 
 def base_env(spec: LaunchSpec, launch: AttemptLaunch) -> dict[str, str]:
@@ -174,13 +189,14 @@ def torchrun_command(spec: LaunchSpec, launch: AttemptLaunch, node: int, run_id:
     local = ([f"--local-addr={local_address}", f"--rdzv-conf=is_host={1 if node == 0 else 0}"]
              if local_address is not None else [])
     return [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable, *ELASTIC[launch.elastic],
         f"--nnodes={spec.nodes}", f"--nproc-per-node={spec.ranks_per_node}",
         "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", *local,
         f"--rdzv-id=chaos-{launch.attempt}-{run_id}",
         f"--max-restarts={launch.job_restarts or 0}", "--monitor-interval=0.1",
         # torchrun would otherwise make a log directory under /tmp; keep everything in the run dir
         f"--log-dir={launch.directory / f'torchrun-{node}'}",
+        *launch.launcher_args,
         *entry,
     ]
 
@@ -197,6 +213,8 @@ def launch_torchrun(spec: LaunchSpec, launch: AttemptLaunch, hosts: SimulatedHos
         # the agent says when it saw a worker group fail ("Worker group FAILED. ... will restart worker
         # group") only at INFO: that line is when the job detected the fault (chaos.supervisor.job_log)
         env["LOGLEVEL"] = "INFO"
+    if launch.scratch_dir:
+        env["TMPDIR"] = launch.scratch_dir
     if hosts is not None:
         env["GLOO_SOCKET_IFNAME"] = hosts_module.INTERFACE  # collectives over the node's link, not loopback
         env[hosts_module.ENV_NODE_LOCAL] = str(hosts.mountpoint)
@@ -299,14 +317,14 @@ def torchrun_orders(spec: LaunchSpec, launch: AttemptLaunch, agents: Mapping[int
     return orders
 
 
-def launch(kind: Literal["direct", "torchrun", "slurm"], spec: LaunchSpec, attempt: AttemptLaunch,
+def launch(kind: Literal["direct", "torchrun", "ft_launcher", "slurm"], spec: LaunchSpec, attempt: AttemptLaunch,
            spares: SparePool | None = None, hosts: SimulatedHosts | None = None,
            slurm: PrivateSlurm | None = None) -> list[TrackedProcess]:
     if kind == "direct":
         return launch_direct(spec, attempt, spares)
-    if kind == "torchrun":
+    if kind in ELASTIC:
         return launch_torchrun(spec, attempt, hosts)
     if kind == "slurm" and slurm is not None:
         return launch_slurm(spec, attempt, slurm)
-    raise ValueError(f"unknown launcher {kind!r} (or slurm without its cluster); expected 'direct', 'torchrun' "
-                     f"or 'slurm'")
+    raise ValueError(f"unknown launcher {kind!r} (or slurm without its cluster); expected 'direct', 'torchrun', "
+                     f"'ft_launcher' or 'slurm'")

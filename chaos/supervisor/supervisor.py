@@ -44,11 +44,13 @@ class SupervisorConfig:
     launch: LaunchSpec
     faults: tuple[PlannedFault, ...]
     restart: RestartPolicy
-    launcher: Literal["direct", "torchrun", "slurm"]
+    launcher: Literal["direct", "torchrun", "ft_launcher", "slurm"]
     run_dir: Path
     hosts: Literal["local", "netns", "cluster"] = "local"
     """netns: each node in a network namespace of its own (chaos.supervisor.hosts.netns), for partitions;
     cluster: the nodes of the Slurm cluster this machine submits to, through agents (chaos.agent)."""
+    launcher_args: tuple[str, ...] = ()
+    """Extra arguments to the elastic launcher (chaos.scenario.model.Scenario.launcher_args)."""
 
 
 @dataclass
@@ -155,7 +157,8 @@ class _Supervisor:
         config = self.config
         return AttemptContext(
             run_id=self.run_id, run_token=self.run_token, run_dir=self.run_dir,
-            launch=config.launch, launcher=config.launcher, restart=config.restart, faults=config.faults,
+            launch=config.launch, launcher=config.launcher, launcher_args=config.launcher_args,
+            restart=config.restart, faults=config.faults,
             control_path=control_path, server=self.server, watchdog=self.watchdog, interrupt=self.interrupt,
             spares=self.spares, hosts=self.hosts, slurm=self.slurm, agent_server=self.agent_server,
             cgroups=self.cgroups, record=self.record, progress=self.progress, landed=self.landed,

@@ -22,6 +22,19 @@ ObservationMode = Literal["probe", "log"]
 
 
 @dataclass(frozen=True)
+class InProcessRestarts:
+    """A job that re-enters its training function in the same processes after a failure in any rank (NVRx's
+    inprocess.Wrapper): each re-entry is the job's next attempt, in the same pids."""
+
+    option: str
+    """The workload field that turns it on (for error messages: `workload.<option>`)."""
+    restarts: int
+    """At most this many re-entries (the wrapper's max_iterations - 1)."""
+    hang_timeout_s: float
+    """Its own hang detection: a rank making no progress this long makes every rank re-enter."""
+
+
+@dataclass(frozen=True)
 class WorkloadFacts:
     """What the checks and the schedule need to know about a workload's run."""
 
@@ -41,6 +54,9 @@ class WorkloadFacts:
     cpu_pins: Mapping[str, str] = field(default_factory=dict)
     """Environment the ranks get to fix their CPU kernels (ATEN_CPU_CAPABILITY, MKL_CBWR), so that CPU goldens
     hold on any CPU able to honour it; part of the golden's environment fingerprint. Empty: not pinned."""
+    in_process: InProcessRestarts | None = None
+    """The job's own in-process restart layer, when it has one (the workload field that turns it on, its budget
+    and its hang detection): a recovery layer only restart.by: job puts under test."""
 
     @property
     def ranks_per_node(self) -> int:
@@ -124,6 +140,9 @@ class LaunchSpec:
     tracker_name: str = "latest_checkpointed_iteration.txt"
     warm: WarmStart | None = None
     """Set where a rank can start from a warm spare (restart.warm); None: always a fresh interpreter."""
+    in_process_restarts: int = 0
+    """The ranks re-enter their training function in the same processes after a failure, at most this many
+    times (WorkloadFacts.in_process): the launcher is then told to restart nothing itself."""
 
     @property
     def ranks_per_node(self) -> int:

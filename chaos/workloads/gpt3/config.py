@@ -36,6 +36,8 @@ BUGS = (
     "no_scheduler_restore",  # the learning-rate scheduler's state is saved but not restored on load
     "no_fallback",           # a checkpoint that fails verification is not passed over: loading raises
                              # (Megatron-LM loads what the tracker names and dies on a corrupt one, every restart)
+    "inprocess_no_load",     # an in-process re-entry (inprocess_restarts) does not load the newest committed
+                             # checkpoint: training starts again from iteration 1 (Megatron-LM issue #2774's symptom)
 )
 
 
@@ -114,6 +116,18 @@ class GPT3Config:
     load_dir: str | None = setting(None, "Resume from here (defaults to save_dir).")
     exit_at_iter: int | None = setting(None, "Stop cleanly after this step, saved (Megatron's --exit-interval): the "
                                              "stop half of a stop/resume test.")
+    inprocess_restarts: int = setting(
+        0, "NVIDIA's in-process restart (nvidia-resiliency-ext's inprocess.Wrapper, Megatron-LM's "
+           "--inprocess-restart): after an exception or a hang in any rank, every rank re-enters the training "
+           "function in the same process, at most this many times, rebuilding everything and loading the newest "
+           "committed checkpoint as a fresh process would. 0: off, nothing of NVRx is imported. The job's own "
+           "recovery layer: needs restart.by: job with restart.max_restarts equal to it (the launcher then "
+           "restarts nothing, --max-restarts=0).", low=0, high=1000, reason="restart.max_restarts' limit")
+    inprocess_soft_timeout_s: float = setting(
+        5.0, "In-process restart's hang detection (the wrapper's soft timeout): a rank whose main thread ran no "
+             "Python for this long (stopped, or blocked in a collective) makes every rank abort and re-enter; its "
+             "hard timeout (3x) terminates a rank that is still stuck. A pause longer than this is the job's to "
+             "recover (restart.job_hang_timeout_s).", low=2.0, reason="above the wrapper's 1 s progress interval")
     bugs: tuple[str, ...] = setting((), "Deliberate bugs (BUGS), for proving that each checker can fail.")
 
     # ---- derived -----------------------------------------------------------------------------
@@ -202,12 +216,15 @@ class GPT3Config:
         return out
 
     def fingerprint_mapping(self) -> dict[str, Any]:
-        """What decides the numbers: everything but where files go and how often/how they are saved.
-        (Saving never draws from an RNG or touches the math, so one golden serves every save setting.)"""
+        """What decides the numbers: everything but where files go, how often/how they are saved and how the job
+        recovers (saving never draws from an RNG or touches the math, and an in-process re-entry loads like a
+        fresh process: one golden serves every such setting)."""
         out = self.to_mapping()
         out["numerics_version"] = NUMERICS_VERSION
         for key in ("save_dir", "load_dir", "data_cache_dir", "checkpoint_storage", "keep_last", "async_save", "nodes", "bugs", "exit_at_iter",
-                    "save_interval", "shard_files_per_rank", "exit_on_sigterm"):
+                    "save_interval", "shard_files_per_rank", "exit_on_sigterm",
+                    # how the job recovers is not what it computes: a re-entry loads like a fresh process
+                    "inprocess_restarts", "inprocess_soft_timeout_s"):
             out.pop(key, None)
         return out
 

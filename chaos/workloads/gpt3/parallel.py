@@ -36,7 +36,9 @@ class ParallelDims:
         return self.mesh.get_group("dp")
 
 
-def init(config: GPT3Config) -> ParallelDims:
+def init(config: GPT3Config, store: dist.Store | None = None) -> ParallelDims:
+    """The process groups; from the torchrun environment (env://: rank 0 hosts a store on MASTER_PORT), or on
+    `store` where the job keeps one store for all its entries (in-process restart: chaos.workloads.gpt3.inprocess)."""
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     if world_size != config.world_size:
@@ -50,7 +52,11 @@ def init(config: GPT3Config) -> ParallelDims:
         device = torch.device("cpu")
         backend = "gloo"
     # A dead peer must not leave the others blocked forever; the supervisor tears them down long before.
-    dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timedelta(minutes=10))
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=config.tensor_parallel)
@@ -63,6 +69,22 @@ def init(config: GPT3Config) -> ParallelDims:
         "device mesh and megatron parallel_state disagree on the rank layout"
     )
     return ParallelDims(rank, world_size, tp, dp, tp_rank, dp_rank, device, mesh)
+
+
+def bound_collectives(timeout: timedelta) -> None:
+    """Every process group made so far fails a collective that waits longer than `timeout`. For in-process
+    restart on gloo, which nothing can abort: a collective blocked on a stopped or vanished peer would
+    otherwise hold this rank past the wrapper's hang detection, and the wrapper's restart with it."""
+    for group in list(dist.distributed_c10d._world.pg_map):
+        group.set_timeout(timeout)
+
+
+def forget_model_parallel() -> None:
+    """megatron-core's process-group globals of an entry that failed: torch's groups were already aborted (an
+    in-process restart destroys them all), and initialize_model_parallel refuses to run while these are set."""
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
 
 
 def shutdown() -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from chaos.workloads.gpt3 import parallel, rng
 from chaos.workloads.gpt3.checkpoint import Checkpointer, TrainProgress, build_state_dict
 from chaos.workloads.gpt3.config import GPT3Config
 from chaos.workloads.gpt3.data import TrainData
+from chaos.workloads.gpt3.heartbeat import Heartbeats
 from chaos.workloads.gpt3 import model as model_module
 from chaos.workloads.gpt3.model import plain_name
 
@@ -77,7 +79,10 @@ def _start_detached_helper() -> None:
 
 
 class Trainer:
-    def __init__(self, config: GPT3Config, probe: Probe) -> None:
+    def __init__(self, config: GPT3Config, probe: Probe, store: dist.Store | None = None,
+                 collective_timeout: timedelta | None = None) -> None:
+        """`store`: the process groups' store (None: env://); `collective_timeout`: once built, no collective
+        waits longer (None: the groups' own timeouts)."""
         self.config = config
         self.probe = probe
         self.exit_requested = False
@@ -89,7 +94,7 @@ class Trainer:
             cpu_compat.apply()
         if config.device == "cuda" and config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.dims = parallel.init(config)
+        self.dims = parallel.init(config, store)
         probe.event("startup_phase", phase="process_groups")
         rng.seed_everything(config.seed, self.dims.tp_rank, config.device)
         model, self.layouts = model_module.build(config, self.dims)
@@ -106,10 +111,13 @@ class Trainer:
         self._counts_in_norm = {name: layout.partition_dim is not None or self.dims.tp_rank == 0
                                 for name, layout in self.layouts.items()}
         self._install_signal_handlers()
+        self.heartbeats = Heartbeats()  # under ft_launcher: its rank monitor watches this rank's progress
         if config.has_bug("detached_helper") and self.dims.rank == 0:
             _start_detached_helper()
         if config.has_bug("stall_watchdog"):
             _start_stall_watchdog(self)
+        if collective_timeout is not None:
+            parallel.bound_collectives(collective_timeout)
 
     def _build_scheduler(self):
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -202,15 +210,22 @@ class Trainer:
     def save(self, iteration: int) -> None:
         self.checkpointer.save(self.state_dict(), iteration)
 
-    def run(self) -> int:
+    def run(self, load: bool = True) -> int:
+        """Loads the newest committed checkpoint and trains to the end; `load` False (only the planted bug
+        inprocess_no_load) starts from iteration 1 as if nothing had been saved."""
         config, probe = self.config, self.probe
         # Startup's silence ends here: the checkpoint load and every step are watched with hang_timeout_s
         # (they are where hang faults land), only imports and building were allowed startup_timeout_s.
         probe.busy_end("startup")
-        self.progress = self.checkpointer.load(self.model, self.optimizer, self.scheduler, self.layouts, self.progress)
+        if load:
+            self.progress = self.checkpointer.load(self.model, self.optimizer, self.scheduler, self.layouts,
+                                                   self.progress)
+        else:
+            probe.checkpoint_loaded(0, None)
         if config.fsdp == "megatron" and self.progress.iteration:
             # The load wrote Megatron-FSDP's fp32 main weights; copy them into the compute weights.
             self.model.install_optimized_model_weights()
+        self.heartbeats.beat()
         last_saved = self.progress.iteration
         for step in range(self.progress.iteration + 1, config.train_iters + 1):
             probe.step_begin(step)
@@ -218,6 +233,7 @@ class Trainer:
             probe.metrics(step, **metrics)
             self.log_iteration(step, metrics)
             probe.step_end(step)
+            self.heartbeats.beat()
             self.last_step_end = time.monotonic()
             self.checkpointer.finalize_async(wait=False)
             if step % config.save_interval == 0 or step == config.train_iters:
@@ -234,6 +250,7 @@ class Trainer:
                 return 0
         self.finished = True
         self.checkpointer.finalize_async(wait=True)
+        self.heartbeats.close()
         probe.busy("final state hash")
         state_hash = self.state_hash()
         probe.busy_end("final state hash")
@@ -304,8 +321,27 @@ def main(argv: list[str] | None = None) -> int:
         # Megatron's deterministic mode (upstream test's ENV_VARS); read when NCCL/cuBLAS initialise.
         for name, value in DETERMINISTIC_ENV.items():
             os.environ.setdefault(name, value)
+    if config.inprocess_restarts:
+        from chaos.workloads.gpt3 import inprocess  # NVRx: imported only when the job restarts in-process
+
+        return inprocess.run(config, train_entry)
     trainer = Trainer(config, probe)
     try:
         return trainer.run()
     finally:
         parallel.shutdown()
+
+
+def train_entry(config: GPT3Config, probe: Probe, store: dist.Store, reentry: int) -> int:
+    """One entry of the training function under in-process restart (`reentry` 0: the first): everything
+    built anew on `store` and the newest committed checkpoint loaded, exactly as a fresh process would (that
+    is what makes the resumed run equal the uninterrupted one). The process groups are destroyed here when
+    training ends; after a failure the wrapper has aborted them, and the next entry forgets megatron-core's."""
+    if reentry:
+        parallel.forget_model_parallel()
+    # a collective blocked longer than the wrapper's soft timeout is a hang it restarts for anyway; on gloo,
+    # which has no abort, the collective's own timeout is what ends it (chaos.workloads.gpt3.inprocess)
+    trainer = Trainer(config, probe, store, collective_timeout=timedelta(seconds=config.inprocess_soft_timeout_s))
+    code = trainer.run(load=not (reentry and config.has_bug("inprocess_no_load")))
+    parallel.shutdown()
+    return code

@@ -5,6 +5,7 @@ checkpoint layout only); the trainer itself runs in the ranks."""
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Mapping
 
 from chaos.errors import InputError
 from chaos.probe import COORDINATOR_PHASES, MICROBATCH_PHASES, PHASES, SAVE_PHASES, STEP_PHASES
-from chaos.workloads.base import LaunchSpec, PhaseRules, WarmStart, WorkloadFacts
+from chaos.workloads.base import InProcessRestarts, LaunchSpec, PhaseRules, WarmStart, WorkloadFacts
 from chaos.workloads.gpt3.config import GPT3Config
 from chaos.workloads.gpt3.layout import ManifestLayout
 
@@ -33,6 +34,10 @@ torch's own kernels follow the CPU's instruction set (pinned to AVX2); MKL's mat
 and MKL honours a reproducible branch other than COMPATIBLE only on Intel CPUs (measured on AMD: MKL_CBWR=AVX2
 runs as AUTO); oneDNN, which runs the MLP's GELU, picks its kernels by the CPU whatever the rest says (turned
 off: torch's own GELU then runs, under the pinned capability). See cpu_compat and golden.PIN_REQUIRES."""
+QUIET_STORE_POLLS = {"TORCH_CPP_LOG_LEVEL": "ERROR"}
+"""In-process restart only: the wrapper polls its store with short waits, and at torch's default C++ log level
+every poll that times out prints `[c10d] waitForInput ... timed out` (Megatron-LM warns unless this is set).
+Read when torch loads, so it is given at the launch; a level already in the environment is kept."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,15 @@ class GPT3Workload:
         return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
                              save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device,
                              keep_last=c.keep_last, cpu_pins=CPU_PINS if c.device == "cpu" else {},
-                             node_local="checkpoint_storage" if c.checkpoint_storage == "node_local" else None)
+                             node_local="checkpoint_storage" if c.checkpoint_storage == "node_local" else None,
+                             in_process=self._in_process())
+
+    def _in_process(self) -> InProcessRestarts | None:
+        """NVRx's in-process restart (chaos.workloads.gpt3.inprocess), when the workload turns it on."""
+        c = self.config
+        if not c.inprocess_restarts:
+            return None
+        return InProcessRestarts("inprocess_restarts", c.inprocess_restarts, c.inprocess_soft_timeout_s)
 
     @property
     def phases(self) -> PhaseRules:
@@ -76,6 +89,7 @@ class GPT3Workload:
         config = self.config.with_run_dir(run_dir)
         config_path = Path(run_dir) / "workload.yaml"
         config.write_yaml(config_path)
+        quiet = QUIET_STORE_POLLS if config.inprocess_restarts and "TORCH_CPP_LOG_LEVEL" not in os.environ else {}
         return LaunchSpec(
             argv=(sys.executable, "-m", "chaos.workloads.gpt3", str(config_path)),
             world_size=config.world_size,
@@ -84,10 +98,11 @@ class GPT3Workload:
             train_iters=config.train_iters,
             save_interval=config.save_interval,
             # the CPU trainer calls none of megatron-core's compiled kernels: skip importing the compiler
-            env={**TORCHRUN_STORE, **({"OMP_NUM_THREADS": "1", ENV_MEGATRON_COMPILE: "off", **CPU_PINS}
-                                       if config.device == "cpu" else {})},
+            env={**TORCHRUN_STORE, **quiet, **({"OMP_NUM_THREADS": "1", ENV_MEGATRON_COMPILE: "off", **CPU_PINS}
+                                                if config.device == "cpu" else {})},
             # a warm spare imports what the ranks import before their first instruction of work
             warm=WarmStart(imports=WARM_IMPORTS, module="chaos.workloads.gpt3", args=(str(config_path),)),
+            in_process_restarts=config.inprocess_restarts,
         )
 
     def fingerprint_mapping(self) -> Mapping[str, Any]:
