@@ -144,7 +144,8 @@ def _uninterrupted_run(scenario: Scenario, run_dir: Path, on_progress) -> tuple[
     launcher, hosts = golden_launch(scenario)
     outcome = supervise(SupervisorConfig(
         launch=workload.launch(run_dir), faults=(), restart=dataclasses.replace(scenario.restart, max_restarts=0),
-        launcher=launcher, run_dir=run_dir, hosts=hosts), on_progress)
+        launcher=launcher, run_dir=run_dir, hosts=hosts,
+        launcher_args=scenario.launcher_args if launcher == scenario.launcher else ()), on_progress)
     recorded, final_hash = recorded_from_history(run_dir)
     steps = sorted(recorded.metrics.get("lm loss", {}))
     wants_hash = workload.final_state_unavailable is None
@@ -231,11 +232,12 @@ def golden_launch(scenario: Scenario) -> tuple[str, str]:
     """(launcher, hosts) of the uninterrupted run a golden is recorded from. On a cluster: the cluster, where
     the numbers are made (a login node may have neither the nodes' CPUs nor their GPUs). Simulated hosts:
     this machine's loopback, since the numbers do not depend on the wire; a private Slurm cluster exists only
-    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way, as it
-    does for ft_launcher (torchrun's agent with rank monitors: the numbers are the workers')."""
+    with simulated hosts, so its job is recorded through torchrun, which starts the ranks the same way. A job
+    under ft_launcher is recorded under it, with its arguments: a job built for it may need its rank monitors
+    (Megatron-LM's --enable-ft-package connects to one at start)."""
     if scenario.hosts == "cluster":
         return scenario.launcher, "cluster"
-    return ("torchrun" if scenario.launcher in ("slurm", "ft_launcher") else scenario.launcher), "local"
+    return ("torchrun" if scenario.launcher == "slurm" else scenario.launcher), "local"
 
 
 def golden_file_name(scenario: Scenario) -> str:

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# GPU evidence for restart.by: job on one GPU: unmodified Megatron-LM under NVIDIA's ft_launcher restarting
+# itself (scenarios/megatron_lm/ft_launcher_job_restarts_1gpu.yaml), then the same job with chaos's cold
+# restarts (--set restart.by=chaos), against one golden recorded here first. Prints both verdicts and each
+# recovery's fault -> detected / -> first resumed iteration; logs and reports to ${OUT:-gpu-job-recovery}/.
+#
+# Needs, from the project root: megatron-core (and tenacity) wheels in .whl/ (the device notes say how), and
+# nvidia-resiliency-ext 0.7.0 + defusedxml in .whl/nvrx/, a Megatron-LM source tarball in .whl/megatron-lm/
+# (see scripts/gpu_inprocess_probe.sh's header). On the device machine (Python 3.12, torch, no network):
+#   carry [".whl"], command: bash scripts/gpu_job_recovery.sh
+set -uo pipefail
+out=${OUT:-gpu-job-recovery}; mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+root=$(pwd)
+site=/tmp/chaos-site
+if [ ! -d "$site/megatron" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+    .whl/*.whl .whl/nvrx/*.whl || exit 1
+fi
+export PYTHONPATH="$site:$root"
+mlm=/tmp/chaos-megatron-lm
+[ -d "$mlm/Megatron-LM" ] || { mkdir -p "$mlm" && tar -xzf .whl/megatron-lm/megatron-lm-*.tar.gz -C "$mlm"; } || exit 1
+export MEGATRON_LM="$mlm/Megatron-LM"
+nvidia-smi -L | tee "$out/devices.txt"
+scenario=scenarios/megatron_lm/ft_launcher_job_restarts_1gpu.yaml
+status=0
+for by in job chaos; do
+  run_dir="/tmp/chaos-gpu-by-$by"  # outside $out: its checkpoints are large
+  rm -rf "$run_dir"
+  timeout "${RUN_TIMEOUT:-280}" python3 -m chaos.cli run "$scenario" --set "restart.by=$by" --out "$run_dir" \
+    --golden-cache /tmp/chaos-gpu-goldens > "$out/run-by-$by.log" 2>&1 || status=1
+  grep -v -i warn "$out/run-by-$by.log" | tail -14
+  cp "$run_dir/report.json" "$out/report-by-$by.json" 2>/dev/null
+  cp "$run_dir/supervisor.jsonl" "$out/supervisor-by-$by.jsonl" 2>/dev/null
+  cp "$run_dir/attempts/01/agent-0.out" "$out/agent-by-$by.out" 2>/dev/null
+  python3 - "$run_dir/report.json" "$by" <<'PY'
+import json, sys
+try:
+    report = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(0)
+for row in report["timings"]["recovery_s"]:
+    print(f"by {sys.argv[2]}: {row}")
+PY
+done
+exit $status
