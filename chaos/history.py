@@ -53,7 +53,13 @@ FINAL_STATE = "final_state"        # step, state_hash
 TRAIN_END = "train_end"            # step, reason: "complete" | "preempted"
 JOB_INTERRUPTED = "job_interrupted"  # layer ("in_process"), kind (fn_ex|term_ex|restart_ex|exit_ex), line: the job's
                                      # in-process restart layer logged, in this rank, that it caught a failure (fn_ex),
-                                     # was told to restart (term_ex), restarts (restart_ex) or gives up (exit_ex)
+                                     # was told to restart (term_ex), restarts (restart_ex) or gives up (exit_ex);
+                                     # followed from a log also its restarter's `state=handling stage=starting` and
+                                     # `state=aborted` (role: detected | gave_up)
+JOB_REENTERED = "job_reentered"    # layer, kind (restart_ex | state=handling stage=completed), line: followed from
+                                   # the rank's log, the job re-enters its training function in this process: the
+                                   # rank's last record of the attempt (the rest of its output is the next attempt's);
+                                   # every_rank: true when the line says every rank has (NVRx's restarter, rank 0)
 
 # ---- rank events seen only from outside (written by chaos.blackbox's follower from a trainer's own lines) -----
 SAVE_STARTED = "save_started"      # iteration, directory, ckpt_format
@@ -65,7 +71,8 @@ PARSE_ERROR = "parse_error"        # line, line_number, reason: a line that look
 RUN_START = "run_start"            # run_dir, launcher, host (the supervisor's), world_size, nodes, faults
 ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]; by: job, in_process: true
                                    # when the job re-entered its training function in the same processes
-RANK_HELLO = "rank_hello"          # attempt, rank, pid
+RANK_HELLO = "rank_hello"          # attempt, rank, pid; carried: true for a rank of a log-followed job that re-entered
+                                   # in-process (no hello comes: the same process taken over as it is)
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool);
                                    # process (launcher|rank_monitor) when it hit a process beside the rank (pid its)
 STALL_ENDED = "stall_ended"        # fault_id, attempt, kind (pause|straggler|partition), ranks, stalled_s,
@@ -80,6 +87,8 @@ HANG_DETECTED = "hang_detected"    # attempt, idle_s
 TEARDOWN = "teardown"              # attempt, duration_s, sigterm, sigkill, survivors: [pid]; by: job (the job's own),
                                    # in_process + carried: [pid] (its ranks went on as the next attempt's)
 ATTEMPT_END = "attempt_end"        # attempt, outcome: complete|crashed|hung|preempted|error
+REENTRIES_SPENT = "reentries_spent"  # attempt, max_restarts: the job re-entered its training function in-process
+                                     # again after restart.max_restarts re-entries; chaos stopped it there
 RUN_END = "run_end"                # outcome: complete|out_of_restarts|interrupted|error; restart.by: job also
                                    # job_gave_up (its launcher exited without completing) | hung
 AGENT_HELLO = "agent_hello"        # attempt, node, host, pid, address, interface, port, mono_offset_s,

@@ -126,7 +126,9 @@ def in_process_unavailable(facts: WorkloadFacts) -> str | None:
     """Why a job that restarts in-process (WorkloadFacts.in_process) cannot run here, or None."""
     import importlib.util
 
-    if facts.in_process is None or importlib.util.find_spec("nvidia_resiliency_ext") is not None:
+    if facts.in_process is None or not facts.in_process.nvrx_in_this_python:
+        return None
+    if importlib.util.find_spec("nvidia_resiliency_ext") is not None:
         return None
     return "in-process restart needs NVIDIA's resiliency extension in this Python: pip install 'chaos[nvrx]'"
 

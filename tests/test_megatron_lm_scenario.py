@@ -16,6 +16,8 @@ from chaos.soak.cycles import cycle_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenarios" / "megatron_lm").glob("*.yaml"))
+BASE = ROOT / "scenarios" / "megatron_lm" / "gpt3_mcore_tp1_torch_dist_1gpu.yaml"
+"""The base the tests below vary: the upstream test's shape, 24 iterations, chaos restarting it."""
 
 
 @pytest.fixture
@@ -39,6 +41,16 @@ def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
     plan = plan_faults(scenario)
     if "nondeterministic" in path.stem:  # a SIGKILL mid-iteration, then a graceful SIGTERM
         assert [f.trigger.phase for f in plan] == ["iteration", "iteration"] and plan[0].trigger.delay_s == 0.3
+    elif path.stem.startswith("ft_launcher"):  # the job's own restarts: a SIGKILL mid-iteration, one between files
+        assert [f.trigger.phase for f in plan] == ["iteration", "checkpoint.shard"] and plan[0].trigger.delay_s == 0.5
+        assert scenario.restart.by == "job" and scenario.launcher == "ft_launcher"
+    elif path.stem.startswith("inprocess"):  # Megatron-LM's own in-process restart: rank 0 paused past its soft timeout
+        assert [(f.trigger.phase, f.action.kind) for f in plan] == [("iteration", "pause")]
+        assert plan[0].action.duration_s > scenario.restart.job_hang_timeout_s == 20.0  # the job's to recover
+        layer = scenario.facts.in_process
+        assert layer is not None and layer.restarts is None  # Megatron-LM bounds no re-entry: max_restarts does
+        assert scenario.restart.by == "job" and scenario.launcher == "torchrun"
+        assert scenario.workload.launch(Path("/tmp/chaos-test-run")).in_process  # torchrun gets --max-restarts=0
     elif path.stem.startswith("selftest"):  # the control of `chaos selftest`: one SIGKILL mid-iteration
         assert [f.trigger.phase for f in plan] == ["iteration"] and plan[0].trigger.delay_s == 0.5
         assert scenario.accepted_state_differences  # Megatron-LM's own two findings, so the control passes
@@ -51,7 +63,7 @@ def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
 
 
 def test_megatron_lm_soak_cycles_draw_observed_triggers(checkout):
-    base = load_scenario(SHIPPED[0])
+    base = load_scenario(BASE)
     phases = set()
     for cycle in range(12):
         drawn = cycle_scenario(base, cycle, seed=100 + cycle, options=ScheduleOptions(signals=("SIGKILL", "SIGTERM")))
@@ -68,7 +80,7 @@ def test_megatron_lm_soak_cycles_draw_observed_triggers(checkout):
     ("{step: 40}", "faults[0].at.step", "train_iters=24"),
 ])
 def test_megatron_lm_trigger_errors_name_the_field(checkout, body, field, fragment):
-    text = (SHIPPED[0].read_text().split("faults:")[0] + f"faults:\n  - at: {body}\n    target: {{rank: 0}}\n"
+    text = (BASE.read_text().split("faults:")[0] + f"faults:\n  - at: {body}\n    target: {{rank: 0}}\n"
             "    signal: SIGKILL\n")
     with pytest.raises(InputError) as caught:
         load_scenario_text(text, "mine.yaml")
@@ -85,5 +97,5 @@ def test_delay_s_belongs_to_observed_workloads():
 def test_megatron_lm_without_a_checkout_says_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.delenv("MEGATRON_LM", raising=False)
     with pytest.raises(InputError) as caught:
-        load_scenario(SHIPPED[0])
+        load_scenario(BASE)
     assert caught.value.field.startswith("workload.") and "MEGATRON_LM" in caught.value.message

@@ -13,10 +13,18 @@ watcher's inotify descriptor wakes its selector):
 
 Every record and every directory event is also returned as an Observation, which is what the supervisor's
 observed triggers fire on. Torch-free.
+
+A job that restarts in-process (NVRx's wrapper re-entering the training function, restart.by: job) goes on
+writing the same output files from the same processes, so one file holds several attempts. A rank's part of an
+attempt ends at the line its reader turns into `job_reentered`: what the rank printed after it is held, unread
+by this attempt, and the next attempt's follower continues each file from there (carry_outputs): no line is
+read twice or lost. The job has re-entered (job_reentered) once every rank passed its re-entry line, or once the
+restarter said its handling completed, which it says after every rank's restart barrier.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -60,6 +68,18 @@ class _OutputTail:
         self._file = None  # opened once the rank has created it, then kept (read every tick)
         self._lines = safe_files.LineSplitter(self.PARTIAL_LINE_LIMIT)
         self.lines_read = 0
+        self._held: deque[tuple[int, str]] = deque()
+        """Lines read but given back (hold): they come first the next time lines are taken."""
+
+    def take(self, final: bool = False) -> list[tuple[int, str]]:
+        """The held lines, then what is new (with the unterminated last line when `final`)."""
+        held = list(self._held)
+        self._held.clear()
+        return held + (self.flush() if final else self.read_lines())
+
+    def hold(self, lines: list[tuple[int, str]]) -> None:
+        """Lines taken but not this reader's to read (they belong to the next attempt): kept for the next take."""
+        self._held.extendleft(reversed(lines))
 
     def read_lines(self) -> list[tuple[int, str]]:
         if self._file is None:
@@ -96,22 +116,44 @@ class _OutputTail:
             self._file = None
 
 
+@dataclass
+class CarriedOutputs:
+    """An in-process restart's hand-over: the ranks' output files (in the launch attempt's directory: the same
+    processes go on writing them), each read up to where the attempt that ended stopped, lines held past a rank's
+    re-entry included."""
+
+    directory: Path
+    tails: dict[int, _OutputTail]
+
+    def close(self) -> None:
+        for tail in self.tails.values():
+            tail.close()
+
+
 class Follower:
     def __init__(self, run_dir: Path, attempt: int, world_size: int, checkpoint_dir: Path,
-                 tracker_name: str, new_reader: Callable[[int], LineReader], use_inotify: bool = True) -> None:
+                 tracker_name: str, new_reader: Callable[[int], LineReader], use_inotify: bool = True,
+                 outputs: CarriedOutputs | None = None) -> None:
+        """`outputs`: the ranks' output as the previous attempt left it, when the job re-entered in-process (the
+        histories still go to this attempt's directory); None: the files in this attempt's directory, from the start."""
         self.attempt_dir = history.attempt_dir(run_dir, attempt)
         self.attempt = attempt
         self.world_size = world_size
         self.checkpoint_dir = Path(checkpoint_dir)
         self.watcher = CheckpointWatcher(self.checkpoint_dir, tracker_name, use_inotify=use_inotify)
-        self._outputs = {rank: _OutputTail(self.attempt_dir / f"rank-{rank}.out") for rank in range(world_size)}
+        self.output_dir = outputs.directory if outputs is not None else self.attempt_dir
+        self._outputs = (outputs.tails if outputs is not None else
+                         {rank: _OutputTail(self.output_dir / f"rank-{rank}.out") for rank in range(world_size)})
+        self.reentered: dict[int, str] = {}
+        """rank -> the re-entry line (its kind) that ended its part of this attempt (in-process restart)."""
+        self._every_rank_reentered = False
         # A rank's output growing wakes the supervisor at once (a step-boundary trigger lands within
         # milliseconds of the line); without inotify the supervisor's tick reads it instead.
         self._output_events: Inotify | None = None
         try:
             self.attempt_dir.mkdir(parents=True, exist_ok=True)
             self._output_events = Inotify()
-            self._output_events.add_watch(self.attempt_dir, IN_MODIFY)
+            self._output_events.add_watch(self.output_dir, IN_MODIFY)
         except OSError:
             if self._output_events is not None:
                 self._output_events.close()
@@ -147,11 +189,20 @@ class Follower:
         if self._output_events is not None:
             self._output_events.read_events()  # only a wake-up: the tails below read what is new
         for rank, tail in self._outputs.items():
-            lines = tail.flush() if final else tail.read_lines()
+            if rank in self.reentered:
+                continue  # what it printed since is the next attempt's
+            lines = tail.take(final)
             grew = grew or bool(lines)
-            for number, line in lines:
-                for event, fields in self._readers[rank].feed(line, number):
+            for position, (number, line) in enumerate(lines):
+                records = self._readers[rank].feed(line, number)
+                for event, fields in records:
                     observations.append(self._record(rank, event, fields))
+                reentry = next((fields for event, fields in records if event == history.JOB_REENTERED), None)
+                if reentry is not None:
+                    self.reentered[rank] = str(reentry.get("kind"))
+                    self._every_rank_reentered = self._every_rank_reentered or bool(reentry.get("every_rank"))
+                    tail.hold(lines[position + 1:])
+                    break
         for event in self.watcher.poll():
             observations.extend(self._on_checkpoint_event(event))
         return grew, observations
@@ -160,6 +211,21 @@ class Follower:
         """What was observed right now: the evidence a black-box landing records."""
         return {"last_iteration_logged": self.last_iteration, "tracker": self.watcher.tracker_content(),
                 "files": self.watcher.files_present(), "load_finished": self.load_finished}
+
+    @property
+    def job_reentered(self) -> bool:
+        """The job re-entered its training function in every rank (in-process restart): this attempt is over.
+        Every rank logged its own re-entry, or one rank's re-entry line speaks for all (`every_rank`: NVRx's
+        restarter, past the barrier every rank's restart goes through)."""
+        return len(self.reentered) == self.world_size or self._every_rank_reentered
+
+    def carry_outputs(self) -> CarriedOutputs:
+        """The ranks' output files as this attempt leaves them, for the next attempt's follower (in-process
+        restart: the same processes write on); close() then leaves them open. A rank that passed no re-entry line
+        of its own is handed on where its output stands."""
+        carried = CarriedOutputs(self.output_dir, self._outputs)
+        self._outputs = {}
+        return carried
 
     def close(self) -> None:
         self.watcher.close()

@@ -151,6 +151,8 @@ def describe_signature(outcome: str | None, stop: tuple | None, exits: list) -> 
 
 
 def _describe_resume(iteration: int | None, loaded: bool) -> str:
+    if iteration is None:
+        return "loaded no checkpoint"  # it died before its load began (or said nothing of it)
     if not iteration:
         return "started from scratch"
     return f"loaded iteration {iteration}" if loaded else f"tried to load iteration {iteration}"
@@ -188,6 +190,7 @@ def check(ctx: CheckContext) -> CheckResult:
     longest = max((len(run) for run in runs), default=0)
     loops = [run for run in runs if len(run) > RESTART_LOOP_LIMIT]
     regressions = in_process_regressions(history, indices[1:])
+    in_process = {int(r["attempt"]) for r in history.supervisor_events(h.ATTEMPT_START) if r.get("in_process")}
     evidence = {"attempts": rows, "restart_loop_limit": RESTART_LOOP_LIMIT, "longest_identical_failures": longest,
                 "loops": [[item["row"]["attempt"] for item in run] for run in loops],
                 "in_process_regressions": regressions}
@@ -200,7 +203,9 @@ def check(ctx: CheckContext) -> CheckResult:
         signature = describe_signature(first["outcome"], None if stop is None else (stop["step"], stop["phase"]),
                                        [tuple(pair) for pair in first["exits"]])
         resume = _describe_resume(first["resume_from"], all(item["row"]["load_finished"] for item in run))
-        failures.append(f"attempts {first['attempt']}-{last['attempt']} each {resume} and died the same way "
+        which = (", in-process re-entries of the training function,"
+                 if all(item["row"]["attempt"] in in_process for item in run) else "")
+        failures.append(f"attempts {first['attempt']}-{last['attempt']}{which} each {resume} and died the same way "
                         f"({signature}): a restart loop; every recovery must advance")
     if failures:
         return CheckResult(NAME, "fail", "; ".join(failures), evidence)

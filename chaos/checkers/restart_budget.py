@@ -29,7 +29,14 @@ def check(ctx: CheckContext) -> CheckResult:
 
 def _why_the_job_gave_up(ctx: CheckContext, evidence: dict) -> str:
     """restart.by: job: how the job's launcher ended, and what of the job it left running (a launcher killed
-    outright leaves its workers to run on: the scheduler's cleanup, here chaos's teardown, ends them)."""
+    outright leaves its workers to run on: the scheduler's cleanup, here chaos's teardown, ends them); or that
+    the job's in-process layer re-entered past restart.max_restarts and chaos stopped it."""
+    spent = ctx.history.supervisor_events(h.REENTRIES_SPENT)
+    if spent:
+        evidence["reentries_spent"] = {"attempt": spent[-1].get("attempt"), "max_restarts": ctx.restart.max_restarts}
+        return (f": its in-process restart re-entered the training function once more at the end of attempt "
+                f"{spent[-1].get('attempt')}, past restart.max_restarts={ctx.restart.max_restarts} re-entries, and chaos "
+                f"stopped the job there")
     exits = ctx.history.supervisor_events(h.AGENT_EXIT)
     if not exits:
         return ""

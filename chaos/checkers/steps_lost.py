@@ -14,7 +14,9 @@ predecessor was never committed either). Measured on one H200: a kill at the met
 iteration-30 async save landed after step 31 and lost 11 steps at save_interval 10.
 
 A pause or straggler that outlasts its attempt (torn down as a hang, or the job gave up) counts like a
-kill; one the job rode out loses nothing and is the `stalls` check's.
+kill; so does a pause at least as long as the job's own hang detection (restart.job_hang_timeout_s: an in-process
+restart's soft timeout, ft_launcher's heartbeat timeout) whose attempt then ended unfinished, the job having
+restarted because of it; one the job rode out loses nothing and is the `stalls` check's.
 """
 
 from __future__ import annotations
@@ -36,11 +38,17 @@ def check(ctx: CheckContext) -> CheckResult:
     # (or, beside the ranks under restart.by: job, outlived the attempt the job ended because of it)
     stalls_that_ended_attempts = {str(r.get("fault_id")) for r in history.supervisor_events(h.STALL_ENDED)
                                   if r.get("by") == "attempt_end" or r.get("outlived_attempt")}
+    job_bound = ctx.restart.job_hang_timeout_s
     for fault in ctx.plan:
         records = landed.get(fault.id)
-        # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does
-        counts = fault.action.interrupts or fault.id in stalls_that_ended_attempts
-        if not counts or not records:
+        if not records:
+            continue
+        # a stall that outlasted its attempt (hang detection tore it down) loses steps like a kill does, and so
+        # does one the job's own hang detection restarted the job for (its attempt ended unfinished)
+        restarted_for = (fault.action.halts and job_bound is not None and fault.action.duration_s >= job_bound
+                         and outcomes.get(int(records[0]["attempt"])) not in ("complete", "preempted"))
+        counts = fault.action.interrupts or fault.id in stalls_that_ended_attempts or restarted_for
+        if not counts:
             continue
         attempt_index = int(records[0]["attempt"])
         signal = fault.action.sends_signal or records[0].get("signal")

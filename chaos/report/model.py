@@ -170,9 +170,10 @@ def _detections(history, start: dict, previous: int, number: int) -> tuple[str, 
     hang detection. By the job's launcher: the first line the launcher wrote about it (chaos.supervisor.job_log),
     seen within the supervisor's poll of that output. By the job in-process (attempt_start in_process): the first
     line NVIDIA's in-process wrapper logged about it in any rank of the failed attempt (that it caught the
-    exception, or was told to restart by a timeout or another rank's failure: job_interrupted), stamped by the
-    rank as it logged it; without one, the first hello of the re-entered attempt (which comes only after the
-    ranks rebuilt their process groups: the latest evidence, never too early)."""
+    exception, fn_ex, or was told to restart by a timeout or another rank's failure, term_ex: job_interrupted),
+    stamped by the rank as it logged it (chaos's trainer) or by the follower as it read it (a job followed from its
+    logs); without one, its re-entry line (job_reentered), else the first hello of the re-entered attempt (which
+    comes only after the ranks rebuilt their process groups: the latest evidence, never too early)."""
     if (start.get("by") or "chaos") != "job":
         return "chaos", "death or hang detection", [r["mono"] for name in (h.DEATH_DETECTED, h.HANG_DETECTED)
                                                    for r in history.supervisor_events(name)
@@ -181,11 +182,18 @@ def _detections(history, start: dict, previous: int, number: int) -> tuple[str, 
         return "launcher", "launcher log line", [r.get("seen_mono") for r in history.supervisor_events(h.JOB_RECOVERY)
                                                  if r.get("attempt") == previous and r.get("seen_mono") is not None]
     failed = views.attempt_by_index(history, previous)
-    lines = [r["mono"] for r in failed.events(h.JOB_INTERRUPTED) if r.get("mono") is not None] if failed else []
-    if lines:
-        return "in_process", "wrapper log line", lines
+    for event, kinds, evidence in ((h.JOB_INTERRUPTED, DETECTION_KINDS, "wrapper log line"),
+                                   (h.JOB_REENTERED, None, "wrapper re-entry line")):
+        lines = [r["mono"] for r in (failed.events(event) if failed else [])
+                 if r.get("mono") is not None and (kinds is None or r.get("kind") in kinds)]
+        if lines:
+            return "in_process", evidence, lines
     return "in_process", "re-entered hello", [r["mono"] for r in history.supervisor_events(h.RANK_HELLO)
                                               if r.get("attempt") == number and r.get("mono") is not None]
+
+
+DETECTION_KINDS = ("fn_ex", "term_ex")
+"""The in-process wrapper's lines that say it noticed a failure (its restart_ex and exit_ex come after)."""
 
 
 RESTART_STAGES = (("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),

@@ -227,16 +227,18 @@ def _in_process_restarts(read: _Fields, restart: RestartPolicy, facts: WorkloadF
     restart) brings a recovery layer of its own: under test only with restart.by: job (with chaos's restarts
     both would act), and then the only layer that restarts: the launcher gets --max-restarts=0, since with its
     restarts too an attempt number (chaos.control.rank_attempt) would name two attempts. restart.max_restarts
-    is then the in-process budget, and the layer's soft timeout the job's own hang detection."""
+    is then the in-process budget: the job's own where it sets one (it must agree), else the number of re-entries
+    chaos follows before it stops the job; the layer's soft timeout is the job's own hang detection."""
     layer = facts.in_process
     if layer is None:
         return restart
     where = f"workload.{layer.option}"
+    budget = layer.restarts if layer.restarts is not None else "N"
     if restart.by != "job":
-        raise read.error(where, f"{layer.restarts} in-process restart(s) are the job's own recovery, and chaos's "
-                                f"restarts (restart.by: {restart.by}) would act beside them; set restart: {{by: job, "
-                                f"max_restarts: {layer.restarts}}} with launcher: torchrun")
-    if restart.max_restarts != layer.restarts:
+        raise read.error(where, f"{layer.turned_on_by} makes the job restart itself in-process (its own recovery), "
+                                f"and chaos's restarts (restart.by: {restart.by}) would act beside it; set restart: "
+                                f"{{by: job, max_restarts: {budget}}} with launcher: torchrun")
+    if layer.restarts is not None and restart.max_restarts != layer.restarts:
         raise read.error("restart.max_restarts", f"{restart.max_restarts}, but the job restarts in-process at most "
                                                  f"{layer.restarts} time(s) ({where}): the launcher then restarts "
                                                  f"nothing (--max-restarts=0; its restarts and the re-entries would "
@@ -244,7 +246,7 @@ def _in_process_restarts(read: _Fields, restart: RestartPolicy, facts: WorkloadF
                                                  f"budget; set max_restarts: {layer.restarts}")
     if restart.job_hang_timeout_s not in (None, layer.hang_timeout_s):
         raise read.error("restart.job_hang_timeout_s", f"the job's own hang detection is its in-process restart's "
-                                                       f"soft timeout, {layer.hang_timeout_s:g} s; got "
+                                                       f"soft timeout, {layer.hang_timeout_s:g} s ({where}); got "
                                                        f"{restart.job_hang_timeout_s:g}: leave it out or set the same")
     return dataclasses.replace(restart, job_hang_timeout_s=layer.hang_timeout_s)
 

@@ -23,6 +23,7 @@ from chaos.plan import cores_for_warm_spares
 from chaos.ownership import lifeline
 from chaos.supervisor import launcher
 from chaos.supervisor.attempt_context import AttemptContext
+from chaos.supervisor import in_process as in_process_restart
 from chaos.supervisor.cluster_agents import ClusterAgents
 from chaos.supervisor.control_server import Connection
 from chaos.supervisor.job_log import JobLog
@@ -58,6 +59,9 @@ class CarriedLaunch:
     in_process: bool = False
     """The job restarted in-process: its ranks re-entered their training function in the same processes, so
     this attempt's rank processes are the next attempt's ranks (adopted at their new hellos), not survivors."""
+    ranks: in_process_restart.CarriedRanks | None = None
+    """In-process, a job followed from its logs: it says no hello, so its ranks and output files are carried
+    on as they are (chaos.supervisor.in_process)."""
 
     def abandon(self, grace_s: float) -> None:
         """The run stopped between two of the job's attempts (an error, a full disk): nothing of the launch may
@@ -72,6 +76,8 @@ class CarriedLaunch:
             process.close()
         for stall in self.stalls:
             stall.close()
+        if self.ranks is not None:
+            self.ranks.close()
         self.job_log.close()
 
 
@@ -104,6 +110,9 @@ class Attempt:
         """id() of each process whose exit is recorded (not its pid: on a cluster two hosts may share a pid)."""
         self.observed: ObservedTriggers | None = None
         """Log-observed workloads: the follower and the faults it triggers (None: the probe holds ranks)."""
+        self.reentry_seen = False
+        """restart.by: job, a job followed from its logs that restarts in-process: its output said every rank
+        re-entered its training function (the next attempt begins there, in the same processes)."""
         self.cgroup: lifeline.AttemptCgroup | None = carried.cgroup if carried is not None else None
         self.landing = FaultLanding(context, number, self.ranks, self.table)
         self.agents = ClusterAgents(context, number, self.directory, self.selector, self.table,
@@ -132,6 +141,7 @@ class Attempt:
             if self._job_goes_on():
                 self._hand_over()
             else:
+                self._record_reentries_spent()
                 self._teardown()
         outcome = self.end or "error"
         self.landing.record_missed(self.end)
@@ -197,9 +207,16 @@ class Attempt:
     def _job_goes_on(self) -> bool:
         """The job's launcher restarted the workers (a hello of the next attempt came), the launch is alive
         and a next attempt may run: it takes the launch over instead of this attempt tearing it down."""
-        return (self.by_job and bool(self.deferred) and self.end == "crashed" and not self.ctx.interrupt.requested
-                and self.number <= self.ctx.restart.max_restarts
+        return (self.by_job and (bool(self.deferred) or self.reentry_seen) and self.end == "crashed"
+                and not self.ctx.interrupt.requested and self.number <= self.ctx.restart.max_restarts
                 and any(not p.exited for p in self.table.launched))
+
+    def _record_reentries_spent(self) -> None:
+        """The job re-entered in-process once more than restart.max_restarts allows: chaos stops it here (a job
+        may bound its re-entries by nothing, Megatron-LM's wrapper does not), and the record says why it ended."""
+        if (self.by_job and self.end == "crashed" and self.number > self.ctx.restart.max_restarts
+                and self._reentered_in_process()):
+            self.ctx.record(history.REENTRIES_SPENT, attempt=self.number, max_restarts=self.ctx.restart.max_restarts)
 
     def _next_attempt_hello(self, connection: Connection, message: dict) -> None:
         """A hello of attempt number + 1: the job's launcher has stopped this attempt's workers and started
@@ -220,6 +237,7 @@ class Attempt:
         server = self.ctx.server
         stalls = self.landing.carry_stalls()
         in_process = self._reentered_in_process()
+        from_logs = in_process and self.reentry_seen  # no hello will come: the ranks are carried on as they are
         survivors, carried, exits = [], [], []
         for process in list(self.table.ranks.values()):
             if not process.exited and pidfd_exited(process.pidfd):
@@ -234,8 +252,12 @@ class Attempt:
                         duration_s=round(max(exits) - min(exits), 4) if exits else 0.0,
                         grace_s=None, sigterm=[], sigkill=[], survivors=survivors, cgroup_killed=[], leaked=[],
                         **({"in_process": True, "carried": carried} if in_process else {}))
+        carried_ranks = None
         if self.observed is not None:
-            self._observe(final=True)
+            if from_logs:  # the same processes write on into the same files: nothing is flushed, the rest is next
+                carried_ranks = in_process_restart.carry(self.observed.follower, self.ranks, carried)
+            else:
+                self._observe(final=True)
             self.observed.close()
         keep = {id(connection) for connection, _ in self.deferred}
         pending = []
@@ -250,25 +272,21 @@ class Attempt:
         self.selector.unregister(self.ctx.interrupt.read_fd)
         server.selector = None
         self.selector.close()  # the launch's pidfds stay open: the next attempt watches them
-        launched = {id(p) for p in self.table.launched}
+        keep_open = {id(p) for p in self.table.launched}
+        if carried_ranks is not None:  # their pidfds, opened at their first hello, are the next attempt's watch
+            keep_open |= {id(rank.process) for rank in carried_ranks.ranks.values()}
         for process in self.table.ranks.values():
-            if id(process) not in launched:
+            if id(process) not in keep_open:
                 process.close()
         for rank in self.ranks.values():
             rank.tail.close()
         assert self.job_log is not None
         self.carried_on = CarriedLaunch(self.table, self.cgroup, self.port, self.job_log, self.deferred, pending,
-                                        stalls, in_process=in_process)
+                                        stalls, in_process=in_process, ranks=carried_ranks)
 
     def _reentered_in_process(self) -> bool:
-        """Whether the job restarted in-process: its workload re-enters its training function after a failure
-        (LaunchSpec.in_process_restarts) and a hello of the next attempt came from a process that is still one
-        of this attempt's ranks (the kernel's word on who connected, and the rank's pidfd on it being the same
-        process). A hello of the next attempt from a new process is a launcher's restart."""
-        if not self.spec.in_process_restarts:
-            return False
-        running = {p.pid for p in self.table.ranks.values() if not p.exited and not pidfd_exited(p.pidfd)}
-        return any(connection.peer_pid in running for connection, _ in self.deferred)
+        return in_process_restart.reentered(self.spec, self.table, self.deferred,
+                                            self.observed.follower if self.observed is not None else None)
 
     def _take_over(self, carried: CarriedLaunch) -> None:
         """The launch the previous attempt handed on: its processes watched again, the hellos that came early
@@ -284,6 +302,13 @@ class Attempt:
                         processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm,
                                     "carried": True} for p in self.table.launched])
         self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
+        if carried.ranks is not None:
+            # no hello will come from a log-followed job's re-entered ranks: they are this attempt's as they are
+            for rank, pid in in_process_restart.adopt(carried.ranks, self.selector, self.table, self.ranks,
+                                                      self.ctx.run_dir, self.number):
+                self.ctx.record(history.RANK_HELLO, attempt=self.number, rank=rank.rank, pid=pid,
+                                node=rank.process.node, carried=True)
+                self._rank_accepted(rank, pid)
         for connection, message in carried.deferred:
             self.handshake.replay(connection, message)
         for connection in carried.pending:
@@ -351,7 +376,7 @@ class Attempt:
         and the launcher's is 0 (the scenario reader refuses the two layers nested)."""
         if not self.by_job:
             return None
-        return 0 if self.spec.in_process_restarts else self.ctx.restart.max_restarts
+        return 0 if self.spec.in_process else self.ctx.restart.max_restarts
 
     def _watch(self) -> None:
         while self.end is None:
@@ -450,8 +475,9 @@ class Attempt:
         from chaos.blackbox.follower import Follower
 
         spec = self.spec
+        carried = self.carried.ranks if self.carried is not None else None
         follower = Follower(self.ctx.run_dir, self.number, spec.world_size, spec.checkpoint_dir, spec.tracker_name,
-                            spec.follower)
+                            spec.follower, outputs=carried.outputs if carried is not None else None)
         self.observed = ObservedTriggers(follower, [s.fault for s in self.landing.faults.values()])
         self.ctx.record(OBSERVER, attempt=self.number, watch_mode=follower.watch_mode,
                         fallback_reason=follower.watcher.fallback_reason)
@@ -472,6 +498,9 @@ class Attempt:
                                 index=observation.index, seen_mono=observation.mono, **observation.fields)
         if final:
             return
+        if self.by_job and self.spec.in_process and self.end is None and self.observed.follower.job_reentered:
+            self.reentry_seen = True  # every rank re-entered its training function: the next attempt begins
+            self.end = "crashed"
         for fault_id, evidence in self.observed.due(seen, now):
             self.landing.land_observed(fault_id, evidence)
 

@@ -28,10 +28,16 @@ class InProcessRestarts:
 
     option: str
     """The workload field that turns it on (for error messages: `workload.<option>`)."""
-    restarts: int
-    """At most this many re-entries (the wrapper's max_iterations - 1)."""
+    restarts: int | None
+    """At most this many re-entries (the wrapper's max_iterations - 1); None where the job sets no bound chaos can
+    read (Megatron-LM's wrapper has none): restart.max_restarts is then the bound, chaos stopping the job there."""
     hang_timeout_s: float
     """Its own hang detection: a rank making no progress this long makes every rank re-enter."""
+    turned_on_by: str = ""
+    """What in `option` turns it on, as written (`inprocess_restarts: 2`, `--inprocess-restart`)."""
+    nvrx_in_this_python: bool = True
+    """The ranks run chaos's own interpreter, so NVRx must be importable here (checked before the run); False when
+    the job runs an interpreter of its own (that one's NVRx is the job's business)."""
 
 
 @dataclass(frozen=True)
@@ -140,9 +146,9 @@ class LaunchSpec:
     tracker_name: str = "latest_checkpointed_iteration.txt"
     warm: WarmStart | None = None
     """Set where a rank can start from a warm spare (restart.warm); None: always a fresh interpreter."""
-    in_process_restarts: int = 0
-    """The ranks re-enter their training function in the same processes after a failure, at most this many
-    times (WorkloadFacts.in_process): the launcher is then told to restart nothing itself."""
+    in_process: bool = False
+    """The ranks re-enter their training function in the same processes after a failure (WorkloadFacts.in_process):
+    the launcher is then told to restart nothing itself, and each re-entry is the job's next attempt."""
 
     @property
     def ranks_per_node(self) -> int:

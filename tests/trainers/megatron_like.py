@@ -25,9 +25,19 @@ history is written and the control socket is never touched. What it prints, with
   SIGTERM kills the process), `[after training is done] datetime: ..` (before a final save that is off the
   save interval, as upstream).
 
+With --inprocess-restart it runs the way Megatron-LM's pretrain_gpt.py does (megatron/training/
+inprocess_restart.py): the training function inside NVIDIA's inprocess.Wrapper (the one chaos's GPT-3 trainer
+uses, chaos.workloads.gpt3.inprocess), with NVRx's nested-restarter callbacks composed in and no bound on the
+re-entries (Megatron-LM builds its RetryController without max_iterations), its soft timeout from
+--inprocess-soft-timeout (Megatron's default 60 s). The wrapper's own lines (`rank=R fn_ex: ...`, `term_ex`,
+`restart_ex`, `exit_ex`, in NVRx 0.4.1's format as chaos's trainer logs them) and rank 0's `[NestedRestarter] ...
+state=...` lines go to the rank's output, and every entry builds everything anew and prints Megatron's load lines
+again, in the same process. It prints only: chaos's probe is never built, no history is written.
+
 Flags not given take the chaos GPT-3 workload's defaults (GPT3Config), not Megatron-LM's. Other
 differences: --log-interval must be 1; a checkpoint chaos's trainer rejects (manifest mismatch) is passed
-over silently where Megatron-LM would fail; --chaos-bugs picks GPT3Config bug switches.
+over silently where Megatron-LM would fail; --chaos-bugs picks GPT3Config bug switches, plus this stand-in's
+own STANDIN_BUGS.
 """
 
 from __future__ import annotations
@@ -43,6 +53,15 @@ from typing import Any, Iterator
 
 CHAOS_ENVIRONMENT = ("CHAOS_HISTORY_DIR", "CHAOS_CONTROL_SOCKET", "CHAOS_ATTEMPT")
 """chaos.control's launcher variables: a Megatron-LM job never reads them, so neither does this one."""
+
+ARGS_LOST = "inprocess_args_lost"
+STANDIN_BUGS = {
+    ARGS_LOST: "Megatron-LM main's --inprocess-restart bug (docs/findings/megatron-lm-inprocess-restart-args.md): "
+               "the arguments are parsed outside the wrapped pretrain() and destroyed by its finalizer, so every "
+               "re-entry fails at once, before loading, with AssertionError('args is not initialized.'), and nothing "
+               "bounds the re-entries",
+}
+"""Bugs of this stand-in's own (the rest of --chaos-bugs goes to GPT3Config)."""
 
 if __name__ == "__main__":
     # Before anything imports chaos.probe (whose get_probe reads them).
@@ -94,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--hidden-dropout", type=float, default=None)
     add("--attention-dropout", type=float, default=None)
     add("--mock-data", action="store_true", help="accepted (the data is always megatron-core's MockGPTDataset)")
-    add("--chaos-bugs", default="", help=f"comma-separated GPT3Config bug switches: {', '.join(BUGS)}")
+    add("--inprocess-restart", action="store_true",
+        help="NVIDIA's in-process restart, wired as Megatron-LM wires it (needs nvidia-resiliency-ext)")
+    add("--inprocess-soft-timeout", type=float, default=60.0,
+        help="the wrapper's soft timeout in seconds (Megatron-LM's default 60)")
+    add("--chaos-bugs", default="",
+        help=f"comma-separated bug switches: GPT3Config's ({', '.join(BUGS)}) and this stand-in's "
+             f"({', '.join(STANDIN_BUGS)})")
     add("--chaos-noise", type=float, default=0.0,
         help="relative gradient noise, drawn afresh every launch: a job that is not reproducible run to run "
              "(as atomics make a GPU job), for the calibrated golden's tests")
@@ -131,8 +156,10 @@ def parse(argv: list[str], world_size: int) -> tuple[argparse.Namespace, GPT3Con
         "save_dir": args.save,
         "load_dir": args.load if args.load is not None else args.save,
         "exit_on_sigterm": args.exit_signal_handler,
-        "bugs": [bug.strip() for bug in args.chaos_bugs.split(",") if bug.strip()],
+        "bugs": [bug for bug in bug_switches(args) if bug not in STANDIN_BUGS],
     }
+    if args.inprocess_restart:
+        mapping["inprocess_soft_timeout_s"] = args.inprocess_soft_timeout
     for flag, field in FLAG_TO_FIELD.items():
         value = getattr(args, flag)
         if value is not None:
@@ -147,6 +174,10 @@ def parse(argv: list[str], world_size: int) -> tuple[argparse.Namespace, GPT3Con
     except InputError as error:
         parser.error(str(error))
     return args, config
+
+
+def bug_switches(args: argparse.Namespace) -> list[str]:
+    return [bug.strip() for bug in args.chaos_bugs.split(",") if bug.strip()]
 
 
 # ---- Megatron-LM's log lines ----------------------------------------------------------------------------
@@ -286,14 +317,16 @@ class MegatronLog:
 
 
 # ---- the trainer ------------------------------------------------------------------------------------------
-def make_trainer(args: argparse.Namespace, config: GPT3Config, log: MegatronLog):
+def make_trainer(args: argparse.Namespace, config: GPT3Config, log: MegatronLog, store: Any = None,
+                 collective_timeout: Any = None):
+    """`store`, `collective_timeout`: as chaos.workloads.gpt3.train.Trainer takes them (an in-process entry's)."""
     import torch
 
     from chaos.workloads.gpt3.train import Trainer
 
     class MegatronLikeTrainer(Trainer):
         def __init__(self) -> None:
-            super().__init__(config, log)
+            super().__init__(config, log, store, collective_timeout)
             if args.load is None:
                 self.checkpointer.candidates = lambda: []  # no --load: start from random, whatever --save holds
             if args.chaos_noise:
@@ -327,11 +360,38 @@ def make_trainer(args: argparse.Namespace, config: GPT3Config, log: MegatronLog)
     return MegatronLikeTrainer()
 
 
+def run_in_process(args: argparse.Namespace, config: GPT3Config, rank: int, world_size: int) -> int:
+    """--inprocess-restart: pretrain() under NVIDIA's wrapper, as Megatron-LM's pretrain_gpt.py runs it. Each entry
+    is a new pretrain() to Megatron (a fresh log: its accumulators, its first-iteration mean) that loads the newest
+    checkpoint; a failed one lets go of its process groups (chaos.workloads.gpt3.inprocess: gloo has no abort)."""
+    from datetime import timedelta
+
+    from chaos.workloads.gpt3 import inprocess, parallel
+
+    inprocess.log_wrapper_lines(into_history=False)  # printed, never recorded: this job knows nothing of chaos
+    args_lost = ARGS_LOST in bug_switches(args)
+
+    def entry(reentry: int, store) -> int:
+        if reentry and args_lost:  # upstream's initialize_megatron(): get_args() finds the destroyed arguments
+            raise AssertionError("args is not initialized.")
+        if reentry:
+            parallel.forget_model_parallel()
+        trainer = make_trainer(args, config, MegatronLog(args, config, rank, world_size), store(),
+                               timedelta(seconds=config.inprocess_soft_timeout_s))
+        code = trainer.run()
+        parallel.shutdown()
+        return code
+
+    return inprocess.run_entries(config, entry, bounded=False, restarter_lines=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args, config = parse(argv, world_size)
+    if args.inprocess_restart:
+        return run_in_process(args, config, rank, world_size)
     from chaos.workloads.gpt3 import parallel
 
     trainer = make_trainer(args, config, MegatronLog(args, config, rank, world_size))

@@ -119,17 +119,19 @@ def let_go_of_process_groups(failure: BaseException) -> None:
     gc.collect()
 
 
-def log_wrapper_lines() -> None:
+def log_wrapper_lines(into_history: bool = True) -> None:
     """The wrapper logs only through a stream handler it finds above its logger (without one: "logging not
     initialized, logs are disabled"); its lines go to the rank's output at INFO, other libraries' levels
-    untouched, and its failure lines into the history (WrapperLines)."""
+    untouched, and (`into_history`) its failure lines into the history (WrapperLines). A trainer that knows
+    nothing of chaos (tests/trainers/megatron_like.py) only prints them, as Megatron-LM does."""
     root = logging.getLogger()
     if not any(type(handler) is logging.StreamHandler for handler in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     logging.getLogger("nvidia_resiliency_ext").setLevel(logging.INFO)
-    logging.getLogger("nvidia_resiliency_ext.inprocess.wrap").addHandler(WrapperLines())
+    if into_history:
+        logging.getLogger("nvidia_resiliency_ext.inprocess.wrap").addHandler(WrapperLines())
 
 
 def monitor_log(rank: int) -> str | None:
@@ -147,17 +149,29 @@ def monitor_log(rank: int) -> str | None:
     return f"{escaped}/{MONITOR_LOG}"
 
 
-def wrapper_for(config: GPT3Config, host_name: str, port: int) -> inprocess.Wrapper:
-    """The wrapper with this job's budget (max_iterations = inprocess_restarts + 1) and timeouts. Every rank must
-    take part in every entry: the world size is the job's (a terminated rank ends the job, not shrinks it)."""
+def wrapper_for(config: GPT3Config, host_name: str, port: int, bounded: bool = True,
+                restarter_lines: bool = False) -> inprocess.Wrapper:
+    """The wrapper with this job's budget (max_iterations = inprocess_restarts + 1; `bounded` False: none, as
+    Megatron-LM's pretrain_gpt.py builds it) and timeouts. Every rank must take part in every entry: the world size
+    is the job's (a terminated rank ends the job, not shrinks it). `restarter_lines`: NVRx's nested-restarter
+    callbacks composed in as Megatron-LM composes them, printing `[NestedRestarter] ... state=...` (rank 0)."""
     soft = datetime.timedelta(seconds=config.inprocess_soft_timeout_s)
     world = config.world_size
+    initialize = inprocess.initialize.RetryController(
+        **({"max_iterations": config.inprocess_restarts + 1} if bounded else {}),
+        min_world_size=world, min_active_world_size=world)
+    abort = inprocess.abort.AbortTorchDistributed()
+    restarter = {}
+    if restarter_lines:
+        nested = inprocess.nested_restarter
+        initialize = inprocess.Compose(initialize, nested.NestedRestarterHandlingCompleted())
+        abort = inprocess.Compose(abort, nested.NestedRestarterHandlingStarting())
+        restarter = {"completion": nested.NestedRestarterFinalized(), "terminate": nested.NestedRestarterAborted()}
     return inprocess.Wrapper(
         store_factory=JobStore,
         store_kwargs={"host_name": host_name, "port": port, "host_pid": os.getpid(), "timeout_s": STORE_TIMEOUT_S},
-        initialize=inprocess.initialize.RetryController(max_iterations=config.inprocess_restarts + 1,
-                                                        min_world_size=world, min_active_world_size=world),
-        abort=inprocess.abort.AbortTorchDistributed(),
+        initialize=initialize,
+        abort=abort,
         monitor_process_interval=MONITOR_INTERVAL,
         monitor_thread_interval=MONITOR_INTERVAL,
         progress_watchdog_interval=PROGRESS_INTERVAL,
@@ -168,22 +182,35 @@ def wrapper_for(config: GPT3Config, host_name: str, port: int) -> inprocess.Wrap
         barrier_timeout=6 * soft,
         completion_timeout=6 * soft,
         monitor_process_logfile=monitor_log(int(os.environ["RANK"])),
+        **restarter,
     )
 
 
-def run(config: GPT3Config, train: Callable[[GPT3Config, Probe, torch.distributed.Store, int], int]) -> int:
-    """Runs `train(config, probe, store, reentry)` under the wrapper until one entry completes on every rank,
-    or the wrapper gives up (its exception propagates: the rank exits 1)."""
-    log_wrapper_lines()
+def run_entries(config: GPT3Config, entry: Callable[[int, Callable[[], torch.distributed.Store]], int],
+                bounded: bool = True, restarter_lines: bool = False) -> int:
+    """Runs `entry(reentry, store)` under the wrapper (wrapper_for) until one entry completes on every rank, or the
+    wrapper gives up (its exception propagates: the rank exits 1). `store()` makes that entry's process groups'
+    store. After a failed entry this rank's process groups are let go before the wrapper sees the failure."""
     host_name, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
 
-    def entry(call: Optional[inprocess.CallWrapper] = None) -> int:
+    def wrapped(call: Optional[inprocess.CallWrapper] = None) -> int:
         reentry = call.iteration
-        probe = probe_module.reenter(reentry) if reentry else probe_module.get_probe()
         try:
-            return train(config, probe, entry_store(host_name, port, reentry), reentry)
+            return entry(reentry, lambda: entry_store(host_name, port, reentry))
         except BaseException as failure:  # the wrapper's to handle; this rank's groups must let go first
             let_go_of_process_groups(failure)
             raise
 
-    return wrapper_for(config, host_name, port)(entry)()
+    return wrapper_for(config, host_name, port, bounded=bounded, restarter_lines=restarter_lines)(wrapped)()
+
+
+def run(config: GPT3Config, train: Callable[[GPT3Config, Probe, torch.distributed.Store, int], int]) -> int:
+    """Runs `train(config, probe, store, reentry)` under the wrapper: each re-entry the next attempt, its probe
+    saying hello again from this process (chaos.probe.reenter)."""
+    log_wrapper_lines()
+
+    def entry(reentry: int, store: Callable[[], torch.distributed.Store]) -> int:
+        probe = probe_module.reenter(reentry) if reentry else probe_module.get_probe()
+        return train(config, probe, store(), reentry)
+
+    return run_entries(config, entry)

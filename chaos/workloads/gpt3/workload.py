@@ -61,7 +61,8 @@ class GPT3Workload:
         c = self.config
         if not c.inprocess_restarts:
             return None
-        return InProcessRestarts("inprocess_restarts", c.inprocess_restarts, c.inprocess_soft_timeout_s)
+        return InProcessRestarts("inprocess_restarts", c.inprocess_restarts, c.inprocess_soft_timeout_s,
+                                 turned_on_by=f"inprocess_restarts: {c.inprocess_restarts}")
 
     @property
     def phases(self) -> PhaseRules:
@@ -102,7 +103,7 @@ class GPT3Workload:
                                                 if config.device == "cpu" else {})},
             # a warm spare imports what the ranks import before their first instruction of work
             warm=WarmStart(imports=WARM_IMPORTS, module="chaos.workloads.gpt3", args=(str(config_path),)),
-            in_process_restarts=config.inprocess_restarts,
+            in_process=config.inprocess_restarts > 0,
         )
 
     def fingerprint_mapping(self) -> Mapping[str, Any]:

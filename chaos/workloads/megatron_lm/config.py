@@ -65,6 +65,23 @@ FILE_LOCATION_FLAGS = (
 """Path-valued flags that only say where files go: left out of the fingerprint (they never change the
 numbers), so one golden serves every run directory and every machine's scratch space."""
 
+IN_PROCESS_RESTART = "--inprocess-restart"
+"""Megatron-LM's switch for NVIDIA's in-process restart: pretrain() runs inside nvidia-resiliency-ext's
+inprocess.Wrapper, which re-enters it in the same processes after a failure (a recovery layer of the job's own)."""
+IN_PROCESS_SOFT_TIMEOUT = "--inprocess-soft-timeout"
+DEFAULT_IN_PROCESS_SOFT_TIMEOUT_S = 60.0
+"""Megatron-LM's default for --inprocess-soft-timeout (arguments.py)."""
+IN_PROCESS_RECOVERY_FLAGS = (
+    IN_PROCESS_RESTART, "--inprocess-max-iterations", "--inprocess-monitor-thread-interval",
+    "--inprocess-monitor-process-interval", "--inprocess-progress-watchdog-interval", "--inprocess-heartbeat-interval",
+    IN_PROCESS_SOFT_TIMEOUT, "--inprocess-hard-timeout", "--inprocess-heartbeat-timeout", "--inprocess-barrier-timeout",
+    "--inprocess-completion-timeout", "--inprocess-last-call-wait", "--inprocess-termination-grace-time",
+    "--inprocess-empty-cuda-cache",
+)
+"""How the job recovers in-process, not what it computes: left out of the fingerprint, so the job shares its golden
+with the same job restarted any other way (as the gpt3 workload's inprocess_restarts). Not
+--inprocess-active-world-size nor --inprocess-granularity: which ranks train decides the numbers."""
+
 KEYS = ("kind", "megatron_lm", "script", "python", "nproc_per_node", "nodes", "device", "args", "args_from",
         "args_remove", "vars", "env", "train_iters", "save_interval", "exit_on_sigterm", "ckpt_format")
 DEVICES = ("cuda", "cpu")
@@ -96,6 +113,10 @@ class MegatronLMConfig:
     exit_on_sigterm: bool = True
     ckpt_format: str = DEFAULT_CKPT_FORMAT
     """Read from --ckpt-format in the args (Megatron's default torch_dist); not a setting."""
+    inprocess_restart: bool = False
+    """--inprocess-restart is in the args: the job restarts itself in-process (read from the args; not a setting)."""
+    inprocess_soft_timeout_s: float = DEFAULT_IN_PROCESS_SOFT_TIMEOUT_S
+    """--inprocess-soft-timeout (Megatron's default 60): the in-process layer's hang detection."""
 
     # ---- derived -----------------------------------------------------------------------------------------
     @property
@@ -136,10 +157,12 @@ class MegatronLMConfig:
         save_interval = _owned_int(read, mapping, "save_interval", "--save-interval", resolved, variables)
         exit_on_sigterm = read.boolean(mapping.get("exit_on_sigterm", True), "exit_on_sigterm")
         ckpt_format = _ckpt_format(read, mapping.get("ckpt_format"), resolved)
+        inprocess_restart, soft_timeout_s = _in_process(read, resolved)
 
         return cls(script=script, megatron_lm=megatron_lm, python=python, nproc_per_node=nproc_per_node,
                    nodes=nodes, device=device, user_args=user_args, env=env, train_iters=train_iters,
-                   save_interval=save_interval, exit_on_sigterm=exit_on_sigterm, ckpt_format=ckpt_format)
+                   save_interval=save_interval, exit_on_sigterm=exit_on_sigterm, ckpt_format=ckpt_format,
+                   inprocess_restart=inprocess_restart, inprocess_soft_timeout_s=soft_timeout_s)
 
     def to_mapping(self) -> dict[str, Any]:
         """Every setting explicit (absolute paths, args as a list, no args_from / vars); from_mapping of it
@@ -222,13 +245,13 @@ class MegatronLMConfig:
         return notes
 
     def fingerprint_mapping(self) -> dict[str, Any]:
-        """What decides the numbers: the user's flags without chaos-owned ones and without FILE_LOCATION_FLAGS
-        (`--flag=value` written as `--flag value`), train_iters (Megatron's LR schedule and dataset size
+        """What decides the numbers: the user's flags without chaos-owned ones, FILE_LOCATION_FLAGS and
+        IN_PROCESS_RECOVERY_FLAGS (`--flag=value` written as `--flag value`), train_iters (Megatron's LR schedule and dataset size
         follow it), the world size and nodes, the device, the environment and the script's file name.
         Not the save interval nor exit_on_sigterm: saving never touches the math."""
         args: list[str] = []
         for f in self._kept():
-            if f.flag in FILE_LOCATION_FLAGS:
+            if f.flag in FILE_LOCATION_FLAGS or f.flag in IN_PROCESS_RECOVERY_FLAGS:
                 continue
             args += [f.flag, *f.values] if f.flag else list(f.values)
         return {
@@ -337,3 +360,25 @@ def _ckpt_format(read: FieldReader, raw: Any, flags: list[Flag]) -> str:
         raise read.error("ckpt_format", f"is read from --ckpt-format in the args ({found}), got {show(raw)}: set "
                                         "--ckpt-format in args instead (or leave ckpt_format out)")
     return found
+
+
+def _in_process(read: FieldReader, flags: list[Flag]) -> tuple[bool, float]:
+    """(--inprocess-restart given, the soft timeout it runs with): Megatron's argparse rules, refused here rather
+    than in every rank after its imports."""
+    switches = [f for f in flags if f.flag == IN_PROCESS_RESTART]
+    for f in switches:
+        if f.values:
+            raise f.tokens[0].error(read.source, f"{IN_PROCESS_RESTART} is a switch and takes no value, got "
+                                                 f"{show(' '.join(f.values))}")
+    soft = DEFAULT_IN_PROCESS_SOFT_TIMEOUT_S
+    given = [f for f in flags if f.flag == IN_PROCESS_SOFT_TIMEOUT]
+    if given:
+        last = given[-1]
+        try:
+            soft = float(last.values[0]) if len(last.values) == 1 else float("nan")
+        except ValueError:
+            soft = float("nan")
+        if not soft > 0 or soft == float("inf"):
+            raise last.tokens[0].error(read.source, f"{IN_PROCESS_SOFT_TIMEOUT} expects one number of seconds > 0, "
+                                                    f"got {' '.join(last.values) or 'no value'}")
+    return bool(switches), soft

@@ -18,6 +18,10 @@ module is the whole contract with upstream's output. The formats (as Megatron-LM
     milestones     '[<message>] datetime: 2026-12-03 13:32:18.225643 '  with the messages "exiting program
                     after receiving SIGTERM.", "exiting program after <float> minutes", "exiting program at
                     iteration <n>" and "after training is done"
+    in-process     with --inprocess-restart, NVIDIA's in-process wrapper (nvidia-resiliency-ext's
+                    inprocess.Wrapper) logs 'rank=R fn_ex|term_ex|restart_ex|exit_ex: <exception chain>' in
+                    whatever logging format the job has, and its nested-restarter callbacks print (rank 0 only)
+                    '[NestedRestarter] name=[InProcess] state=<s>[ stage=<t>]' (WrapperLine, RestarterState)
 
 Lines may carry torchrun's / PyTorch's per-rank prefixes (`[default0]:`, `[rank3]: `); they are stripped.
 A line that is plainly one of the above but does not parse gives ParseError rather than None: a format
@@ -139,8 +143,66 @@ class ParseError:
     reason: str
 
 
+# ---- in-process restart (--inprocess-restart): what the job's own recovery layer says ------------------------
+
+DETECTED = "detected"
+"""The job noticed a failure: the wrapper caught the training function's exception (fn_ex), was told to restart by
+another rank's failure or a timeout (term_ex), or began aborting (the restarter's `handling starting`)."""
+REENTERED = "reentered"
+"""The job re-enters its training function in the same process: the wrapper restarts (restart_ex), or the restarter
+completed its handling (`handling completed`, after the ranks' restart barrier)."""
+GAVE_UP = "gave_up"
+"""The wrapper gives up (exit_ex: an exception it does not restart for) and the restarter says `aborted`."""
+
+_EXCEPTION_REPR = re.compile(r"([A-Za-z_][\w.]*)\(")
+WRAPPER_KINDS = {"fn_ex": DETECTED, "term_ex": DETECTED, "restart_ex": REENTERED, "exit_ex": GAVE_UP}
+RESTARTER_STATES = {("initialize", None): None, ("handling", "starting"): DETECTED,
+                    ("handling", "completed"): REENTERED, ("finalized", None): None, ("aborted", None): GAVE_UP}
+"""Every (state, stage) NVRx's nested-restarter callbacks print, and its role (None: not about a failure: the first
+entry's start, the job's clean end)."""
+
+
+@dataclass(frozen=True)
+class WrapperLine:
+    """One of the in-process wrapper's own lines about the training function, from any rank, in any logging
+    format around it (NVRx's `log_exc`: 'rank=R KIND: repr(exception) <- repr(its cause) ...')."""
+    kind: str                         # fn_ex | term_ex | restart_ex | exit_ex
+    rank: int
+    exception: str
+
+    @property
+    def role(self) -> str:
+        return WRAPPER_KINDS[self.kind]
+
+    @property
+    def exception_type(self) -> str:
+        """The outermost exception's class name ('' when the text is not a repr)."""
+        m = _EXCEPTION_REPR.match(self.exception)
+        return m[1] if m else ""
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True)
+class RestarterState:
+    """A line of NVRx's nested-restarter callbacks (Megatron-LM composes them into its wrapper; rank 0 prints them)."""
+    state: str                        # initialize | handling | finalized | aborted
+    stage: str | None                 # starting | completed (handling only)
+
+    @property
+    def role(self) -> str | None:
+        return RESTARTER_STATES[(self.state, self.stage)]
+
+    @property
+    def label(self) -> str:
+        return f"state={self.state}" + (f" stage={self.stage}" if self.stage else "")
+
+
 Event = Union[IterationLine, SaveBegin, AsyncSaveScheduled, SaveDone, LoadBegin, LoadDone, NoCheckpoint,
-              ExitOnSignal, ExitAtIteration, ExitAfterDuration, TrainingDone, ExceptionRaised, ParseError]
+              ExitOnSignal, ExitAtIteration, ExitAfterDuration, TrainingDone, ExceptionRaised, WrapperLine,
+              RestarterState, ParseError]
 
 # ---- prefixes --------------------------------------------------------------------------------------
 
@@ -284,11 +346,38 @@ def _parse_milestone(m: re.Match, raw: str) -> Event | None:
     return None                                        # the other milestones (initialized, built, ...)
 
 
+# The wrapper's lines sit inside whatever the job's logging prints around them (NVRx 0.7.0 under Megatron-LM:
+# '<ts> [ERROR] [host] [workload:0(0) infra:?(?)] wrap.py:582 [<ts>] rank=0 fn_ex: ...'; 0.4.1 under chaos's trainer:
+# '<ts> | ERROR | nvidia_resiliency_ext.inprocess.wrap | rank=0 fn_ex: ...'), so they are found anywhere in a line.
+# Only these four of log_exc's names: the others (init_ex, health_ex, finalize_ex, ...) are always followed by
+# one of them.
+_WRAPPER_MARK = re.compile(r"\b(?:fn_ex|term_ex|restart_ex|exit_ex): ")
+_WRAPPER = re.compile(r"\brank=(?P<rank>\d+) (?P<kind>fn_ex|term_ex|restart_ex|exit_ex): (?P<exc>.*)")
+_RESTARTER_MARK = "[NestedRestarter]"
+_RESTARTER = re.compile(r"\[NestedRestarter\] name=\[InProcess\] state=(?P<state>\w+)(?: stage=(?P<stage>\w+))?")
+
+
+def _parse_in_process(text: str, raw: str) -> Event | None:
+    if _RESTARTER_MARK in text:
+        m = _RESTARTER.search(text)
+        if m is None or (m["state"], m["stage"]) not in RESTARTER_STATES:
+            known = ", ".join(RestarterState(state, stage).label for state, stage in RESTARTER_STATES)
+            return ParseError(raw, f"in-process restarter line: expected '[NestedRestarter] name=[InProcess] "
+                                   f"state=S[ stage=T]', one of: {known}")
+        return RestarterState(m["state"], m["stage"])
+    m = _WRAPPER.search(text)
+    if m is None:
+        return ParseError(raw, "in-process wrapper line: expected 'rank=N fn_ex|term_ex|restart_ex|exit_ex: EXCEPTION'")
+    return WrapperLine(m["kind"], int(m["rank"]), m["exc"].strip())
+
+
 def parse_line(line: str) -> Event | None:
     """The event one stdout/stderr line reports, None for the lines chaos does not follow, ParseError for a
     line that is plainly one of these formats but does not parse (format drift must be reportable)."""
     _, text = split_rank_prefix(line)
     text = text.strip()                # Megatron indents some messages and pads print_datetime's with a space
+    if _RESTARTER_MARK in text or _WRAPPER_MARK.search(text):
+        return _parse_in_process(text, line)
     if _ITERATION_MARK.search(text):
         return _parse_iteration(text, line)
     for marker, pattern, build in _CHECKPOINT_LINES:
@@ -371,6 +460,7 @@ class TracebackReader:
         return ExceptionRaised(summary, exc["type"])
 
 
-__all__ = ["AsyncSaveScheduled", "Event", "ExceptionRaised", "ExitAfterDuration", "ExitAtIteration",
-           "ExitOnSignal", "IterationLine", "LoadBegin", "LoadDone", "NoCheckpoint", "ParseError", "SaveBegin",
-           "SaveDone", "TracebackReader", "TrainingDone", "parse_line", "split_rank_prefix"]
+__all__ = ["AsyncSaveScheduled", "DETECTED", "Event", "ExceptionRaised", "ExitAfterDuration", "ExitAtIteration",
+           "ExitOnSignal", "GAVE_UP", "IterationLine", "LoadBegin", "LoadDone", "NoCheckpoint", "ParseError",
+           "REENTERED", "RestarterState", "SaveBegin", "SaveDone", "TracebackReader", "TrainingDone", "WrapperLine",
+           "parse_line", "split_rank_prefix"]

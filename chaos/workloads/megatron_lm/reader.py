@@ -9,13 +9,20 @@
     exiting program after SIGTERM / at iteration / after minutes -> train_end(preempted)
     after training is done      -> train_end(complete)
     a traceback's exception     -> exception(summary)
+    in-process restart (--inprocess-restart), NVRx's wrapper and restarter lines:
+      fn_ex / term_ex / state=handling stage=starting   -> job_interrupted(role detected): the job noticed
+                                                           (fn_ex: and exception(summary), what the function raised)
+      restart_ex / state=handling stage=completed       -> job_reentered, the first after a detection: this
+                                                           rank's re-entry, the last record of its attempt
+      exit_ex / state=aborted                           -> job_interrupted(role gave_up)
     a line that should parse but does not -> parse_error(line, line_number, reason)
 
 Megatron-LM prints the *second* iteration each process logs as the mean of its first two (its first log
 line does not reset the loss accumulator: `should_reset = not is_first_iteration` in training_log). The
 record of that line carries `loss_window: [first, second]`; chaos.checkers.trajectory compares it with
 the golden's mean over the same steps instead of one step's loss. chaos forces `--log-interval 1`, so every
-later line is that iteration's own loss.
+later line is that iteration's own loss. A re-entered training function is a new `pretrain()` to Megatron (its
+accumulators start again), and it is the next attempt's, read by the next attempt's reader.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from chaos import history
+from chaos import history, safe_files
 from chaos.checkpoint_layout import TRACKER, iteration_dir_name
 from chaos.workloads.megatron_lm import log_lines as ll
 
@@ -39,6 +46,8 @@ class MegatronLogReader:
         self._logged: list[int] = []
         """Iterations this process logged, in order (the loss-window rule needs the first two)."""
         self._last_step: int | None = None
+        self._interrupted = False
+        """The job's in-process layer noticed a failure in this attempt: its next re-entry line ends the attempt."""
 
     def feed(self, line: str, line_number: int) -> list[Record]:
         out: list[Record] = []
@@ -74,7 +83,33 @@ class MegatronLogReader:
             out.append((history.TRAIN_END, {"step": step, "reason": "preempted", "message": type(event).__name__}))
         elif isinstance(event, ll.TrainingDone):
             out.append((history.TRAIN_END, {"step": self._last_step, "reason": "complete"}))
+        elif isinstance(event, (ll.WrapperLine, ll.RestarterState)):
+            out.extend(self._in_process(event, line))
         return out
+
+    def _in_process(self, event: ll.WrapperLine | ll.RestarterState, line: str) -> list[Record]:
+        role = event.role
+        if role is None:
+            return []                  # the first entry starting, the job finishing: not about a failure
+        fields = {"layer": "in_process", "kind": event.label, "role": role, "line": safe_files.one_line(line, 300)}
+        if role != ll.REENTERED:
+            self._interrupted = self._interrupted or role == ll.DETECTED
+            out: list[Record] = [(history.JOB_INTERRUPTED, fields)]
+            if isinstance(event, ll.WrapperLine) and event.kind == "fn_ex":
+                # what the training function died of: the wrapper caught it, so no traceback is printed
+                out.append((history.EXCEPTION, {"summary": f"{event.exception} (caught by the in-process wrapper)",
+                                                "exception_type": event.exception_type}))
+            return out
+        if not self._interrupted:
+            # The end of the restart that ended the previous attempt (rank 0's `handling completed` comes after its
+            # restart_ex, past the restart barrier): that attempt already ended at its first re-entry line.
+            return []
+        self._interrupted = False
+        if isinstance(event, ll.RestarterState):
+            # printed past the restart barrier that every rank reaches only after its own restart_ex: every rank
+            # has re-entered, whether or not its logging shows its restart_ex (INFO)
+            fields["every_rank"] = True
+        return [(history.JOB_REENTERED, fields)]
 
     def _iteration(self, line: ll.IterationLine) -> list[Record]:
         step = line.step

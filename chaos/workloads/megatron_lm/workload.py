@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from chaos.blackbox.exec_rank import IN_PROCESS
-from chaos.workloads.base import LaunchSpec, PhaseRules, WarmStart, WorkloadFacts
-from chaos.workloads.megatron_lm.config import MegatronLMConfig
+from chaos.workloads.base import InProcessRestarts, LaunchSpec, PhaseRules, WarmStart, WorkloadFacts
+from chaos.workloads.megatron_lm.config import IN_PROCESS_RESTART, MegatronLMConfig
 from chaos.workloads.megatron_lm.layout import MegatronLayout
 from chaos.workloads.megatron_lm.reader import MegatronLogReader
 
@@ -50,7 +51,20 @@ class MegatronLMWorkload:
     def facts(self) -> WorkloadFacts:
         c = self.config
         return WorkloadFacts(world_size=c.world_size, nodes=c.nodes, train_iters=c.train_iters,
-                             save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device)
+                             save_interval=c.save_interval, exit_on_sigterm=c.exit_on_sigterm, device=c.device,
+                             in_process=self._in_process())
+
+    def _in_process(self) -> InProcessRestarts | None:
+        """--inprocess-restart: NVIDIA's wrapper re-enters pretrain() in the same processes after a failure, each
+        re-entry the job's next attempt, seen in the ranks' output (the wrapper's own lines). Megatron-LM bounds
+        the re-entries by nothing (its --inprocess-max-iterations is read nowhere): restart.max_restarts does."""
+        c = self.config
+        if not c.inprocess_restart:
+            return None
+        here = shutil.which(c.python) if "/" not in c.python else c.python
+        return InProcessRestarts("args", None, c.inprocess_soft_timeout_s, turned_on_by=IN_PROCESS_RESTART,
+                                 nvrx_in_this_python=here is not None
+                                 and Path(here).resolve() == Path(sys.executable).resolve())
 
     @property
     def phases(self) -> PhaseRules:
@@ -83,6 +97,7 @@ class MegatronLMWorkload:
             follower=functools.partial(MegatronLogReader, checkpoint_dir=checkpoint_dir),
             tracker_name=self.layout.tracker_name,
             warm=self._warm(command),
+            in_process=c.inprocess_restart,
         )
 
     @staticmethod
