@@ -7,7 +7,6 @@ recover. The rest are the pieces on their own."""
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -22,11 +21,10 @@ from chaos import probe as probe_module
 from chaos.checkers import run_check
 from chaos.errors import InputError
 from chaos.runner import run_scenario
-from chaos.scenario import load_scenario, load_scenario_text
+from chaos.scenario import load_scenario_text
 from synthetic_runs import SyntheticRun
 from workload_runs import small_workload
 
-SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 RAISE = '"RuntimeError: CUDA error: an illegal memory access was encountered"'
 
 
@@ -40,45 +38,8 @@ def check(result, name: str) -> dict:
     return next(c for c in result.checks if c["name"] == name)
 
 
-# ---- the shipped scenario: an exception and a hang, both recovered in the same processes -------------------
-@pytest.fixture(scope="module")
-def shipped(tmp_path_factory, golden_cache):
-    scenario = load_scenario(SCENARIOS / "inprocess_job_restarts.yaml")
-    needs_nvrx(scenario)
-    return run_scenario(scenario, out_dir=tmp_path_factory.mktemp("inprocess") / "run", golden_cache=golden_cache,
-                        say=lambda text: None)
-
-
-def test_the_job_recovers_in_the_same_processes_bitwise(shipped):
-    assert shipped.verdict == "pass", shipped.summary
-    assert {c["name"] for c in shipped.checks if c["status"] == "skip"} == {"node_loss"}, shipped.summary
-    run = history.load_run_history(shipped.run_dir)
-    starts = run.supervisor_events(history.ATTEMPT_START)
-    assert [(s.get("by"), s.get("in_process")) for s in starts] == [(None, None), ("job", True), ("job", True)]
-    pids = {}
-    for hello in run.supervisor_events(history.RANK_HELLO):
-        pids.setdefault(hello["rank"], set()).add(hello["pid"])
-    assert all(len(seen) == 1 for seen in pids.values()), pids  # every attempt's rank r is one process
-    teardowns = run.supervisor_events(history.TEARDOWN)
-    assert [t.get("by") for t in teardowns] == ["job", "job", None]
-    for teardown in teardowns[:2]:  # the job's own: its running ranks go on as the next attempt's, not survivors
-        assert teardown["survivors"] == [] and teardown["in_process"] is True, teardown
-        assert sorted(teardown["carried"]) == sorted(pid for seen in pids.values() for pid in seen), teardown
-    # the launcher restarts nothing: the in-process wrapper is the job's only recovery layer
-    agent = (shipped.run_dir / "attempts" / "01" / "agent-0.out").read_text(errors="replace")
-    assert re.search(r"max_restarts\s*:\s*0\b", agent), agent[:2000]
-    monitors = sorted(p.name for p in (shipped.run_dir / "attempts" / "01").glob("inprocess-monitor-*.log"))
-    assert monitors == ["inprocess-monitor-0.log", "inprocess-monitor-1.log"]
-
-
-def test_each_in_process_recovery_is_timed_from_the_wrappers_own_line(shipped):
-    recoveries = shipped.report["timings"]["recovery_s"]
-    assert [(r["attempt"], r["by"], r["layer"], r["fault_id"], r["detected_by"]) for r in recoveries] == [
-        (2, "job", "in_process", "f1", "wrapper log line"), (3, "job", "in_process", "f2", "wrapper log line")]
-    assert all(0 <= r["detected_s"] < r["first_resumed_step_s"] for r in recoveries), recoveries
-    stalls = check(shipped, "stalls")["evidence"]["stalls"]
-    # the 8 s pause outlasts the wrapper's 5 s soft timeout: the job's own hang detection restarts it
-    assert "job's own hang detection" in stalls[0]["expected"], stalls
+# The shipped scenario (an exception and a hang, both recovered in the same processes) runs once, in
+# tests/test_scenarios_cpu.py, which asserts what it shows about in-process restart.
 
 
 # ---- what in-process restart cannot recover, and a re-entry that goes back too far --------------------------

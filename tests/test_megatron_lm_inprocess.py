@@ -358,3 +358,6 @@ def test_upstreams_re_entry_that_fails_at_once_is_a_restart_loop_that_ends(tmp_p
     assert raised[0]["summary"] == "AssertionError('args is not initialized.') (caught by the in-process wrapper)"
     assert check(result, "faults_landed")["status"] == "pass"
     assert check(result, "no_survivors")["status"] == "pass"
+    # nothing resumed, so nothing for resume_point to judge: said so, not passed
+    resumed = check(result, "resume_point")
+    assert resumed["status"] == "skip" and "no restart finished loading a checkpoint" in resumed["detail"], resumed

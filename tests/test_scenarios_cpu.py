@@ -3,6 +3,7 @@ restarts, verdict against the golden (recorded once per workload for the whole s
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,8 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
         assert [(r["attempt"], r["by"], r["fault_id"]) for r in recoveries] == [
             (2, "job", "f1"), (3, "job", "f2"), (4, "job", "f3")]
         assert all(0 <= r["detected_s"] < r["first_resumed_step_s"] for r in recoveries), recoveries
+    if name == "inprocess_job_restarts.yaml":
+        assert_in_process_recoveries(result)
     if name == "ft_launcher_job_restarts.yaml":
         # ft_launcher restarted the workers three times: after a death, after its rank monitor killed a rank
         # whose heartbeats stopped (f2), and after a stopped rank monitor left its rank blocked (f3)
@@ -80,3 +83,33 @@ def test_shipped_scenario_passes(name, tmp_path, golden_cache):
                 for row in stalls["evidence"]["stalls"]] == [True, True], stalls
         recoveries = report["timings"]["recovery_s"]
         assert [(r["attempt"], r["fault_id"]) for r in recoveries] == [(2, "f1"), (3, "f2"), (4, "f3")]
+
+
+def assert_in_process_recoveries(result) -> None:
+    """NVRx's in-process restart recovered an exception and a hang in the same processes: each re-entry is
+    the job's next attempt, its running ranks carried on (not survivors), timed from the wrapper's own line."""
+    assert {c["name"] for c in result.checks if c["status"] == "skip"} == {"node_loss"}, result.summary
+    run = history.load_run_history(result.run_dir)
+    starts = run.supervisor_events(history.ATTEMPT_START)
+    assert [(s.get("by"), s.get("in_process")) for s in starts] == [(None, None), ("job", True), ("job", True)]
+    pids: dict = {}
+    for hello in run.supervisor_events(history.RANK_HELLO):
+        pids.setdefault(hello["rank"], set()).add(hello["pid"])
+    assert all(len(seen) == 1 for seen in pids.values()), pids  # every attempt's rank r is one process
+    teardowns = run.supervisor_events(history.TEARDOWN)
+    assert [t.get("by") for t in teardowns] == ["job", "job", None]
+    for teardown in teardowns[:2]:  # the job's own: its running ranks go on as the next attempt's, not survivors
+        assert teardown["survivors"] == [] and teardown["in_process"] is True, teardown
+        assert sorted(teardown["carried"]) == sorted(pid for seen in pids.values() for pid in seen), teardown
+    # the launcher restarts nothing: the in-process wrapper is the job's only recovery layer
+    agent = (result.run_dir / "attempts" / "01" / "agent-0.out").read_text(errors="replace")
+    assert re.search(r"max_restarts\s*:\s*0\b", agent), agent[:2000]
+    monitors = sorted(p.name for p in (result.run_dir / "attempts" / "01").glob("inprocess-monitor-*.log"))
+    assert monitors == ["inprocess-monitor-0.log", "inprocess-monitor-1.log"]
+    recoveries = result.report["timings"]["recovery_s"]
+    assert [(r["attempt"], r["by"], r["layer"], r["fault_id"], r["detected_by"]) for r in recoveries] == [
+        (2, "job", "in_process", "f1", "wrapper log line"), (3, "job", "in_process", "f2", "wrapper log line")]
+    assert all(0 <= r["detected_s"] < r["first_resumed_step_s"] for r in recoveries), recoveries
+    stalls = next(c for c in result.checks if c["name"] == "stalls")["evidence"]["stalls"]
+    # the 8 s pause outlasts the wrapper's 5 s soft timeout: the job's own hang detection restarts it
+    assert "job's own hang detection" in stalls[0]["expected"], stalls

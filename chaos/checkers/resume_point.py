@@ -84,5 +84,11 @@ def check(ctx: CheckContext) -> CheckResult:
     if failures:
         return CheckResult(NAME, "fail", "; ".join(failures), evidence)
     summary = ", ".join(f"{r['attempt']}<-{r['loaded_iteration']}" for r in rows if r["loaded_iteration"] is not None)
-    return CheckResult(NAME, "pass", f"every restart resumed from the newest committed checkpoint ({summary})",
+    never = [r["attempt"] for r in rows if r["loaded_iteration"] is None]
+    if not summary:
+        # nothing resumed: no evidence either way (recovery_progress and steps_lost judge restarts that died so)
+        return CheckResult(NAME, "skip", f"no restart finished loading a checkpoint (attempts {never} died before "
+                                         f"their first step): nothing resumed to judge", evidence)
+    unloaded = f"; attempt(s) {never} died before finishing a load" if never else ""
+    return CheckResult(NAME, "pass", f"every restart resumed from the newest committed checkpoint ({summary}){unloaded}",
                        evidence)
