@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from chaos import history
-from chaos.errors import InputError
+from chaos.errors import InfrastructureError, InputError
 from chaos.ownership.processes import ProcessTable, TrackedProcess
 from chaos.scenario import load_scenario_text
 from chaos.scenario.load import load_scenario_mapping
@@ -146,6 +146,16 @@ def test_the_launchers_scratch_directory_is_in_the_run_dir_and_short_enough_for_
         server.close()
     shallow = ControlServer(tmp_path)  # with room to spare: the plain path
     assert shallow.short_dir("launcher-tmp", room=0) == str((tmp_path / "launcher-tmp").resolve())
+
+
+def test_a_link_where_the_launchers_scratch_directory_goes_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "launcher-tmp").symlink_to(elsewhere)
+    with pytest.raises(InfrastructureError, match="not a directory of the run"):
+        ControlServer(run_dir).short_dir("launcher-tmp", room=36)
 
 
 def test_an_attempt_directory_the_job_never_came_to_is_not_an_attempt(tmp_path):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chaos import control
+from chaos.errors import InfrastructureError
 from chaos.supervisor import listener as listening
 
 SOCKET_NAME = "control.sock"
@@ -108,7 +109,13 @@ class ControlServer:
         for sockets others bind in it (ft_launcher's rank monitors under TMPDIR), by the same /proc path as
         the control socket where the plain path is too long."""
         directory = self.run_dir.resolve() / name
-        directory.mkdir(mode=0o700, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        if directory.is_symlink() or not directory.is_dir():
+            # the run dir is the job's too: a link planted there would send the sockets elsewhere
+            raise InfrastructureError(f"{directory} is not a directory of the run (a link or a file)")
         if len(str(directory)) + room < MAX_SOCKET_PATH:
             return str(directory)
         if self._dir_fd is None:
