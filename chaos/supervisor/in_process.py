@@ -1,7 +1,7 @@
 """restart.by: job for a job that restarts in-process (NVIDIA's wrapper re-entering the training function in the same
 processes): how one attempt sees the re-entry and hands its ranks on to the next.
 
-Two ways of seeing a re-entry, one hand-over (attempt.CarriedLaunch with in_process set):
+Two ways of seeing a re-entry, one hand-over (carried_launch.CarriedLaunch with in_process set):
 - a trainer that calls chaos's probe (the gpt3 workload's inprocess_restarts) says hello again from the same pid as
   the next attempt (chaos.probe.reenter): the next attempt adopts each rank at that hello, as at any other;
 - an unmodified trainer followed from its logs (kind: megatron_lm with --inprocess-restart) tells chaos nothing:
