@@ -82,14 +82,18 @@ def visible_gpus() -> int:
         return 0
 
 
-def ft_launcher_unavailable() -> str | None:
-    """Why launcher: ft_launcher cannot run here (NVIDIA's resiliency extension not installed), or None."""
+NVRX_INSTALL = "NVIDIA's resiliency extension in this Python: pip install 'chaos[nvrx]' (nvidia-resiliency-ext)"
+
+
+def _nvrx_installed() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("nvidia_resiliency_ext") is None:
-        return ("launcher: ft_launcher needs NVIDIA's resiliency extension in this Python: pip install "
-                "'chaos[nvrx]' (nvidia-resiliency-ext)")
-    return None
+    return importlib.util.find_spec("nvidia_resiliency_ext") is not None
+
+
+def ft_launcher_unavailable() -> str | None:
+    """Why launcher: ft_launcher cannot run here (NVIDIA's resiliency extension not installed), or None."""
+    return None if _nvrx_installed() else f"launcher: ft_launcher needs {NVRX_INSTALL}"
 
 
 def check_hosts(hosts: str, launcher: str, source: str) -> None:
@@ -124,13 +128,9 @@ def check_hosts(hosts: str, launcher: str, source: str) -> None:
 
 def in_process_unavailable(facts: WorkloadFacts) -> str | None:
     """Why a job that restarts in-process (WorkloadFacts.in_process) cannot run here, or None."""
-    import importlib.util
-
-    if facts.in_process is None or not facts.in_process.nvrx_in_this_python:
+    if facts.in_process is None or not facts.in_process.nvrx_in_this_python or _nvrx_installed():
         return None
-    if importlib.util.find_spec("nvidia_resiliency_ext") is not None:
-        return None
-    return "in-process restart needs NVIDIA's resiliency extension in this Python: pip install 'chaos[nvrx]'"
+    return f"in-process restart needs {NVRX_INSTALL}"
 
 
 def check_machine(facts: WorkloadFacts, source: str, hosts: str = "local") -> None:
