@@ -69,8 +69,12 @@ PARSE_ERROR = "parse_error"        # line, line_number, reason: a line that look
 
 # ---- supervisor events (written by chaos.supervisor) -------------------------------------------
 RUN_START = "run_start"            # run_dir, launcher, host (the supervisor's), world_size, nodes, faults
-ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role}]; by: job, in_process: true
+ATTEMPT_START = "attempt_start"    # attempt, launcher, port, processes: [{pid, role, rank, node, warm, start
+                                   # (cold|spare|fork), fork_mono? (when the zygote forked it), warm_refusal? (why a
+                                   # rank that could start warm started cold)}]; by: job, in_process: true
                                    # when the job re-entered its training function in the same processes
+ZYGOTE_STARTED = "zygote_started"  # pid, imports: the run's fork server (restart.warm: fork) began its imports;
+                                   # attempt when it replaced one that died
 RANK_HELLO = "rank_hello"          # attempt, rank, pid; carried: true for a rank of a log-followed job that re-entered
                                    # in-process (no hello comes: the same process taken over as it is)
 FAULT_LANDED = "fault_landed"      # fault_id, attempt, rank, pid, step, phase, index, action, signal, held (bool);

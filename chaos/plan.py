@@ -108,11 +108,13 @@ class RestartPolicy:
     startup_timeout_s: float = 180.0
     """A rank that has not said hello by then counts as hung; also the silence allowed while a rank says it is
     busy with long work (probe.busy: imports and building, the final state hash)."""
-    warm: bool | None = None
-    """Restarts take warm spares (interpreters that already imported the workload's modules) where the
-    workload supports it and the launcher is direct; false: every rank is a fresh interpreter. None (auto):
-    warm where the machine has a core per rank and spare for the spares' imports (WARM_CORES_PER_RANK),
-    since on fewer cores the spares' imports compete with training and a warm restart is no faster."""
+    warm: bool | str | None = None
+    """How ranks start without a new interpreter's imports, where the workload declares its imports and the
+    launcher is direct (elsewhere every rank is a fresh interpreter):
+    "fork": every rank of every attempt, the first included, is forked from the run's zygote, which imported
+    the workload's modules once (chaos.supervisor.spares.zygote); true: restarts take warm spares
+    (interpreters that imported ahead; they pay off only with a spare core per rank, WARM_CORES_PER_RANK);
+    false: cold. None (auto): fork (tested equivalent to cold, bitwise, for both workload kinds)."""
     by: str = "chaos"
     """Who restarts the job after a fault: "chaos" (the supervisor tears the attempt down and launches the next)
     or "job" (the job's own recovery layer: the elastic agent of torchrun or ft_launcher with --max-restarts=max_restarts:

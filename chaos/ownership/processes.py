@@ -63,13 +63,23 @@ class TrackedProcess:
     exit_mono: float | None = None
     last_signal: str | None = None
     last_signal_mono: float | None = None
-    warm: bool = False
-    """Started from a warm spare (chaos.supervisor.spares.pool) rather than a fresh interpreter."""
+    start: str = "cold"
+    """How it was started: "cold" (a fresh interpreter), "spare" (a warm spare, chaos.supervisor.spares.pool)
+    or "fork" (forked from the run's zygote, chaos.supervisor.spares.fork_server)."""
     status_file: Path | None = None
     """Where the process's parent writes how it ended (a Slurm task's shim, chaos.supervisor.hosts.slurm_task):
     read when the exit code could not be (its parent reaped it before we looked)."""
     status_writer: tuple[int, float] | None = None
     """(pid, create_time) of that parent: while it lives, the file is coming."""
+    fork_mono: float | None = None
+    """start == "fork": when the zygote's fork returned (the restart breakdown's `fork` stage)."""
+    warm_refusal: str | None = None
+    """start == "cold" where it could have been warm: why it was not (the zygote refused, or died)."""
+
+    @property
+    def warm(self) -> bool:
+        """Started without a new interpreter's imports (a spare or a fork)."""
+        return self.start != "cold"
 
     def expect_status_file(self, path: Path) -> None:
         """The parent (now) writes how this process ended to `path`."""

@@ -196,7 +196,7 @@ DETECTION_KINDS = ("fn_ex", "term_ex")
 """The in-process wrapper's lines that say it noticed a failure (its restart_ex and exit_ex come after)."""
 
 
-RESTART_STAGES = (("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),
+RESTART_STAGES = (("fork", "up to the zygote's last fork"), ("launch", "teardown and launch (chaos)"), ("interpreter", "interpreters up to the hello"),
                   ("imports", "imports"), ("process_groups", "rendezvous and process groups"),
                   ("model", "model and optimizer"), ("data", "datasets and index building"),
                   ("checkpoint_load", "checkpoint load"), ("first_step", "first resumed step"))
@@ -208,9 +208,13 @@ def _restart_breakdown(history, attempt, previous_end: float, first_step_end: fl
     it), measured from the previous attempt's end. The gpt3 workload reports every stage; a workload followed
     from its logs reports the launch, the checkpoint load and the first step."""
     marks: list[tuple[str, float]] = []
-    starts = [r["mono"] for r in history.supervisor_events(h.ATTEMPT_START) if r.get("attempt") == attempt.index]
-    if starts:
-        marks.append(("launch", starts[0]))
+    starts = [r for r in history.supervisor_events(h.ATTEMPT_START) if r.get("attempt") == attempt.index]
+    forks = [p["fork_mono"] for p in (starts[0].get("processes") or []) if isinstance(p, dict)
+             and isinstance(p.get("fork_mono"), (int, float))] if starts else []
+    if forks:  # restart.warm: fork: the ranks were forked from the run's zygote, not started as interpreters
+        marks.append(("fork", max(forks)))
+    if starts and "mono" in starts[0]:
+        marks.append(("launch", starts[0]["mono"]))
     firsts = [records[0]["mono"] for records in attempt.ranks.values() if records and "mono" in records[0]]
     if firsts:
         marks.append(("interpreter", max(firsts)))

@@ -186,11 +186,11 @@ def _restart(read: _Fields, value: Any) -> RestartPolicy:
     return read_dataclass(RestartPolicy, value, read, "restart", readers=_RESTART_READERS, noun="key")
 
 
-def _warm(read: _Fields, value: Any, where: str) -> bool | None:
+def _warm(read: _Fields, value: Any, where: str) -> bool | str | None:
     if value == "auto":
         return None
-    if not isinstance(value, bool):
-        raise read.error(where, f"expected true, false or auto, got {show(value)}")
+    if value != "fork" and not isinstance(value, bool):
+        raise read.error(where, f"expected fork, true (warm spares), false (cold) or auto, got {show(value)}")
     return value
 
 

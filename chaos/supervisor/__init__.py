@@ -2,9 +2,17 @@
 
     supervise(SupervisorConfig(launch, faults, restart, launcher, run_dir), on_progress) -> SupervisorOutcome
 
-Pure Python: never imports torch (tests/test_supervisor.py checks it in a fresh interpreter).
+Pure Python: never imports torch (tests/test_supervisor.py checks it in a fresh interpreter). The names are
+imported on first use: a warm spare or the zygote (chaos.supervisor.spares) runs as `python -m` under this
+package, and must import nothing of the supervisor before the workload's modules.
 """
 
-from chaos.supervisor.supervisor import SupervisorConfig, SupervisorOutcome, supervise
-
 __all__ = ["SupervisorConfig", "SupervisorOutcome", "supervise"]
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from chaos.supervisor import supervisor
+
+        return getattr(supervisor, name)
+    raise AttributeError(f"module 'chaos.supervisor' has no attribute {name!r}")

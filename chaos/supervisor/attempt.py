@@ -41,6 +41,17 @@ TICK_S = 0.05
 DESCENDANT_SCAN_S = 1.0
 
 
+def launched_fields(process) -> dict:
+    """A launched process as attempt_start records it (chaos.history.ATTEMPT_START)."""
+    fields = {"pid": process.pid, "role": process.role, "rank": process.rank, "node": process.node,
+              "warm": process.warm, "start": process.start}
+    if process.fork_mono is not None:
+        fields["fork_mono"] = process.fork_mono
+    if process.warm_refusal is not None:
+        fields["warm_refusal"] = process.warm_refusal
+    return fields
+
+
 class Attempt:
     def __init__(self, context: AttemptContext, number: int, carried: CarriedLaunch | None = None) -> None:
         self.ctx = context
@@ -124,7 +135,7 @@ class Attempt:
             self.cgroup.remove()
         # the independent witness: whatever escaped the tree, the groups and the cgroup carries the token
         leaked = sweep_token_holders(f"{control.ENV_RUN_TOKEN}={self.ctx.run_token}",
-                                     exclude=set(self.ctx.spares.pids()) if self.ctx.spares else set(),
+                                     exclude=set(self.ctx.warm.pids()) if self.ctx.warm else set(),
                                      table=self.table)
         survivors = sorted(set(survivors) | {item.pid for item in leaked if item.alive_after_sigkill})
         leaked_fields = [{"pid": item.pid, "command": item.command, "tied_by": item.tied_by} for item in leaked]
@@ -314,7 +325,7 @@ class Attempt:
         if self.ctx.agent_server is not None:
             self.table.launched = [launcher.launch_agents(self.spec, plan, self.ctx.agent_server.address)]
         else:
-            self.table.launched = launcher.launch(self.ctx.launcher, self.spec, plan, self.ctx.spares,
+            self.table.launched = launcher.launch(self.ctx.launcher, self.spec, plan, self.ctx.warm,
                                                   self.ctx.hosts, self.ctx.slurm)
         for process in self.table.launched:  # each leads its own session: its group is its pid
             self.ctx.watchdog.guard_group(process.pid, process.create_time)
@@ -326,8 +337,7 @@ class Attempt:
                 self.table.ranks[process.rank] = process
         self.ctx.record(history.ATTEMPT_START, attempt=self.number, launcher=self.ctx.launcher, port=port,
                         control_socket=self.ctx.control_path,
-                        processes=[{"pid": p.pid, "role": p.role, "rank": p.rank, "node": p.node, "warm": p.warm}
-                                   for p in self.table.launched])
+                        processes=[launched_fields(p) for p in self.table.launched])
         self.ctx.progress(attempt=self.number, restarts=self.number - 1, step=None, force=True)
 
     def _job_restarts(self) -> int | None:
@@ -503,17 +513,18 @@ class Attempt:
         self._report_progress(now)
 
     def _refill_spares(self) -> None:
-        """Spares for the next restart: at once where the machine has the cores (WARM_CORES_PER_RANK: the
-        spares import beside the attempt, and the earlier they start the likelier they are ready when a fault
-        comes), else once this attempt is past its start (a rank's imports are over), so that on a small
-        machine the spares' imports do not slow this attempt's start."""
-        spares = self.ctx.spares
-        if spares is None or len(spares.spares) >= self.spec.world_size or self.number > self.ctx.restart.max_restarts:
+        """Warm starts for the next attempt (a zygote in place of one that died, spares for the next restart):
+        at once where the machine has the cores (WARM_CORES_PER_RANK: they import beside the attempt, and the
+        earlier they start the likelier they are ready when a fault comes), else once this attempt is past its
+        start (a rank's imports are over), so that on a small machine their imports do not slow this
+        attempt's start."""
+        warm = self.ctx.warm
+        if warm is None or not warm.missing() or self.number > self.ctx.restart.max_restarts:
             return
         # any rank: a trainer followed from its logs may print its progress from one rank only
         past_start = len(self.ranks) == self.spec.world_size and any(rank.tail.working for rank in self.ranks.values())
         if past_start or cores_for_warm_spares(self.spec.world_size):
-            new = spares.refill()
+            new = warm.refill()
             if new:
                 self.ctx.record(history.SPARES_STARTED, attempt=self.number, pids=new)
 
@@ -565,8 +576,8 @@ class Attempt:
             if process.popen is not None:
                 returncode = process.popen.returncode
                 signal_name = returncode_signal(returncode)
-            elif isinstance(process, RemoteProcess):
-                returncode, signal_name = process.exit_status()
+            elif isinstance(process, RemoteProcess) or process.status_file is not None:
+                returncode, signal_name = process.exit_status()  # an agent's, or the zygote's record
             else:
                 returncode, signal_name = None, process.last_signal if process.last_signal == "SIGKILL" else None
             self._exit_reported.add(id(process))

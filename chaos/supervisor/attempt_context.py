@@ -15,7 +15,7 @@ from chaos.supervisor.control_server import ControlServer
 from chaos.supervisor.hosts.agents import AgentServer
 from chaos.supervisor.hosts.netns import SimulatedHosts
 from chaos.supervisor.hosts.slurm import PrivateSlurm
-from chaos.supervisor.spares.pool import SparePool
+from chaos.supervisor.spares.warm import WarmStarts
 from chaos.workloads.base import LaunchSpec
 
 
@@ -56,7 +56,8 @@ class AttemptContext:
     server: ControlServer
     watchdog: lifeline.Watchdog
     interrupt: Interrupt
-    spares: SparePool | None
+    warm: WarmStarts | None
+    """Warm starts: the run's zygote (restart.warm: fork) or its warm spares (true)."""
     hosts: SimulatedHosts | None
     slurm: PrivateSlurm | None
     agent_server: AgentServer | None

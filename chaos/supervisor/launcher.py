@@ -30,7 +30,7 @@ from chaos.supervisor.hosts.agents import AgentInfo
 from chaos.supervisor.hosts.slurm import PrivateSlurm
 from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess
-from chaos.supervisor.spares.pool import SparePool, send_order
+from chaos.supervisor.spares.warm import WarmStarts
 from chaos.workloads.base import LaunchSpec
 
 MASTER_ADDR = "127.0.0.1"
@@ -119,9 +119,10 @@ def _spawn(argv: list[str], env: Mapping[str, str], log_path: Path, cwd: Path | 
         log.close()  # the child holds its own copy
 
 
-def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, spares: SparePool | None = None) -> list[TrackedProcess]:
-    """One process per rank running spec.argv, with the environment torchrun would give it: a warm spare
-    from `spares` where one is alive (chaos.supervisor.spares.pool), else a fresh interpreter."""
+def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, warm: WarmStarts | None = None) -> list[TrackedProcess]:
+    """One process per rank running spec.argv, with the environment torchrun would give it: started warm
+    where `warm` can (a spare, a fork of the run's zygote: chaos.supervisor.spares), else a fresh interpreter.
+    A rank that could have been warm but was not carries the reason in `warm_refusal`."""
     processes: list[TrackedProcess] = []
     started: list[subprocess.Popen] = []
     common = base_env(spec, launch)
@@ -136,14 +137,18 @@ def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, spares: SparePool | N
                 "MASTER_ADDR": MASTER_ADDR, "MASTER_PORT": str(launch.port),
             })
             output = launch.directory / f"rank-{rank}.out"
-            spare = spares.take() if spares is not None else None
-            if spare is not None:
-                send_order(spare, spec, env, output, launch.cgroup_procs)
-                started.append(spare.popen)
-            else:
-                started.append(_spawn(list(spec.argv), env, output, spec.cwd, launch.cgroup_procs))
-            processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=rank // per_node))
-            processes[-1].warm = spare is not None
+            node = rank // per_node
+            got = (warm.start_rank(env, output, slurm_task.exit_status_path(launch.directory, rank),
+                                   launch.cgroup_procs, rank, node) if warm is not None else None)
+            if got is not None:
+                processes.append(got.process)
+                processes[-1].fork_mono = got.fork_mono
+                if got.process.popen is not None:
+                    started.append(got.process.popen)
+                continue
+            started.append(_spawn(list(spec.argv), env, output, spec.cwd, launch.cgroup_procs))
+            processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=node))
+            processes[-1].warm_refusal = warm.refusal if warm is not None else None
     except BaseException:
         _kill_started(started, processes)
         raise
@@ -159,6 +164,8 @@ def _kill_started(started: list[subprocess.Popen], tracked: list[TrackedProcess]
             pass
         popen.wait()
     for process in tracked:
+        if process.popen is None:
+            process.send("SIGKILL")  # a fork of the zygote: the pidfd names it
         process.close()
 
 
@@ -318,10 +325,10 @@ def torchrun_orders(spec: LaunchSpec, launch: AttemptLaunch, agents: Mapping[int
 
 
 def launch(kind: Literal["direct", "torchrun", "ft_launcher", "slurm"], spec: LaunchSpec, attempt: AttemptLaunch,
-           spares: SparePool | None = None, hosts: SimulatedHosts | None = None,
+           warm: WarmStarts | None = None, hosts: SimulatedHosts | None = None,
            slurm: PrivateSlurm | None = None) -> list[TrackedProcess]:
     if kind == "direct":
-        return launch_direct(spec, attempt, spares)
+        return launch_direct(spec, attempt, warm)
     if kind in ELASTIC:
         return launch_torchrun(spec, attempt, hosts)
     if kind == "slurm" and slurm is not None:

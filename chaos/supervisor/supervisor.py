@@ -36,7 +36,9 @@ from chaos.supervisor.control_server import ControlServer
 from chaos.supervisor.hosts.netns import HostsError, SimulatedHosts
 from chaos.history import CLUSTER, HOSTS, SLURM
 from chaos.supervisor.hosts.slurm import PrivateSlurm, SlurmError
+from chaos.supervisor.spares.fork_server import ForkServer
 from chaos.supervisor.spares.pool import SparePool
+from chaos.supervisor.spares.warm import WarmStarts
 from chaos.workloads.base import LaunchSpec
 
 @dataclass(frozen=True)
@@ -127,8 +129,9 @@ class _Supervisor:
         the agents' CHAOS_AGENT_TOKEN; /proc/PID/environ is its owner's alone) and in the run directory's 0600
         control.RUN_TOKEN_FILE: never on a command line or in a name."""
         self.reserve = disk.DiskReserve(self.run_dir)
-        self.spares: SparePool | None = None
-        """Warm spares for restarts (restart.warm, direct launcher, a workload that declares its imports)."""
+        self.warm: WarmStarts | None = None
+        """Warm starts (restart.warm, direct launcher, a workload that declares its imports): the run's zygote
+        or its warm spares."""
         self.hosts: SimulatedHosts | None = None
         """hosts: netns: the run's simulated hosts (they outlive attempts)."""
         self.slurm: PrivateSlurm | None = None
@@ -160,20 +163,23 @@ class _Supervisor:
             launch=config.launch, launcher=config.launcher, launcher_args=config.launcher_args,
             restart=config.restart, faults=config.faults,
             control_path=control_path, server=self.server, watchdog=self.watchdog, interrupt=self.interrupt,
-            spares=self.spares, hosts=self.hosts, slurm=self.slurm, agent_server=self.agent_server,
+            warm=self.warm, hosts=self.hosts, slurm=self.slurm, agent_server=self.agent_server,
             cgroups=self.cgroups, record=self.record, progress=self.progress, landed=self.landed,
             missed=self.missed, cgroups_unavailable=self._no_more_cgroups)
 
     def _no_more_cgroups(self) -> None:
         self.cgroups = False
 
-    def _warm_restarts(self) -> bool:
+    def _warm_mode(self) -> str | None:
+        """"fork", "spares" or None (every rank cold): restart.warm with auto resolved (fork)."""
         config = self.config
-        if config.launcher != "direct" or config.launch.warm is None or config.restart.max_restarts == 0:
-            return False
-        if config.restart.warm is None:  # auto
-            return cores_for_warm_spares(config.launch.world_size)
-        return config.restart.warm
+        if config.launcher != "direct" or config.hosts != "local" or config.launch.warm is None:
+            return None
+        if config.restart.warm is None or config.restart.warm == "fork":
+            return "fork"
+        if config.restart.warm is True and config.restart.max_restarts > 0:
+            return "spares"
+        return None
 
     def check_disk(self) -> None:
         """After an attempt: ranks that died on a full disk would die again on every restart."""
@@ -203,12 +209,17 @@ class _Supervisor:
         # on a cluster the ranks reach it over TCP, once this host's address is known (in the try below)
         control_path = self.server.start() if config.hosts != "cluster" else ""
         self.watchdog = lifeline.Watchdog()
-        if self._warm_restarts():
-            self.spares = SparePool(config.launch, self.run_dir / "spares",
-                                    {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1",
-                                     # what a rank started from a spare forks carries the token, as from a
-                                     # cold rank (the token sweep finds it); the pool's spares are excluded
-                                     control.ENV_RUN_TOKEN: self.run_token})
+        # the environment a cold rank imports under; with the token: /proc/PID/environ of what a rank started
+        # warm forks (or of a forked rank itself) shows it, as a cold rank's does (the token sweep finds it);
+        # the spares and the zygote themselves are excluded from the sweep
+        warm_env = {**os.environ, **config.launch.env, "PYTHONUNBUFFERED": "1", control.ENV_RUN_TOKEN: self.run_token}
+        mode = self._warm_mode()
+        if mode == "fork":
+            self.warm = ForkServer(config.launch, self.run_dir / "spares", warm_env, self.run_dir,
+                                   ready_timeout_s=config.restart.startup_timeout_s)
+            self.record(history.ZYGOTE_STARTED, pid=self.warm.start(), imports=list(config.launch.warm.imports))
+        elif mode == "spares":
+            self.warm = SparePool(config.launch, self.run_dir / "spares", warm_env)
         self.interrupt.install()
         outcome, attempts_run = "out_of_restarts", 0
         error: BaseException | None = None
@@ -261,8 +272,8 @@ class _Supervisor:
                 self.slurm.close()
             if self.hosts is not None:
                 self.hosts.close()
-            if self.spares is not None:
-                self.spares.close()
+            if self.warm is not None:
+                self.warm.close()
             if self.agent_server is not None:
                 self.agent_server.close()
             self.server.close()

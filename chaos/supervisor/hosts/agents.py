@@ -65,6 +65,10 @@ class RemoteProcess:
     remote = True
     popen = None
     warm = False
+    start = "cold"
+    fork_mono = None
+    warm_refusal = None
+    status_file = None
     create_time = -1.0  # never a local process's: the local /proc scans (descendants, groups) skip it
 
     def __init__(self, link: "AgentLink", pid: int, rank: int | None, node: int, role: str = "rank") -> None:

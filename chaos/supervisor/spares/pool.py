@@ -23,6 +23,8 @@ from typing import Mapping
 
 from chaos import safe_files
 from chaos.ownership.lifeline import child_setup
+from chaos.ownership.processes import TrackedProcess
+from chaos.supervisor.spares.warm import WarmStarted
 from chaos.supervisor.spares.spare import ENV_ORDER_FD
 from chaos.workloads.base import LaunchSpec
 
@@ -56,6 +58,7 @@ class SparePool:
         self.env = dict(env)
         self.spares: list[Spare] = []
         self._spawned = 0
+        self.refusal: str | None = None
 
     def refill(self) -> list[int]:
         """Spawns spares until there is one per rank; returns the new pids."""
@@ -109,6 +112,31 @@ class SparePool:
             log.close()
             theirs.close()
         return Spare(popen=popen, channel=ours)
+
+
+    def start_rank(self, env: Mapping[str, str], output: Path, status: Path, cgroup_procs: str | None,
+                   rank: int, node: int) -> WarmStarted | None:
+        """Rank `rank` started from a live spare (the launcher's warm-start seam, as ForkServer.start_rank);
+        None: none is alive, start it cold. `status` is unused: the spare is our own child, we reap it."""
+        spare = self.take()
+        if spare is None:
+            return None
+        try:
+            send_order(spare, self.spec, env, output, cgroup_procs)
+            process = TrackedProcess.from_popen(spare.popen, role="rank", rank=rank, node=node)
+        except BaseException:
+            try:
+                os.killpg(spare.popen.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            spare.popen.wait()
+            raise
+        process.start = "spare"
+        return WarmStarted(process)
+
+    def missing(self) -> int:
+        """How many spares should be started now (one per rank)."""
+        return self.spec.world_size - len(self.spares)
 
 
 def send_order(spare: Spare, spec: LaunchSpec, env: Mapping[str, str], output: Path,
