@@ -1,5 +1,6 @@
-"""Warm spares (restart.warm): what a spare holds before it is handed a rank, that nothing of it outlives the
-supervisor, and that a warm restart tests exactly what a cold one does (bitwise on CPU, every check)."""
+"""Warm spares (restart.warm: true): what a spare holds before it is handed a rank, that nothing of it outlives
+the supervisor, and that a warm or forked restart tests exactly what a cold one does (bitwise on CPU, every
+check; the zygote itself: tests/test_fork_server.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
@@ -106,45 +106,50 @@ def effective_losses(run_dir: Path) -> dict[int, float]:
     return {step: record["lm_loss"] for step, (_, record) in views.effective_metrics(load_run_history(run_dir)).items()}
 
 
-def test_warm_restarts_test_exactly_what_cold_ones_do(tmp_path, small_golden):
-    """The same scenario with warm and with cold restarts, against a golden recorded cold: the same verdict
-    and checks, bitwise the same losses and final state, and the warm run's restarts really were warm."""
-    results = {}
-    for warm in (True, False):
-        scenario = load_scenario_text(SCENARIO.replace("WARM", str(warm).lower()), "warm.yaml")
-        results[warm] = run_scenario(scenario, out_dir=tmp_path / f"warm-{warm}", golden_path=small_golden,
-                                     say=lambda text: None)
-    for warm, result in results.items():
-        assert result.verdict == "pass", result.summary
-    checks = {warm: {c["name"]: c["status"] for c in r.checks} for warm, r in results.items()}
-    assert checks[True] == checks[False]
-    assert effective_losses(tmp_path / "warm-True") == effective_losses(tmp_path / "warm-False")
-    starts = {warm: [json.loads(line) for line in (tmp_path / f"warm-{warm}" / "supervisor.jsonl").read_text()
-                     .splitlines() if '"attempt_start"' in line] for warm in (True, False)}
-    assert [all(p["warm"] for p in s["processes"]) for s in starts[True]] == [False, True, True]
-    assert not any(p["warm"] for s in starts[False] for p in s["processes"])
+def attempt_starts(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "supervisor.jsonl").read_text().splitlines()
+            if '"attempt_start"' in line]
 
 
-def test_each_restart_says_where_its_seconds_went(tmp_path, small_golden):
-    """report.json's restart timings break each restart into stages (report.model.RESTART_STAGES), which add
-    up to the whole; the HTML report shows them as a table."""
+def test_forked_and_warm_restarts_test_exactly_what_cold_ones_do(tmp_path, small_golden):
+    """The same scenario with every rank forked from the zygote, with warm-spare restarts and with every rank
+    cold, against one golden: the same verdict and checks, bitwise the same losses; each run's ranks really
+    started the way it says (forked from the first attempt on; spares from the first restart on). The forked
+    restart's seconds are broken into every report.model.RESTART_STAGES stage, the zygote's fork first, which
+    add up to the whole, and the HTML report shows them."""
     from chaos.report.model import RESTART_STAGES
 
-    scenario = load_scenario_text(SCENARIO.replace("WARM", "true"), "warm.yaml")
-    result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=small_golden, say=lambda text: None)
-    restarts = result.report["timings"]["restart_to_first_resumed_step_s"]
+    results = {}
+    for warm in ("fork", "true", "false"):
+        scenario = load_scenario_text(SCENARIO.replace("WARM", warm), "warm.yaml")
+        results[warm] = run_scenario(scenario, out_dir=tmp_path / warm, golden_path=small_golden,
+                                     say=lambda text: None)
+    for warm, result in results.items():
+        assert result.verdict == "pass", (warm, result.summary)
+    checks = {warm: {c["name"]: c["status"] for c in r.checks} for warm, r in results.items()}
+    assert checks["fork"] == checks["true"] == checks["false"]
+    assert effective_losses(tmp_path / "fork") == effective_losses(tmp_path / "true") == \
+        effective_losses(tmp_path / "false")
+    starts = {warm: [[p["start"] for p in s["processes"]] for s in attempt_starts(tmp_path / warm)] for warm in results}
+    assert starts == {"fork": [["fork"] * 2] * 3, "true": [["cold"] * 2, ["spare"] * 2, ["spare"] * 2],
+                      "false": [["cold"] * 2] * 3}, starts
+    assert all(isinstance(p.get("fork_mono"), float) and "warm_refusal" not in p
+               for s in attempt_starts(tmp_path / "fork") for p in s["processes"])
+
+    restarts = results["fork"].report["timings"]["restart_to_first_resumed_step_s"]
     assert [r["attempt"] for r in restarts] == [3]  # attempt 2 died in its load: it never resumed a step
     for restart in restarts:
         parts = restart["breakdown"]
         assert list(parts) == [f"{key}_s" for key, _ in RESTART_STAGES], parts
         assert abs(sum(parts.values()) - restart["seconds"]) < 0.01, restart
-    assert "Restarts: where the seconds went" in (tmp_path / "run" / "report.html").read_text()
+    assert all("fork_s" not in r["breakdown"] for r in results["false"].report["timings"]["restart_to_first_resumed_step_s"])
+    assert "Restarts: where the seconds went" in (tmp_path / "fork" / "report.html").read_text()
 
 
 def test_a_megatron_lm_job_restarted_warm_matches_its_cold_golden(tmp_path, megatron_lm_golden):
     """An unmodified trainer (the stand-in: its own script, Megatron's flags, followed from its logs) restarted
     from warm spares (exec_rank --in-process: the script runs in the spare, after the hello) passes every
-    check against the golden its cold, uninterrupted run recorded; the restarts were warm."""
+    check against the golden its uninterrupted runs recorded; the restarts were warm."""
     faults = """
   - at: {step: 3}
     target: {rank: 1}

@@ -526,7 +526,7 @@ class Attempt:
         if past_start or cores_for_warm_spares(self.spec.world_size):
             new = warm.refill()
             if new:
-                self.ctx.record(history.SPARES_STARTED, attempt=self.number, pids=new)
+                self.ctx.record(warm.started_event, attempt=self.number, pids=new)
 
     # ---- called back by the parts ---------------------------------------------------------------------
     def _rank_accepted(self, rank: Rank, pid: int) -> list[dict]:

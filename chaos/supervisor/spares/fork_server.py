@@ -35,6 +35,8 @@ class ForkServer:
     """A zygote importing spec.warm.imports under the environment a cold rank imports under (the run's
     environment + spec.env: thread counts and CPU pins are read at import), in spec.cwd."""
 
+    started_event = "zygote_started"  # chaos.history.ZYGOTE_STARTED
+
     def __init__(self, spec: LaunchSpec, directory: Path, env: Mapping[str, str], run_dir: Path,
                  ready_timeout_s: float) -> None:
         assert spec.warm is not None

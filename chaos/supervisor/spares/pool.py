@@ -51,6 +51,8 @@ class SparePool:
     """One spare per rank of `spec`, spawned with the environment a cold rank imports under (the run's
     environment + spec.env: thread counts and CPU pins are read at import)."""
 
+    started_event = "spares_started"  # chaos.history.SPARES_STARTED
+
     def __init__(self, spec: LaunchSpec, directory: Path, env: Mapping[str, str]) -> None:
         assert spec.warm is not None
         self.spec = spec

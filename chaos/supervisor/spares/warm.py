@@ -19,6 +19,8 @@ class WarmStarted:
 
 
 class WarmStarts(Protocol):
+    started_event: str
+    """The supervisor.jsonl event that records a refill (chaos.history)."""
     refusal: str | None
     """Why the last rank asked for was not started warm (None: it was, or there was nothing to start it from)."""
 

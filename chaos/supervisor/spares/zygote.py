@@ -99,14 +99,34 @@ def _seed_as_an_import_does() -> None:
         numpy_random.seed()
 
 
+def quiesce_blas_pools() -> None:
+    """OpenBLAS (numpy's, loaded with torch) starts its thread pool when it is loaded, unless OMP_NUM_THREADS
+    or OPENBLAS_NUM_THREADS is 1. It is made to be forked: its own pthread_atfork handler
+    (openblas_fork_handler) stops the pool before every fork, and the child starts it again, the size its
+    environment says, at its first BLAS call. That handler is called here a moment before the fork, so the
+    hygiene check sees what fork(2) will."""
+    import ctypes
+
+    with open("/proc/self/maps") as handle:
+        paths = {line.split(None, 5)[5].strip() for line in handle if "openblas" in line and len(line.split(None, 5)) == 6}
+    for path in sorted(paths):
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
+            shutdown = library.blas_thread_shutdown_
+        except (OSError, AttributeError):
+            continue
+        shutdown()
+
+
 def hygiene(channel: int, run_dir: str) -> list[str]:
     """What would make a rank forked now unlike a cold one; empty: fit to fork."""
+    quiesce_blas_pools()
     problems = []
     threads = _thread_names()
     if len(threads) != 1:
         problems.append(f"{len(threads)} threads ({', '.join(threads)}): an import started a thread (e.g. an "
-                        "OpenMP or BLAS pool; OMP_NUM_THREADS=1 keeps them from starting at import), and a "
-                        "fork copies only the forking one")
+                        "OpenMP pool warmed by a tensor op; OMP_NUM_THREADS=1 keeps pools from starting), and "
+                        "a fork copies only the forking one")
     with open("/proc/self/maps") as handle:
         if "libcuda.so" in handle.read():
             problems.append("the CUDA driver is mapped (an import initialised CUDA): a forked child cannot use it")
@@ -125,10 +145,22 @@ def _exit_code(code: object) -> int:
     """What the interpreter makes of SystemExit(code)."""
     if code is None:
         return 0
-    if isinstance(code, int) and not isinstance(code, bool):
+    if isinstance(code, int):
         return code & 0xFF
     print(code, file=sys.stderr)
     return 1
+
+
+def _print_traceback() -> None:
+    """The traceback as the interpreter prints it for `python SCRIPT`: without the frames of this module and
+    runpy above the entry point (a follower reading the rank's output sees what a cold rank prints)."""
+    import runpy
+
+    kind, value, traceback = sys.exc_info()
+    ours = (os.path.abspath(__file__), os.path.abspath(runpy.__file__), "<frozen runpy>")
+    while traceback is not None and traceback.tb_next is not None and traceback.tb_frame.f_code.co_filename in ours:
+        traceback = traceback.tb_next
+    sys.excepthook(kind, value, traceback)
 
 
 def _run_entry(order: dict) -> int:
@@ -145,12 +177,12 @@ def _run_entry(order: dict) -> int:
     except SystemExit as exit_:
         return _exit_code(exit_.code)
     except KeyboardInterrupt:
-        sys.excepthook(*sys.exc_info())
+        _print_traceback()
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # as the interpreter ends on one: killed by SIGINT
         os.kill(os.getpid(), signal.SIGINT)
         return 130
     except BaseException:  # noqa: BLE001 - printed as the interpreter would, exit 1
-        sys.excepthook(*sys.exc_info())
+        _print_traceback()
         return 1
     return 0
 
