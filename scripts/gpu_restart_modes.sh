@@ -6,7 +6,8 @@
 #
 # Needs, from the project root: megatron-core and tenacity wheels in .whl/ and a Megatron-LM source tarball in
 # .whl/megatron-lm/ (docs/gpu.md says how). On the device machine (run tool, one GPU): carry [".whl"], command
-#   bash scripts/gpu_restart_modes.sh            (MODES="false true fork" by default; logs to ${OUT:-gpu-restart-modes})
+#   bash scripts/gpu_restart_modes.sh   (MODES="false true fork" by default; REPEATS=1 records the golden from one
+#   run; logs to ${OUT:-gpu-restart-modes})
 set -uo pipefail
 out=${OUT:-gpu-restart-modes}; mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -25,7 +26,7 @@ for mode in ${MODES:-false true fork}; do
   run_dir="/tmp/chaos-gpu-warm-$mode"  # outside $out: its checkpoints are large
   rm -rf "$run_dir"
   timeout "${RUN_TIMEOUT:-300}" python3 -m chaos.cli run "$scenario" --set "restart.warm=$mode" --out "$run_dir" \
-    --golden-cache /tmp/chaos-gpu-goldens > "$out/run-$mode.log" 2>&1 || status=1
+    --golden-cache /tmp/chaos-gpu-goldens --repeats "${REPEATS:-2}" > "$out/run-$mode.log" 2>&1 || status=1
   grep -v -i warn "$out/run-$mode.log" | grep -E "^chaos:|golden|restarts" | head -4
   cp "$run_dir/supervisor.jsonl" "$out/supervisor-$mode.jsonl" 2>/dev/null
   python3 - "$run_dir" "$mode" <<'PY'

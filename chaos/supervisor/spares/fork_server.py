@@ -28,7 +28,7 @@ from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess, create_time
 from chaos.supervisor.spares.warm import WarmStarted
 from chaos.supervisor.spares.zygote import ENV_CHANNEL_FD, ENV_RUN_DIR
-from chaos.workloads.base import LaunchSpec
+from chaos.workloads.base import LaunchSpec, WarmStart
 
 
 class ForkServer:
@@ -109,10 +109,11 @@ class ForkServer:
 
     # ---- forks --------------------------------------------------------------------------------------
     def start_rank(self, env: Mapping[str, str], output: Path, status: Path, cgroup_procs: str | None,
-                   rank: int, node: int) -> WarmStarted | None:
+                   rank: int, node: int, entry: WarmStart | None = None) -> WarmStarted | None:
         """Rank `rank` forked from the zygote with what a cold rank of spec.argv would get; None when the
-        zygote did not fork it (self.refusal says why): start it cold."""
-        warm = self.spec.warm
+        zygote did not fork it (self.refusal says why): start it cold. `entry`: another entry point than
+        spec.warm's (its arguments differ), for the same imports."""
+        warm = entry or self.spec.warm
         assert warm is not None
         order = {"env": dict(env), "output": str(output), "status": str(status), "cgroup_procs": cgroup_procs,
                  "cwd": str(self.spec.cwd) if self.spec.cwd else None, "module": warm.module,

@@ -37,6 +37,10 @@ FINAL_STATE_UNAVAILABLE = ("Megatron-LM prints no hash of its model and optimize
 MEGATRON_WARM_IMPORTS = ("torch", "torch.distributed.checkpoint", "megatron.core")
 """What a Megatron-LM rank spends its first seconds importing (resolved as the rank would: from the checkout
 when its folder holds megatron/, else the installed megatron-core)."""
+MEGATRON_WARM_IMPORTS_CUDA = ("torch", "torch.distributed.checkpoint")
+"""On a GPU, without megatron.core: importing it initialises the CUDA driver (Megatron-LM d98e8a64dd asks the
+device's name at import, docs/findings/megatron-core-import-initialises-cuda.md), and no child forked after
+that can use CUDA, so the zygote would refuse every fork. The ranks import megatron.core themselves."""
 
 
 @dataclass(frozen=True)
@@ -96,18 +100,19 @@ class MegatronLMWorkload:
             save_interval=c.save_interval, env=dict(c.env), cwd=cwd, observation="log",
             follower=functools.partial(MegatronLogReader, checkpoint_dir=checkpoint_dir),
             tracker_name=self.layout.tracker_name,
-            warm=self._warm(command),
+            warm=self._warm(command, c.device),
             in_process=c.inprocess_restart,
         )
 
     @staticmethod
-    def _warm(command: tuple[str, ...]) -> WarmStart | None:
+    def _warm(command: tuple[str, ...], device: str) -> WarmStart | None:
         """A spare can become a rank only when the rank's interpreter is chaos's own (it runs the script in
         place, after exec_rank's hello): then it imports torch and megatron-core ahead, from the checkout
         when the script's folder holds one (its working directory is that folder, as for a cold rank)."""
         if Path(command[0]).resolve() != Path(sys.executable).resolve():
             return None
-        return WarmStart(imports=MEGATRON_WARM_IMPORTS, module="chaos.blackbox.exec_rank",
+        imports = MEGATRON_WARM_IMPORTS_CUDA if device == "cuda" else MEGATRON_WARM_IMPORTS
+        return WarmStart(imports=imports, module="chaos.blackbox.exec_rank",
                          args=(IN_PROCESS, "--", *command))
 
     def fingerprint_mapping(self) -> Mapping[str, Any]:
