@@ -1,12 +1,11 @@
 """The fork server (restart.warm: fork, what `auto` resolves to under the direct launcher): what a ready zygote
 holds, that its hygiene check refuses a fork after an import that left something a cold rank would not have,
 that a forked child starts and ends as an interpreter would, that nothing of it outlives a killed supervisor,
-and that an unmodified trainer's forked ranks pass against its golden (fork against warm spares against cold,
-one scenario, one golden: tests/test_warm_spares.py)."""
+(fork against warm spares against cold, one scenario, one golden, and an unmodified trainer forked:
+tests/test_warm_spares.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -19,12 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from chaos.runner import run_scenario
 from chaos.supervisor.spares.fork_server import ForkServer
 from chaos.supervisor.spares.zygote import ENV_CHANNEL_FD, ENV_RUN_DIR
-from test_warm_spares import attempt_starts, gpt3_spec
-from test_megatron_lm_run import megatron_lm_golden  # noqa: F401 - the session's stand-in golden (a fixture)
-from test_megatron_lm_run import scenario as megatron_lm_scenario
+from test_warm_spares import gpt3_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -284,26 +280,3 @@ def test_the_zygote_and_its_forks_die_with_a_killed_supervisor(tmp_path):
         if owner.poll() is None:
             owner.kill()
             owner.wait()
-
-
-# ---- 4. an unmodified trainer's ranks forked -------------------------------------------------------------
-def test_a_megatron_lm_job_forked_matches_its_golden(tmp_path, megatron_lm_golden):
-    """The stand-in trainer (its own script, followed from its logs) with every rank of every attempt forked
-    from the zygote (exec_rank --in-process runs the script in the child): every check passes against the
-    golden its uninterrupted run recorded."""
-    faults = """
-  - at: {step: 3}
-    target: {rank: 1}
-    signal: SIGKILL
-  - at: {step: 5, delay_s: 0.1, attempt: 2}
-    target: {rank: 0}
-    signal: SIGKILL
-"""
-    scenario = megatron_lm_scenario(faults)
-    scenario = dataclasses.replace(scenario, restart=dataclasses.replace(scenario.restart, warm="fork"))
-    result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=megatron_lm_golden, say=lambda text: None)
-    assert result.verdict == "pass", result.summary
-    starts = attempt_starts(tmp_path / "run")
-    assert [all(p["start"] == "fork" for p in s["processes"] if p["role"] == "rank") for s in starts] \
-        == [True, True, True], starts
-    assert all(p["role"] == "rank" for s in starts for p in s["processes"])

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from chaos.runner import run_scenario
 from chaos.scenario import load_scenario_text
@@ -146,10 +147,13 @@ def test_forked_and_warm_restarts_test_exactly_what_cold_ones_do(tmp_path, small
     assert "Restarts: where the seconds went" in (tmp_path / "fork" / "report.html").read_text()
 
 
-def test_a_megatron_lm_job_restarted_warm_matches_its_cold_golden(tmp_path, megatron_lm_golden):
-    """An unmodified trainer (the stand-in: its own script, Megatron's flags, followed from its logs) restarted
-    from warm spares (exec_rank --in-process: the script runs in the spare, after the hello) passes every
-    check against the golden its uninterrupted runs recorded; the restarts were warm."""
+@pytest.mark.parametrize("warm,started", [("fork", ["fork", "fork", "fork"]), (True, ["cold", "spare", "spare"])],
+                         ids=["forked", "spares"])
+def test_a_megatron_lm_job_started_warm_matches_its_golden(tmp_path, megatron_lm_golden, warm, started):
+    """An unmodified trainer (the stand-in: its own script, Megatron's flags, followed from its logs) whose ranks
+    are forked from the zygote (every attempt) or restarted from warm spares (exec_rank --in-process: the
+    script runs in the child or the spare, after the hello) passes every check against the golden its
+    uninterrupted runs recorded; its ranks really started that way."""
     faults = """
   - at: {step: 3}
     target: {rank: 1}
@@ -159,9 +163,9 @@ def test_a_megatron_lm_job_restarted_warm_matches_its_cold_golden(tmp_path, mega
     signal: SIGKILL
 """
     scenario = megatron_lm_scenario(faults)
-    scenario = dataclasses.replace(scenario, restart=dataclasses.replace(scenario.restart, warm=True))
+    scenario = dataclasses.replace(scenario, restart=dataclasses.replace(scenario.restart, warm=warm))
     result = run_scenario(scenario, out_dir=tmp_path / "run", golden_path=megatron_lm_golden, say=lambda text: None)
     assert result.verdict == "pass", result.summary
-    starts = [json.loads(line) for line in (tmp_path / "run" / "supervisor.jsonl").read_text().splitlines()
-              if '"attempt_start"' in line]
-    assert [all(p["warm"] for p in s["processes"]) for s in starts] == [False, True, True]
+    starts = attempt_starts(tmp_path / "run")
+    assert all(p["role"] == "rank" for s in starts for p in s["processes"])
+    assert [{p["start"] for p in s["processes"]} for s in starts] == [{start} for start in started], starts

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from chaos import safe_files
+
 
 #: Signals whose default action ends the process: after delivering one the supervisor waits for the death
 #: instead of releasing the held rank.
@@ -163,7 +165,7 @@ class TrackedProcess:
         while True:
             writer_alive = self.status_writer is not None and _alive_not_zombie(*self.status_writer)
             try:
-                ended = json.loads(self.status_file.read_text())
+                ended = json.loads(safe_files.read_text(self.status_file, limit=4096))  # no link followed
                 return (ended.get("returncode"), ended.get("signal")) if ended.get("pid") == self.pid else (None, None)
             except (OSError, ValueError):
                 if not writer_alive or time.monotonic() >= deadline:
