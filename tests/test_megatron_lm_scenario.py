@@ -51,6 +51,10 @@ def test_megatron_lm_shipped_scenarios_validate_and_round_trip(path, checkout):
         assert layer is not None and layer.restarts is None  # Megatron-LM bounds no re-entry: max_restarts does
         assert scenario.restart.by == "job" and scenario.launcher == "torchrun"
         assert scenario.workload.launch(Path("/tmp/chaos-test-run")).in_process  # torchrun gets --max-restarts=0
+    elif path.stem.startswith("restart_modes"):  # timing chaos's restarts (warm or not): two SIGKILLs mid-iteration
+        assert [f.trigger.phase for f in plan] == ["iteration", "iteration"] and scenario.restart.by == "chaos"
+        warm = scenario.workload.launch(Path("/tmp/chaos-test-run")).warm
+        assert warm is None or "megatron.core" not in warm.imports  # on a GPU it initialises CUDA at import
     elif path.stem.startswith("selftest"):  # the control of `chaos selftest`: one SIGKILL mid-iteration
         assert [f.trigger.phase for f in plan] == ["iteration"] and plan[0].trigger.delay_s == 0.5
         assert scenario.accepted_state_differences  # Megatron-LM's own two findings, so the control passes
