@@ -4,24 +4,13 @@
 # restarts (--set restart.by=chaos), against one golden recorded here first. Prints both verdicts and each
 # recovery's fault -> detected / -> first resumed iteration; logs and reports to ${OUT:-gpu-job-recovery}/.
 #
-# Needs, from the project root: megatron-core (and tenacity) wheels in .whl/ (the device notes say how), and
+# Needs, from the project root: megatron-core (and tenacity) wheels in .whl/ (docs/gpu.md says how), and
 # nvidia-resiliency-ext 0.7.0 + defusedxml in .whl/nvrx/, a Megatron-LM source tarball in .whl/megatron-lm/
 # (see scripts/gpu_inprocess_probe.sh's header). On the device machine (Python 3.12, torch, no network):
 #   carry [".whl"], command: bash scripts/gpu_job_recovery.sh
 set -uo pipefail
 out=${OUT:-gpu-job-recovery}; mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-root=$(pwd)
-site=/tmp/chaos-site
-if [ ! -d "$site/megatron" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-    .whl/*.whl .whl/nvrx/*.whl || exit 1
-fi
-export PYTHONPATH="$site:$root"
-mlm=/tmp/chaos-megatron-lm
-[ -d "$mlm/Megatron-LM" ] || { mkdir -p "$mlm" && tar -xzf .whl/megatron-lm/megatron-lm-*.tar.gz -C "$mlm"; } || exit 1
-export MEGATRON_LM="$mlm/Megatron-LM"
-nvidia-smi -L | tee "$out/devices.txt"
+EXTRA_WHEELS=".whl/nvrx/*.whl" source "$(dirname "$0")/_gpu_offline.sh"
 scenario=scenarios/megatron_lm/ft_launcher_job_restarts_1gpu.yaml
 status=0
 for by in job chaos; do

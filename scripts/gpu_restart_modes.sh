@@ -10,16 +10,7 @@
 #   run; logs to ${OUT:-gpu-restart-modes})
 set -uo pipefail
 out=${OUT:-gpu-restart-modes}; mkdir -p "$out"
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-root=$(pwd)
-site=/tmp/chaos-site
-[ -d "$site/megatron" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target "$site" .whl/*.whl || exit 1
-export PYTHONPATH="$site:$root"
-mlm=/tmp/chaos-megatron-lm
-[ -d "$mlm/Megatron-LM" ] || { mkdir -p "$mlm" && tar -xzf .whl/megatron-lm/megatron-lm-*.tar.gz -C "$mlm"; } || exit 1
-export MEGATRON_LM="$mlm/Megatron-LM"
-nvidia-smi -L | tee "$out/devices.txt"
+source "$(dirname "$0")/_gpu_offline.sh"
 scenario=scenarios/megatron_lm/restart_modes_1gpu.yaml
 status=0
 for mode in ${MODES:-false true fork}; do

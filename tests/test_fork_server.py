@@ -256,7 +256,7 @@ spec = LaunchSpec(argv=(sys.executable, str(tmp / "sleeps.py")), world_size=1, n
 server = ForkServer(spec, tmp / "run" / "spares", dict(os.environ), tmp / "run", ready_timeout_s=60)
 zygote = server.start()
 got = server.start_rank(dict(os.environ), tmp / "rank-0.out", tmp / "rank-0.status", None, rank=0, node=0)
-print(zygote, got.process.pid if got is not None else server.refusal, flush=True)
+print(zygote, got.pid if got is not None else server.refusal, flush=True)
 time.sleep(600)
 """
 

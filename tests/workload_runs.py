@@ -73,9 +73,9 @@ def run_attempt(config: GPT3Config, run_dir: Path, attempt: int, timeout_s: floa
         if disable_probe:
             rank_env.pop("CHAOS_HISTORY_DIR")
         output = history_dir / f"rank-{rank}.out"
-        started = zygote.start_rank(rank_env, output, history_dir / f"rank-{rank}.exit", None, rank, 0, entry=entry)
-        if started is not None:
-            processes.append(started.process)
+        forked = zygote.start_rank(rank_env, output, history_dir / f"rank-{rank}.exit", None, rank, 0, entry=entry)
+        if forked is not None:
+            processes.append(forked)
             continue
         # the zygote refused (e.g. on a GPU machine where an import initialised CUDA): a cold rank, as chaos does
         print(f"workload_runs: rank {rank} starts cold: {zygote.refusal}", file=sys.stderr)

@@ -138,13 +138,12 @@ def launch_direct(spec: LaunchSpec, launch: AttemptLaunch, warm: WarmStarts | No
             })
             output = launch.directory / f"rank-{rank}.out"
             node = rank // per_node
-            got = (warm.start_rank(env, output, slurm_task.exit_status_path(launch.directory, rank),
-                                   launch.cgroup_procs, rank, node) if warm is not None else None)
-            if got is not None:
-                processes.append(got.process)
-                processes[-1].fork_mono = got.fork_mono
-                if got.process.popen is not None:
-                    started.append(got.process.popen)
+            process = (warm.start_rank(env, output, slurm_task.exit_status_path(launch.directory, rank),
+                                       launch.cgroup_procs, rank, node) if warm is not None else None)
+            if process is not None:
+                processes.append(process)
+                if process.popen is not None:
+                    started.append(process.popen)
                 continue
             started.append(_spawn(list(spec.argv), env, output, spec.cwd, launch.cgroup_procs))
             processes.append(TrackedProcess.from_popen(started[-1], role="rank", rank=rank, node=node))

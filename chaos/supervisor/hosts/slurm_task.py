@@ -76,6 +76,18 @@ def exit_status_path(history_dir: str | Path, rank: int) -> Path:
     return Path(history_dir) / f"rank-{rank}.exit"
 
 
+def record_exit(pid: int, status: int, path: Path) -> dict:
+    """How process `pid` ended (its wait status), written to `path` whole or not at all: what
+    TrackedProcess.status_file reads for a process whose parent, not chaos, reaps it (this shim, the zygote)."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        ended = {"pid": pid, "returncode": -number, "signal": signal.Signals(number).name}
+    else:
+        ended = {"pid": pid, "returncode": os.WEXITSTATUS(status), "signal": None}
+    safe_files.write_file(path, json.dumps(ended))
+    return ended
+
+
 def run_and_record(argv: list[str], status_path: Path) -> None:
     child = os.fork()
     if child == 0:
@@ -87,13 +99,9 @@ def run_and_record(argv: list[str], status_path: Path) -> None:
     for signum in FORWARDED:
         signal.signal(signum, lambda received, frame: _forward(child, received))
     _, status = os.waitpid(child, 0)  # retried across the forwarded signals (PEP 475)
-    if os.WIFSIGNALED(status):
-        number = os.WTERMSIG(status)
-        ended = {"pid": child, "returncode": -number, "signal": signal.Signals(number).name}
-    else:
-        ended = {"pid": child, "returncode": os.WEXITSTATUS(status), "signal": None}
-    safe_files.write_file(status_path, json.dumps(ended))  # whole or absent: chaos never reads half of it
+    ended = record_exit(child, status, status_path)
     if ended["signal"] is not None:  # end as the rank did, so srun reports it as Slurm would
+        number = signal.Signals[ended["signal"]]
         if number != signal.SIGKILL and number != signal.SIGSTOP:
             signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)

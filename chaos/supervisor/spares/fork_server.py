@@ -26,7 +26,6 @@ import psutil
 from chaos import safe_files
 from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess, create_time
-from chaos.supervisor.spares.warm import WarmStarted
 from chaos.supervisor.spares.zygote import ENV_CHANNEL_FD, ENV_RUN_DIR
 from chaos.workloads.base import LaunchSpec, WarmStart
 
@@ -109,7 +108,7 @@ class ForkServer:
 
     # ---- forks --------------------------------------------------------------------------------------
     def start_rank(self, env: Mapping[str, str], output: Path, status: Path, cgroup_procs: str | None,
-                   rank: int, node: int, entry: WarmStart | None = None) -> WarmStarted | None:
+                   rank: int, node: int, entry: WarmStart | None = None) -> TrackedProcess | None:
         """Rank `rank` forked from the zygote with what a cold rank of spec.argv would get; None when the
         zygote did not fork it (self.refusal says why): start it cold. `entry`: another entry point than
         spec.warm's (its arguments differ), for the same imports."""
@@ -130,8 +129,8 @@ class ForkServer:
             self.refusal = f"the zygote's child {answer['pid']} was gone before it could be tracked"
             return None
         process.expect_status_file(status)
-        process.start = "fork"
-        return WarmStarted(process, float(answer["fork_mono"]))
+        process.start, process.fork_mono = "fork", float(answer["fork_mono"])
+        return process
 
     def _adopt(self, pid: int, rank: int, node: int) -> TrackedProcess | None:
         """Tracks the zygote's child `pid`: the pidfd first, then its parent checked to be our zygote (so the

@@ -24,7 +24,6 @@ from typing import Mapping
 from chaos import safe_files
 from chaos.ownership.lifeline import child_setup
 from chaos.ownership.processes import TrackedProcess
-from chaos.supervisor.spares.warm import WarmStarted
 from chaos.supervisor.spares.spare import ENV_ORDER_FD
 from chaos.workloads.base import LaunchSpec
 
@@ -117,7 +116,7 @@ class SparePool:
 
 
     def start_rank(self, env: Mapping[str, str], output: Path, status: Path, cgroup_procs: str | None,
-                   rank: int, node: int) -> WarmStarted | None:
+                   rank: int, node: int) -> TrackedProcess | None:
         """Rank `rank` started from a live spare (the launcher's warm-start seam, as ForkServer.start_rank);
         None: none is alive, start it cold. `status` is unused: the spare is our own child, we reap it."""
         spare = self.take()
@@ -134,7 +133,7 @@ class SparePool:
             spare.popen.wait()
             raise
         process.start = "spare"
-        return WarmStarted(process)
+        return process
 
     def missing(self) -> int:
         """How many spares should be started now (one per rank)."""

@@ -4,18 +4,10 @@ restart.warm: fork). Both answer `start_rank`; None means: start this rank cold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Protocol
 
 from chaos.ownership.processes import TrackedProcess
-
-
-@dataclass(frozen=True)
-class WarmStarted:
-    process: TrackedProcess
-    fork_mono: float | None = None
-    """When the zygote's fork returned (CLOCK_MONOTONIC, the supervisor's clock too); None: not forked."""
 
 
 class WarmStarts(Protocol):
@@ -25,9 +17,10 @@ class WarmStarts(Protocol):
     """Why the last rank asked for was not started warm (None: it was, or there was nothing to start it from)."""
 
     def start_rank(self, env: Mapping[str, str], output: Path, status: Path, cgroup_procs: str | None,
-                   rank: int, node: int) -> WarmStarted | None:
+                   rank: int, node: int) -> TrackedProcess | None:
         """Rank `rank` started warm with what a cold rank of the spec's argv would get: the environment,
-        output file and cgroup; `status` is where its exit status is written when we are not its parent."""
+        output file and cgroup; `status` is where its exit status is written when we are not its parent.
+        The process says how it started (TrackedProcess.start, and fork_mono for a fork)."""
         ...
 
     def missing(self) -> int:

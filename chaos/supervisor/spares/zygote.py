@@ -108,7 +108,8 @@ def quiesce_blas_pools() -> None:
     import ctypes
 
     with open("/proc/self/maps") as handle:
-        paths = {line.split(None, 5)[5].strip() for line in handle if "openblas" in line and len(line.split(None, 5)) == 6}
+        fields = [line.split(None, 5) for line in handle if "openblas" in line]
+    paths = {field[5].strip() for field in fields if len(field) == 6}
     for path in sorted(paths):
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)
@@ -241,7 +242,7 @@ class Zygote:
         os.write(self.channel, (json.dumps(message) + "\n").encode())
 
     def reap(self) -> None:
-        from chaos import safe_files
+        from chaos.supervisor.hosts.slurm_task import record_exit  # the Slurm task shim's record, the same file
 
         while self.children:
             try:
@@ -253,13 +254,8 @@ class Zygote:
             path = self.children.pop(pid, None)
             if path is None:
                 continue
-            if os.WIFSIGNALED(status):
-                number = os.WTERMSIG(status)
-                ended = {"pid": pid, "returncode": -number, "signal": signal.Signals(number).name}
-            else:
-                ended = {"pid": pid, "returncode": os.WEXITSTATUS(status), "signal": None}
             try:
-                safe_files.write_file(Path(path), json.dumps(ended))  # whole or absent
+                record_exit(pid, status, Path(path))
             except OSError as error:  # the supervisor then reads what the pidfd tells (no exit code)
                 print(f"chaos zygote: could not record how {pid} ended in {path}: {error}", flush=True)
 
@@ -299,7 +295,8 @@ def main(modules: list[str]) -> int:
         importlib.import_module(module)
     gc.collect()
     gc.freeze()  # what the imports made stays out of every collection: the children's pages stay shared
-    import chaos.safe_files  # noqa: F401  (what reaping needs: imported now, after the workload's modules)
+    # what reaping needs, imported now: after the workload's modules
+    import chaos.supervisor.hosts.slurm_task  # noqa: F401
     import chaos.ownership.lifeline  # noqa: F401
     zygote = Zygote(channel, run_dir)
     try:
