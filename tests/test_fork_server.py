@@ -20,6 +20,7 @@ import pytest
 
 from chaos.supervisor.spares.fork_server import ForkServer
 from chaos.supervisor.spares.zygote import ENV_CHANNEL_FD, ENV_RUN_DIR
+from test_multihost_agents import wait_for
 from test_warm_spares import gpt3_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,15 +32,6 @@ def running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def wait_for(predicate, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 # ---- 1. a real zygote of the gpt3 workload ---------------------------------------------------------------
